@@ -1,0 +1,1 @@
+"""modelfleet control plane: durable state, scheduling, agent streams, inference gateway."""

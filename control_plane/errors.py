@@ -1,0 +1,61 @@
+"""Domain errors of the control plane, free of any transport.
+
+Service code raises these; one server interceptor (control_plane.server)
+maps each class to a gRPC status code, so no RPC can forget the mapping.
+The message is shown to the client as it is: it names the field, the value
+or the limit. Anything else that escapes becomes INTERNAL with a generic
+message and the traceback goes to the log.
+"""
+
+from __future__ import annotations
+
+
+class ModelfleetError(Exception):
+    """Base class. `code` names the gRPC status the interceptor sends."""
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str, *, trailers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.trailers = dict(trailers or {})
+
+
+class InvalidArgument(ModelfleetError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(ModelfleetError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(ModelfleetError):
+    code = "ALREADY_EXISTS"
+
+
+class FailedPrecondition(ModelfleetError):
+    code = "FAILED_PRECONDITION"
+
+
+class ResourceExhausted(ModelfleetError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceeded(ModelfleetError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class Unavailable(ModelfleetError):
+    code = "UNAVAILABLE"
+
+
+class Unauthenticated(ModelfleetError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(ModelfleetError):
+    code = "PERMISSION_DENIED"
+
+
+class DataLoss(ModelfleetError):
+    code = "DATA_LOSS"

@@ -1,0 +1,102 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from modelfleet.v1 import agent_pb2 as _agent_pb2
+from modelfleet.v1 import common_pb2 as _common_pb2
+from modelfleet.v1 import deployments_pb2 as _deployments_pb2
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DesiredState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DESIRED_STATE_UNSPECIFIED: _ClassVar[DesiredState]
+    DESIRED_STATE_RUNNING: _ClassVar[DesiredState]
+    DESIRED_STATE_STOPPED: _ClassVar[DesiredState]
+DESIRED_STATE_UNSPECIFIED: DesiredState
+DESIRED_STATE_RUNNING: DesiredState
+DESIRED_STATE_STOPPED: DesiredState
+
+class DeploymentRecord(_message.Message):
+    __slots__ = ("deployment_id", "spec", "desired", "owner", "created_at", "start_time", "stopped_at", "stop_reason", "revision", "status", "status_reason", "ever_served")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_AT_FIELD_NUMBER: _ClassVar[int]
+    STOP_REASON_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    EVER_SERVED_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    spec: _deployments_pb2.StartDeploymentRequest
+    desired: DesiredState
+    owner: str
+    created_at: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    stopped_at: _timestamp_pb2.Timestamp
+    stop_reason: str
+    revision: int
+    status: _common_pb2.DeploymentStatus
+    status_reason: str
+    ever_served: bool
+    def __init__(self, deployment_id: _Optional[str] = ..., spec: _Optional[_Union[_deployments_pb2.StartDeploymentRequest, _Mapping]] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stopped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_reason: _Optional[str] = ..., revision: _Optional[int] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., ever_served: _Optional[bool] = ...) -> None: ...
+
+class AllocationRecord(_message.Message):
+    __slots__ = ("allocation_id", "deployment_id", "variant", "node_id", "desired", "routing_state", "reason", "worker_address", "created_at", "start_time", "spec")
+    ALLOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    allocation_id: str
+    deployment_id: str
+    variant: str
+    node_id: str
+    desired: DesiredState
+    routing_state: _common_pb2.RoutingState
+    reason: str
+    worker_address: str
+    created_at: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    spec: _agent_pb2.AllocationSpec
+    def __init__(self, allocation_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., variant: _Optional[str] = ..., node_id: _Optional[str] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., worker_address: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[_agent_pb2.AllocationSpec, _Mapping]] = ...) -> None: ...
+
+class NodeRecord(_message.Message):
+    __slots__ = ("info", "schedulable", "registered_at", "generation")
+    INFO_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULABLE_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    info: _agent_pb2.NodeInfo
+    schedulable: bool
+    registered_at: _timestamp_pb2.Timestamp
+    generation: int
+    def __init__(self, info: _Optional[_Union[_agent_pb2.NodeInfo, _Mapping]] = ..., schedulable: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class RequestRecord(_message.Message):
+    __slots__ = ("request_id", "method", "response", "created_at", "request_digest")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    method: str
+    response: bytes
+    created_at: _timestamp_pb2.Timestamp
+    request_digest: str
+    def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., response: _Optional[bytes] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_digest: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,325 @@
+import datetime
+
+from google.protobuf import duration_pb2 as _duration_pb2
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from modelfleet.v1 import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class WaitFor(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    WAIT_FOR_UNSPECIFIED: _ClassVar[WaitFor]
+    WAIT_FOR_STARTING: _ClassVar[WaitFor]
+    WAIT_FOR_STARTED: _ClassVar[WaitFor]
+    WAIT_FOR_FULLY_ALLOCATED: _ClassVar[WaitFor]
+WAIT_FOR_UNSPECIFIED: WaitFor
+WAIT_FOR_STARTING: WaitFor
+WAIT_FOR_STARTED: WaitFor
+WAIT_FOR_FULLY_ALLOCATED: WaitFor
+
+class VariantSpec(_message.Message):
+    __slots__ = ("name", "model_id", "model_version", "weight", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env", "max_batch_size", "max_queue_delay_us")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_THREADS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    model_id: str
+    model_version: int
+    weight: int
+    inference_threads: int
+    model_threads: int
+    queue_capacity: int
+    instances: int
+    resources: _common_pb2.Resources
+    env: _containers.ScalarMap[str, str]
+    max_batch_size: int
+    max_queue_delay_us: int
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., weight: _Optional[int] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ...) -> None: ...
+
+class StartDeploymentRequest(_message.Message):
+    __slots__ = ("model_id", "model_version", "deployment_id", "inference_threads", "model_threads", "queue_capacity", "timeout", "wait_for", "description", "instances", "resources", "env", "auto_stop", "traffic_limit_qps", "variants", "request_id", "dry_run")
+    class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_THREADS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    RESOURCES_FIELD_NUMBER: _ClassVar[int]
+    ENV_FIELD_NUMBER: _ClassVar[int]
+    AUTO_STOP_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_LIMIT_QPS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_version: int
+    deployment_id: str
+    inference_threads: int
+    model_threads: int
+    queue_capacity: int
+    timeout: _duration_pb2.Duration
+    wait_for: WaitFor
+    description: str
+    instances: int
+    resources: _common_pb2.Resources
+    env: _containers.ScalarMap[str, str]
+    auto_stop: _duration_pb2.Duration
+    traffic_limit_qps: float
+    variants: _containers.RepeatedCompositeFieldContainer[VariantSpec]
+    request_id: str
+    dry_run: bool
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., deployment_id: _Optional[str] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., description: _Optional[str] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class TaskParameters(_message.Message):
+    __slots__ = ("model_id", "model_bytes", "inference_threads", "model_threads", "queue_capacity", "model_version", "sha256")
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INFERENCE_THREADS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_THREADS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    model_id: str
+    model_bytes: int
+    inference_threads: int
+    model_threads: int
+    queue_capacity: int
+    model_version: int
+    sha256: str
+    def __init__(self, model_id: _Optional[str] = ..., model_bytes: _Optional[int] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., model_version: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class RoutingEntry(_message.Message):
+    __slots__ = ("routing_state", "reason", "allocation_id", "worker_address", "start_time")
+    ROUTING_STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    routing_state: _common_pb2.RoutingState
+    reason: str
+    allocation_id: str
+    worker_address: str
+    start_time: _timestamp_pb2.Timestamp
+    def __init__(self, routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., allocation_id: _Optional[str] = ..., worker_address: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Allocation(_message.Message):
+    __slots__ = ("task_parameters", "routing_table", "allocation_state", "start_time", "variant", "weight", "target_nodes", "not_chosen")
+    class RoutingTableEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: RoutingEntry
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[RoutingEntry, _Mapping]] = ...) -> None: ...
+    class NotChosenEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TASK_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_TABLE_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_STATE_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_NODES_FIELD_NUMBER: _ClassVar[int]
+    NOT_CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    task_parameters: TaskParameters
+    routing_table: _containers.MessageMap[str, RoutingEntry]
+    allocation_state: _common_pb2.AllocationState
+    start_time: _timestamp_pb2.Timestamp
+    variant: str
+    weight: int
+    target_nodes: int
+    not_chosen: _containers.ScalarMap[str, str]
+    def __init__(self, task_parameters: _Optional[_Union[TaskParameters, _Mapping]] = ..., routing_table: _Optional[_Mapping[str, RoutingEntry]] = ..., allocation_state: _Optional[_Union[_common_pb2.AllocationState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variant: _Optional[str] = ..., weight: _Optional[int] = ..., target_nodes: _Optional[int] = ..., not_chosen: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class Deployment(_message.Message):
+    __slots__ = ("deployment_id", "status", "status_reason", "description", "variants", "allocations", "owner", "created_at", "start_time", "stopped_at", "auto_stop", "auto_stop_at", "traffic_limit_qps", "revision")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    START_TIME_FIELD_NUMBER: _ClassVar[int]
+    STOPPED_AT_FIELD_NUMBER: _ClassVar[int]
+    AUTO_STOP_FIELD_NUMBER: _ClassVar[int]
+    AUTO_STOP_AT_FIELD_NUMBER: _ClassVar[int]
+    TRAFFIC_LIMIT_QPS_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    status: _common_pb2.DeploymentStatus
+    status_reason: str
+    description: str
+    variants: _containers.RepeatedCompositeFieldContainer[VariantSpec]
+    allocations: _containers.RepeatedCompositeFieldContainer[Allocation]
+    owner: str
+    created_at: _timestamp_pb2.Timestamp
+    start_time: _timestamp_pb2.Timestamp
+    stopped_at: _timestamp_pb2.Timestamp
+    auto_stop: _duration_pb2.Duration
+    auto_stop_at: _timestamp_pb2.Timestamp
+    traffic_limit_qps: float
+    revision: int
+    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., description: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stopped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_stop_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class StartDeploymentResponse(_message.Message):
+    __slots__ = ("allocation", "deployment")
+    ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    allocation: Allocation
+    deployment: Deployment
+    def __init__(self, allocation: _Optional[_Union[Allocation, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+
+class StopDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id", "request_id", "wait", "timeout")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    request_id: str
+    wait: bool
+    timeout: _duration_pb2.Duration
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ..., wait: _Optional[bool] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class StopDeploymentResponse(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+
+class UpdateDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id", "spec", "update_mask", "request_id", "dry_run")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    spec: StartDeploymentRequest
+    update_mask: _field_mask_pb2.FieldMask
+    request_id: str
+    dry_run: bool
+    def __init__(self, deployment_id: _Optional[str] = ..., spec: _Optional[_Union[StartDeploymentRequest, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+
+class UpdateDeploymentResponse(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+
+class DeleteDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id", "request_id")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    request_id: str
+    def __init__(self, deployment_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class DeleteDeploymentResponse(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+
+class GetDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class ListDeploymentsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDeploymentsResponse(_message.Message):
+    __slots__ = ("deployments",)
+    DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    deployments: _containers.RepeatedCompositeFieldContainer[Deployment]
+    def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ...) -> None: ...
+
+class GetDeploymentStatsRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class NodeStats(_message.Message):
+    __slots__ = ("node_id", "variant", "allocation_id", "routing_state", "reason", "stats")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_STATE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    variant: str
+    allocation_id: str
+    routing_state: _common_pb2.RoutingState
+    reason: str
+    stats: _common_pb2.InferenceStats
+    def __init__(self, node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., stats: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
+
+class GetDeploymentStatsResponse(_message.Message):
+    __slots__ = ("deployment_id", "status", "nodes", "total")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    status: _common_pb2.DeploymentStatus
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
+    total: _common_pb2.InferenceStats
+    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
+
+class WatchDeploymentRequest(_message.Message):
+    __slots__ = ("deployment_id",)
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+
+class WatchDeploymentResponse(_message.Message):
+    __slots__ = ("deployment",)
+    DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    deployment: Deployment
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
