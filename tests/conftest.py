@@ -1,0 +1,21 @@
+"""Shared pytest setup.
+
+tritonclient and modelfleet.inference register the same protobuf symbols, so
+the pytest process must never import tritonclient: tests that use it run
+tests/tools/triton_call.py in a subprocess. This guard fails loudly if a test
+module breaks that rule.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def _no_tritonclient_in_process() -> None:
+    yield
+    assert "tritonclient" not in sys.modules, (
+        "tritonclient was imported in the pytest process; use tests/tools/triton_call.py in a subprocess"
+    )
