@@ -1,5 +1,52 @@
-"""Durable state of the control plane behind one interface (see base.Store)."""
+"""Durable state of the control plane behind one interface (see base.Store).
+
+`open_store` turns the operator's `--data-dir` (or a store URL) into a Store:
+
+- `memory://` -> MemoryStore (nothing survives the process; tests, demos);
+- `sqlite://PATH` -> SqliteStore on the file PATH: everything after
+  `sqlite://` is the path, so `sqlite:///var/lib/mf/state.db` is absolute
+  and `sqlite://state.db` is relative to the working directory (this is
+  plain URL reading, not SQLAlchemy's four-slash convention);
+- any other string is a file system path: an existing directory, or a path
+  that does not exist and has no `.db`/`.sqlite`/`.sqlite3` suffix, is a data
+  directory (created if needed) holding `modelfleet.db`; anything else is the
+  database file itself.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 from control_plane.store.base import Store
+from control_plane.store.memory import MemoryStore
+from control_plane.store.sqlite import DEFAULT_FILENAME, SchemaVersionError, SqliteStore
 
-__all__ = ["Store"]
+__all__ = ["MemoryStore", "SchemaVersionError", "SqliteStore", "Store", "open_store"]
+
+_DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+
+
+def open_store(url_or_path: str | os.PathLike[str]) -> Store:
+    """Open the store named by a URL or a path (see the module docstring).
+
+    Raises:
+        ValueError: an empty location or an unknown URL scheme.
+    """
+    location = os.fspath(url_or_path)
+    if not location:
+        raise ValueError("store location is empty; give a data directory, sqlite://PATH or memory://")
+    if location == "memory://":
+        return MemoryStore()
+    if location.startswith("sqlite://"):
+        file = location[len("sqlite://") :]
+        if not file:
+            raise ValueError(f"store URL {location!r} names no file; use sqlite:///absolute/path.db")
+        return SqliteStore(file)
+    if "://" in location:
+        raise ValueError(f"unknown store URL {location!r}; use sqlite://PATH, memory:// or a data directory")
+    path = Path(location)
+    if path.is_dir() or (not path.exists() and path.suffix.lower() not in _DB_SUFFIXES):
+        path.mkdir(parents=True, exist_ok=True)
+        return SqliteStore(path / DEFAULT_FILENAME)
+    return SqliteStore(path)

@@ -123,7 +123,7 @@ class Assignment(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., allocations: _Optional[_Iterable[_Union[AllocationSpec, _Mapping]]] = ...) -> None: ...
 
 class AllocationSpec(_message.Message):
-    __slots__ = ("allocation_id", "deployment_id", "variant", "model_id", "model_version", "model_sha256", "model_bytes", "format", "inference_threads", "model_threads", "queue_capacity", "env", "resources", "max_batch_size", "max_queue_delay_us")
+    __slots__ = ("allocation_id", "deployment_id", "variant", "model_id", "model_version", "model_sha256", "model_bytes", "format", "inference_threads", "model_threads", "queue_capacity", "env", "resources", "max_batch_size", "max_queue_delay_us", "inputs", "outputs")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +146,8 @@ class AllocationSpec(_message.Message):
     RESOURCES_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     allocation_id: str
     deployment_id: str
     variant: str
@@ -161,4 +163,6 @@ class AllocationSpec(_message.Message):
     resources: _common_pb2.Resources
     max_batch_size: int
     max_queue_delay_us: int
-    def __init__(self, allocation_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., variant: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ...) -> None: ...
+    inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
+    outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
+    def __init__(self, allocation_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., variant: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ...) -> None: ...

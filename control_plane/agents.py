@@ -1,0 +1,144 @@
+"""The control plane's end of AgentControl.Connect, and the node API.
+
+One stream per node. Lifecycle of a stream (each step owned here):
+
+1. The first message must be `register`; the node id is checked and the
+   node record (identity, capacity, labels) is written to the store.
+2. The fleet attaches a session (closing an older stream of the same node),
+   the agent's complete report is folded in, `welcome` is queued, and a
+   reconcile tick queues the node's complete desired set (`assignment`).
+3. A reader task folds every later `report` / `heartbeat` in while the
+   response side drains the session's outbox.
+4. However the stream ends (agent gone, cancelled, replaced), `finally`
+   detaches the session: the node is SUSPECT at once and the gateway stops
+   routing to it; the liveness sweep makes it LOST after the node timeout.
+
+Transport-free: it consumes and produces async iterators of protobuf messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator
+
+from control_plane import errors, views
+from control_plane.ids import check_id
+from control_plane.reconciler import Reconciler, now_ts
+from modelfleet.store.v1 import records_pb2
+from modelfleet.v1 import agent_pb2, common_pb2, nodes_pb2
+
+log = logging.getLogger(__name__)
+
+
+class AgentStreams:
+    def __init__(self, *, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self.store = reconciler.store
+        self.fleet = reconciler.fleet
+
+    def _register(self, reg: agent_pb2.RegisterNode) -> None:
+        info = reg.node
+        check_id("register.node.node_id", info.node_id)
+        if info.capacity.cpus <= 0:
+            raise errors.InvalidArgument(f"register.node.capacity.cpus must be > 0, got {info.capacity.cpus:g}")
+        record = self.store.get_node(info.node_id)
+        if record is None:
+            record = records_pb2.NodeRecord(schedulable=True, registered_at=now_ts())
+        record.info.CopyFrom(info)
+        if not record.info.hostname:
+            record.info.hostname = socket.gethostname()
+        self.store.put_node(record)
+
+    async def connect(self, requests: AsyncIterator[agent_pb2.AgentMessage]) -> AsyncIterator[agent_pb2.ControlMessage]:
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            return
+        if first.WhichOneof("kind") != "register":
+            raise errors.InvalidArgument("the first AgentMessage on a stream must be register")
+        reg = first.register
+        self._register(reg)
+        node_id = reg.node.node_id
+        session = self.fleet.attach(node_id)
+        log.info("node %s connected (%d allocations reported, generation %d)", node_id, len(reg.allocations), reg.applied_generation)
+        welcome = agent_pb2.Welcome(node_id=node_id)
+        welcome.heartbeat_interval.FromNanoseconds(int(self.fleet.heartbeat_interval * 1e9))
+        welcome.node_timeout.FromNanoseconds(int(self.fleet.node_timeout * 1e9))
+        session.send(agent_pb2.ControlMessage(welcome=welcome))
+        self.reconciler.observe(node_id, reg.allocations, applied_generation=reg.applied_generation, full_registration=True)
+        reader = asyncio.create_task(self._read(node_id, session, requests))
+        try:
+            while True:
+                message = await session.outbox.get()
+                if message is None:
+                    break
+                yield message
+        finally:
+            reader.cancel()
+            if self.fleet.detach(session):
+                log.warning("node %s disconnected", node_id)
+                self.reconciler.on_liveness_change([node_id])
+
+    async def _read(self, node_id: str, session: object, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+        try:
+            async for message in requests:
+                kind = message.WhichOneof("kind")
+                if kind == "heartbeat":
+                    self.fleet.touch(node_id, applied_generation=message.heartbeat.applied_generation)
+                    self.fleet.record_stats(node_id, message.heartbeat.stats)
+                elif kind == "report":
+                    self.reconciler.observe(node_id, message.report.allocations, applied_generation=message.report.applied_generation)
+                else:
+                    log.warning("node %s sent %s after registering; ignored", node_id, kind)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a broken stream ends the session; the agent reconnects
+            log.info("stream of node %s ended: %s", node_id, exc)
+        finally:
+            session.close()  # type: ignore[attr-defined]
+
+
+class NodeService:
+    def __init__(self, *, reconciler: Reconciler) -> None:
+        self.reconciler = reconciler
+        self.store = reconciler.store
+
+    def _record(self, node_id: str) -> records_pb2.NodeRecord:
+        if not node_id:
+            raise errors.InvalidArgument("node_id is required")
+        record = self.store.get_node(node_id)
+        if record is None:
+            raise errors.NotFound(f"node '{node_id}' not found")
+        return record
+
+    def list(self) -> nodes_pb2.ListNodesResponse:
+        return nodes_pb2.ListNodesResponse(nodes=[views.node_view(n, reconciler=self.reconciler) for n in self.store.list_nodes()])
+
+    def get(self, node_id: str) -> nodes_pb2.Node:
+        return views.node_view(self._record(node_id), reconciler=self.reconciler)
+
+    def drain(self, node_id: str) -> nodes_pb2.Node:
+        """Cordon the node and stop its allocations; they are placed elsewhere where they fit."""
+        record = self._record(node_id)
+        with self.store.transaction():
+            record.schedulable = False
+            self.store.put_node(record)
+            for alloc in self.store.list_allocations(node_id=node_id):
+                if alloc.desired == records_pb2.DESIRED_STATE_RUNNING:
+                    alloc.desired = records_pb2.DESIRED_STATE_STOPPED
+                    alloc.routing_state = common_pb2.ROUTING_STATE_STOPPING
+                    alloc.reason = "node drained"
+                    self.store.put_allocation(alloc)
+        self.reconciler.reconcile()
+        for deployment_id in {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}:
+            self.reconciler.hub.notify(deployment_id)
+        return self.get(node_id)
+
+    def uncordon(self, node_id: str) -> nodes_pb2.Node:
+        record = self._record(node_id)
+        record.schedulable = True
+        self.store.put_node(record)
+        self.reconciler.reconcile()
+        return self.get(node_id)

@@ -1,0 +1,114 @@
+"""gRPC servicers of the control plane: protobuf in, service call, protobuf
+out. Nothing else happens here; errors are mapped by the interceptor in
+control_plane.server, and the logic lives in registry, deployments, agents
+and gateway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from control_plane.agents import AgentStreams, NodeService
+from control_plane.deployments import DeploymentService
+from control_plane.registry import ModelRegistry
+from modelfleet.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    deployments_pb2 as dpb,
+    deployments_pb2_grpc,
+    models_pb2 as mpb,
+    models_pb2_grpc,
+    nodes_pb2 as npb,
+    nodes_pb2_grpc,
+)
+
+Ctx = grpc.aio.ServicerContext
+
+DEFAULT_USER = "default"
+
+
+def caller(context: Ctx) -> str:
+    """The caller's identity: the x-modelfleet-user metadata until keys land."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-modelfleet-user" and value:
+            return str(value)
+    return DEFAULT_USER
+
+
+class ModelRegistryServicer(models_pb2_grpc.ModelRegistryServicer):
+    def __init__(self, registry: ModelRegistry) -> None:
+        self.registry = registry
+
+    async def UploadModel(self, request_iterator: AsyncIterator[mpb.UploadModelRequest], context: Ctx) -> mpb.Model:
+        return await self.registry.upload(request_iterator)
+
+    async def GetModel(self, request: mpb.GetModelRequest, context: Ctx) -> mpb.Model:
+        return self.registry.get(request.model_id, request.version)
+
+    async def ListModels(self, request: mpb.ListModelsRequest, context: Ctx) -> mpb.ListModelsResponse:
+        return mpb.ListModelsResponse(models=self.registry.list(request.model_id))
+
+    async def DeleteModel(self, request: mpb.DeleteModelRequest, context: Ctx) -> mpb.DeleteModelResponse:
+        return mpb.DeleteModelResponse(deleted=self.registry.delete(request.model_id, request.version))
+
+    async def DownloadModel(self, request: mpb.DownloadModelRequest, context: Ctx) -> AsyncIterator[mpb.DownloadModelResponse]:
+        async for chunk in self.registry.download(request.model_id, request.version):
+            yield chunk
+
+
+class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
+    def __init__(self, service: DeploymentService) -> None:
+        self.service = service
+
+    async def StartDeployment(self, request: dpb.StartDeploymentRequest, context: Ctx) -> dpb.StartDeploymentResponse:
+        return await self.service.start(request, owner=caller(context))
+
+    async def StopDeployment(self, request: dpb.StopDeploymentRequest, context: Ctx) -> dpb.StopDeploymentResponse:
+        return await self.service.stop(request)
+
+    async def UpdateDeployment(self, request: dpb.UpdateDeploymentRequest, context: Ctx) -> dpb.UpdateDeploymentResponse:
+        return self.service.update(request)
+
+    async def DeleteDeployment(self, request: dpb.DeleteDeploymentRequest, context: Ctx) -> dpb.DeleteDeploymentResponse:
+        return self.service.delete(request)
+
+    async def GetDeployment(self, request: dpb.GetDeploymentRequest, context: Ctx) -> dpb.Deployment:
+        return self.service.get(request.deployment_id)
+
+    async def ListDeployments(self, request: dpb.ListDeploymentsRequest, context: Ctx) -> dpb.ListDeploymentsResponse:
+        return self.service.list()
+
+    async def GetDeploymentStats(self, request: dpb.GetDeploymentStatsRequest, context: Ctx) -> dpb.GetDeploymentStatsResponse:
+        return self.service.stats(request.deployment_id)
+
+    async def WatchDeployment(self, request: dpb.WatchDeploymentRequest, context: Ctx) -> AsyncIterator[dpb.WatchDeploymentResponse]:
+        async for snapshot in self.service.watch(request.deployment_id):
+            yield snapshot
+
+
+class NodesServicer(nodes_pb2_grpc.NodesServicer):
+    def __init__(self, service: NodeService) -> None:
+        self.service = service
+
+    async def ListNodes(self, request: npb.ListNodesRequest, context: Ctx) -> npb.ListNodesResponse:
+        return self.service.list()
+
+    async def GetNode(self, request: npb.GetNodeRequest, context: Ctx) -> npb.Node:
+        return self.service.get(request.node_id)
+
+    async def DrainNode(self, request: npb.DrainNodeRequest, context: Ctx) -> npb.Node:
+        return self.service.drain(request.node_id)
+
+    async def UncordonNode(self, request: npb.UncordonNodeRequest, context: Ctx) -> npb.Node:
+        return self.service.uncordon(request.node_id)
+
+
+class AgentControlServicer(agent_pb2_grpc.AgentControlServicer):
+    def __init__(self, streams: AgentStreams) -> None:
+        self.streams = streams
+
+    async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Ctx) -> AsyncIterator[agent_pb2.ControlMessage]:
+        async for message in self.streams.connect(request_iterator):
+            yield message

@@ -1,0 +1,238 @@
+"""Lifecycle derivations of the control plane, in one place.
+
+Everything a client sees as a state is derived here from routing states (the
+per-node truth the agents report) and the deployment's intent, by pure
+functions that the reconciler calls on every tick and the tests drive table
+by table. Nothing here stores, sleeps or logs.
+
+- `allocation_state`: per variant, from its routes (DESIGN.md "allocation state").
+- `deployment_status`: per deployment, from per-variant counts (`VariantView`).
+- `ALLOWED_ROUTE_TRANSITIONS` / `check_route_transition` / `transition_route`:
+  the one table of how the control plane's view of a route may change.
+
+The states are the protobuf enums themselves (common_pb2.RoutingState, ...),
+so no second Enum has to be kept in step with the wire contract.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from modelfleet.store.v1 import records_pb2
+from modelfleet.v1 import common_pb2
+
+RoutingState = common_pb2.RoutingState
+AllocationState = common_pb2.AllocationState
+DeploymentStatus = common_pb2.DeploymentStatus
+DesiredState = records_pb2.DesiredState
+
+_STARTING = common_pb2.ROUTING_STATE_STARTING
+_STARTED = common_pb2.ROUTING_STATE_STARTED
+_STOPPING = common_pb2.ROUTING_STATE_STOPPING
+_STOPPED = common_pb2.ROUTING_STATE_STOPPED
+_FAILED = common_pb2.ROUTING_STATE_FAILED
+_UNSPECIFIED = common_pb2.ROUTING_STATE_UNSPECIFIED
+
+
+# ---- routes -----------------------------------------------------------------------
+ALLOWED_ROUTE_TRANSITIONS: frozenset[tuple[RoutingState, RoutingState]] = frozenset(
+    {
+        (_UNSPECIFIED, _STARTING),  # a new allocation record
+        (_STARTING, _STARTED),
+        (_STARTING, _FAILED),
+        (_STARTING, _STOPPING),
+        (_STARTED, _STOPPING),
+        (_STARTED, _FAILED),
+        (_STARTED, _STARTING),  # the agent restarts a crashed worker
+        (_STOPPING, _STOPPED),
+        (_STOPPING, _FAILED),
+        (_FAILED, _STARTING),  # restart (agent retry, redeploy)
+        (_STOPPED, _STARTING),  # a stopped deployment is started again
+        # The agent reports a removed worker by its absence, so the control
+        # plane can see STOPPED without having seen STOPPING.
+        (_STARTING, _STOPPED),
+        (_STARTED, _STOPPED),
+        (_FAILED, _STOPPED),
+    }
+    | {(s, s) for s in (_UNSPECIFIED, _STARTING, _STARTED, _STOPPING, _STOPPED, _FAILED)}
+)
+
+
+class RouteTransitionError(ValueError):
+    """A route change that ALLOWED_ROUTE_TRANSITIONS does not contain."""
+
+
+def check_route_transition(old: RoutingState, new: RoutingState) -> bool:
+    """True if the control plane's view of a route may change from old to new."""
+    return (old, new) in ALLOWED_ROUTE_TRANSITIONS
+
+
+def transition_route(old: RoutingState, new: RoutingState) -> RoutingState:
+    """Return new if old -> new is allowed, else raise RouteTransitionError naming both."""
+    if not check_route_transition(old, new):
+        raise RouteTransitionError(
+            f"routing state cannot change from {common_pb2.RoutingState.Name(old)} "
+            f"to {common_pb2.RoutingState.Name(new)}"
+        )
+    return new
+
+
+# ---- allocation state ---------------------------------------------------------------
+def allocation_state(routes: Sequence[RoutingState], *, target_count: int, stopping: bool) -> AllocationState:
+    """The allocation state of one variant.
+
+    Args:
+        routes: the routing state of each of the variant's allocations.
+        target_count: how many nodes the scheduler chose for it.
+        stopping: the variant (or its deployment) is being stopped.
+
+    Returns:
+        STOPPING if stopping; STARTING while no route is STARTED;
+        FULLY_ALLOCATED once STARTED routes >= target_count > 0; else STARTED.
+    """
+    if stopping:
+        return common_pb2.ALLOCATION_STATE_STOPPING
+    started = sum(1 for r in routes if r == _STARTED)
+    if started == 0:
+        return common_pb2.ALLOCATION_STATE_STARTING
+    if target_count > 0 and started >= target_count:
+        return common_pb2.ALLOCATION_STATE_FULLY_ALLOCATED
+    return common_pb2.ALLOCATION_STATE_STARTED
+
+
+# ---- deployment status --------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class VariantView:
+    """Counts of one variant, the input of deployment_status.
+
+    target_count: nodes the scheduler chose. wanted: instances asked (for
+    instances 0, "every eligible node", wanted = target_count). started /
+    starting / failed / stopping: routes in that routing state. name: the
+    variant's name, only for reasons.
+    """
+
+    target_count: int
+    wanted: int
+    started: int = 0
+    starting: int = 0
+    failed: int = 0
+    stopping: int = 0
+    name: str = ""
+
+
+def variant_view(routes: Sequence[RoutingState], *, target_count: int, instances: int, name: str = "") -> VariantView:
+    """Count routes into a VariantView; instances 0 means wanted = target_count."""
+    return VariantView(
+        target_count=target_count,
+        wanted=instances if instances > 0 else target_count,
+        started=sum(1 for r in routes if r == _STARTED),
+        starting=sum(1 for r in routes if r == _STARTING),
+        failed=sum(1 for r in routes if r == _FAILED),
+        stopping=sum(1 for r in routes if r == _STOPPING),
+        name=name,
+    )
+
+
+def deployment_status(
+    *,
+    desired: DesiredState,
+    variants: Sequence[VariantView],
+    ever_served: bool,
+    waiting_reason: str = "",
+    failure_reasons: Sequence[str] = (),
+) -> tuple[DeploymentStatus, str]:
+    """The deployment status and its reason, by this table (first match wins):
+
+    | desired | condition                                                   | status     |
+    |---------|-------------------------------------------------------------|------------|
+    | STOPPED | a route starting, started or stopping (failed = stopped)    | STOPPING   |
+    | STOPPED | otherwise                                                   | STOPPED    |
+    | RUNNING | serving, and every variant has started >= target_count > 0  | RUNNING    |
+    |         | and target_count >= wanted                                  |            |
+    | RUNNING | serving, and a variant has failed routes, or (none of its   | CONCERNING |
+    |         | routes starting and) it is started nowhere or has fewer     |            |
+    |         | targets than wanted                                         |            |
+    | RUNNING | serving, otherwise (routes still starting)                  | DEPLOYING  |
+    | RUNNING | not serving, ever_served                                    | ABNORMAL   |
+    | RUNNING | not serving, >= 1 target, all targets failed, none starting | FAILED     |
+    | RUNNING | not serving, otherwise                                      | DEPLOYING  |
+
+    "Serving" means some variant has a STARTED route. started may exceed
+    target_count while surplus routes drain after a scale-down; that still
+    counts as fully allocated, as in allocation_state.
+
+    Args:
+        desired: the deployment's intent (UNSPECIFIED is a caller bug: ValueError).
+        variants: one view per variant.
+        ever_served: some route reached STARTED since the last start.
+        waiting_reason: the reason shown while DEPLOYING (e.g. "waiting for
+            capacity: ..."); default: counts of started targets.
+        failure_reasons: the failed routes' reasons, appended (deduplicated)
+            to the FAILED reason.
+
+    Returns:
+        (status, reason); reason is "" for RUNNING and STOPPED.
+    """
+    starting = sum(v.starting for v in variants)
+    started = sum(v.started for v in variants)
+    stopping = sum(v.stopping for v in variants)
+    failed = sum(v.failed for v in variants)
+    targets = sum(v.target_count for v in variants)
+
+    if desired == records_pb2.DESIRED_STATE_STOPPED:
+        running = starting + started + stopping
+        if running:
+            return common_pb2.DEPLOYMENT_STATUS_STOPPING, f"stopping: {_routes(running)} not stopped yet"
+        return common_pb2.DEPLOYMENT_STATUS_STOPPED, ""
+    if desired != records_pb2.DESIRED_STATE_RUNNING:
+        raise ValueError(f"desired state {desired} is neither RUNNING nor STOPPED")
+
+    if started > 0:
+        if all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
+            return common_pb2.DEPLOYMENT_STATUS_RUNNING, ""
+        problems = [p for v in variants for p in _problems(v)]
+        if problems:
+            return common_pb2.DEPLOYMENT_STATUS_CONCERNING, "serving, but " + "; ".join(problems)
+        return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, waiting_reason or f"{started} of {_targets(targets)} started"
+
+    if ever_served:
+        return (
+            common_pb2.DEPLOYMENT_STATUS_ABNORMAL,
+            f"was serving, now no route is started ({failed} failed, {starting} starting)",
+        )
+    if targets > 0 and starting == 0 and failed >= targets:
+        reason = f"could not start on any node: {failed} of {_targets(targets)} failed"
+        distinct = list(dict.fromkeys(r for r in failure_reasons if r))
+        if distinct:
+            reason += " (" + "; ".join(distinct) + ")"
+        return common_pb2.DEPLOYMENT_STATUS_FAILED, reason
+    if waiting_reason:
+        return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, waiting_reason
+    if targets == 0:
+        return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, "waiting for a node to place it on"
+    return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, f"0 of {_targets(targets)} started"
+
+
+def _problems(v: VariantView) -> list[str]:
+    """Why a variant makes a serving deployment CONCERNING (empty: it does not)."""
+    facts: list[str] = []
+    missing = v.starting == 0 and v.target_count < v.wanted
+    if v.starting == 0 and v.started == 0:
+        facts.append("started on no node")
+    if v.failed:
+        facts.append(f"{v.failed} of {_targets(v.target_count)} failed")
+    if missing:
+        facts.append(f"placed on {v.target_count} of {v.wanted} wanted nodes")
+    if not facts:
+        return []
+    label = f"variant {v.name!r}: " if v.name else ""
+    return [label + ", ".join(facts)]
+
+
+def _routes(n: int) -> str:
+    return "1 route" if n == 1 else f"{n} routes"
+
+
+def _targets(n: int) -> str:
+    return "1 target" if n == 1 else f"{n} targets"

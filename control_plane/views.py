@@ -1,0 +1,161 @@
+"""Builds the API's read models (Deployment, Allocation, Node, stats) from
+store records plus what the fleet observes right now. Pure functions of
+their inputs; no writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from control_plane import state
+from control_plane.fleet import Fleet, Liveness
+from control_plane.reconciler import Reconciler
+from modelfleet.store.v1 import records_pb2
+from modelfleet.v1 import common_pb2, deployments_pb2, nodes_pb2
+
+RUNNING = records_pb2.DESIRED_STATE_RUNNING
+STOPPED = records_pb2.DESIRED_STATE_STOPPED
+
+_LIVENESS = {
+    Liveness.READY: nodes_pb2.NODE_STATE_READY,
+    Liveness.SUSPECT: nodes_pb2.NODE_STATE_SUSPECT,
+    Liveness.LOST: nodes_pb2.NODE_STATE_LOST,
+}
+
+
+def allocation_view(
+    rec: records_pb2.DeploymentRecord,
+    variant: deployments_pb2.VariantSpec,
+    allocs: Sequence[records_pb2.AllocationRecord],
+    *,
+    reconciler: Reconciler,
+) -> deployments_pb2.Allocation:
+    model = reconciler.model_for(variant)
+    placement = reconciler.placements.get((rec.deployment_id, variant.name))
+    out = deployments_pb2.Allocation(
+        task_parameters=deployments_pb2.TaskParameters(
+            model_id=variant.model_id,
+            model_version=variant.model_version,
+            model_bytes=model.model_bytes if model else 0,
+            sha256=model.sha256 if model else "",
+            inference_threads=variant.inference_threads,
+            model_threads=variant.model_threads,
+            queue_capacity=variant.queue_capacity,
+        ),
+        variant=variant.name,
+        weight=variant.weight,
+        target_nodes=len(placement.targets) if placement else 0,
+    )
+    if rec.HasField("start_time"):
+        out.start_time.CopyFrom(rec.start_time)
+    # running allocations win over stopping ones on the same node
+    mine = sorted((a for a in allocs if a.variant == variant.name), key=lambda a: a.desired == RUNNING)
+    for alloc in mine:
+        entry = out.routing_table[alloc.node_id]
+        entry.Clear()
+        entry.routing_state = alloc.routing_state
+        entry.reason = alloc.reason
+        if alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and reconciler.fleet.state(alloc.node_id) != Liveness.READY:
+            entry.reason = "node is not responding; not routed to"
+        entry.allocation_id = alloc.allocation_id
+        entry.worker_address = alloc.worker_address
+        if alloc.HasField("start_time"):
+            entry.start_time.CopyFrom(alloc.start_time)
+    if placement and rec.desired == RUNNING:
+        for node_id, why in placement.not_chosen.items():
+            if node_id not in out.routing_table:
+                out.not_chosen[node_id] = why
+    routes = [a.routing_state for a in mine if a.desired == RUNNING]
+    out.allocation_state = state.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
+    return out
+
+
+def deployment_view(rec: records_pb2.DeploymentRecord, *, reconciler: Reconciler) -> deployments_pb2.Deployment:
+    allocs = reconciler.store.list_allocations(deployment_id=rec.deployment_id)
+    out = deployments_pb2.Deployment(
+        deployment_id=rec.deployment_id,
+        status=rec.status,
+        status_reason=rec.status_reason,
+        description=rec.spec.description,
+        variants=rec.spec.variants,
+        owner=rec.owner,
+        traffic_limit_qps=rec.spec.traffic_limit_qps,
+        revision=rec.revision,
+    )
+    for name in ("created_at", "start_time", "stopped_at"):
+        if rec.HasField(name):
+            getattr(out, name).CopyFrom(getattr(rec, name))
+    if rec.spec.HasField("auto_stop"):
+        out.auto_stop.CopyFrom(rec.spec.auto_stop)
+        if rec.desired == RUNNING and rec.HasField("start_time"):
+            out.auto_stop_at.FromSeconds(rec.start_time.seconds + rec.spec.auto_stop.seconds)
+    for variant in rec.spec.variants:
+        out.allocations.append(allocation_view(rec, variant, allocs, reconciler=reconciler))
+    return out
+
+
+def node_view(node: records_pb2.NodeRecord, *, reconciler: Reconciler) -> nodes_pb2.Node:
+    fleet: Fleet = reconciler.fleet
+    node_id = node.info.node_id
+    live = fleet.live(node_id)
+    view = reconciler.node_views().get(node_id)
+    out = nodes_pb2.Node(
+        node_id=node_id,
+        hostname=node.info.hostname,
+        state=_LIVENESS[fleet.state(node_id)],
+        capacity=node.info.capacity,
+        labels=dict(node.info.labels),
+        schedulable=node.schedulable,
+        agent_version=node.info.agent_version,
+        allocation_ids=[a.allocation_id for a in reconciler.store.list_allocations(node_id=node_id)],
+        generation=node.generation,
+        applied_generation=live.applied_generation if live else 0,
+    )
+    if view is not None:
+        out.allocated.cpus = view.used_cpus
+        out.allocated.memory_bytes = view.used_memory
+        out.allocated.gpus = view.used_gpus
+    if node.HasField("registered_at"):
+        out.registered_at.CopyFrom(node.registered_at)
+    if live and live.last_heartbeat_wall:
+        out.last_heartbeat.FromNanoseconds(int(live.last_heartbeat_wall * 1e9))
+    return out
+
+
+def stats_view(rec: records_pb2.DeploymentRecord, *, reconciler: Reconciler) -> deployments_pb2.GetDeploymentStatsResponse:
+    out = deployments_pb2.GetDeploymentStatsResponse(deployment_id=rec.deployment_id, status=rec.status)
+    total = out.total
+    weighted_ms = 0.0
+    for alloc in reconciler.store.list_allocations(deployment_id=rec.deployment_id):
+        item = out.nodes.add(
+            node_id=alloc.node_id,
+            variant=alloc.variant,
+            allocation_id=alloc.allocation_id,
+            routing_state=alloc.routing_state,
+            reason=alloc.reason,
+        )
+        stats = reconciler.fleet.stats(alloc.node_id, alloc.allocation_id)
+        if stats is not None:
+            item.stats.CopyFrom(stats)
+        if alloc.HasField("start_time") and not item.stats.HasField("start_time"):
+            item.stats.start_time.CopyFrom(alloc.start_time)
+        s = item.stats
+        for name in (
+            "inference_count",
+            "error_count",
+            "rejected_execution_count",
+            "timeout_count",
+            "cancelled_count",
+            "number_of_pending_requests",
+            "peak_throughput_per_minute",
+            "throughput_last_minute",
+        ):
+            setattr(total, name, getattr(total, name) + getattr(s, name))
+        weighted_ms += s.average_inference_time_ms * s.inference_count
+        if s.HasField("last_access") and (not total.HasField("last_access") or s.last_access.ToNanoseconds() > total.last_access.ToNanoseconds()):
+            total.last_access.CopyFrom(s.last_access)
+    if total.inference_count:
+        total.average_inference_time_ms = weighted_ms / total.inference_count
+    if rec.HasField("start_time"):
+        total.start_time.CopyFrom(rec.start_time)
+    return out

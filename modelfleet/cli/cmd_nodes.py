@@ -1,0 +1,100 @@
+"""`modelfleet nodes list|get|drain|uncordon`: the fleet as the control plane sees it.
+
+Draining cordons a node (no new allocations are placed on it); uncordon
+makes it schedulable again.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from modelfleet.cli import render
+from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
+from modelfleet.v1 import nodes_pb2
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
+    nodes = sub.add_parser("nodes", help="list, inspect, drain and uncordon nodes", parents=parents)
+    nsub = nodes.add_subparsers(dest="action", metavar="ACTION", required=True)
+    nsub.add_parser("list", help="list nodes", parents=parents).set_defaults(func=list_nodes)
+    for name, func, text in (
+        ("get", get_node, "show one node"),
+        ("drain", drain_node, "cordon a node: place nothing new on it"),
+        ("uncordon", uncordon_node, "make a drained node schedulable again"),
+    ):
+        p = nsub.add_parser(name, help=text, parents=parents)
+        p.add_argument("node_id", metavar="NODE_ID")
+        p.set_defaults(func=func)
+
+
+def node_state(node: nodes_pb2.Node) -> str:
+    state = render.enum_name(nodes_pb2.NodeState, node.state)
+    return state if node.schedulable else f"{state},cordoned"
+
+
+def _labels(node: nodes_pb2.Node) -> str:
+    return ",".join(f"{k}={v}" for k, v in sorted(node.labels.items())) or "-"
+
+
+def node_row(node: nodes_pb2.Node) -> tuple[object, ...]:
+    return (
+        node.node_id,
+        node_state(node),
+        f"{render.cpus(node.allocated.cpus)}/{render.cpus(node.capacity.cpus)}",
+        f"{render.size(node.allocated.memory_bytes)}/{render.size(node.capacity.memory_bytes)}",
+        _labels(node),
+        len(node.allocation_ids),
+    )
+
+
+def print_node(node: nodes_pb2.Node) -> None:
+    rows = [
+        ("node_id", node.node_id),
+        ("hostname", node.hostname or "-"),
+        ("state", node_state(node)),
+        ("cpus", f"{render.cpus(node.allocated.cpus)} used / {render.cpus(node.capacity.cpus)}"),
+        ("memory", f"{render.size(node.allocated.memory_bytes)} used / {render.size(node.capacity.memory_bytes)}"),
+        ("gpus", f"{node.allocated.gpus} used / {node.capacity.gpus}"),
+        ("labels", _labels(node)),
+        ("schedulable", str(node.schedulable).lower()),
+        ("agent_version", node.agent_version or "-"),
+        ("registered_at", render.timestamp(node.registered_at)),
+        ("last_heartbeat", render.timestamp(node.last_heartbeat)),
+        ("generation", f"{node.applied_generation} applied / {node.generation} sent"),
+        ("allocations", ", ".join(node.allocation_ids) or "-"),
+    ]
+    for key, value in rows:
+        print(f"{key + ':':<16}{value}")
+
+
+def list_nodes(args: argparse.Namespace, client: Client) -> int:
+    resp = client.nodes.ListNodes(nodes_pb2.ListNodesRequest(), timeout=DEFAULT_RPC_TIMEOUT)
+    if args.json:
+        render.print_proto(resp)
+        return 0
+    render.table(("node_id", "state", "cpus", "memory", "labels", "allocations"),
+                 [node_row(n) for n in sorted(resp.nodes, key=lambda n: n.node_id)])
+    return 0
+
+
+def _show(args: argparse.Namespace, node: nodes_pb2.Node) -> int:
+    if args.json:
+        render.print_proto(node)
+    else:
+        print_node(node)
+    return 0
+
+
+def get_node(args: argparse.Namespace, client: Client) -> int:
+    return _show(args, client.nodes.GetNode(nodes_pb2.GetNodeRequest(node_id=args.node_id),
+                                            timeout=DEFAULT_RPC_TIMEOUT))
+
+
+def drain_node(args: argparse.Namespace, client: Client) -> int:
+    return _show(args, client.nodes.DrainNode(nodes_pb2.DrainNodeRequest(node_id=args.node_id),
+                                              timeout=DEFAULT_RPC_TIMEOUT))
+
+
+def uncordon_node(args: argparse.Namespace, client: Client) -> int:
+    return _show(args, client.nodes.UncordonNode(nodes_pb2.UncordonNodeRequest(node_id=args.node_id),
+                                                 timeout=DEFAULT_RPC_TIMEOUT))

@@ -1,0 +1,377 @@
+"""The node agent's stream client: one AgentControl.Connect stream to the control plane.
+
+Design
+------
+The protocol is level-triggered (DESIGN.md "Agent protocol"). Each stream
+starts with ``register`` (node info, the applied generation and every
+allocation this agent has, adopted workers included). The control plane
+answers ``welcome`` (heartbeat interval, node timeout) and ``assignment``
+messages, each the node's complete desired set with a generation that only
+grows. An assignment newer than the applied generation is handed to the
+:class:`~node_agent.allocations.Allocations` (which starts what is missing,
+stops what is absent and never restarts what is wanted); older or equal ones
+are ignored. Every state change marks the agent dirty; the stream's single
+writer coalesces bursts (``REPORT_COALESCE`` seconds) into one ``report``
+with the complete list, and sends a ``heartbeat`` with each STARTED worker's
+statistics every interval ± 10 %.
+
+The stream is reconnected with backoff 1 s × 1.6 ± 20 % (capped at 30 s
+before jitter), reset once a registration is welcomed; every attempt opens a
+fresh channel so only this backoff governs reconnects. Workers keep running
+while the stream is down. Models are fetched by :class:`ModelCache` over
+``ModelRegistry.DownloadModel`` into ``DIR/models/tmp`` and renamed to
+``DIR/models/<sha256>`` only once the digest matches.
+
+Concurrency model
+-----------------
+One asyncio loop. Per stream session: the reader (this task) applies control
+messages; one writer task is the only code that calls ``call.write`` (gRPC
+forbids concurrent writes). Allocation callbacks only bump a sequence number
+and set an event, so they never block. ``run()`` owns shutdown: it stops all
+workers while the session (if any) keeps reporting STOPPING then STOPPED,
+waits for that last report to be written, then half-closes the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from modelfleet.v1 import agent_pb2, agent_pb2_grpc, models_pb2, models_pb2_grpc
+from node_agent.allocations import Allocations
+from node_agent.supervisor import PermanentStartError, SupervisorConfig
+
+log = logging.getLogger(__name__)
+
+REPORT_COALESCE = 0.05  # seconds a report waits for more changes to join it
+DEFAULT_HEARTBEAT = 5.0
+HEARTBEAT_JITTER = 0.10
+STATS_TIMEOUT = 1.0  # at most, per heartbeat
+KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+DOWNLOAD_OPTIONS: list[tuple[str, int]] = [*KEEPALIVE_OPTIONS, ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+# Codes for which a download retry cannot help.
+_PERMANENT_DOWNLOAD_CODES = frozenset(
+    {
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.PERMISSION_DENIED,
+    }
+)
+
+
+@dataclass
+class Backoff:
+    """Reconnect delays: initial × multiplier^n, capped, then ± jitter (gRPC's algorithm)."""
+
+    initial: float = 1.0
+    multiplier: float = 1.6
+    jitter: float = 0.2
+    cap: float = 30.0
+    _attempt: int = field(default=0, init=False)
+
+    def next(self) -> float:
+        base = min(self.cap, self.initial * self.multiplier**self._attempt)
+        self._attempt += 1
+        return base * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+
+def jittered(interval: float, jitter: float = HEARTBEAT_JITTER) -> float:
+    return interval * random.uniform(1 - jitter, 1 + jitter)
+
+
+class ModelCache:
+    """Content-addressed model files in DIR/models, downloaded on a miss.
+
+    Concurrent fetches of one sha256 share a lock, so a model is downloaded
+    once however many allocations need it.
+    """
+
+    def __init__(self, *, target: str, models_dir: Path) -> None:
+        self._target = target
+        self._dir = models_dir
+        self._tmp = models_dir / "tmp"
+        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        for leftover in self._tmp.iterdir():  # partial downloads of a previous agent
+            leftover.unlink(missing_ok=True)
+
+    async def fetch(self, spec: agent_pb2.AllocationSpec) -> Path:
+        """The verified model file of spec.
+
+        Raises:
+            PermanentStartError: bad sha256 in the spec, digest mismatch or a permanent RPC error.
+            Exception: anything else is transient (the caller retries).
+        """
+        sha = spec.model_sha256.lower()
+        if len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise PermanentStartError(f"model download: invalid model_sha256 {spec.model_sha256!r}")
+        final = self._dir / sha
+        if final.exists():
+            return final
+        async with self._locks[sha]:
+            if not final.exists():
+                await self._download(spec, sha, final)
+        return final
+
+    async def _download(self, spec: agent_pb2.AllocationSpec, sha: str, final: Path) -> None:
+        part = self._tmp / f"{sha}.{uuid.uuid4().hex[:8]}.part"
+        digest, size = hashlib.sha256(), 0
+        started = time.monotonic()
+        log.info("downloading model %s version %d (%s)", spec.model_id, spec.model_version, sha)
+        try:
+            async with grpc.aio.insecure_channel(self._target, options=DOWNLOAD_OPTIONS) as channel:
+                stub = models_pb2_grpc.ModelRegistryStub(channel)
+                request = models_pb2.DownloadModelRequest(model_id=spec.model_id, version=spec.model_version)
+                with open(part, "wb") as out:
+                    async for reply in stub.DownloadModel(request):
+                        out.write(reply.chunk)
+                        digest.update(reply.chunk)
+                        size += len(reply.chunk)
+                    out.flush()
+                    os.fsync(out.fileno())
+            got = digest.hexdigest()
+            if got != sha:
+                raise PermanentStartError(
+                    f"model download: sha256 mismatch for model {spec.model_id} version {spec.model_version}: "
+                    f"expected {sha}, got {got} ({size} bytes)"
+                )
+            os.replace(part, final)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in _PERMANENT_DOWNLOAD_CODES:
+                raise PermanentStartError(f"model download: {exc.code().name}: {exc.details()}") from exc
+            raise
+        finally:
+            part.unlink(missing_ok=True)
+        log.info("downloaded model %s (%d bytes) in %.2f s", sha, size, time.monotonic() - started)
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """What the agent needs to know; built by node_agent.main from flags and detection."""
+
+    control_plane: str
+    data_dir: Path
+    node: agent_pb2.NodeInfo
+    supervisor: SupervisorConfig
+    backoff: Backoff = field(default_factory=Backoff)
+
+
+class Agent:
+    """The node agent: stream client, reconnect loop and shutdown around the node's Allocations."""
+
+    def __init__(self, config: AgentConfig) -> None:
+        self._config = config
+        self.models = ModelCache(target=config.control_plane, models_dir=config.data_dir / "models")
+        self.allocations = Allocations(
+            config=config.supervisor, fetch_model=self.models.fetch, on_change=self._mark_dirty
+        )
+        self.applied_generation = 0
+        self._heartbeat_interval = DEFAULT_HEARTBEAT
+        self._dirty = False  # a change not yet carried by a report
+        self._wake = asyncio.Event()  # wakes the writer: a change, or a new heartbeat interval
+        self._change_seq = 0  # bumped on every change
+        self._sent_seq = 0  # the change_seq the last written report covered
+        self._sent = asyncio.Event()  # set after each report is written
+        self._session_live = False  # a welcomed stream is open
+        self._closing = False
+        self._closed = asyncio.Event()  # the stream must be half-closed and not reopened
+
+    def _mark_dirty(self) -> None:
+        self._change_seq += 1
+        self._dirty = True
+        self._wake.set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until stop is set, then stop every worker, report, and close the stream."""
+        adopted = await self.allocations.adopt_existing()
+        if adopted:
+            log.info("adopted %d running worker(s): %s", len(adopted), ", ".join(adopted))
+        connection = asyncio.create_task(self._connection_loop(), name="agent stream")
+        await stop.wait()
+        log.info("shutting down: stopping %d allocation(s)", len(self.allocations.handles))
+        self._closing = True  # assignments from now on are ignored
+        # STOPPING reaches the control plane (it stops routing) before any worker refuses calls.
+        await self.allocations.shutdown(announce=lambda: self._flush(timeout=1.0))
+        await self._flush(timeout=5.0)
+        self._closed.set()
+        try:
+            await asyncio.wait_for(connection, timeout=5.0)
+        except TimeoutError:
+            log.warning("stream did not close in time")
+        log.info("agent stopped")
+
+    async def _flush(self, *, timeout: float) -> None:
+        """Wait until a report covering every change so far was written, if a stream is live."""
+        deadline = time.monotonic() + timeout
+        while self._session_live and self._sent_seq < self._change_seq and time.monotonic() < deadline:
+            self._sent.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._sent.wait(), max(0.0, deadline - time.monotonic()))
+
+    async def _connection_loop(self) -> None:
+        backoff = self._config.backoff
+        while not self._closed.is_set():
+            try:
+                await self._session()
+            except grpc.aio.AioRpcError as exc:
+                log.warning("control plane stream: %s: %s", exc.code().name, exc.details())
+            except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
+                log.warning("control plane stream ended: %s", exc)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # we are being cancelled, not just the RPC
+                log.warning("control plane stream was cancelled")
+            except Exception:
+                log.exception("control plane stream failed")
+            finally:
+                self._session_live = False
+            if self._closed.is_set():
+                return
+            delay = backoff.next()
+            log.info("reconnecting to %s in %.2f s", self._config.control_plane, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closed.wait(), delay)
+
+    async def _session(self) -> None:
+        """One stream, from register to its end (an RPC error ends it too)."""
+        async with grpc.aio.insecure_channel(self._config.control_plane, options=KEEPALIVE_OPTIONS) as channel:
+            call = agent_pb2_grpc.AgentControlStub(channel).Connect()
+            reports = self._take_reports()
+            await call.write(
+                agent_pb2.AgentMessage(
+                    register=agent_pb2.RegisterNode(
+                        node=self._config.node, applied_generation=self.applied_generation, allocations=reports[1]
+                    )
+                )
+            )
+            self._reported(reports)
+            log.info("registered as %s with %d allocation(s)", self._config.node.node_id, len(reports[1]))
+            writer = asyncio.create_task(self._writer(call), name="agent stream writer")
+            reader = asyncio.ensure_future(call.read())
+            closed = asyncio.ensure_future(self._closed.wait())
+            try:
+                while True:
+                    done, _ = await asyncio.wait({reader, closed, writer}, return_when=asyncio.FIRST_COMPLETED)
+                    if writer in done:
+                        writer.result()  # a write failed: the stream is broken
+                        return
+                    if closed in done:
+                        writer.cancel()
+                        await self._half_close(call, reader)
+                        return
+                    message = None if reader.cancelled() else reader.result()
+                    if message is None or message is grpc.aio.EOF:
+                        log.warning("control plane closed the stream")
+                        return
+                    if message.HasField("welcome"):
+                        self._session_live = True
+                        self._on_welcome(message.welcome)
+                    elif message.HasField("assignment"):
+                        self._on_assignment(message.assignment)
+                    reader = asyncio.ensure_future(call.read())
+            finally:
+                for task in (reader, closed, writer):
+                    task.cancel()
+                await asyncio.wait({writer})
+                if not writer.cancelled():
+                    writer.exception()  # retrieved: it was raised above, or is moot now
+                call.cancel()
+
+    async def _half_close(
+        self,
+        call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControlMessage],
+        reader: asyncio.Future[object],
+    ) -> None:
+        """Graceful end: no more writes; give the control plane a moment to end its side."""
+        with contextlib.suppress(Exception):
+            await call.done_writing()
+        await asyncio.wait({reader}, timeout=1.0)  # never raises the read's own outcome
+
+    def _on_welcome(self, welcome: agent_pb2.Welcome) -> None:
+        self._config.backoff.reset()  # registration succeeded
+        interval = welcome.heartbeat_interval.ToTimedelta().total_seconds()
+        self._heartbeat_interval = interval if interval > 0 else DEFAULT_HEARTBEAT
+        self._wake.set()  # the writer reschedules its next heartbeat
+        if welcome.node_id and welcome.node_id != self._config.node.node_id:
+            log.warning(
+                "control plane welcomed node id %s; this agent is %s", welcome.node_id, self._config.node.node_id
+            )
+        log.info(
+            "welcomed: heartbeat every %.2f s, node timeout %.2f s",
+            self._heartbeat_interval,
+            welcome.node_timeout.ToTimedelta().total_seconds(),
+        )
+
+    def _on_assignment(self, assignment: agent_pb2.Assignment) -> None:
+        if self._closing:
+            log.info("ignoring assignment generation %d: shutting down", assignment.generation)
+            return
+        if assignment.generation <= self.applied_generation:
+            log.info("ignoring assignment generation %d (applied %d)", assignment.generation, self.applied_generation)
+            return
+        log.info(
+            "applying assignment generation %d: %d allocation(s)", assignment.generation, len(assignment.allocations)
+        )
+        self.allocations.apply(assignment.allocations)
+        self.applied_generation = assignment.generation
+        self._mark_dirty()  # report the new applied generation even if nothing else changed
+
+    def _take_reports(self) -> tuple[int, list[agent_pb2.AllocationReport]]:
+        self._dirty = False
+        return self._change_seq, self.allocations.reports()
+
+    def _reported(self, reports: tuple[int, list[agent_pb2.AllocationReport]]) -> None:
+        self._sent_seq = max(self._sent_seq, reports[0])
+        self.allocations.forget_reported(reports[1])
+        self._sent.set()
+
+    async def _writer(self, call: grpc.aio.StreamStreamCall[agent_pb2.AgentMessage, agent_pb2.ControlMessage]) -> None:
+        """The only writer of the stream: coalesced reports and jittered heartbeats."""
+        last_heartbeat, factor = time.monotonic(), jittered(1.0)
+        while True:
+            next_heartbeat = last_heartbeat + factor * self._heartbeat_interval
+            self._wake.clear()
+            if not self._dirty:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), max(0.0, next_heartbeat - time.monotonic()))
+            if self._dirty:
+                await asyncio.sleep(REPORT_COALESCE)
+                reports = self._take_reports()
+                await call.write(
+                    agent_pb2.AgentMessage(
+                        report=agent_pb2.RoutingReport(
+                            applied_generation=self.applied_generation, allocations=reports[1]
+                        )
+                    )
+                )
+                self._reported(reports)
+            if time.monotonic() >= last_heartbeat + factor * self._heartbeat_interval:
+                timeout = min(STATS_TIMEOUT, self._heartbeat_interval / 2)
+                stats = await self.allocations.stats(timeout=timeout)
+                await call.write(
+                    agent_pb2.AgentMessage(
+                        heartbeat=agent_pb2.Heartbeat(applied_generation=self.applied_generation, stats=stats)
+                    )
+                )
+                last_heartbeat, factor = time.monotonic(), jittered(1.0)

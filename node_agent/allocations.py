@@ -1,0 +1,187 @@
+"""The node's set of allocations: level-triggered apply, reports, adoption.
+
+Design
+------
+:class:`Allocations` keeps one :class:`~node_agent.supervisor.WorkerHandle`
+per allocation id. ``apply()`` takes the complete desired set: it starts a
+handle for each wanted allocation it lacks, stops each one not wanted, and
+never touches one that is wanted and present: a running worker is never
+restarted, and a FAILED one stays FAILED (no retry loop through
+re-assignment). An allocation wanted again while it is still STOPPING is
+started afresh once it is STOPPED. A STOPPED handle stays in the list until
+``forget_reported()`` confirms a report carried it, so the control plane sees
+STOPPED once and then absence.
+
+Adoption (``adopt_existing``, once at agent start): every
+``DIR/workers/<id>.json`` left by a previous agent names a worker pid and
+port. The worker is adopted (a handle starting in STARTED, same pid) when the
+pid is alive, is really that allocation's worker (its command line names the
+allocation's ready file, which guards against pid reuse) and answers health.
+A worker that is ours but unusable is killed, so a node never runs two
+workers for one allocation; stale files are removed.
+
+Concurrency model
+-----------------
+Only touched from the agent's asyncio loop. Handle callbacks arrive
+synchronously; restarts of re-wanted allocations are scheduled with
+``call_soon`` so that no handle is created inside another's transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Awaitable, Callable, Sequence
+
+from google.protobuf import json_format
+
+from modelfleet.v1 import agent_pb2, common_pb2
+from node_agent.procs import cmdline, connect_address, kill, pid_alive, probe_health
+from node_agent.supervisor import AdoptedWorker, ModelFetcher, SupervisorConfig, WorkerHandle, WorkerState
+
+log = logging.getLogger(__name__)
+
+ADOPT_HEALTH_TIMEOUT = 2.0
+
+
+class Allocations:
+    """All allocations of this node, keyed by allocation id (see the module docstring)."""
+
+    def __init__(self, *, config: SupervisorConfig, fetch_model: ModelFetcher, on_change: Callable[[], None]) -> None:
+        self._config = config
+        self._fetch_model = fetch_model
+        self._notify = on_change
+        self._handles: dict[str, WorkerHandle] = {}
+        self._pending: dict[str, agent_pb2.AllocationSpec] = {}  # wanted again while STOPPING
+        self._closing = False
+
+    @property
+    def handles(self) -> dict[str, WorkerHandle]:
+        return dict(self._handles)
+
+    def _changed(self, handle: WorkerHandle) -> None:
+        aid = handle.allocation_id
+        if handle.state is WorkerState.STOPPED and aid in self._pending and self._handles.get(aid) is handle:
+            asyncio.get_running_loop().call_soon(self._start, self._pending.pop(aid))
+        self._notify()
+
+    def _start(self, spec: agent_pb2.AllocationSpec, adopted: AdoptedWorker | None = None) -> None:
+        if self._closing:
+            return
+        handle = WorkerHandle(
+            spec, config=self._config, fetch_model=self._fetch_model, on_change=self._changed, adopted=adopted
+        )
+        self._handles[spec.allocation_id] = handle
+        handle.start()
+        self._notify()
+
+    def apply(self, specs: Sequence[agent_pb2.AllocationSpec]) -> None:
+        """Make the desired set `specs` true (idempotent; ignored once shutting down)."""
+        if self._closing:
+            return
+        wanted = {spec.allocation_id: spec for spec in specs}
+        for aid, handle in list(self._handles.items()):
+            if aid not in wanted:
+                self._pending.pop(aid, None)
+                handle.stop()
+        for aid, spec in wanted.items():
+            have = self._handles.get(aid)
+            if have is None or have.state is WorkerState.STOPPED:
+                self._start(spec)
+            elif have.state is WorkerState.STOPPING:
+                self._pending[aid] = spec
+            elif have.spec != spec:
+                log.info("allocation %s: spec changed; the running worker is kept (allocations are immutable)", aid)
+
+    def reports(self) -> list[agent_pb2.AllocationReport]:
+        return [handle.report() for handle in self._handles.values()]
+
+    def forget_reported(self, reports: Sequence[agent_pb2.AllocationReport]) -> None:
+        """Drop STOPPED handles once a report that carried them was sent."""
+        for rep in reports:
+            handle = self._handles.get(rep.allocation_id)
+            if rep.routing_state == common_pb2.ROUTING_STATE_STOPPED and handle and handle.state is WorkerState.STOPPED:
+                del self._handles[rep.allocation_id]
+
+    async def stats(self, *, timeout: float) -> list[agent_pb2.AllocationStats]:
+        """Statistics of every STARTED worker that answers within timeout."""
+        started = [h for h in self._handles.values() if h.state is WorkerState.STARTED]
+        results = await asyncio.gather(*(h.stats(timeout=timeout) for h in started))
+        return [r for r in results if r is not None]
+
+    async def shutdown(self, *, announce: Callable[[], Awaitable[None]] | None = None) -> None:
+        """Stop every worker (SIGTERM, drain, SIGKILL) and wait until none is left.
+
+        Args:
+            announce: awaited once every allocation is STOPPING and before any
+                worker is signalled (the agent reports STOPPING there).
+        """
+        self._closing = True
+        self._pending.clear()
+        handles = list(self._handles.values())
+        release = asyncio.Event()
+        for handle in handles:
+            handle.stop(hold=release)
+        try:
+            if announce is not None:
+                await announce()
+        finally:
+            release.set()
+        await asyncio.gather(*(h.wait() for h in handles))
+
+    async def adopt_existing(self) -> list[str]:
+        """Adopt the live, healthy workers a previous agent left; clean up the rest.
+
+        Returns:
+            The adopted allocation ids.
+        """
+        workers = self._config.workers_dir
+        workers.mkdir(parents=True, exist_ok=True)
+        adopted: list[str] = []
+        for path in sorted(workers.glob("*.json")):
+            aid, ready = path.stem, path.with_suffix(".ready")
+            try:
+                data = json.loads(path.read_text())
+                spec = json_format.ParseDict(data["allocation"], agent_pb2.AllocationSpec())
+                pid, port = int(data["pid"]), int(data.get("port") or 0)
+            except (OSError, ValueError, KeyError, TypeError, json_format.ParseError) as exc:
+                log.warning("removing unreadable worker state %s: %s", path, exc)
+                path.unlink(missing_ok=True)
+                continue
+            ours = spec.allocation_id == aid and pid_alive(pid) and str(ready) in cmdline(pid)
+            if ours and not port:  # the previous agent died before it saw the ready file
+                with contextlib.suppress(OSError, ValueError):
+                    port = int(json.loads(ready.read_text()).get("port", 0))
+            problem = "not running" if not ours else None if port else "not ready"
+            if problem is None:
+                address = connect_address(self._config.worker_host, port)
+                problem = await probe_health(address, timeout=ADOPT_HEALTH_TIMEOUT)
+            if problem is None:
+                info = AdoptedWorker(
+                    pid=pid,
+                    port=port,
+                    started_at=float(data.get("started_at") or time.time()),
+                    log_offset=int(data.get("log_offset") or 0),
+                    restarts=int(data.get("restarts") or 0),
+                )
+                log.info("allocation %s: adopted running worker pid %d on port %d", aid, pid, port)
+                self._start(spec, adopted=info)
+                adopted.append(aid)
+                continue
+            log.warning("allocation %s: not adopting worker pid %d (%s)", aid, pid, problem)
+            if ours:  # our orphan, but unusable: never leave a second worker behind
+                kill(pid, signal.SIGKILL, group=True)
+                for _ in range(50):
+                    if not pid_alive(pid):
+                        break
+                    await asyncio.sleep(0.1)
+            path.unlink(missing_ok=True)
+            ready.unlink(missing_ok=True)
+        for leftover in [*workers.glob("*.ready"), *workers.glob("*.tmp")]:
+            if leftover.stem not in self._handles:
+                leftover.unlink(missing_ok=True)
+        return adopted

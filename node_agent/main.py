@@ -1,0 +1,205 @@
+"""`modelfleet-agent`: the per-host node agent daemon.
+
+Design
+------
+Parses the flags of docs/architecture.md, detects what the host offers
+(CPUs from the scheduler affinity mask and the cgroup v2 CPU quota, memory
+from /proc/meminfo MemTotal and the cgroup v2 memory limit, GPUs from
+``nvidia-smi -L``; each flag overrides its detection), keeps a stable node
+id in ``DIR/node_id`` and runs :class:`node_agent.agent.Agent` until SIGTERM
+or SIGINT. Shutdown is graceful: every allocation is reported STOPPING, its
+worker drained (SIGTERM, ``--drain-timeout``, then SIGKILL), reported
+STOPPED, the stream is closed, and the process exits 0.
+
+Concurrency model
+-----------------
+One asyncio event loop in the main thread; signal handlers only set an
+event. Detection runs once before the loop starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.metadata
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+from modelfleet.v1 import agent_pb2, common_pb2
+from node_agent.agent import Agent, AgentConfig
+from node_agent.supervisor import SupervisorConfig
+
+log = logging.getLogger("node_agent")
+
+_NODE_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")  # the control plane's id rule
+
+
+def detect_cpus() -> float:
+    """CPUs this process may use: the affinity mask, lowered by a cgroup v2 quota."""
+    cpus = float(len(os.sched_getaffinity(0)))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def detect_memory() -> int:
+    """Bytes of memory: MemTotal, lowered by a cgroup v2 memory limit."""
+    total = 0
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                total = int(line.split()[1]) * 1024
+                break
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit)) if total else int(limit)
+    except (OSError, ValueError):
+        pass
+    return total
+
+
+def detect_gpus() -> int:
+    """NVIDIA GPUs listed by `nvidia-smi -L`; 0 when it is absent or fails."""
+    exe = shutil.which("nvidia-smi")
+    if exe is None:
+        return 0
+    try:
+        out = subprocess.run([exe, "-L"], capture_output=True, text=True, timeout=10, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in out.splitlines() if line.startswith("GPU "))
+
+
+def load_node_id(data_dir: Path, override: str | None) -> str:
+    """The stable node id: --node-id, else DIR/node_id, else a new `node-xxxxxxxx` (persisted)."""
+    path = data_dir / "node_id"
+    stored = path.read_text().strip() if path.exists() else ""
+    node_id = override or stored or f"node-{uuid.uuid4().hex[:8]}"
+    if node_id != stored:
+        if stored:
+            log.warning("node id changes from %s to %s (--node-id)", stored, node_id)
+        tmp = path.with_name("node_id.tmp")
+        tmp.write_text(node_id + "\n")
+        os.replace(tmp, path)
+    return node_id
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"--label {text!r}: expected KEY=VALUE")
+    return key, value
+
+
+def _node_id(text: str) -> str:
+    if not _NODE_ID.match(text):
+        raise argparse.ArgumentTypeError(
+            f"--node-id {text!r}: use 1-64 lowercase letters, digits, '-', '_' and '.', "
+            "starting and ending with a letter or digit"
+        )
+    return text
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a number >= 0")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="modelfleet-agent", description="modelfleet node agent")
+    p.add_argument("--control-plane", required=True, metavar="HOST:PORT", help="control plane address")
+    p.add_argument("--data-dir", required=True, type=Path, metavar="DIR", help="node id, model cache, worker state")
+    p.add_argument("--cpus", type=_non_negative_float, help="CPUs offered (default: detected)")
+    p.add_argument("--memory", type=_non_negative_int, metavar="BYTES", help="memory offered (default: detected)")
+    p.add_argument("--gpus", type=_non_negative_int, help="GPUs offered (default: nvidia-smi -L)")
+    p.add_argument("--label", type=_label, action="append", default=[], metavar="K=V", help="node label (repeatable)")
+    p.add_argument("--node-id", type=_node_id, metavar="ID", help="node id (default: DIR/node_id or a new one)")
+    p.add_argument("--worker-host", default="127.0.0.1", help="address inference workers bind (default 127.0.0.1)")
+    p.add_argument("--drain-timeout", type=_non_negative_float, default=30.0, metavar="S",
+                   help="seconds a stopping worker may drain before SIGKILL (default 30)")  # fmt: skip
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def node_info(args: argparse.Namespace, node_id: str) -> agent_pb2.NodeInfo:
+    try:
+        version = importlib.metadata.version("modelfleet")
+    except importlib.metadata.PackageNotFoundError:
+        version = "0+unknown"
+    return agent_pb2.NodeInfo(
+        node_id=node_id,
+        hostname=socket.gethostname(),
+        capacity=common_pb2.NodeCapacity(
+            cpus=args.cpus if args.cpus is not None else detect_cpus(),
+            memory_bytes=args.memory if args.memory is not None else detect_memory(),
+            gpus=args.gpus if args.gpus is not None else detect_gpus(),
+        ),
+        labels=dict(args.label),
+        agent_version=version,
+    )
+
+
+async def serve(agent: Agent) -> None:
+    """Run agent until SIGTERM or SIGINT, then shut it down gracefully."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, _on_signal, stop, sig)
+    await agent.run(stop)
+
+
+def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
+    log.info("received %s: shutting down gracefully", sig.name)
+    stop.set()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    data_dir: Path = args.data_dir.resolve()  # absolute: worker command lines name their ready files
+    data_dir.mkdir(parents=True, exist_ok=True)
+    node = node_info(args, load_node_id(data_dir, args.node_id))
+    log.info(
+        "node %s: %g CPUs, %d bytes memory, %d GPUs, labels %s; control plane %s",
+        node.node_id, node.capacity.cpus, node.capacity.memory_bytes, node.capacity.gpus,
+        dict(node.labels), args.control_plane,
+    )  # fmt: skip
+    config = AgentConfig(
+        control_plane=args.control_plane,
+        data_dir=data_dir,
+        node=node,
+        supervisor=SupervisorConfig(data_dir=data_dir, worker_host=args.worker_host, drain_timeout=args.drain_timeout),
+    )
+    asyncio.run(serve(Agent(config)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,584 @@
+"""Supervision of inference worker processes: one WorkerHandle per allocation.
+
+Design
+------
+Every allocation runs in its own ``python -m node_agent.worker`` process, so a
+crashing or leaking model can take neither the agent nor the other models
+down, and stopping an allocation frees all of its memory. A
+:class:`WorkerHandle` owns one allocation's lifecycle::
+
+    STARTING ──▶ STARTED ──▶ STOPPING ──▶ STOPPED
+       │  ▲         │            ▲
+       │  └ RESTARTING ◀┘        │  (stop() from any live state)
+       └──────────▶ FAILED ──────┘  (removed from the desired set)
+
+STARTING covers the model download (cached by sha256), the spawn and the
+model load; STARTED begins when the worker writes its ready file. Exit code 3
+(load error) and 2 (bad arguments) are permanent: FAILED at once, no retry.
+Any other exit, and ``health_failures`` failed health checks in a row, is a
+crash: the worker is restarted after ``restart_backoff[i]`` (RESTARTING,
+reported as STARTING) until the backoff list is spent, then FAILED with the
+exit summary and the last stderr lines. The crash budget refills after
+``restart_reset_after`` seconds of uninterrupted service.
+
+While a process exists it is described in ``DIR/workers/<id>.json`` (spec,
+pid, port, started_at, log offset) so that a restarted agent can adopt it
+(node_agent.allocations); an adopted handle starts in STARTED.
+
+Concurrency model
+-----------------
+Everything runs on the agent's one asyncio loop; there are no threads and no
+locks. Each handle owns exactly one task (``_lifecycle``), the only code that
+spawns, signals or waits for its process. ``stop()`` is synchronous: it moves
+the state to STOPPING and sets an event that every await of the lifecycle
+races against, so a stop is honoured in any phase (download, load, serving,
+restart backoff). Own children are reaped by asyncio's child watcher through
+``Process.wait()``; adopted workers (children of a previous agent) are not
+ours, so their exit is observed by polling ``/proc``. State changes call
+``on_change`` synchronously (never awaited) so the agent can coalesce them
+into one report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import json
+import logging
+import os
+import re
+import signal
+import site
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import json_format
+
+from modelfleet.v1 import agent_pb2, common_pb2, worker_pb2, worker_pb2_grpc
+from node_agent.procs import WorkerProcess, advertised_address, check_health, connect_address, kill, pid_alive
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+EXIT_BAD_ARGUMENTS = 2
+EXIT_LOAD_ERROR = 3
+STDERR_TAIL_LINES = 20
+MAX_REASON_CHARS = 2000
+MAX_LOG_BYTES = 10 * 1024 * 1024
+_ALLOCATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_PROJECT_ROOT = str(Path(__file__).resolve().parents[1])  # the directory that holds node_agent/
+_SITE_DIRS = frozenset(str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()])
+
+
+class WorkerState(str, enum.Enum):
+    """Lifecycle of one allocation on this node (see the module docstring)."""
+
+    STARTING = "starting"  # downloading the model, spawning or loading it
+    STARTED = "started"  # ready file seen; serving at `address`
+    RESTARTING = "restarting"  # crashed; waiting out the backoff (reported as STARTING)
+    STOPPING = "stopping"  # asked to stop; draining
+    STOPPED = "stopped"  # no process left (terminal)
+    FAILED = "failed"  # gave up; stays until the allocation is removed
+
+
+_S = WorkerState
+TRANSITIONS: frozenset[tuple[WorkerState, WorkerState]] = frozenset({
+    (_S.STARTING, _S.STARTED), (_S.STARTING, _S.RESTARTING), (_S.STARTING, _S.FAILED), (_S.STARTING, _S.STOPPING),
+    (_S.STARTED, _S.RESTARTING), (_S.STARTED, _S.FAILED), (_S.STARTED, _S.STOPPING),
+    (_S.RESTARTING, _S.STARTING), (_S.RESTARTING, _S.FAILED), (_S.RESTARTING, _S.STOPPING),
+    (_S.STOPPING, _S.STOPPED),
+    (_S.FAILED, _S.STOPPED),
+})  # fmt: skip
+_ROUTING_STATE: dict[WorkerState, common_pb2.RoutingState] = {
+    _S.STARTING: common_pb2.ROUTING_STATE_STARTING,
+    _S.RESTARTING: common_pb2.ROUTING_STATE_STARTING,
+    _S.STARTED: common_pb2.ROUTING_STATE_STARTED,
+    _S.STOPPING: common_pb2.ROUTING_STATE_STOPPING,
+    _S.STOPPED: common_pb2.ROUTING_STATE_STOPPED,
+    _S.FAILED: common_pb2.ROUTING_STATE_FAILED,
+}
+
+
+class InvalidTransition(RuntimeError):
+    """A lifecycle change not in TRANSITIONS was attempted (a bug)."""
+
+
+class PermanentStartError(Exception):
+    """Raised by a model fetcher when retrying cannot help (sha mismatch, unknown model)."""
+
+
+ModelFetcher = Callable[[agent_pb2.AllocationSpec], Awaitable[Path]]
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """Timings and paths of worker supervision; defaults per RELIABILITY.md."""
+
+    data_dir: Path
+    worker_host: str = "127.0.0.1"
+    drain_timeout: float = 30.0
+    kill_grace: float = 2.0  # extra wait after drain_timeout before SIGKILL
+    health_interval: float = 10.0
+    health_timeout: float = 5.0
+    health_failures: int = 3
+    restart_backoff: tuple[float, ...] = (1.0, 2.0, 4.0)  # one entry per allowed restart
+    restart_reset_after: float = 600.0
+    start_timeout: float = 600.0
+    python: str = sys.executable
+    worker_module: str = "node_agent.worker"
+
+    @property
+    def workers_dir(self) -> Path:
+        return self.data_dir / "workers"
+
+
+@dataclass(frozen=True)
+class _Exit:
+    """How one worker process ended."""
+
+    summary: str = ""
+    stderr: str = ""
+    permanent: bool = False
+    stopped: bool = False  # ended by our stop request
+    uptime: float = 0.0
+
+    @property
+    def reason(self) -> str:
+        return f"{self.summary}; stderr: {self.stderr}" if self.stderr else self.summary
+
+
+@dataclass(frozen=True)
+class AdoptedWorker:
+    """A running worker found at start-up, described by its state file."""
+
+    pid: int
+    port: int
+    started_at: float
+    log_offset: int
+    restarts: int
+
+
+class WorkerHandle:
+    """One allocation's worker process and its lifecycle; see the module docstring."""
+
+    def __init__(
+        self,
+        spec: agent_pb2.AllocationSpec,
+        *,
+        config: SupervisorConfig,
+        fetch_model: ModelFetcher,
+        on_change: Callable[[WorkerHandle], None],
+        adopted: AdoptedWorker | None = None,
+    ) -> None:
+        self.spec = spec
+        self.allocation_id = spec.allocation_id
+        self._config = config
+        self._fetch_model = fetch_model
+        self._on_change = on_change
+        self._adopted = adopted
+        self.state = WorkerState.STARTED if adopted else WorkerState.STARTING
+        self.reason = ""
+        self.pid = adopted.pid if adopted else 0
+        self.port = adopted.port if adopted else 0
+        self.started_at: float | None = adopted.started_at if adopted else None
+        self.restarts = adopted.restarts if adopted else 0
+        self.spawns = 0
+        self._log_offset = adopted.log_offset if adopted else 0
+        self._stop = asyncio.Event()
+        self._hold: asyncio.Event | None = None  # see stop()
+        self._channel: grpc.aio.Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+        workers = config.workers_dir
+        self.state_file = workers / f"{self.allocation_id}.json"
+        self.ready_file = workers / f"{self.allocation_id}.ready"
+        self.log_file = workers / f"{self.allocation_id}.log"
+
+    # ---- public API -----------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return advertised_address(self._config.worker_host, self.port) if self.port else ""
+
+    def start(self) -> None:
+        """Begin the lifecycle task (once)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._lifecycle(), name=f"worker {self.allocation_id}")
+
+    def stop(self, *, hold: asyncio.Event | None = None) -> None:
+        """Ask the worker to stop: STOPPING now, STOPPED once no process is left.
+
+        Args:
+            hold: if given, a running worker is signalled only once it is set, so
+                the caller can announce STOPPING before the worker refuses calls.
+        """
+        if self._stop.is_set() or self.state is WorkerState.STOPPED:
+            return
+        self._hold = hold
+        self._stop.set()
+        if self.state is WorkerState.FAILED:
+            self._transition(WorkerState.STOPPED, self.reason)
+        else:
+            self._transition(WorkerState.STOPPING, "stopping")
+
+    async def wait(self) -> None:
+        """Wait until the lifecycle task has ended (STOPPED or FAILED)."""
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.shield(self._task)
+
+    def report(self) -> agent_pb2.AllocationReport:
+        rep = agent_pb2.AllocationReport(
+            allocation_id=self.allocation_id,
+            deployment_id=self.spec.deployment_id,
+            routing_state=_ROUTING_STATE[self.state],
+            reason=self.reason,
+            worker_pid=self.pid,
+            restarts=self.restarts,
+        )
+        if self.state is WorkerState.STARTED:
+            rep.worker_address = self.address
+        if self.started_at is not None and self.state is WorkerState.STARTED:
+            rep.started_at.FromNanoseconds(int(self.started_at * 1e9))
+        return rep
+
+    async def stats(self, *, timeout: float) -> agent_pb2.AllocationStats | None:
+        """The worker's inference statistics, or None when not STARTED or it did not answer."""
+        channel = self._channel
+        if self.state is not WorkerState.STARTED or channel is None:
+            return None
+        try:
+            reply = await worker_pb2_grpc.WorkerControlStub(channel).GetWorkerStats(
+                worker_pb2.GetWorkerStatsRequest(), timeout=timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.debug("allocation %s: stats failed: %s", self.allocation_id, exc.code().name)
+            return None
+        return agent_pb2.AllocationStats(allocation_id=self.allocation_id, stats=reply.stats)
+
+    # ---- lifecycle --------------------------------------------------------------------
+
+    def _transition(self, to: WorkerState, reason: str = "") -> None:
+        if (self.state, to) not in TRANSITIONS:
+            raise InvalidTransition(f"allocation {self.allocation_id}: {self.state.value} -> {to.value}")
+        log.info("allocation %s: %s -> %s %s", self.allocation_id, self.state.value, to.value, reason)
+        self.state = to
+        self.reason = reason[-MAX_REASON_CHARS:]
+        self._on_change(self)
+
+    def _set_reason(self, reason: str) -> None:
+        self.reason = reason[-MAX_REASON_CHARS:]
+        self._on_change(self)
+
+    def _fail(self, reason: str) -> None:
+        if self.state in (WorkerState.STARTING, WorkerState.STARTED, WorkerState.RESTARTING):
+            self._transition(WorkerState.FAILED, reason)
+
+    async def _lifecycle(self) -> None:
+        # Cancellation (the agent exiting without a graceful shutdown) propagates untouched:
+        # the worker and its state file stay for the next agent to adopt.
+        try:
+            await self._supervise()
+        except Exception as exc:  # a bug must not leave the allocation in limbo
+            log.exception("allocation %s: supervision failed", self.allocation_id)
+            if self.pid and pid_alive(self.pid):
+                kill(self.pid, signal.SIGKILL, group=True)
+            self._fail(f"agent error: {exc!r}")
+        self._process_gone()
+        if self.state is WorkerState.STOPPING:
+            self._transition(WorkerState.STOPPED, "stopped")
+
+    async def _supervise(self) -> None:
+        problem = self._check_spec()
+        if problem:
+            self._fail(problem)
+            return
+        model: Path | None = None
+        consecutive = 0
+        while True:
+            if self._adopted is not None:
+                self._adopted = None
+                outcome = await self._serve(WorkerProcess(self.pid), started=time.monotonic())
+            else:
+                model = model or await self._fetch()
+                if model is None:
+                    return
+                outcome = await self._run_once(model)
+            self._process_gone()
+            if outcome.stopped or self._stop.is_set():
+                return
+            if outcome.permanent:
+                self._fail(outcome.reason)
+                return
+            reset = outcome.uptime >= self._config.restart_reset_after
+            consecutive = 1 if reset else consecutive + 1
+            backoff = self._config.restart_backoff
+            if consecutive > len(backoff):
+                gave_up = f" (gave up after {len(backoff)} restarts)" if backoff else ""
+                self._fail(_Exit(outcome.summary + gave_up, outcome.stderr).reason)
+                return
+            delay = backoff[consecutive - 1]
+            self.restarts += 1
+            self._transition(
+                WorkerState.RESTARTING, f"{outcome.reason} (restart {consecutive} of {len(backoff)} in {delay:g} s)"
+            )
+            if await self._sleep_or_stop(delay):
+                return
+            self._transition(WorkerState.STARTING, f"restarting after: {outcome.summary}")
+
+    def _check_spec(self) -> str:
+        if not _ALLOCATION_ID.match(self.allocation_id):
+            return f"invalid allocation_id {self.allocation_id!r}"
+        if self._adopted is None and self.spec.format == common_pb2.MODEL_FORMAT_UNSPECIFIED:
+            return "invalid allocation: format is unspecified"
+        return ""
+
+    async def _fetch(self) -> Path | None:
+        """The model file, downloading it if needed; None if stopped or FAILED."""
+        delay = 1.0
+        while True:
+            try:
+                done, path = await self._race(self._fetch_model(self.spec))
+            except PermanentStartError as exc:
+                self._fail(str(exc))
+                return None
+            except Exception as exc:  # transient (control plane unreachable, ...): retry while wanted
+                log.warning("allocation %s: model download failed: %s", self.allocation_id, exc)
+                self._set_reason(f"model download failed, retrying in {delay:.1f} s: {exc}")
+                if await self._sleep_or_stop(delay):
+                    return None
+                delay = min(delay * 1.6, 30.0)
+                continue
+            return path if done else None
+
+    async def _race(self, aw: Awaitable[T]) -> tuple[bool, T | None]:
+        """Await aw unless stop() comes first (then aw is cancelled): (finished, result)."""
+        task = asyncio.ensure_future(aw)
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not task.done():
+                task.cancel()
+        if not task.done():  # stopped first: let the cancelled work unwind
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            return False, None
+        return True, task.result()
+
+    async def _sleep_or_stop(self, delay: float) -> bool:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), delay)
+        return self._stop.is_set()
+
+    def _argv(self, model: Path) -> list[str]:
+        spec, cfg = self.spec, self._config
+        fmt = common_pb2.ModelFormat.Name(spec.format).removeprefix("MODEL_FORMAT_").lower()
+        return [
+            cfg.python, "-m", cfg.worker_module,
+            "--model", str(model), "--format", fmt,
+            "--name", spec.deployment_id, "--version", spec.variant,
+            "--inference-threads", str(max(1, spec.inference_threads)),
+            "--model-threads", str(max(1, spec.model_threads)),
+            "--queue-capacity", str(spec.queue_capacity or 1024),
+            "--host", cfg.worker_host, "--port", "0",
+            "--ready-file", str(self.ready_file),
+            "--drain-timeout", f"{cfg.drain_timeout:g}",
+            *self._declared_specs(),
+        ]  # fmt: skip
+
+    def _declared_specs(self) -> list[str]:
+        """TorchScript keeps no datatypes: serve the specs the registry validated."""
+        spec = self.spec
+        if spec.format != common_pb2.MODEL_FORMAT_TORCHSCRIPT or not spec.inputs:
+            return []
+
+        def as_json(specs: Any) -> str:
+            return json.dumps([{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs])
+
+        argv = ["--inputs-json", as_json(spec.inputs)]
+        if spec.outputs:
+            argv += ["--outputs-json", as_json(spec.outputs)]
+        return argv
+
+    def _env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.update(self.spec.env)
+        if _PROJECT_ROOT not in _SITE_DIRS:  # a source checkout: run the worker from the agent's own tree
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
+        env["PYTHONUNBUFFERED"] = "1"  # keep stdout and stderr lines in order in the log
+        return env
+
+    async def _run_once(self, model: Path) -> _Exit:
+        """Spawn one worker process, wait until it is ready, then serve until it ends."""
+        self._config.workers_dir.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if self.log_file.stat().st_size > MAX_LOG_BYTES:
+                os.replace(self.log_file, self.log_file.with_suffix(".log.1"))
+        self.spawns += 1
+        with open(self.log_file, "ab") as out:
+            header = f"--- modelfleet-agent: start {self.spawns} of allocation {self.allocation_id} at {time.ctime()}\n"
+            out.write(header.encode())
+            out.flush()
+            self._log_offset = out.tell()
+            try:
+                child = await asyncio.create_subprocess_exec(
+                    *self._argv(model),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=out,
+                    env=self._env(),
+                    start_new_session=True,  # survives the agent; own process group to kill
+                )
+            except OSError as exc:
+                return _Exit(f"cannot start worker: {exc}", permanent=True)
+        proc = WorkerProcess(child.pid, child)
+        self.pid, self.port, self.started_at = child.pid, 0, None
+        self._write_state()
+        self._on_change(self)
+        spawned = time.monotonic()
+        exit_task = asyncio.ensure_future(proc.wait())
+        try:
+            while not exit_task.done() and not self._stop.is_set():
+                port = self._read_ready(child.pid)
+                if port:
+                    self.port, self.started_at = port, time.time()
+                    self._write_state()
+                    self._transition(WorkerState.STARTED)
+                    return await self._serve(proc, started=time.monotonic(), exit_task=exit_task)
+                if time.monotonic() - spawned > self._config.start_timeout:
+                    proc.signal(signal.SIGKILL, group=True)
+                    await exit_task
+                    return _Exit(f"worker did not become ready within {self._config.start_timeout:g} s")
+                await asyncio.wait({exit_task}, timeout=0.05)
+            if self._stop.is_set() and not exit_task.done():
+                await self._terminate(proc, exit_task)
+                return _Exit(stopped=True)
+            return self._exit_outcome(exit_task.result(), uptime=0.0)
+        finally:
+            exit_task.cancel()
+
+    def _read_ready(self, pid: int) -> int:
+        try:
+            data = json.loads(self.ready_file.read_text())
+        except (OSError, ValueError):
+            return 0
+        if int(data.get("pid", pid)) != pid:
+            return 0
+        return int(data.get("port", 0))
+
+    async def _serve(
+        self, proc: WorkerProcess, *, started: float, exit_task: asyncio.Future[int | None] | None = None
+    ) -> _Exit:
+        """Health-check a STARTED worker until it exits, fails its checks or is stopped."""
+        cfg = self._config
+        if exit_task is None:
+            exit_task = asyncio.ensure_future(proc.wait())
+        stop_task = asyncio.ensure_future(self._stop.wait())
+        self._channel = grpc.aio.insecure_channel(connect_address(cfg.worker_host, self.port))
+        check: asyncio.Future[str | None] | None = None
+        next_check, failures = time.monotonic() + cfg.health_interval, 0
+        try:
+            while True:
+                waiters: set[asyncio.Future[Any]] = {exit_task, stop_task}
+                if check is not None:
+                    waiters.add(check)
+                timeout = None if check else max(0.0, next_check - time.monotonic())
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                if exit_task in done:
+                    return self._exit_outcome(exit_task.result(), uptime=time.monotonic() - started)
+                if stop_task in done:
+                    await self._terminate(proc, exit_task)
+                    return _Exit(stopped=True)
+                if check is None:
+                    check = asyncio.ensure_future(check_health(self._channel, timeout=cfg.health_timeout))
+                    continue
+                if check not in done:
+                    continue
+                error, check = check.result(), None
+                next_check = time.monotonic() + cfg.health_interval
+                failures = 0 if error is None else failures + 1
+                if error is not None:
+                    log.warning("allocation %s: health check %d failed: %s", self.allocation_id, failures, error)
+                if failures >= cfg.health_failures:
+                    proc.signal(signal.SIGKILL, group=True)
+                    await exit_task
+                    return _Exit(
+                        f"worker failed {failures} health checks in a row ({error})",
+                        uptime=time.monotonic() - started,
+                    )
+        finally:
+            for task in (exit_task, stop_task, check):
+                if task is not None:
+                    task.cancel()
+            channel, self._channel = self._channel, None
+            await channel.close()
+
+    async def _terminate(self, proc: WorkerProcess, exit_task: asyncio.Future[int | None]) -> None:
+        """SIGTERM (the worker drains), then SIGKILL to its process group after the drain timeout."""
+        if self._hold is not None:
+            await self._hold.wait()
+        proc.signal(signal.SIGTERM)
+        done, _ = await asyncio.wait({exit_task}, timeout=self._config.drain_timeout + self._config.kill_grace)
+        if not done:
+            log.warning("allocation %s: worker %d did not exit after SIGTERM; killing it", self.allocation_id, proc.pid)
+            proc.signal(signal.SIGKILL, group=True)
+            await exit_task
+
+    def _exit_outcome(self, code: int | None, *, uptime: float) -> _Exit:
+        lines = self._stderr_tail()
+        stderr = " | ".join(lines)[-MAX_REASON_CHARS:]
+        if code == EXIT_LOAD_ERROR:
+            line = next((ln for ln in reversed(lines) if ln.startswith("load error")), "")
+            return _Exit(line or f"load error: {lines[-1] if lines else 'worker exited with code 3'}", permanent=True)
+        if code == EXIT_BAD_ARGUMENTS:
+            return _Exit("worker rejected its arguments (exit code 2)", stderr, permanent=True)
+        if code is None:
+            summary = "worker exited (adopted process; exit status unknown)"
+        elif code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = str(-code)
+            summary = f"worker killed by signal {name}"
+        else:
+            summary = f"worker exited with code {code}"
+        return _Exit(summary, stderr, uptime=uptime)
+
+    def _stderr_tail(self) -> list[str]:
+        try:
+            with open(self.log_file, "rb") as fh:
+                size = fh.seek(0, os.SEEK_END)
+                fh.seek(max(self._log_offset if self._log_offset <= size else 0, size - 64 * 1024))
+                text = fh.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [ln.strip() for ln in text.splitlines() if ln.strip()][-STDERR_TAIL_LINES:]
+
+    def _write_state(self) -> None:
+        """Describe the running process in DIR/workers/<id>.json (atomically) for adoption."""
+        state: dict[str, Any] = {
+            "allocation": json_format.MessageToDict(self.spec, preserving_proto_field_name=True),
+            "pid": self.pid,
+            "port": self.port,
+            "started_at": self.started_at,
+            "log_offset": self._log_offset,
+            "restarts": self.restarts,
+        }
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_file)
+
+    def _process_gone(self) -> None:
+        """No process runs for this allocation any more: forget it and its files."""
+        self.pid, self.port, self.started_at = 0, 0, None
+        if _ALLOCATION_ID.match(self.allocation_id):  # never unlink paths built from a bad id
+            self.state_file.unlink(missing_ok=True)
+            self.ready_file.unlink(missing_ok=True)

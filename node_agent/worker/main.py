@@ -1,0 +1,184 @@
+"""`python -m node_agent.worker`: one inference worker process per allocation.
+
+    python -m node_agent.worker --model PATH --format onnx|torchscript \
+        --name DEPLOYMENT_ID --version VARIANT \
+        --inference-threads N --model-threads N --queue-capacity N \
+        --host 127.0.0.1 --port 0 --ready-file PATH [--drain-timeout 30] \
+        [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864]
+
+Order of events: parse arguments (bad ones: exit 2) -> load the model and,
+when every input shape is static, run one warm-up inference with zeros
+(failure: "load error: ..." as the last stderr line, exit 3, which the agent
+treats as permanent) -> bind and start the grpc.aio server -> health SERVING
+-> write the ready file atomically (tmp + rename) as JSON
+{"port", "pid", "inputs", "outputs"}. SIGTERM/SIGINT then drain: refuse new
+calls (UNAVAILABLE "worker is draining"), finish queued ones within
+--drain-timeout, stop the server, exit 0. Any other non-zero exit is a crash.
+
+Concurrency: the main thread runs the asyncio loop (server, admission,
+signals); the work queue's model threads run the model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from node_agent.runtime.base import FORMATS, LoadError, Runtime, TensorSpec, load_runtime, one_line, parse_specs_json
+from node_agent.worker.server import DEFAULT_MAX_MESSAGE_BYTES, build_server
+from node_agent.worker.service import WorkerService, warm_up
+
+logger = logging.getLogger("node_agent.worker")
+
+EXIT_OK = 0
+EXIT_CRASH = 1
+EXIT_BAD_ARGS = 2  # argparse's own code
+EXIT_LOAD_ERROR = 3
+MAX_QUEUE_CAPACITY = 1_000_000
+_SERVER_STOP_GRACE_S = 1.0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m node_agent.worker", description="modelfleet inference worker")
+    p.add_argument("--model", required=True, help="the model file")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--name", required=True, help="the model name clients use (the deployment id)")
+    p.add_argument("--version", default="1", help="the version clients may name (the variant)")
+    p.add_argument("--inference-threads", type=int, default=1, help="threads per inference")
+    p.add_argument("--model-threads", type=int, default=1, help="inferences run at once")
+    p.add_argument("--queue-capacity", type=int, default=1024, help="calls that may wait beyond those running")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 = any free port (see the ready file)")
+    p.add_argument("--ready-file", required=True, help="written atomically once serving")
+    p.add_argument("--drain-timeout", type=float, default=30.0, help="seconds to finish queued calls on SIGTERM")
+    p.add_argument("--inputs-json", default=None, help="declared input specs (JSON list)")
+    p.add_argument("--outputs-json", default=None, help="declared output specs (JSON list)")
+    p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Parse and range-check the arguments; exits 2 on any bad one."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    checks = [
+        (bool(args.name), "--name must not be empty"),
+        (1 <= args.inference_threads <= 1024, "--inference-threads must be 1..1024"),
+        (1 <= args.model_threads <= 1024, "--model-threads must be 1..1024"),
+        (1 <= args.queue_capacity <= MAX_QUEUE_CAPACITY, f"--queue-capacity must be 1..{MAX_QUEUE_CAPACITY}"),
+        (0 <= args.port <= 65535, "--port must be 0..65535"),
+        (args.drain_timeout >= 0, "--drain-timeout must be >= 0"),
+        (1024 <= args.max_message_bytes <= 2**31 - 1, "--max-message-bytes must be 1024..2147483647"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            parser.error(message)
+    any_shape = args.format == "torchscript"
+    try:
+        args.declared_inputs = parse_specs_json(args.inputs_json, empty_shape_is_any=any_shape) if args.inputs_json else None
+        args.declared_outputs = (
+            parse_specs_json(args.outputs_json, empty_shape_is_any=any_shape) if args.outputs_json else None
+        )
+    except ValueError as exc:
+        parser.error(f"bad declared specs: {exc}")
+    return args
+
+
+def load(args: argparse.Namespace) -> Runtime:
+    """Load and warm up the model.
+
+    Raises:
+        LoadError: the message to print after "load error: ".
+    """
+    runtime = load_runtime(
+        args.model,
+        args.format,
+        inference_threads=args.inference_threads,
+        declared_inputs=args.declared_inputs,
+        declared_outputs=args.declared_outputs,
+    )
+    try:
+        warmed = warm_up(runtime)
+    except Exception as exc:  # the runtime's ExecutionError/InputError, or anything else it raised
+        raise LoadError(f"warm-up inference failed: {exc}") from exc
+    logger.info("model %s loaded (%s); warm-up %s", args.model, args.format, "ran" if warmed else "skipped (dynamic shapes)")
+    return runtime
+
+
+def write_ready_file(path: Path, *, port: int, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+    """Write the ready file atomically: a reader sees all of it or nothing."""
+    body: dict[str, Any] = {
+        "port": port,
+        "pid": os.getpid(),
+        "inputs": [s.to_json() for s in inputs],
+        "outputs": [s.to_json() for s in outputs],
+    }
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as handle:
+        json.dump(body, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
+    """Serve until SIGTERM/SIGINT, then drain and return the exit code."""
+    loop = asyncio.get_running_loop()
+    service = WorkerService(
+        runtime,
+        name=args.name,
+        version=args.version,
+        model_threads=args.model_threads,
+        queue_capacity=args.queue_capacity,
+        loop=loop,
+    )
+    try:
+        server, port = await build_server(
+            service,
+            host=args.host,
+            port=args.port,
+            max_message_bytes=args.max_message_bytes,
+            drain_timeout=args.drain_timeout,
+        )
+    except RuntimeError as exc:
+        logger.error("%s", exc)
+        return EXIT_CRASH
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    await service.start()
+    write_ready_file(Path(args.ready_file), port=port, inputs=runtime.inputs, outputs=runtime.outputs)
+    logger.info("serving %s version %s on %s:%d (pid %d)", args.name, args.version, args.host, port, os.getpid())
+    await stop.wait()
+    logger.info("signal received: draining for up to %.1f s", args.drain_timeout)
+    outcome = await service.drain(args.drain_timeout)
+    logger.info("drained: %d completed, %d abandoned", outcome.completed, outcome.abandoned)
+    await server.stop(_SERVER_STOP_GRACE_S)
+    await service.stop()
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s",
+    )
+    try:
+        runtime = load(args)
+    except LoadError as exc:
+        logging.shutdown()
+        print(f"load error: {one_line(str(exc))}", file=sys.stderr, flush=True)
+        return EXIT_LOAD_ERROR
+    return asyncio.run(serve(args, runtime))

@@ -1,0 +1,245 @@
+"""The inference worker's transport-free logic: one model, one bounded queue.
+
+`WorkerService` owns the loaded `Runtime`, the `WorkQueue`, the `Stats` and
+the worker's lifecycle (`WorkerState`, changed only by `_transition`
+against `_TRANSITIONS`). Servicers call it with decoded requests; it raises
+`node_agent.worker.errors` only. `warm_up` runs one inference with zeros at
+load when every input shape is static.
+
+Concurrency: all methods except the job closures run on the asyncio loop
+thread; jobs run on the queue's model threads and touch only the runtime
+(thread-safe) and `Stats` (locked). State listeners (health reporting) are
+awaited on the loop after each transition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import enum
+import logging
+import os
+import time
+from collections.abc import Awaitable, Callable
+
+import numpy as np
+
+from node_agent.runtime.base import ExecutionError, InputError, Runtime, TensorSpec
+from node_agent.runtime.dtypes import BYTES, numpy_dtype, wire_array
+from node_agent.worker.codec import InferRequest
+from node_agent.worker.errors import DeadlineExceeded, InvalidArgument, ModelExecutionFailed, NotFound, Unavailable
+from node_agent.worker.stats import Stats, StatsSnapshot
+from node_agent.worker.workqueue import WorkQueue
+
+logger = logging.getLogger(__name__)
+
+PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+
+
+class WorkerState(str, enum.Enum):
+    """The worker's lifecycle."""
+
+    LOADING = "LOADING"  # constructed; not yet taking calls
+    SERVING = "SERVING"
+    DRAINING = "DRAINING"  # refusing new calls, finishing queued ones
+    STOPPED = "STOPPED"
+
+
+_TRANSITIONS: frozenset[tuple[WorkerState, WorkerState]] = frozenset(
+    {
+        (WorkerState.LOADING, WorkerState.SERVING),
+        (WorkerState.LOADING, WorkerState.STOPPED),
+        (WorkerState.SERVING, WorkerState.DRAINING),
+        (WorkerState.SERVING, WorkerState.STOPPED),
+        (WorkerState.DRAINING, WorkerState.STOPPED),
+    }
+)
+
+StateListener = Callable[["WorkerState"], Awaitable[None]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DrainOutcome:
+    """What a drain did: calls finished during it, calls it gave up on."""
+
+    completed: int
+    abandoned: int
+
+
+def warm_up(runtime: Runtime) -> bool:
+    """Run one inference with zeros when every input shape is static.
+
+    Returns:
+        True when it ran, False when some input shape is dynamic (skipped).
+
+    Raises:
+        ExecutionError / InputError: the model cannot run (a load failure).
+    """
+    if not all(spec.is_static for spec in runtime.inputs):
+        return False
+    inputs = {spec.name: _zeros(spec) for spec in runtime.inputs}
+    runtime.run(inputs, [spec.name for spec in runtime.outputs])
+    return True
+
+
+def _wire_output(name: str, array: np.ndarray) -> np.ndarray:
+    """An output as the wire wants it; a dtype V2 cannot name is the model's fault."""
+    try:
+        return wire_array(array)
+    except ValueError as exc:
+        raise ExecutionError(f"output '{name}': {exc}") from exc
+
+
+def _zeros(spec: TensorSpec) -> np.ndarray:
+    if spec.datatype == BYTES:
+        array = np.empty(spec.shape, dtype=object)
+        array.fill(b"")
+        return array
+    return np.zeros(spec.shape, dtype=numpy_dtype(spec.datatype))
+
+
+class WorkerService:
+    """One served model; see the module docstring."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        name: str,
+        version: str,
+        model_threads: int,
+        queue_capacity: int,
+        loop: asyncio.AbstractEventLoop,
+        stats: Stats | None = None,
+    ) -> None:
+        self.runtime = runtime
+        self.name = name
+        self.version = version
+        self.platform = PLATFORMS.get(runtime.format, runtime.format)
+        self.stats = stats or Stats()
+        self.queue = WorkQueue(threads=model_threads, capacity=queue_capacity, stats=self.stats, loop=loop)
+        self.state = WorkerState.LOADING
+        self._listeners: list[StateListener] = []
+
+    # ---- lifecycle -----------------------------------------------------------
+    def add_listener(self, listener: StateListener) -> None:
+        """Await `listener(state)` after every state change."""
+        self._listeners.append(listener)
+
+    async def _transition(self, to: WorkerState) -> None:
+        if (self.state, to) not in _TRANSITIONS:
+            raise RuntimeError(f"invalid worker transition {self.state.value} -> {to.value}")
+        logger.info("worker %s: %s -> %s", self.name, self.state.value, to.value)
+        self.state = to
+        for listener in self._listeners:
+            await listener(to)
+
+    async def start(self) -> None:
+        """Start the model threads and take calls."""
+        self.queue.start()
+        await self._transition(WorkerState.SERVING)
+
+    async def drain(self, timeout: float) -> DrainOutcome:
+        """Refuse new calls (UNAVAILABLE) and wait up to `timeout` seconds for
+        the queued and running ones; calls still queued then are failed.
+        Safe to call again (a later call waits again)."""
+        if self.state is WorkerState.SERVING:
+            await self._transition(WorkerState.DRAINING)
+        self.queue.stop_admitting()
+        completed_before = self.queue.completed
+        idle = await self.queue.wait_idle(max(0.0, timeout))
+        abandoned = 0
+        if not idle:
+            abandoned = self.queue.abandon_queued(Unavailable("worker is draining; the call was not run in time"))
+            abandoned += self.queue.pending  # still running past the timeout
+            logger.warning("drain timed out after %.1f s; %d calls abandoned", timeout, abandoned)
+        return DrainOutcome(completed=self.queue.completed - completed_before, abandoned=abandoned)
+
+    async def stop(self) -> None:
+        """Stop the model threads (after drain, or at once)."""
+        if self.state is not WorkerState.STOPPED:
+            await self._transition(WorkerState.STOPPED)
+        await asyncio.to_thread(self.queue.stop)
+
+    @property
+    def ready(self) -> bool:
+        return self.state is WorkerState.SERVING
+
+    # ---- model identity --------------------------------------------------------
+    def check_model(self, name: str, version: str) -> None:
+        """Raises NotFound unless (name, version) is this worker's model
+        (version "" means the served one)."""
+        if name != self.name:
+            raise NotFound(f"unknown model '{name}'; this worker serves '{self.name}'")
+        if version not in ("", self.version):
+            raise NotFound(f"unknown version '{version}' of model '{name}'; this worker serves version '{self.version}'")
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return self.runtime.inputs
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return self.runtime.outputs
+
+    # ---- inference --------------------------------------------------------------
+    async def infer(self, request: InferRequest, *, deadline: float | None) -> dict[str, np.ndarray]:
+        """Queue one validated request and return its wire-ready outputs.
+
+        Args:
+            request: decoded by `codec.decode_infer_request`.
+            deadline: `time.monotonic()` after which it must not start.
+
+        Raises:
+            Unavailable: draining. QueueFull: no room. DeadlineExceeded.
+            ModelExecutionFailed: the model raised. InvalidArgument: an input
+            the runtime could not convert.
+        """
+        if self.state is not WorkerState.SERVING:
+            raise Unavailable("worker is draining" if self.state is WorkerState.DRAINING else "worker is not serving")
+        self.stats.record_access()
+        admitted = time.perf_counter_ns()
+        if deadline is not None and time.monotonic() >= deadline:
+            self.stats.record_timeout()
+            raise DeadlineExceeded("deadline exceeded before the call was queued")
+        return await self.queue.run(lambda: self._execute(request, admitted), deadline=deadline)
+
+    def _execute(self, request: InferRequest, admitted: int) -> dict[str, np.ndarray]:
+        """Runs on a model thread."""
+        started = time.perf_counter_ns()
+        try:
+            produced = self.runtime.run(request.inputs, request.outputs)
+            ran = time.perf_counter_ns()
+            outputs = {name: _wire_output(name, produced[name]) for name in request.outputs}
+        except InputError as exc:
+            self.stats.record_failure(total_ns=time.perf_counter_ns() - admitted, model_error=False)
+            raise InvalidArgument(str(exc)) from exc
+        except ExecutionError as exc:
+            self.stats.record_failure(total_ns=time.perf_counter_ns() - admitted, model_error=True)
+            raise ModelExecutionFailed(f"model execution failed: {exc}") from exc
+        except Exception:
+            self.stats.record_failure(total_ns=time.perf_counter_ns() - admitted, model_error=True)
+            raise
+        done = time.perf_counter_ns()
+        self.stats.record_success(
+            queue_ns=started - admitted,
+            input_ns=request.decode_ns,
+            infer_ns=ran - started,
+            output_ns=done - ran,
+            total_ns=done - admitted + request.decode_ns,
+        )
+        return outputs
+
+    def snapshot(self) -> StatsSnapshot:
+        """The counters, with the number of calls pending now."""
+        return self.stats.snapshot(pending=self.queue.pending)
+
+
+def rss_bytes() -> int:
+    """This process's resident set size (from /proc/self/statm; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as statm:
+            resident_pages = int(statm.read().split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+    return resident_pages * os.sysconf("SC_PAGE_SIZE")

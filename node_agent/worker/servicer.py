@@ -1,0 +1,164 @@
+"""gRPC servicers of the inference worker: protobuf <-> `WorkerService`.
+
+`InferenceServicer` serves inference.GRPCInferenceService (KServe V2,
+wire-identical to Triton) and `WorkerControlServicer` serves
+modelfleet.v1.WorkerControl. Each method converts, awaits the service and
+converts back; domain errors propagate to the server's one interceptor,
+which maps them to status codes. Everything runs on the asyncio loop.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+
+from modelfleet.inference import grpc_service_pb2 as pb
+from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
+from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from node_agent.runtime.base import TensorSpec
+from node_agent.worker.codec import decode_infer_request, encode_infer_response
+from node_agent.worker.service import WorkerService, rss_bytes
+from node_agent.worker.stats import Duration, StatsSnapshot
+
+SERVER_NAME = "modelfleet-worker"
+
+
+def _server_version() -> str:
+    try:
+        return importlib.metadata.version("modelfleet")
+    except importlib.metadata.PackageNotFoundError:
+        return "0"
+
+
+def _deadline(context: Any) -> float | None:
+    """The call's gRPC deadline as a time.monotonic() value (None: no deadline)."""
+    remaining = context.time_remaining()
+    return None if remaining is None else time.monotonic() + remaining
+
+
+def _timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    if seconds is None:
+        return None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(seconds * 1e9))
+    return stamp
+
+
+def _tensor_metadata(specs: Sequence[TensorSpec]) -> list[pb.ModelMetadataResponse.TensorMetadata]:
+    return [pb.ModelMetadataResponse.TensorMetadata(name=s.name, datatype=s.datatype, shape=s.shape) for s in specs]
+
+
+def _duration(value: Duration) -> pb.StatisticDuration:
+    return pb.StatisticDuration(count=value.count, ns=value.ns)
+
+
+def inference_stats_pb(snap: StatsSnapshot) -> common_pb2.InferenceStats:
+    """The Elasticsearch-style counters as modelfleet.v1.InferenceStats."""
+    return common_pb2.InferenceStats(
+        inference_count=snap.inference_count,
+        average_inference_time_ms=snap.average_inference_time_ms,
+        error_count=snap.error_count,
+        rejected_execution_count=snap.rejected_execution_count,
+        timeout_count=snap.timeout_count,
+        number_of_pending_requests=snap.number_of_pending_requests,
+        peak_throughput_per_minute=snap.peak_throughput_per_minute,
+        throughput_last_minute=snap.throughput_last_minute,
+        last_access=_timestamp(snap.last_access),
+        start_time=_timestamp(snap.start_time),
+        cancelled_count=snap.cancelled_count,
+    )
+
+
+def model_statistics_pb(snap: StatsSnapshot, *, name: str, version: str) -> pb.ModelStatistics:
+    """The same counters as a KServe V2 ModelStatistics entry."""
+    return pb.ModelStatistics(
+        name=name,
+        version=version,
+        last_inference=int(snap.last_inference * 1000) if snap.last_inference else 0,
+        inference_count=snap.inference_count,
+        execution_count=snap.inference_count,
+        inference_stats=pb.InferStatistics(
+            success=_duration(snap.success),
+            fail=_duration(snap.fail),
+            queue=_duration(snap.queue),
+            compute_input=_duration(snap.compute_input),
+            compute_infer=_duration(snap.compute_infer),
+            compute_output=_duration(snap.compute_output),
+        ),
+    )
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """inference.GRPCInferenceService for the one model this worker serves."""
+
+    def __init__(self, service: WorkerService) -> None:
+        self._service = service
+
+    async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: pb.ServerReadyRequest, context: Any) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self._service.ready)
+
+    async def ModelReady(self, request: pb.ModelReadyRequest, context: Any) -> pb.ModelReadyResponse:
+        self._service.check_model(request.name, request.version)
+        return pb.ModelReadyResponse(ready=self._service.ready)
+
+    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=_server_version(), extensions=["statistics"])
+
+    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
+        service = self._service
+        service.check_model(request.name, request.version)
+        return pb.ModelMetadataResponse(
+            name=service.name,
+            versions=[service.version],
+            platform=service.platform,
+            inputs=_tensor_metadata(service.inputs),
+            outputs=_tensor_metadata(service.outputs),
+        )
+
+    async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        service = self._service
+        service.check_model(request.model_name, request.model_version)
+        decoded = decode_infer_request(request, inputs=service.inputs, outputs=service.outputs)
+        outputs = await service.infer(decoded, deadline=_deadline(context))
+        return encode_infer_response(outputs, model_name=service.name, model_version=service.version, request_id=decoded.id)
+
+    async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
+        service = self._service
+        if request.name:  # "" asks for every model, as in Triton
+            service.check_model(request.name, request.version)
+        stats = model_statistics_pb(service.snapshot(), name=service.name, version=service.version)
+        return pb.ModelStatisticsResponse(model_stats=[stats])
+
+    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:
+        service = self._service
+        state = "READY" if service.ready else "UNAVAILABLE"
+        reason = "" if service.ready else f"worker is {service.state.value.lower()}"
+        if request.ready and not service.ready:
+            return pb.RepositoryIndexResponse()
+        entry = pb.RepositoryIndexResponse.ModelIndex(name=service.name, version=service.version, state=state, reason=reason)
+        return pb.RepositoryIndexResponse(models=[entry])
+
+
+class WorkerControlServicer(worker_pb2_grpc.WorkerControlServicer):
+    """modelfleet.v1.WorkerControl: what the node agent asks of its worker."""
+
+    def __init__(self, service: WorkerService, *, default_drain_timeout: float) -> None:
+        self._service = service
+        self._default_drain_timeout = default_drain_timeout
+
+    async def GetWorkerStats(
+        self, request: worker_pb2.GetWorkerStatsRequest, context: Any
+    ) -> worker_pb2.GetWorkerStatsResponse:
+        return worker_pb2.GetWorkerStatsResponse(stats=inference_stats_pb(self._service.snapshot()), rss_bytes=rss_bytes())
+
+    async def Drain(self, request: worker_pb2.DrainRequest, context: Any) -> worker_pb2.DrainResponse:
+        timeout = request.timeout.ToTimedelta().total_seconds() if request.HasField("timeout") else 0.0
+        outcome = await self._service.drain(timeout if timeout > 0 else self._default_drain_timeout)
+        return worker_pb2.DrainResponse(completed=outcome.completed, abandoned=outcome.abandoned)

@@ -1,0 +1,179 @@
+"""Real processes for integration tests: a control plane and node agents on
+127.0.0.1, each with its own data dir and log file under the test's tmp dir.
+
+Ports are never fixed: the control plane binds 127.0.0.1:0 and writes the
+port it got to DATA_DIR/endpoint, which is read back here. Nothing sleeps to
+wait for a state: `wait_until` polls a predicate with a deadline. Timings are
+shrunk (heartbeat 0.2 s, node timeout 1 s) as RELIABILITY.md prescribes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from modelfleet.v1 import (
+    common_pb2,
+    deployments_pb2,
+    deployments_pb2_grpc,
+    models_pb2,
+    models_pb2_grpc,
+    nodes_pb2,
+    nodes_pb2_grpc,
+)
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    """One child process with its output in a log file."""
+
+    def __init__(self, name: str, args: list[str], *, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.log_path = log_path
+        self._log = open(log_path, "ab")
+        self.popen = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, cwd=ROOT, env={**os.environ, **(env or {})}
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            self.popen.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0) -> int:
+        self.signal(signal.SIGTERM)
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            return self.popen.wait(5)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.popen.wait(5)
+        self._log.close()
+
+
+class Cluster:
+    def __init__(self, root: Path, *, heartbeat: float = 0.2, node_timeout: float = 1.0) -> None:
+        self.root = root
+        self.heartbeat = heartbeat
+        self.node_timeout = node_timeout
+        self.cp: Proc | None = None
+        self.addr = ""
+        self.agents: dict[str, Proc] = {}
+        self.channel: grpc.Channel | None = None
+
+    # ---- processes ------------------------------------------------------------------
+    def start_control_plane(self, listen: str = "127.0.0.1:0") -> str:
+        data = self.root / "cp"
+        data.mkdir(parents=True, exist_ok=True)
+        endpoint = data / "endpoint"
+        endpoint.unlink(missing_ok=True)
+        self.cp = Proc(
+            "control-plane",
+            [sys.executable, "-m", "control_plane.main", "--listen", listen, "--data-dir", str(data),
+             "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout)],
+            log_path=self.root / "cp.log",
+        )
+        self.addr = wait_until(lambda: self._read_endpoint(endpoint), timeout=30, what="the control plane's endpoint file")
+        if self.channel is not None:
+            self.channel.close()
+        self.channel = grpc.insecure_channel(self.addr)
+        return self.addr
+
+    def _read_endpoint(self, path: Path) -> str:
+        assert self.cp is not None
+        if not self.cp.alive():
+            raise AssertionError(f"control plane exited:\n{self.cp.log()[-3000:]}")
+        return path.read_text().strip() if path.exists() else ""
+
+    def start_agent(self, name: str, *, cpus: int = 4, labels: dict[str, str] | None = None) -> Proc:
+        args = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
+                "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5"]
+        for key, value in (labels or {}).items():
+            args += ["--label", f"{key}={value}"]
+        proc = Proc(name, args, log_path=self.root / f"{name}.log")
+        self.agents[name] = proc
+        return proc
+
+    def node_id(self, name: str) -> str:
+        path = self.root / name / "node_id"
+        return wait_until(lambda: path.exists() and path.read_text().strip(), timeout=30, what=f"{name}'s node id")
+
+    def close(self) -> None:
+        for proc in self.agents.values():
+            proc.stop()
+        if self.cp is not None:
+            self.cp.stop()
+        if self.channel is not None:
+            self.channel.close()
+
+    # ---- clients ----------------------------------------------------------------------
+    @property
+    def models(self) -> models_pb2_grpc.ModelRegistryStub:
+        return models_pb2_grpc.ModelRegistryStub(self.channel)
+
+    @property
+    def deployments(self) -> deployments_pb2_grpc.DeploymentsStub:
+        return deployments_pb2_grpc.DeploymentsStub(self.channel)
+
+    @property
+    def nodes(self) -> nodes_pb2_grpc.NodesStub:
+        return nodes_pb2_grpc.NodesStub(self.channel)
+
+    def wait_nodes(self, count: int, timeout: float = 30.0) -> list[nodes_pb2.Node]:
+        def ready() -> list[nodes_pb2.Node]:
+            nodes = [n for n in self.nodes.ListNodes(nodes_pb2.ListNodesRequest()).nodes if n.state == nodes_pb2.NODE_STATE_READY]
+            return nodes if len(nodes) >= count else []
+
+        return wait_until(ready, timeout=timeout, what=f"{count} READY nodes")
+
+    def upload(self, path: Path, model_id: str, *, fmt: int = common_pb2.MODEL_FORMAT_ONNX, chunk: int = 64 << 10) -> models_pb2.Model:
+        def requests() -> Iterator[models_pb2.UploadModelRequest]:
+            yield models_pb2.UploadModelRequest(metadata=models_pb2.UploadModelMetadata(model_id=model_id, format=fmt))
+            data = path.read_bytes()
+            for i in range(0, len(data), chunk):
+                yield models_pb2.UploadModelRequest(chunk=data[i : i + chunk])
+
+        return self.models.UploadModel(requests(), timeout=120)
+
+    def get(self, deployment_id: str) -> deployments_pb2.Deployment:
+        return self.deployments.GetDeployment(deployments_pb2.GetDeploymentRequest(deployment_id=deployment_id))
+
+    def routes(self, deployment_id: str) -> dict[str, int]:
+        """node_id -> routing state of the deployment's first variant."""
+        table = self.get(deployment_id).allocations[0].routing_table
+        return {node: entry.routing_state for node, entry in table.items()}

@@ -1,0 +1,591 @@
+"""Contract tests for every Store implementation (STYLE practice 6).
+
+StoreContract holds every test of the Store ABC's documented constraints; it
+is subclassed once per backend, and each subclass only provides the
+`make_store` fixture: a factory that opens the backend (for SQLite, the same
+file every call, so a second call is a reopen). SQLite-only tests (durability
+across reopen, schema versions, the pragmas, crash consistency under
+SIGKILL) live on TestSqliteStore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from control_plane.errors import DataLoss
+from control_plane.store import MemoryStore, SchemaVersionError, SqliteStore, Store, open_store
+from control_plane.store import sqlite as sqlite_mod
+from modelfleet.store.v1 import records_pb2
+from modelfleet.v1 import agent_pb2, common_pb2, models_pb2
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+WRITER = REPO_ROOT / "tests" / "tools" / "store_crash_writer.py"
+
+StoreFactory = Callable[[], Store]
+
+
+# ---- record builders --------------------------------------------------------------
+def model(model_id: str, version: int, *, description: str = "") -> models_pb2.Model:
+    m = models_pb2.Model(
+        model_id=model_id,
+        version=version,
+        format=common_pb2.MODEL_FORMAT_ONNX,
+        model_bytes=1000 + version,
+        sha256=hashlib.sha256(f"{model_id}:{version}".encode()).hexdigest(),
+        state=common_pb2.MODEL_STATE_NORMAL,
+        description=description,
+    )
+    m.inputs.add(name="x", datatype="FP32", shape=[-1, 4])
+    m.created_at.FromSeconds(1_700_000_000 + version)
+    return m
+
+
+def deployment(deployment_id: str, *, revision: int = 1) -> records_pb2.DeploymentRecord:
+    r = records_pb2.DeploymentRecord(
+        deployment_id=deployment_id,
+        desired=records_pb2.DESIRED_STATE_RUNNING,
+        owner="alice",
+        revision=revision,
+        status=common_pb2.DEPLOYMENT_STATUS_DEPLOYING,
+    )
+    r.spec.model_id = "m"
+    r.spec.variants.add(name="m-v1", model_id="m", model_version=1, weight=100, env={"A": "1"})
+    return r
+
+
+def allocation(allocation_id: str, *, deployment_id: str = "d1", node_id: str = "n1") -> records_pb2.AllocationRecord:
+    r = records_pb2.AllocationRecord(
+        allocation_id=allocation_id,
+        deployment_id=deployment_id,
+        variant="m-v1",
+        node_id=node_id,
+        desired=records_pb2.DESIRED_STATE_RUNNING,
+        routing_state=common_pb2.ROUTING_STATE_STARTING,
+    )
+    r.spec.CopyFrom(agent_pb2.AllocationSpec(allocation_id=allocation_id, deployment_id=deployment_id, model_id="m"))
+    return r
+
+
+def node(node_id: str, *, cpus: float = 8.0) -> records_pb2.NodeRecord:
+    r = records_pb2.NodeRecord(schedulable=True, generation=3)
+    r.info.node_id = node_id
+    r.info.capacity.cpus = cpus
+    r.info.labels["pool"] = "cpu"
+    return r
+
+
+def request(request_id: str, *, response: bytes = b"resp") -> records_pb2.RequestRecord:
+    return records_pb2.RequestRecord(request_id=request_id, method="StartDeployment", response=response)
+
+
+# kind -> (make, put, get, list); every record built by make() has the same key
+Kind = tuple[
+    Callable[[], Any], Callable[[Store, Any], None], Callable[[Store], Any], Callable[[Store], list[Any]] | None
+]
+KINDS: dict[str, Kind] = {
+    "model": (
+        lambda: model("m", 1),
+        lambda s, r: s.put_model(r),
+        lambda s: s.get_model("m", 1),
+        lambda s: s.list_models(),
+    ),
+    "deployment": (
+        lambda: deployment("d1"),
+        lambda s, r: s.put_deployment(r),
+        lambda s: s.get_deployment("d1"),
+        lambda s: s.list_deployments(),
+    ),
+    "allocation": (
+        lambda: allocation("a1"),
+        lambda s, r: s.put_allocation(r),
+        lambda s: s.get_allocation("a1"),
+        lambda s: s.list_allocations(),
+    ),
+    "node": (lambda: node("n1"), lambda s, r: s.put_node(r), lambda s: s.get_node("n1"), lambda s: s.list_nodes()),
+    "request": (lambda: request("r1"), lambda s, r: s.put_request(r), lambda s: s.get_request("r1"), None),
+}
+
+
+# ---- the contract -----------------------------------------------------------------
+class StoreContract:
+    """Every Store must pass these. Subclasses provide the `make_store` fixture."""
+
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> StoreFactory:
+        raise NotImplementedError("a backend's test class provides make_store")
+
+    @pytest.fixture
+    def store(self, make_store: StoreFactory) -> Iterator[Store]:
+        s = make_store()
+        yield s
+        s.close()
+
+    # -- models ----------------------------------------------------------------
+    def test_model_put_get_exact_version(self, store: Store) -> None:
+        store.put_model(model("m", 1))
+        store.put_model(model("m", 2))
+        assert store.get_model("m", 1) == model("m", 1)
+        assert store.get_model("m", 2) == model("m", 2)
+
+    def test_model_version_zero_is_newest(self, store: Store) -> None:
+        for v in (2, 7, 3):
+            store.put_model(model("m", v))
+        store.put_model(model("other", 9))
+        newest = store.get_model("m", 0)
+        assert newest is not None and newest.version == 7
+        assert store.get_model("m") == newest
+
+    def test_model_missing(self, store: Store) -> None:
+        assert store.get_model("nope") is None
+        assert store.get_model("nope", 1) is None
+        store.put_model(model("m", 1))
+        assert store.get_model("m", 2) is None
+
+    def test_model_replace(self, store: Store) -> None:
+        store.put_model(model("m", 1, description="old"))
+        store.put_model(model("m", 1, description="new"))
+        assert [m.description for m in store.list_models("m")] == ["new"]
+
+    def test_list_models_orders_by_id_then_version(self, store: Store) -> None:
+        for mid, v in [("b", 2), ("a", 10), ("b", 1), ("a", 2), ("c", 1)]:
+            store.put_model(model(mid, v))
+        assert [(m.model_id, m.version) for m in store.list_models()] == [
+            ("a", 2),
+            ("a", 10),
+            ("b", 1),
+            ("b", 2),
+            ("c", 1),
+        ]
+        assert [(m.model_id, m.version) for m in store.list_models("b")] == [("b", 1), ("b", 2)]
+        assert store.list_models("zzz") == []
+
+    def test_delete_model(self, store: Store) -> None:
+        store.put_model(model("m", 1))
+        store.put_model(model("m", 2))
+        assert store.delete_model("m", 2) is True
+        assert store.delete_model("m", 2) is False
+        assert store.get_model("m", 2) is None
+        newest = store.get_model("m")
+        assert newest is not None and newest.version == 1
+
+    def test_max_model_version_survives_delete(self, store: Store) -> None:
+        assert store.max_model_version("m") == 0
+        store.put_model(model("m", 1))
+        store.put_model(model("m", 5))
+        store.put_model(model("m", 3))
+        assert store.max_model_version("m") == 5
+        for v in (1, 3, 5):
+            assert store.delete_model("m", v)
+        assert store.list_models("m") == []
+        assert store.get_model("m") is None
+        assert store.max_model_version("m") == 5
+        assert store.max_model_version("other") == 0
+
+    @pytest.mark.parametrize("bad", [model("", 1), model("m", 0), model("m", -1)])
+    def test_model_key_is_required(self, store: Store, bad: models_pb2.Model) -> None:
+        with pytest.raises(ValueError):
+            store.put_model(bad)
+        assert store.list_models() == []
+
+    # -- deployments -------------------------------------------------------------
+    def test_deployment_crud(self, store: Store) -> None:
+        assert store.get_deployment("d1") is None
+        store.put_deployment(deployment("d1", revision=1))
+        assert store.get_deployment("d1") == deployment("d1", revision=1)
+        store.put_deployment(deployment("d1", revision=2))
+        got = store.get_deployment("d1")
+        assert got is not None and got.revision == 2
+        assert store.delete_deployment("d1") is True
+        assert store.delete_deployment("d1") is False
+        assert store.get_deployment("d1") is None
+
+    def test_list_deployments_by_id(self, store: Store) -> None:
+        for did in ["d3", "d1", "d10", "d2"]:
+            store.put_deployment(deployment(did))
+        assert [d.deployment_id for d in store.list_deployments()] == ["d1", "d10", "d2", "d3"]
+
+    # -- allocations -------------------------------------------------------------
+    def test_allocation_crud(self, store: Store) -> None:
+        assert store.get_allocation("a1") is None
+        store.put_allocation(allocation("a1"))
+        assert store.get_allocation("a1") == allocation("a1")
+        moved = allocation("a1", node_id="n9")
+        store.put_allocation(moved)
+        assert store.get_allocation("a1") == moved
+        assert [a.allocation_id for a in store.list_allocations(node_id="n9")] == ["a1"]
+        assert store.list_allocations(node_id="n1") == []
+        assert store.delete_allocation("a1") is True
+        assert store.delete_allocation("a1") is False
+        assert store.get_allocation("a1") is None
+
+    def test_list_allocations_filters_and_order(self, store: Store) -> None:
+        rows = [("a4", "d1", "n2"), ("a2", "d2", "n1"), ("a1", "d1", "n1"), ("a3", "d2", "n2"), ("a5", "d1", "n1")]
+        for aid, did, nid in rows:
+            store.put_allocation(allocation(aid, deployment_id=did, node_id=nid))
+
+        def ids(**kw: str) -> list[str]:
+            return [a.allocation_id for a in store.list_allocations(**kw)]
+
+        assert ids() == ["a1", "a2", "a3", "a4", "a5"]
+        assert ids(deployment_id="d1") == ["a1", "a4", "a5"]
+        assert ids(node_id="n1") == ["a1", "a2", "a5"]
+        assert ids(deployment_id="d1", node_id="n1") == ["a1", "a5"]
+        assert ids(deployment_id="d2", node_id="n2") == ["a3"]
+        assert ids(deployment_id="nope") == []
+
+    # -- nodes -------------------------------------------------------------------
+    def test_node_crud_keyed_by_info_node_id(self, store: Store) -> None:
+        assert store.get_node("n1") is None
+        store.put_node(node("n1", cpus=4))
+        assert store.get_node("n1") == node("n1", cpus=4)
+        store.put_node(node("n1", cpus=16))
+        got = store.get_node("n1")
+        assert got is not None and got.info.capacity.cpus == 16
+        assert len(store.list_nodes()) == 1
+
+    def test_list_nodes_by_id(self, store: Store) -> None:
+        for nid in ["node-c", "node-a", "node-b"]:
+            store.put_node(node(nid))
+        assert [n.info.node_id for n in store.list_nodes()] == ["node-a", "node-b", "node-c"]
+
+    # -- requests ----------------------------------------------------------------
+    def test_request_put_get_replace(self, store: Store) -> None:
+        assert store.get_request("r1") is None
+        store.put_request(request("r1", response=b"\x00\x01first"))
+        assert store.get_request("r1") == request("r1", response=b"\x00\x01first")
+        store.put_request(request("r1", response=b"second"))
+        got = store.get_request("r1")
+        assert got is not None and got.response == b"second"
+
+    @pytest.mark.parametrize("kind", list(KINDS))
+    def test_empty_key_is_refused(self, store: Store, kind: str) -> None:
+        make, put, _, list_all = KINDS[kind]
+        with pytest.raises(ValueError):
+            put(store, type(make())())  # every key field empty
+        assert list_all is None or list_all(store) == []
+
+    # -- copies ------------------------------------------------------------------
+    @pytest.mark.parametrize("kind", list(KINDS))
+    def test_returned_messages_are_copies(self, store: Store, kind: str) -> None:
+        make, put, get, list_all = KINDS[kind]
+        put(store, make())
+        got = get(store)
+        assert got == make()
+        got.Clear()
+        if list_all is not None:
+            list_all(store)[0].Clear()
+        assert get(store) == make()
+
+    @pytest.mark.parametrize("kind", list(KINDS))
+    def test_stored_messages_do_not_alias_the_input(self, store: Store, kind: str) -> None:
+        make, put, get, _ = KINDS[kind]
+        record = make()
+        put(store, record)
+        record.Clear()
+        assert get(store) == make()
+
+    # -- transactions --------------------------------------------------------------
+    def test_transaction_commits_together(self, store: Store) -> None:
+        with store.transaction():
+            store.put_deployment(deployment("d1"))
+            store.put_allocation(allocation("a1"))
+            # reads inside the transaction see its own writes
+            assert store.get_deployment("d1") == deployment("d1")
+        assert store.get_deployment("d1") == deployment("d1")
+        assert store.get_allocation("a1") == allocation("a1")
+
+    def test_transaction_rolls_back_on_exception(self, store: Store) -> None:
+        store.put_deployment(deployment("keep", revision=1))
+        store.put_allocation(allocation("gone-later"))
+        store.put_model(model("m", 1))
+        with pytest.raises(RuntimeError, match="boom"), store.transaction():
+            store.put_deployment(deployment("keep", revision=2))
+            store.put_deployment(deployment("new"))
+            store.delete_allocation("gone-later")
+            store.put_model(model("m", 9))
+            store.put_node(node("n1"))
+            store.put_request(request("r1"))
+            raise RuntimeError("boom")
+        assert [d.revision for d in store.list_deployments()] == [1]
+        assert store.get_allocation("gone-later") == allocation("gone-later")
+        assert store.max_model_version("m") == 1
+        newest = store.get_model("m")
+        assert newest is not None and newest.version == 1
+        assert store.list_nodes() == [] and store.get_request("r1") is None
+        # the store is usable afterwards
+        store.put_node(node("n2"))
+        assert [n.info.node_id for n in store.list_nodes()] == ["n2"]
+
+    def test_transaction_rolls_back_on_base_exception(self, store: Store) -> None:
+        with pytest.raises(asyncio.CancelledError), store.transaction():
+            store.put_deployment(deployment("d1"))
+            raise asyncio.CancelledError()
+        assert store.get_deployment("d1") is None
+
+    def test_nested_transaction_commits_with_outer(self, store: Store) -> None:
+        with store.transaction():
+            store.put_deployment(deployment("d1"))
+            with store.transaction():
+                store.put_allocation(allocation("a1"))
+            assert store.get_allocation("a1") is not None
+            store.put_node(node("n1"))
+        assert store.get_deployment("d1") is not None
+        assert store.get_allocation("a1") is not None
+        assert store.get_node("n1") is not None
+
+    def test_nested_transaction_joins_outer_rollback(self, store: Store) -> None:
+        with pytest.raises(RuntimeError), store.transaction():
+            with store.transaction():
+                store.put_allocation(allocation("a1"))
+            # the inner block exited cleanly, but nothing is committed yet
+            store.put_deployment(deployment("d1"))
+            raise RuntimeError("outer fails")
+        assert store.get_allocation("a1") is None
+        assert store.get_deployment("d1") is None
+
+    def test_exception_from_nested_block_rolls_back_everything(self, store: Store) -> None:
+        with pytest.raises(KeyError), store.transaction():
+            store.put_deployment(deployment("d1"))
+            with store.transaction():
+                store.put_allocation(allocation("a1"))
+                raise KeyError("inner fails")
+        assert store.get_deployment("d1") is None
+        assert store.get_allocation("a1") is None
+
+    def test_nested_failure_caught_by_outer_is_joined_not_undone(self, store: Store) -> None:
+        # Joining (no savepoints): only the outermost block decides, so the
+        # inner block's writes commit if the outer block swallows its error.
+        with store.transaction():
+            store.put_deployment(deployment("d1"))
+            try:
+                with store.transaction():
+                    store.put_allocation(allocation("a1"))
+                    raise KeyError("inner fails")
+            except KeyError:
+                pass
+        assert store.get_deployment("d1") is not None
+        assert store.get_allocation("a1") is not None
+
+    def test_sequential_transactions_are_independent(self, store: Store) -> None:
+        with store.transaction():
+            store.put_deployment(deployment("d1"))
+        with pytest.raises(RuntimeError), store.transaction():
+            store.delete_deployment("d1")
+            raise RuntimeError
+        with store.transaction():
+            store.put_deployment(deployment("d2"))
+        assert [d.deployment_id for d in store.list_deployments()] == ["d1", "d2"]
+
+    # -- lifecycle -----------------------------------------------------------------
+    def test_close_is_idempotent_and_final(self, make_store: StoreFactory) -> None:
+        s = make_store()
+        s.put_node(node("n1"))
+        s.close()
+        s.close()
+        with pytest.raises(RuntimeError):
+            s.get_node("n1")
+        with pytest.raises(RuntimeError):
+            s.put_node(node("n2"))
+
+
+class TestMemoryStore(StoreContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> StoreFactory:
+        return MemoryStore
+
+
+class TestSqliteStore(StoreContract):
+    @pytest.fixture
+    def db_path(self, tmp_path: Path) -> Path:
+        return tmp_path / "state" / "modelfleet.db"
+
+    @pytest.fixture
+    def make_store(self, db_path: Path) -> StoreFactory:
+        return lambda: SqliteStore(db_path)
+
+    # -- durability ------------------------------------------------------------------
+    def test_everything_survives_close_and_reopen(self, make_store: StoreFactory) -> None:
+        s = make_store()
+        for v in (1, 2, 3):
+            s.put_model(model("m", v))
+        s.delete_model("m", 3)
+        s.put_deployment(deployment("d1", revision=4))
+        s.put_allocation(allocation("a1", deployment_id="d1", node_id="n1"))
+        s.put_allocation(allocation("a2", deployment_id="d1", node_id="n2"))
+        s.put_node(node("n1"))
+        s.put_request(request("r1"))
+        with s.transaction():
+            s.put_deployment(deployment("d2"))
+        s.close()
+
+        s = make_store()
+        try:
+            assert [(m.model_id, m.version) for m in s.list_models()] == [("m", 1), ("m", 2)]
+            assert s.max_model_version("m") == 3
+            assert s.get_deployment("d1") == deployment("d1", revision=4)
+            assert [d.deployment_id for d in s.list_deployments()] == ["d1", "d2"]
+            assert [a.allocation_id for a in s.list_allocations(node_id="n2")] == ["a2"]
+            assert s.get_node("n1") == node("n1")
+            assert s.get_request("r1") == request("r1")
+        finally:
+            s.close()
+
+    def test_write_is_committed_before_return(self, store: SqliteStore, db_path: Path) -> None:
+        with closing(sqlite3.connect(db_path)) as other:
+            store.put_deployment(deployment("d1"))
+            assert other.execute("SELECT count(*) FROM deployments").fetchone() == (1,)
+            with store.transaction():
+                store.put_deployment(deployment("d2"))
+                # another connection sees nothing of an open transaction
+                assert other.execute("SELECT count(*) FROM deployments").fetchone() == (1,)
+            assert other.execute("SELECT count(*) FROM deployments").fetchone() == (2,)
+
+    def test_wal_and_synchronous_full(self, store: SqliteStore, db_path: Path) -> None:
+        assert store._conn.execute("PRAGMA synchronous").fetchone() == (2,)
+        with closing(sqlite3.connect(db_path)) as other:
+            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+    def test_tables_indexes_and_schema_version(self, store: SqliteStore, db_path: Path) -> None:
+        assert store.schema_version() == len(sqlite_mod._MIGRATIONS) == 1
+        with closing(sqlite3.connect(db_path)) as other:
+            names = {row[0] for row in other.execute("SELECT name FROM sqlite_master")}
+            assert other.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+        tables = "models model_versions deployments allocations nodes requests schema_version"
+        assert set(tables.split()) | {"allocations_by_deployment", "allocations_by_node"} <= names
+
+    def test_migrates_on_open(self, make_store: StoreFactory, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        s = make_store()
+        s.put_deployment(deployment("d1"))
+        s.close()
+        step = ("CREATE TABLE extra (k TEXT PRIMARY KEY)", "INSERT INTO extra (k) VALUES ('migrated')")
+        monkeypatch.setattr(sqlite_mod, "_MIGRATIONS", (*sqlite_mod._MIGRATIONS, step))
+        s = SqliteStore(db_path)
+        try:
+            assert s.schema_version() == 2
+            assert s.get_deployment("d1") == deployment("d1")
+        finally:
+            s.close()
+        s = make_store()  # reopening does not run the step again (it would fail: table exists)
+        s.close()
+        with closing(sqlite3.connect(db_path)) as other:
+            assert other.execute("SELECT k FROM extra").fetchall() == [("migrated",)]
+
+    def test_refuses_a_newer_schema(self, make_store: StoreFactory, db_path: Path) -> None:
+        make_store().close()
+        with closing(sqlite3.connect(db_path)) as other, other:
+            other.execute("UPDATE schema_version SET version = 99")
+        with pytest.raises(SchemaVersionError, match="99"):
+            make_store()
+
+    def test_corrupt_blob_is_data_loss(self, store: SqliteStore, db_path: Path) -> None:
+        store.put_deployment(deployment("d1"))
+        with closing(sqlite3.connect(db_path)) as other, other:  # inner `other`: commit on exit
+            other.execute("UPDATE deployments SET data = ? WHERE deployment_id = 'd1'", (b"\xff\xff\xff\xff",))
+        with pytest.raises(DataLoss, match="d1"):
+            store.get_deployment("d1")
+
+    # -- crash consistency ---------------------------------------------------------------
+    @pytest.mark.parametrize("kill_after", [1, 150, 600])
+    def test_sigkill_loses_no_acknowledged_write(self, tmp_path: Path, kill_after: int) -> None:
+        db = tmp_path / "crash.db"
+        stderr_path = tmp_path / "writer.stderr"
+        with open(stderr_path, "wb") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, str(WRITER), str(db), "1000000"],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                cwd=REPO_ROOT,
+            )
+            assert proc.stdout is not None
+            acked: list[str] = []
+            try:
+                while len(acked) < kill_after:
+                    line = proc.stdout.readline()
+                    if not line:
+                        break
+                    acked.append(line.strip())
+                os.kill(proc.pid, signal.SIGKILL)
+                acked += proc.stdout.read().split()  # acknowledged before the kill landed
+            finally:
+                proc.kill()
+                proc.wait(timeout=30)
+        assert proc.returncode == -signal.SIGKILL, stderr_path.read_text()
+        assert len(acked) >= kill_after, stderr_path.read_text()
+        assert acked == [_key(i) for i in range(len(acked))]
+
+        store = SqliteStore(db)
+        try:
+            recovered = [d.deployment_id for d in store.list_deployments()]
+            n = len(recovered)
+            # a prefix of the write sequence, holding every acknowledged write
+            # (plus at most the one committed just before its ack was printed)
+            assert recovered == [_key(i) for i in range(n)]
+            assert len(acked) <= n <= len(acked) + 1
+            torn = 0
+            for i, rec in enumerate(store.list_deployments()):
+                alloc = store.get_allocation("a" + _key(i))
+                if rec.revision != i or rec.stop_reason != _payload(i) or alloc is None or alloc.reason != _payload(i):
+                    torn += 1
+            assert torn == 0
+            # the two writes of each step were one transaction: no orphan allocation
+            assert len(store.list_allocations()) == n
+            assert store.max_model_version("m") == n
+        finally:
+            store.close()
+        with closing(sqlite3.connect(db)) as check:
+            assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
+
+
+def _key(i: int) -> str:
+    return f"d{i:07d}"
+
+
+def _payload(i: int) -> str:
+    # ~12 KiB per record, so one record spans several 4 KiB pages
+    return hashlib.sha256(_key(i).encode()).hexdigest() * 192
+
+
+# ---- open_store ---------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("location", "expected"),
+    [
+        ("sub/x.db", "sub/x.db"),  # sqlite:// + an absolute path: sqlite:///abs/sub/x.db
+        ("", "modelfleet.db"),  # an existing directory
+        ("data/cp", "data/cp/modelfleet.db"),  # a new directory is created
+        ("state.sqlite3", "state.sqlite3"),  # a database file
+    ],
+    ids=["sqlite-url", "existing-dir", "new-dir", "db-file"],
+)
+def test_open_store_sqlite(tmp_path: Path, location: str, expected: str) -> None:
+    arg = f"sqlite://{tmp_path / location}" if location.endswith(".db") else str(tmp_path / location)
+    s = open_store(arg)
+    try:
+        assert isinstance(s, SqliteStore) and s.path == tmp_path / expected
+        assert s.path.exists()
+    finally:
+        s.close()
+
+
+def test_open_store_memory() -> None:
+    s = open_store("memory://")
+    assert isinstance(s, MemoryStore)
+    s.close()
+
+
+@pytest.mark.parametrize("bad", ["", "postgres://db/x", "sqlite://"])
+def test_open_store_refuses(bad: str) -> None:
+    with pytest.raises(ValueError):
+        open_store(bad)

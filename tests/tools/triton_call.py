@@ -1,0 +1,93 @@
+"""Calls a V2 server with the real `tritonclient.grpc`, in its own process.
+
+tritonclient and modelfleet.inference register the same protobuf symbols,
+so tests never import tritonclient themselves; they run this script.
+
+    python tests/tools/triton_call.py infer --url H:P --model NAME --input x=FILE.npy [--output y] --out-dir DIR
+        -> prints {"outputs": {"y": "DIR/y.npy"}} or {"error": {"status": "...", "message": "..."}}
+    python tests/tools/triton_call.py metadata --url H:P --model NAME
+    python tests/tools/triton_call.py descriptor --out FILE
+        -> writes tritonclient's serialized FileDescriptorProto of grpc_service.proto
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import numpy as np
+import tritonclient.grpc as tc
+from google.protobuf import descriptor_pb2, json_format
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype
+
+
+def infer(args: argparse.Namespace) -> dict[str, object]:
+    client = tc.InferenceServerClient(url=args.url)
+    inputs = []
+    for item in args.input:
+        name, path = item.split("=", 1)
+        array = np.load(path)
+        tensor = tc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    outputs = [tc.InferRequestedOutput(name) for name in args.output] or None
+    try:
+        result = client.infer(args.model, inputs, outputs=outputs, model_version=args.model_version, client_timeout=args.timeout)
+    except InferenceServerException as exc:
+        return {"error": {"status": exc.status(), "message": exc.message()}}
+    out_dir = pathlib.Path(args.out_dir)
+    saved = {}
+    for output in result.get_response().outputs:
+        path = out_dir / f"{output.name}.npy"
+        np.save(path, result.as_numpy(output.name))
+        saved[output.name] = str(path)
+    return {"outputs": saved}
+
+
+def metadata(args: argparse.Namespace) -> dict[str, object]:
+    client = tc.InferenceServerClient(url=args.url)
+    try:
+        meta = client.get_model_metadata(args.model)
+        ready = client.is_model_ready(args.model)
+        live = client.is_server_live()
+    except InferenceServerException as exc:
+        return {"error": {"status": exc.status(), "message": exc.message()}}
+    return {"metadata": json_format.MessageToDict(meta, preserving_proto_field_name=True), "ready": ready, "live": live}
+
+
+def descriptor(args: argparse.Namespace) -> dict[str, object]:
+    proto = descriptor_pb2.FileDescriptorProto()
+    service_pb2.DESCRIPTOR.CopyToProto(proto)
+    pathlib.Path(args.out).write_bytes(proto.SerializeToString())
+    return {"file": proto.name, "package": proto.package}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("infer")
+    p.add_argument("--url", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-version", default="")
+    p.add_argument("--input", action="append", default=[])
+    p.add_argument("--output", action="append", default=[])
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(fn=infer)
+    p = sub.add_parser("metadata")
+    p.add_argument("--url", required=True)
+    p.add_argument("--model", required=True)
+    p.set_defaults(fn=metadata)
+    p = sub.add_parser("descriptor")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=descriptor)
+    args = parser.parse_args()
+    print(json.dumps(args.fn(args)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
