@@ -390,8 +390,16 @@ class WorkerHandle:
             "--host", cfg.worker_host, "--port", "0",
             "--ready-file", str(self.ready_file),
             "--drain-timeout", f"{cfg.drain_timeout:g}",
+            *self._batching(),
             *self._declared_specs(),
         ]  # fmt: skip
+
+    def _batching(self) -> list[str]:
+        """Dynamic batching flags, when the variant asks for it."""
+        spec = self.spec
+        if spec.max_batch_size <= 0:
+            return []
+        return ["--max-batch-size", str(spec.max_batch_size), "--max-queue-delay-us", str(max(0, spec.max_queue_delay_us))]
 
     def _declared_specs(self) -> list[str]:
         """TorchScript keeps no datatypes: serve the specs the registry validated."""

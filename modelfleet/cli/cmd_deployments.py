@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     start.add_argument("model_id", metavar="MODEL")
     start.add_argument("--deployment-id", default="", help="default: the model id")
     _spec_flags(start)
+    start.add_argument("--max-batch-size", type=_COUNT, help="dynamic batching: rows per model run (default 0 = off)")
+    start.add_argument("--max-queue-delay", type=_DURATION, metavar="DURATION",
+                       help="dynamic batching: how long a call waits for its batch to fill, e.g. 500us")
     start.add_argument("--wait-for", choices=tuple(WAIT_FOR), default="started")
     start.add_argument("--timeout", type=_DURATION, metavar="DURATION", help="wait_for timeout (server default 20s)")
     start.set_defaults(func=start_deployment)
@@ -136,9 +139,30 @@ def build_spec(args: argparse.Namespace) -> tuple[deployments_pb2.StartDeploymen
     return req, given
 
 
+_VARIANT_FIELDS = ("model_id", "model_version", "inference_threads", "model_threads", "queue_capacity", "instances")
+
+
+def as_variant(req: deployments_pb2.StartDeploymentRequest) -> None:
+    """Move the single-model fields into one variant of weight 100 (the form the
+    API takes for per-variant settings such as dynamic batching)."""
+    variant = req.variants.add(weight=100)
+    for name in _VARIANT_FIELDS:
+        setattr(variant, name, getattr(req, name))
+        req.ClearField(name)
+    if req.HasField("resources"):
+        variant.resources.CopyFrom(req.resources)
+        req.ClearField("resources")
+    variant.env.update(dict(req.env))
+    req.ClearField("env")
+
+
 def start_deployment(args: argparse.Namespace, client: Client) -> int:
     req, _ = build_spec(args)
     req.model_id = args.model_id
+    if args.max_batch_size or args.max_queue_delay:
+        as_variant(req)
+        req.variants[0].max_batch_size = args.max_batch_size or 0
+        req.variants[0].max_queue_delay_us = int(round((args.max_queue_delay or 0.0) * 1e6))
     req.deployment_id = args.deployment_id
     req.wait_for = WAIT_FOR[args.wait_for]
     req.request_id = args.request_id or ""

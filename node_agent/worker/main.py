@@ -4,7 +4,8 @@
         --name DEPLOYMENT_ID --version VARIANT \
         --inference-threads N --model-threads N --queue-capacity N \
         --host 127.0.0.1 --port 0 --ready-file PATH [--drain-timeout 30] \
-        [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864]
+        [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864] \
+        [--max-batch-size N --max-queue-delay-us US]
 
 Order of events: parse arguments (bad ones: exit 2) -> load the model and,
 when every input shape is static, run one warm-up inference with zeros
@@ -14,6 +15,11 @@ treats as permanent) -> bind and start the grpc.aio server -> health SERVING
 {"port", "pid", "inputs", "outputs"}. SIGTERM/SIGINT then drain: refuse new
 calls (UNAVAILABLE "worker is draining"), finish queued ones within
 --drain-timeout, stop the server, exit 0. Any other non-zero exit is a crash.
+
+--max-batch-size N > 0 turns dynamic batching on (see service.py): the
+model must have a dynamic first dimension on every input and output, else
+the load fails (exit 3); --max-queue-delay-us is how long the oldest queued
+call waits for others to join its batch.
 
 Concurrency: the main thread runs the asyncio loop (server, admission,
 signals); the work queue's model threads run the model.
@@ -33,7 +39,8 @@ from typing import Any
 
 from node_agent.runtime.base import FORMATS, LoadError, Runtime, TensorSpec, load_runtime, one_line, parse_specs_json
 from node_agent.worker.server import DEFAULT_MAX_MESSAGE_BYTES, build_server
-from node_agent.worker.service import WorkerService, warm_up
+from node_agent.worker.service import WorkerService, check_batchable, warm_up
+from node_agent.worker.workqueue import Batching
 
 logger = logging.getLogger("node_agent.worker")
 
@@ -42,6 +49,8 @@ EXIT_CRASH = 1
 EXIT_BAD_ARGS = 2  # argparse's own code
 EXIT_LOAD_ERROR = 3
 MAX_QUEUE_CAPACITY = 1_000_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_QUEUE_DELAY_US = 60_000_000
 _SERVER_STOP_GRACE_S = 1.0
 
 
@@ -61,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs-json", default=None, help="declared input specs (JSON list)")
     p.add_argument("--outputs-json", default=None, help="declared output specs (JSON list)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--max-batch-size", type=int, default=0, help="rows per model run; 0 = no dynamic batching")
+    p.add_argument("--max-queue-delay-us", type=int, default=0, help="how long a call waits for a batch to fill")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -77,6 +88,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (0 <= args.port <= 65535, "--port must be 0..65535"),
         (args.drain_timeout >= 0, "--drain-timeout must be >= 0"),
         (1024 <= args.max_message_bytes <= 2**31 - 1, "--max-message-bytes must be 1024..2147483647"),
+        (0 <= args.max_batch_size <= MAX_BATCH_SIZE, f"--max-batch-size must be 0..{MAX_BATCH_SIZE}"),
+        (0 <= args.max_queue_delay_us <= MAX_QUEUE_DELAY_US, f"--max-queue-delay-us must be 0..{MAX_QUEUE_DELAY_US}"),
     ]
     for ok, message in checks:
         if not ok:
@@ -105,12 +118,21 @@ def load(args: argparse.Namespace) -> Runtime:
         declared_inputs=args.declared_inputs,
         declared_outputs=args.declared_outputs,
     )
+    if args.max_batch_size > 0:
+        check_batchable(runtime)
     try:
         warmed = warm_up(runtime)
     except Exception as exc:  # the runtime's ExecutionError/InputError, or anything else it raised
         raise LoadError(f"warm-up inference failed: {exc}") from exc
     logger.info("model %s loaded (%s); warm-up %s", args.model, args.format, "ran" if warmed else "skipped (dynamic shapes)")
     return runtime
+
+
+def batching(args: argparse.Namespace) -> Batching | None:
+    """The dynamic batching the flags ask for (None: off)."""
+    if args.max_batch_size <= 0:
+        return None
+    return Batching(max_batch_size=args.max_batch_size, max_queue_delay_s=args.max_queue_delay_us / 1e6)
 
 
 def write_ready_file(path: Path, *, port: int, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
@@ -139,6 +161,7 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
         model_threads=args.model_threads,
         queue_capacity=args.queue_capacity,
         loop=loop,
+        batching=batching(args),
     )
     try:
         server, port = await build_server(
@@ -157,7 +180,11 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
     await server.start()
     await service.start()
     write_ready_file(Path(args.ready_file), port=port, inputs=runtime.inputs, outputs=runtime.outputs)
-    logger.info("serving %s version %s on %s:%d (pid %d)", args.name, args.version, args.host, port, os.getpid())
+    logger.info(
+        "serving %s version %s on %s:%d (pid %d)%s", args.name, args.version, args.host, port, os.getpid(),
+        f", dynamic batching up to {args.max_batch_size} rows, {args.max_queue_delay_us} us delay"
+        if args.max_batch_size else "",
+    )
     await stop.wait()
     logger.info("signal received: draining for up to %.1f s", args.drain_timeout)
     outcome = await service.drain(args.drain_timeout)

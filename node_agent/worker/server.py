@@ -12,6 +12,7 @@ loop; the server is bound before anyone learns the port.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -36,8 +37,16 @@ _HEALTH_NAMES = ("", INFERENCE_SERVICE, CONTROL_SERVICE)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+INFER_METHOD = f"/{INFERENCE_SERVICE}/ModelInfer"
+
+
 class ErrorMapping(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes for every unary-unary method."""
+    """Maps domain errors to status codes for every unary-unary method, and
+    reports the final status of each ModelInfer call to `on_infer_status`
+    (for the per-status request counter)."""
+
+    def __init__(self, on_infer_status: Callable[[str], None] | None = None) -> None:
+        self._on_infer_status = on_infer_status
 
     async def intercept_service(
         self,
@@ -49,19 +58,31 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
             return handler  # streaming methods (health Watch, reflection) are not ours
         inner = handler.unary_unary
         method = handler_call_details.method
+        report = self._on_infer_status if method == INFER_METHOD else None
 
         async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
             try:
-                return await inner(request, context)
+                reply = await inner(request, context)
             except WorkerError as exc:
+                if report is not None:
+                    report(exc.code)
                 if exc.trailers:
                     context.set_trailing_metadata(tuple(exc.trailers.items()))
                 await context.abort(grpc.StatusCode[exc.code], exc.message)
+            except asyncio.CancelledError:
+                if report is not None:
+                    report("CANCELLED")  # the client went away or its deadline passed
+                raise
             except grpc.aio.AbortError:
                 raise
             except Exception:
+                if report is not None:
+                    report("INTERNAL")
                 logger.exception("unexpected error in %s", method)
                 await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            if report is not None:
+                report("OK")
+            return reply
 
         return grpc.unary_unary_rpc_method_handler(
             mapped,
@@ -97,7 +118,7 @@ async def build_server(
         RuntimeError: the address cannot be bound.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMapping()],
+        interceptors=[ErrorMapping(on_infer_status=service.stats.record_status)],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
