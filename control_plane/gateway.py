@@ -15,7 +15,11 @@ accepted (connection refused, worker draining) is retried once on another
 worker; one that may have run is never retried.
 
 Event-loop only. The routing table is the reconciler's `routes`, rebuilt
-after every tick.
+after every tick. Deployment records are read from the store once and then
+kept per deployment together with the change hub's version of that
+deployment; every change of a deployment's spec (start, update, stop,
+delete) notifies the hub, so a call reads the store only after a change and
+the data path never touches SQLite in the steady state.
 """
 
 from __future__ import annotations
@@ -119,6 +123,8 @@ class Gateway:
         self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
+        # deployment_id -> (hub version when read, the record); see the module docstring
+        self._records: dict[str, tuple[int, records_pb2.DeploymentRecord]] = {}
 
     async def close(self) -> None:
         for channel, _ in self._channels.values():
@@ -127,11 +133,20 @@ class Gateway:
 
     # ---- routing -------------------------------------------------------------------
     def _record(self, name: str) -> records_pb2.DeploymentRecord:
+        """The deployment's record, from the cache while the hub saw no change of it.
+
+        Callers must not mutate it (it is shared between calls)."""
         if not name:
             raise errors.InvalidArgument("model_name is required: the deployment id")
+        version = self.reconciler.hub.version(name)
+        cached = self._records.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         rec = self.store.get_deployment(name)
         if rec is None:
+            self._records.pop(name, None)
             raise errors.NotFound(f"deployment '{name}' not found")
+        self._records[name] = (version, rec)
         return rec
 
     def _limit(self, rec: records_pb2.DeploymentRecord) -> None:
