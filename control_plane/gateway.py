@@ -24,6 +24,7 @@ the data path never touches SQLite in the steady state.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import random
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
 _PLATFORMS = {1: "onnxruntime_onnx", 2: "pytorch_libtorch"}
 _IDENTITY: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
+UNKNOWN_DEPLOYMENT = "(unknown)"
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -123,6 +125,9 @@ class Gateway:
         self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
+        # for /metrics (control_plane.metrics): calls by (deployment, final status), traffic-limit refusals
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.limited: collections.Counter[str] = collections.Counter()
         # deployment_id -> (hub version when read, the record); see the module docstring
         self._records: dict[str, tuple[int, records_pb2.DeploymentRecord]] = {}
 
@@ -159,6 +164,7 @@ class Gateway:
             bucket = self._buckets[rec.deployment_id] = TokenBucket(qps)
         wait = bucket.take()
         if wait:
+            self.limited[rec.deployment_id] += 1
             raise errors.ResourceExhausted(
                 f"traffic limit of {qps:g} calls per second exceeded for deployment '{rec.deployment_id}'",
                 trailers={"grpc-retry-pushback-ms": str(max(1, int(wait * 1000)))},
@@ -194,9 +200,28 @@ class Gateway:
 
     # ---- RPCs -----------------------------------------------------------------------
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        name, version = scan_model_name(request)
-        rec = self._record(name)
-        self._limit(rec)
+        label, status = UNKNOWN_DEPLOYMENT, "OK"  # unknown names share one label (bounded cardinality)
+        try:
+            name, version = scan_model_name(request)
+            rec = self._record(name)
+            label = rec.deployment_id
+            self._limit(rec)
+            return await self._forward(rec, version, request, context)
+        except errors.ModelfleetError as exc:
+            status = exc.code
+            raise
+        except grpc.aio.AioRpcError as exc:  # the worker's answer: relayed as it is
+            status = exc.code().name
+            await context.abort(exc.code(), exc.details() or "", tuple(exc.trailing_metadata() or ()))
+        except asyncio.CancelledError:
+            status = "CANCELLED"
+            raise
+        finally:
+            self.calls[(label, status)] += 1
+
+    async def _forward(
+        self, rec: records_pb2.DeploymentRecord, version: str, request: bytes, context: grpc.aio.ServicerContext
+    ) -> bytes:
         tried: set[str] = set()
         while True:
             route = self.pick(rec, version, exclude=frozenset(tried))
@@ -210,7 +235,7 @@ class Gateway:
                     tried.add(route.allocation_id)
                     log.info("worker %s did not accept a call (%s); retrying elsewhere", route.address, details)
                     continue
-                await context.abort(exc.code(), details, tuple(exc.trailing_metadata() or ()))
+                raise
             finally:
                 self._inflight[route.allocation_id] -= 1
                 if not self._inflight[route.allocation_id]:

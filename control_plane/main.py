@@ -5,6 +5,9 @@ Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
 - a reconcile tick every second (auto stop, placements waiting for capacity).
 
+With --metrics-port it serves Prometheus /metrics (control_plane.metrics)
+and writes DATA_DIR/metrics_endpoint (HOST:PORT bound).
+
 Once listening it writes DATA_DIR/endpoint (HOST:PORT actually bound, so
 --listen 127.0.0.1:0 works) atomically. SIGTERM/SIGINT: health goes
 NOT_SERVING, the server stops with a grace period, the store is closed.
@@ -123,6 +126,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--node-timeout", type=float, default=30.0, help="seconds without an agent before its node is lost")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
     p.add_argument("--default-auto-stop", type=float, default=0, help="hours after which new deployments stop (0 = never)")
+    p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics on this port (0 = any free "
+                   "port, written to DATA_DIR/metrics_endpoint; default off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server (default 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
@@ -143,6 +149,18 @@ async def _serve(args: argparse.Namespace) -> None:
         default_auto_stop_s=int(args.default_auto_stop * 3600),
     )
     await plane.start(args.listen)
+    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
+    if args.metrics_port >= 0:
+        from control_plane.metrics import serve_metrics
+
+        port = serve_metrics(
+            reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
+            host=args.metrics_host, port=args.metrics_port,
+        )  # fmt: skip
+        tmp = data_dir / "metrics_endpoint.tmp"
+        tmp.write_text(f"{args.metrics_host}:{port}")
+        os.replace(tmp, data_dir / "metrics_endpoint")
+        log.info("serving /metrics on %s:%d", args.metrics_host, port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

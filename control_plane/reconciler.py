@@ -84,6 +84,8 @@ class Reconciler:
         self.placements: dict[tuple[str, str], scheduler.Placement] = {}
         self.routes: dict[str, list[Route]] = {}
         self.last_duration_s = 0.0
+        # called after every tick with (seconds, "full" | "scoped"); control_plane.metrics sets it
+        self.on_tick: Callable[[float, str], None] | None = None
 
     # ---- inputs ----------------------------------------------------------------
     def model_for(self, variant: deployments_pb2.VariantSpec) -> models_pb2.Model | None:
@@ -143,6 +145,8 @@ class Reconciler:
             self.push(node_id)
         self._rebuild_routes()
         self.last_duration_s = time.perf_counter() - started
+        if self.on_tick is not None:
+            self.on_tick(self.last_duration_s, "full")
 
     def _reconcile_deployment(
         self,

@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-host", default="127.0.0.1", help="address inference workers bind (default 127.0.0.1)")
     p.add_argument("--drain-timeout", type=_non_negative_float, default=30.0, metavar="S",
                    help="seconds a stopping worker may drain before SIGKILL (default 30)")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, default=-1, metavar="PORT",
+                   help="serve Prometheus /metrics (with every worker's) on PORT; 0 = any free port, written to "
+                        "DIR/metrics_endpoint; default off")  # fmt: skip
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server (default 127.0.0.1)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -164,9 +168,28 @@ def node_info(args: argparse.Namespace, node_id: str) -> agent_pb2.NodeInfo:
     )
 
 
-async def serve(agent: Agent) -> None:
-    """Run agent until SIGTERM or SIGINT, then shut it down gracefully."""
+def write_endpoint(path: Path, endpoint: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, path)
+
+
+async def serve(agent: Agent, *, metrics: tuple[str, int] | None = None, data_dir: Path | None = None,
+                worker_host: str = "127.0.0.1") -> None:
+    """Run agent until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Args:
+        metrics: (host, port) of the /metrics server to start, or None.
+        data_dir: where metrics_endpoint is written (HOST:PORT bound).
+    """
     loop = asyncio.get_running_loop()
+    if metrics is not None:
+        from node_agent.metrics import serve_metrics
+
+        port = serve_metrics(agent, loop=loop, host=metrics[0], port=metrics[1], worker_host=worker_host)
+        log.info("serving /metrics on %s:%d", metrics[0], port)
+        if data_dir is not None:
+            write_endpoint(data_dir / "metrics_endpoint", f"{metrics[0]}:{port}")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, stop, sig)
@@ -195,9 +218,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         control_plane=args.control_plane,
         data_dir=data_dir,
         node=node,
-        supervisor=SupervisorConfig(data_dir=data_dir, worker_host=args.worker_host, drain_timeout=args.drain_timeout),
+        supervisor=SupervisorConfig(
+            data_dir=data_dir,
+            worker_host=args.worker_host,
+            drain_timeout=args.drain_timeout,
+            worker_metrics=args.metrics_port >= 0,
+        ),
     )
-    asyncio.run(serve(Agent(config)))
+    metrics = (args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
+    asyncio.run(serve(Agent(config), metrics=metrics, data_dir=data_dir, worker_host=args.worker_host))
     return 0
 
 

@@ -132,6 +132,7 @@ class SupervisorConfig:
     start_timeout: float = 600.0
     python: str = sys.executable
     worker_module: str = "node_agent.worker"
+    worker_metrics: bool = False  # workers serve /metrics on a free port (the agent federates it)
 
     @property
     def workers_dir(self) -> Path:
@@ -391,6 +392,7 @@ class WorkerHandle:
             "--ready-file", str(self.ready_file),
             "--drain-timeout", f"{cfg.drain_timeout:g}",
             *self._batching(),
+            *(["--metrics-port", "0"] if cfg.worker_metrics else []),
             *self._declared_specs(),
         ]  # fmt: skip
 

@@ -5,7 +5,7 @@
         --inference-threads N --model-threads N --queue-capacity N \
         --host 127.0.0.1 --port 0 --ready-file PATH [--drain-timeout 30] \
         [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864] \
-        [--max-batch-size N --max-queue-delay-us US]
+        [--max-batch-size N --max-queue-delay-us US] [--metrics-port P]
 
 Order of events: parse arguments (bad ones: exit 2) -> load the model and,
 when every input shape is static, run one warm-up inference with zeros
@@ -16,7 +16,9 @@ treats as permanent) -> bind and start the grpc.aio server -> health SERVING
 calls (UNAVAILABLE "worker is draining"), finish queued ones within
 --drain-timeout, stop the server, exit 0. Any other non-zero exit is a crash.
 
---max-batch-size N > 0 turns dynamic batching on (see service.py): the
+--metrics-port P serves Prometheus /metrics on --host:P (0 = any free port,
+written to the ready file as "metrics_port"; default off: the agent turns
+it on and federates it). --max-batch-size N > 0 turns dynamic batching on (see service.py): the
 model must have a dynamic first dimension on every input and output, else
 the load fails (exit 3); --max-queue-delay-us is how long the oldest queued
 call waits for others to join its batch.
@@ -70,6 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs-json", default=None, help="declared input specs (JSON list)")
     p.add_argument("--outputs-json", default=None, help="declared output specs (JSON list)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any free port; default off)")
     p.add_argument("--max-batch-size", type=int, default=0, help="rows per model run; 0 = no dynamic batching")
     p.add_argument("--max-queue-delay-us", type=int, default=0, help="how long a call waits for a batch to fill")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -88,6 +91,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (0 <= args.port <= 65535, "--port must be 0..65535"),
         (args.drain_timeout >= 0, "--drain-timeout must be >= 0"),
         (1024 <= args.max_message_bytes <= 2**31 - 1, "--max-message-bytes must be 1024..2147483647"),
+        (-1 <= args.metrics_port <= 65535, "--metrics-port must be -1 (off) or 0..65535"),
         (0 <= args.max_batch_size <= MAX_BATCH_SIZE, f"--max-batch-size must be 0..{MAX_BATCH_SIZE}"),
         (0 <= args.max_queue_delay_us <= MAX_QUEUE_DELAY_US, f"--max-queue-delay-us must be 0..{MAX_QUEUE_DELAY_US}"),
     ]
@@ -135,10 +139,13 @@ def batching(args: argparse.Namespace) -> Batching | None:
     return Batching(max_batch_size=args.max_batch_size, max_queue_delay_s=args.max_queue_delay_us / 1e6)
 
 
-def write_ready_file(path: Path, *, port: int, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+def write_ready_file(
+    path: Path, *, port: int, inputs: list[TensorSpec], outputs: list[TensorSpec], metrics_port: int | None = None
+) -> None:
     """Write the ready file atomically: a reader sees all of it or nothing."""
     body: dict[str, Any] = {
         "port": port,
+        **({"metrics_port": metrics_port} if metrics_port is not None else {}),
         "pid": os.getpid(),
         "inputs": [s.to_json() for s in inputs],
         "outputs": [s.to_json() for s in outputs],
@@ -177,9 +184,20 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    metrics_port = None
+    if args.metrics_port >= 0:
+        from node_agent.worker.metrics import serve_metrics
+
+        try:
+            metrics_port = serve_metrics(service, host=args.host, port=args.metrics_port)
+        except OSError as exc:
+            logger.error("cannot serve metrics on %s:%d: %s", args.host, args.metrics_port, exc)
+            return EXIT_CRASH
     await server.start()
     await service.start()
-    write_ready_file(Path(args.ready_file), port=port, inputs=runtime.inputs, outputs=runtime.outputs)
+    write_ready_file(
+        Path(args.ready_file), port=port, inputs=runtime.inputs, outputs=runtime.outputs, metrics_port=metrics_port
+    )
     logger.info(
         "serving %s version %s on %s:%d (pid %d)%s", args.name, args.version, args.host, port, os.getpid(),
         f", dynamic batching up to {args.max_batch_size} rows, {args.max_queue_delay_us} us delay"

@@ -249,6 +249,11 @@ class WorkQueue:
         with self._cond:
             return len(self._fifo) + self._running
 
+    def depth(self) -> tuple[int, int]:
+        """(calls waiting, calls running) now."""
+        with self._cond:
+            return len(self._fifo), self._running
+
     @property
     def completed(self) -> int:
         """Calls run to the end (success or failure) since start."""
