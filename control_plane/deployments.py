@@ -217,7 +217,7 @@ class DeploymentService:
                 self.store.put_deployment(record)
                 self._remember(req.request_id, digest, "StartDeployment", deployment_id)
             self.hub.notify(deployment_id)
-            self.reconciler.reconcile()
+            self.reconciler.reconcile([deployment_id])  # scoped: nothing else changed
         await self._wait(deployment_id, spec.wait_for, _seconds(spec.timeout))
         deployment = self.get(deployment_id)
         return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment)
@@ -263,7 +263,7 @@ class DeploymentService:
                 self.store.put_deployment(rec)
                 self._remember(req.request_id, digest, "StopDeployment", rec.deployment_id)
             self.hub.notify(rec.deployment_id)
-            self.reconciler.reconcile()
+            self.reconciler.reconcile([rec.deployment_id])  # scoped: nothing else changed
         if req.wait:
             timeout = _seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S
             await self._wait_stopped(rec.deployment_id, timeout)

@@ -3,7 +3,9 @@ services and gateway into one grpc.aio server and runs its background loops.
 
 Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
-- a reconcile tick every second (auto stop, placements waiting for capacity).
+- a reconcile tick every second (`Reconciler.tick`: auto stop, placements
+  waiting for capacity; a full tick when a node's liveness changed and every
+  30 s).
 
 With --metrics-port it serves Prometheus /metrics (control_plane.metrics)
 and writes DATA_DIR/metrics_endpoint (HOST:PORT bound).
@@ -34,6 +36,7 @@ from control_plane.registry import ModelRegistry
 from control_plane.server import build_server, set_serving
 from control_plane.servicers import AgentControlServicer, DeploymentsServicer, ModelRegistryServicer, NodesServicer
 from control_plane.store import Store, open_store
+from control_plane.store.cached import CachedStore
 from modelfleet.v1 import agent_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
 log = logging.getLogger("control_plane")
@@ -87,7 +90,7 @@ class ControlPlane:
         await set_serving(self.health, True)
         self._tasks = [
             asyncio.create_task(self._loop("liveness sweep", min(self.fleet.heartbeat_interval, 1.0) / 2, self._sweep)),
-            asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.reconcile)),
+            asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.tick)),
         ]
         tmp = self.data_dir / "endpoint.tmp"
         tmp.write_text(endpoint)
@@ -126,11 +129,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--node-timeout", type=float, default=30.0, help="seconds without an agent before its node is lost")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
     p.add_argument("--default-auto-stop", type=float, default=0, help="hours after which new deployments stop (0 = never)")
+    p.add_argument("--full-reconcile-every", type=float, default=30.0, metavar="S",
+                   help="seconds between full reconcile ticks, the safety net behind event-driven ticks (default 30)")
     p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics on this port (0 = any free "
                    "port, written to DATA_DIR/metrics_endpoint; default off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server (default 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    if args.full_reconcile_every <= 0:
+        p.error("--full-reconcile-every must be positive")
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
         p.error("--node-timeout must exceed --heartbeat-interval, and both must be positive")
     return args
@@ -139,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def _serve(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    store = open_store(args.store or data_dir)
+    store = CachedStore(open_store(args.store or data_dir))  # reads from memory, writes through (store/cached.py)
     plane = ControlPlane(
         data_dir=data_dir,
         store=store,
@@ -148,6 +155,7 @@ async def _serve(args: argparse.Namespace) -> None:
         max_message_bytes=args.max_message_bytes,
         default_auto_stop_s=int(args.default_auto_stop * 3600),
     )
+    plane.reconciler.full_every = args.full_reconcile_every
     await plane.start(args.listen)
     (data_dir / "metrics_endpoint").unlink(missing_ok=True)
     if args.metrics_port >= 0:

@@ -20,7 +20,30 @@ per node, move through:
 Routing for the gateway (`routes`) is rebuilt from the records after every
 tick: started allocations of running deployments on READY nodes only.
 
-Event-loop only; the store is synchronous and fast (SQLite WAL).
+Scale (docs/performance.md: 1,000 nodes and 1,000 deployments). A tick is
+either *full* (`reconcile()`: the periodic loop, liveness changes, drain)
+or *scoped* (`reconcile(deployment_ids)`: what one event touched: a start or
+stop, an agent's report, a registration). Nothing per event is
+O(nodes x deployments):
+- a scoped tick reconciles, re-routes and pushes only the touched
+  deployments and the nodes whose desired set changed;
+- node views (capacity minus usage) are cached between ticks; placements
+  made in a tick update the cache in place, anything that frees capacity
+  or changes a node (a deletion, a FAILED report, a registration, a
+  liveness change) drops it, and every full tick rebuilds it;
+- placement (O(nodes) per variant) runs only when a variant's inputs
+  changed: its revision, the live nodes it runs on, or, for *open*
+  variants (every eligible node, or fewer targets than instances), the
+  placement epoch, which grows whenever capacity may have been freed or
+  eligibility changed (a full tick compares a fingerprint of every node's
+  readiness, cordon, capacity and labels). A settled fixed-instances
+  variant is never re-placed for events elsewhere in the fleet (its
+  not-chosen reasons are those of its last placement).
+A registration reconciles the deployments on that node plus the open ones
+(`_open`) and pushes the node its desired set.
+
+Event-loop only; the store is synchronous and fast (SQLite WAL, behind the
+control plane's in-memory CachedStore).
 """
 
 from __future__ import annotations
@@ -30,7 +53,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
@@ -47,6 +70,7 @@ log = logging.getLogger(__name__)
 RS = common_pb2
 RUNNING = records_pb2.DESIRED_STATE_RUNNING
 STOPPED = records_pb2.DESIRED_STATE_STOPPED
+FULL_TICK_EVERY_S = 30.0  # the periodic safety net; events and tick() handle everything sooner
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,16 @@ class Reconciler:
         self._clock = clock
         # (deployment_id, variant) -> the last placement, for reasons shown to users
         self.placements: dict[tuple[str, str], scheduler.Placement] = {}
+        # (deployment_id, variant) -> (revision, nodes it ran on, epoch) its placement was computed for
+        self._placed_for: dict[tuple[str, str], tuple[int, frozenset[str], int]] = {}
+        self._open: set[str] = set()  # deployments with a variant that may take more nodes
+        self._epoch = 0  # grows when capacity may have been freed or a node's eligibility changed
+        self._fingerprint: int | None = None
+        self._views: dict[str, scheduler.NodeView] | None = None  # see the module docstring
+        self._auto_stop_at: dict[str, float] = {}  # running deployments with auto stop -> wall time it is due
+        self._fleet_version = -1  # Fleet.version at the last full tick
+        self._last_full = float("-inf")
+        self.full_every = FULL_TICK_EVERY_S
         self.routes: dict[str, list[Route]] = {}
         self.last_duration_s = 0.0
         # called after every tick with (seconds, "full" | "scoped"); control_plane.metrics sets it
@@ -92,61 +126,123 @@ class Reconciler:
         return self.store.get_model(variant.model_id, variant.model_version)
 
     def node_views(self) -> dict[str, scheduler.NodeView]:
-        """Capacity, usage and eligibility of every known node."""
+        """Capacity, usage and eligibility of every known node (a copy of the cache)."""
+        return dict(self._cached_views())
+
+    def _cached_views(self) -> dict[str, scheduler.NodeView]:
+        if self._views is None:
+            self._views = self._build_views()
+        return self._views
+
+    def capacity_changed(self) -> None:
+        """Capacity may have been freed or a node changed: drop the cached views
+        and let open variants be placed again."""
+        self._views = None
+        self._epoch += 1
+
+    def _build_views(self) -> dict[str, scheduler.NodeView]:
         deployments = {d.deployment_id: d for d in self.store.list_deployments()}
         used: dict[str, list[float]] = {}
         for alloc in self.store.list_allocations():
-            if alloc.routing_state == RS.ROUTING_STATE_FAILED:
-                continue  # a failed worker holds nothing
-            rec = deployments.get(alloc.deployment_id)
-            variant = _variant(rec, alloc.variant) if rec else None
-            if variant is None:
-                continue
-            demand = scheduler.demand_for(variant, model_bytes=alloc.spec.model_bytes)
-            u = used.setdefault(alloc.node_id, [0.0, 0, 0])
-            u[0] += demand.cpus
-            u[1] += demand.memory_bytes
-            u[2] += demand.gpus
-        views: dict[str, scheduler.NodeView] = {}
-        for node in self.store.list_nodes():
-            node_id = node.info.node_id
-            liveness = self.fleet.state(node_id)
-            u = used.get(node_id, [0.0, 0, 0])
-            views[node_id] = scheduler.NodeView(
-                node_id=node_id,
-                cpus=node.info.capacity.cpus,
-                memory_bytes=node.info.capacity.memory_bytes,
-                gpus=node.info.capacity.gpus,
-                labels=dict(node.info.labels),
-                # a suspect node keeps what it has but gets nothing new
-                ready=liveness != Liveness.LOST,
-                schedulable=node.schedulable and liveness == Liveness.READY,
-                used_cpus=u[0],
-                used_memory=int(u[1]),
-                used_gpus=int(u[2]),
-            )
-        return views
+            _add_usage(used, alloc, deployments)
+        return {node.info.node_id: self._view(node, used) for node in self.store.list_nodes()}
+
+    def _view(self, node: records_pb2.NodeRecord, used: dict[str, list[float]]) -> scheduler.NodeView:
+        node_id = node.info.node_id
+        liveness = self.fleet.state(node_id)
+        u = used.get(node_id, [0.0, 0, 0])
+        return scheduler.NodeView(
+            node_id=node_id,
+            cpus=node.info.capacity.cpus,
+            memory_bytes=node.info.capacity.memory_bytes,
+            gpus=node.info.capacity.gpus,
+            labels=dict(node.info.labels),
+            # a suspect node keeps what it has but gets nothing new
+            ready=liveness != Liveness.LOST,
+            schedulable=node.schedulable and liveness == Liveness.READY,
+            used_cpus=u[0],
+            used_memory=int(u[1]),
+            used_gpus=int(u[2]),
+        )
+
+    def _refresh_view(self, node_id: str) -> None:
+        """Recompute one node's cached view (its record, liveness and usage): O(its allocations)."""
+        self._epoch += 1  # it may have gained capacity or eligibility
+        if self._views is None:
+            return
+        node = self.store.get_node(node_id)
+        if node is None:
+            self._views.pop(node_id, None)
+            return
+        used: dict[str, list[float]] = {}
+        records: dict[str, records_pb2.DeploymentRecord | None] = {}
+        for alloc in self.store.list_allocations(node_id=node_id):
+            if alloc.deployment_id not in records:
+                records[alloc.deployment_id] = self.store.get_deployment(alloc.deployment_id)
+            _add_usage(used, alloc, records)
+        self._views[node_id] = self._view(node, used)
 
     # ---- the tick ----------------------------------------------------------------
-    def reconcile(self) -> None:
+    def tick(self) -> None:
+        """The periodic loop's step: a full tick when a node's liveness changed
+        (Fleet.version) or every `full_every` seconds, else a scoped tick over
+        what time alone can change: open variants (waiting for capacity) and
+        deployments whose auto stop is due."""
+        now = self._clock()
+        if self.fleet.version != self._fleet_version or now - self._last_full >= self.full_every:
+            self.reconcile()
+            return
+        wall = self._wall_clock()
+        due = {d for d, at in self._auto_stop_at.items() if wall >= at}
+        if due or self._open:
+            self.reconcile(due | self._open)
+
+    def reconcile(self, deployment_ids: Iterable[str] | None = None) -> None:
+        """One tick: every deployment (None), or only `deployment_ids` (scoped)."""
         started = time.perf_counter()
-        views = self.node_views()
+        full = deployment_ids is None
+        if full:
+            self._fleet_version = self.fleet.version
+            self._last_full = self._clock()
+            views = self._views = self._build_views()
+            fingerprint = hash(
+                tuple((v.node_id, v.ready, v.schedulable, v.cpus, v.memory_bytes, v.gpus, tuple(sorted(v.labels.items())))
+                      for v in views.values())
+            )  # fmt: skip
+            if fingerprint != self._fingerprint:
+                self._fingerprint = fingerprint
+                self._epoch += 1
+            records = self.store.list_deployments()
+            wanted = {r.deployment_id for r in records}
+        else:
+            views = self._cached_views()
+            wanted = set(deployment_ids or ())
+            records = [r for r in map(self.store.get_deployment, sorted(wanted)) if r is not None]
         dirty_nodes: set[str] = set()
-        for rec in self.store.list_deployments():
-            mine: set[str] = set()
-            try:
-                self._reconcile_deployment(rec, views, mine)
-            except Exception:  # one bad deployment must not stop the others
-                log.exception("reconcile of deployment %s failed", rec.deployment_id)
-            if mine:
-                dirty_nodes |= mine
-                self.hub.notify(rec.deployment_id)
-        for node_id in dirty_nodes | {n for n in views if self.fleet.session(n) is not None}:
+        notify: list[str] = []
+        # One commit for the whole tick, and only then is anything pushed (intent is durable
+        # before agents act on it). A deployment whose reconcile raises keeps the writes it
+        # made before the error (the store joins nested blocks); the next tick converges it.
+        with self.store.transaction():
+            for rec in records:
+                mine: set[str] = set()
+                try:
+                    self._reconcile_deployment(rec, views, mine)
+                except Exception:  # one bad deployment must not stop the others
+                    log.exception("reconcile of deployment %s failed", rec.deployment_id)
+                if mine:
+                    dirty_nodes |= mine
+                    notify.append(rec.deployment_id)
+        for deployment_id in notify:
+            self.hub.notify(deployment_id)
+        if full:
+            dirty_nodes |= {n for n in views if self.fleet.session(n) is not None}
+        for node_id in sorted(dirty_nodes):
             self.push(node_id)
-        self._rebuild_routes()
+        self._rebuild_routes(None if full else wanted)
         self.last_duration_s = time.perf_counter() - started
         if self.on_tick is not None:
-            self.on_tick(self.last_duration_s, "full")
+            self.on_tick(self.last_duration_s, "full" if full else "scoped")
 
     def _reconcile_deployment(
         self,
@@ -154,8 +250,11 @@ class Reconciler:
         views: dict[str, scheduler.NodeView],
         dirty_nodes: set[str],
     ) -> None:
+        self._auto_stop_at.pop(rec.deployment_id, None)
         if rec.desired == RUNNING and rec.spec.HasField("auto_stop") and rec.HasField("start_time"):
+            self._auto_stop_at[rec.deployment_id] = rec.start_time.seconds + rec.spec.auto_stop.seconds
             if self._wall_clock() >= rec.start_time.seconds + rec.spec.auto_stop.seconds:
+                self._auto_stop_at.pop(rec.deployment_id, None)
                 rec.desired = STOPPED
                 rec.stop_reason = "auto stop"
                 rec.revision += 1
@@ -163,6 +262,7 @@ class Reconciler:
                 log.info("deployment %s: auto stop after %ds", rec.deployment_id, rec.spec.auto_stop.seconds)
         allocs = self.store.list_allocations(deployment_id=rec.deployment_id)
         names = {v.name for v in rec.spec.variants}
+        self._open.discard(rec.deployment_id)  # _place_variant adds it back while a variant is open
         with self.store.transaction():
             for alloc in allocs:
                 if alloc.desired == RUNNING and (rec.desired == STOPPED or alloc.variant not in names):
@@ -187,10 +287,28 @@ class Reconciler:
         if model is None:
             log.error("deployment %s: model %s v%d is gone", rec.deployment_id, variant.model_id, variant.model_version)
             return
-        demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
+        key = (rec.deployment_id, variant.name)
         current = {a.node_id for a in running if self.fleet.state(a.node_id) != Liveness.LOST}
+        previous = self.placements.get(key)
+        placed_for = self._placed_for.get(key)
+        is_open = previous is None or variant.instances == 0 or len(previous.targets) < variant.instances
+        if (
+            previous is not None
+            and placed_for is not None
+            and placed_for[:2] == (rec.revision, frozenset(current))
+            and set(previous.targets) == current
+            and (not is_open or placed_for[2] == self._epoch)
+            and len(running) == len(current)
+        ):
+            if is_open:
+                self._open.add(rec.deployment_id)
+            return  # settled: nothing placement depends on has changed
+        demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
         placement = scheduler.place(demand, list(views.values()), current=current)
-        self.placements[(rec.deployment_id, variant.name)] = placement
+        self.placements[key] = placement
+        self._placed_for[key] = (rec.revision, frozenset(placement.targets), self._epoch)
+        if variant.instances == 0 or len(placement.targets) < variant.instances:
+            self._open.add(rec.deployment_id)
         targets = set(placement.targets)
         for node_id in placement.targets:
             if node_id in current:
@@ -216,6 +334,7 @@ class Reconciler:
                     changed = True
                 if changed:
                     self.store.put_allocation(alloc)
+                    self.capacity_changed()
             else:
                 self._stop_allocation(alloc, dirty_nodes, reason="no longer a target")
 
@@ -262,6 +381,7 @@ class Reconciler:
         if self.fleet.state(alloc.node_id) == Liveness.LOST:
             self.store.delete_allocation(alloc.allocation_id)
             self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
+            self.capacity_changed()
             return
         alloc.desired = STOPPED
         if alloc.routing_state != RS.ROUTING_STATE_FAILED:
@@ -340,37 +460,62 @@ class Reconciler:
         caught_up = full_registration or (node is not None and applied_generation >= node.generation)
         by_id = {r.allocation_id: r for r in reports}
         touched: set[str] = set()
+        freed = False
         with self.store.transaction():
             for alloc in self.store.list_allocations(node_id=node_id):
                 report = by_id.pop(alloc.allocation_id, None)
+                was_failed = alloc.routing_state == RS.ROUTING_STATE_FAILED
                 if alloc.desired == STOPPED and caught_up and (report is None or report.routing_state in _DONE):
                     # the agent applied the stop and nothing runs any more
                     self.store.delete_allocation(alloc.allocation_id)
                     self.fleet.forget_stats(node_id, alloc.allocation_id)
                     touched.add(alloc.deployment_id)
+                    freed = True
                 elif _apply_report(alloc, report, registration=full_registration):
                     self.store.put_allocation(alloc)
                     touched.add(alloc.deployment_id)
+                    freed |= not was_failed and alloc.routing_state == RS.ROUTING_STATE_FAILED
         for stale in by_id:
             log.info("node %s reports allocation %s that is not its own; ignored", node_id, stale)
-        if touched or full_registration:
-            self.reconcile()
-            for deployment_id in touched:
-                self.hub.notify(deployment_id)
+        if freed or full_registration:
+            # capacity was freed, or the node is new or changed: open variants may take it
+            self._refresh_view(node_id)
+        if full_registration:
+            # reconcile what runs there and what may take it, and send it its desired set
+            on_node = {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}
+            self.reconcile(touched | on_node | self._open)
+            self.push(node_id)
+        elif touched:
+            self.reconcile(touched)
+        for deployment_id in touched:
+            self.hub.notify(deployment_id)
 
     def on_liveness_change(self, node_ids: list[str]) -> None:
         affected = {a.deployment_id for n in node_ids for a in self.store.list_allocations(node_id=n)}
         for node_id in node_ids:
             log.warning("node %s is now %s", node_id, self.fleet.state(node_id).value)
+        self.capacity_changed()
         self.reconcile()
         for deployment_id in affected:
             self.hub.notify(deployment_id)
 
     # ---- routing ----------------------------------------------------------------------
-    def _rebuild_routes(self) -> None:
-        routes: dict[str, list[Route]] = {}
-        running = {d.deployment_id for d in self.store.list_deployments() if d.desired == RUNNING}
-        for alloc in self.store.list_allocations():
+    def _rebuild_routes(self, deployment_ids: set[str] | None = None) -> None:
+        """Routes of every deployment (None) or of the given ones only."""
+        if deployment_ids is None:
+            running = {d.deployment_id for d in self.store.list_deployments() if d.desired == RUNNING}
+            allocs = self.store.list_allocations()
+            routes: dict[str, list[Route]] = {}
+        else:
+            running = set()
+            allocs = []
+            for deployment_id in deployment_ids:
+                rec = self.store.get_deployment(deployment_id)
+                if rec is not None and rec.desired == RUNNING:
+                    running.add(deployment_id)
+                    allocs += self.store.list_allocations(deployment_id=deployment_id)
+            routes = {k: v for k, v in self.routes.items() if k not in deployment_ids}
+        for alloc in allocs:
             if (
                 alloc.deployment_id in running
                 and alloc.desired == RUNNING
@@ -389,6 +534,25 @@ def _variant(rec: records_pb2.DeploymentRecord, name: str) -> deployments_pb2.Va
         if variant.name == name:
             return variant
     return None
+
+
+def _add_usage(
+    used: dict[str, list[float]],
+    alloc: records_pb2.AllocationRecord,
+    deployments: Mapping[str, records_pb2.DeploymentRecord | None],
+) -> None:
+    """Count what `alloc` holds on its node into used[node] = [cpus, memory, gpus]."""
+    if alloc.routing_state == RS.ROUTING_STATE_FAILED:
+        return  # a failed worker holds nothing
+    rec = deployments.get(alloc.deployment_id)
+    variant = _variant(rec, alloc.variant) if rec else None
+    if variant is None:
+        return
+    demand = scheduler.demand_for(variant, model_bytes=alloc.spec.model_bytes)
+    u = used.setdefault(alloc.node_id, [0.0, 0, 0])
+    u[0] += demand.cpus
+    u[1] += demand.memory_bytes
+    u[2] += demand.gpus
 
 
 def _set_route(alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
