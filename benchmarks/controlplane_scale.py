@@ -261,8 +261,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             total0 = metric(hist_before, "modelfleet_reconcile_duration_seconds_sum", scope=scope)
             report[f"reconcile_{scope}_ticks"] = count
             report[f"reconcile_{scope}_mean_ms"] = total / count * 1e3 if count else 0.0
-            report[f"reconcile_{scope}_ticks_during_starts"] = count - count0
-            report[f"reconcile_{scope}_seconds_during_starts"] = total - total0
+            report[f"reconcile_{scope}_ticks_since_first_start"] = count - count0
+            report[f"reconcile_{scope}_seconds_since_first_start"] = total - total0
         report["reports_sent"] = sum(a.reports for a in agents)
         # last: one ListDeployments of everything (each view lists a reason for every node not chosen)
         async with grpc.aio.insecure_channel(address, options=big) as channel:

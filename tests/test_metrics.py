@@ -60,7 +60,7 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("metrics"))
     try:
-        c.start_control_plane(extra_args=["--metrics-port", "0"])
+        c.start_control_plane(extra_args=["--metrics-port", "0", "--full-reconcile-every", "0.2"])
         c.start_agent("node-m", cpus=8, extra_args=["--metrics-port", "0"])
         c.wait_nodes(1)
         model = onnx_add(c.root / "add.onnx")
@@ -135,7 +135,9 @@ def test_agent_and_control_plane_metrics_after_batched_gateway_traffic(fleet: Cl
     assert value(plane, "modelfleet_allocations", routing_state="STARTED", desired="RUNNING") == 1
     assert value(plane, "modelfleet_routing_state", deployment="m-add", node=node, state="STARTED") == 1
     assert value(plane, "modelfleet_deployments", status="RUNNING") == 1
-    assert value(plane, "modelfleet_reconcile_duration_seconds_count", scope="full") > 0
+    assert value(plane, "modelfleet_reconcile_duration_seconds_count", scope="scoped") > 0  # the events' ticks
+    wait_until(lambda: value(scrape(c.root / "cp" / "metrics_endpoint"), "modelfleet_reconcile_duration_seconds_count",
+                             scope="full") > 0, what="a full reconcile tick")  # fmt: skip
     gateway = {"deployment": "m-add"}
     assert value(plane, "modelfleet_gateway_requests_total", status="OK", **gateway) == 5
     assert value(plane, "modelfleet_gateway_requests_total", status="INVALID_ARGUMENT", **gateway) == 1
