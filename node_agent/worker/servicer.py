@@ -20,7 +20,7 @@ from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from node_agent.runtime.base import TensorSpec
-from node_agent.worker.codec import decode_infer_request, encode_infer_response
+from node_agent.worker.codec import RequestDecoder, encode_infer_response
 from node_agent.worker.service import WorkerService, rss_bytes
 from node_agent.worker.stats import Duration, StatsSnapshot
 
@@ -106,6 +106,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, service: WorkerService) -> None:
         self._service = service
+        self._decoder = RequestDecoder(inputs=service.inputs, outputs=service.outputs)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -134,7 +135,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         service = self._service
         service.check_model(request.model_name, request.model_version)
-        decoded = decode_infer_request(request, inputs=service.inputs, outputs=service.outputs)
+        decoded = self._decoder.decode(request)
         outputs = await service.infer(decoded, deadline=_deadline(context))
         return encode_infer_response(outputs, model_name=service.name, model_version=service.version, request_id=decoded.id)
 
