@@ -20,27 +20,19 @@ per node, move through:
 Routing for the gateway (`routes`) is rebuilt from the records after every
 tick: started allocations of running deployments on READY nodes only.
 
-Scale (docs/performance.md: 1,000 nodes and 1,000 deployments). A tick is
-either *full* (`reconcile()`: the periodic loop, liveness changes, drain)
-or *scoped* (`reconcile(deployment_ids)`: what one event touched: a start or
-stop, an agent's report, a registration). Nothing per event is
-O(nodes x deployments):
-- a scoped tick reconciles, re-routes and pushes only the touched
-  deployments and the nodes whose desired set changed;
-- node views (capacity minus usage) are cached between ticks; placements
-  made in a tick update the cache in place, anything that frees capacity
-  or changes a node (a deletion, a FAILED report, a registration, a
-  liveness change) drops it, and every full tick rebuilds it;
-- placement (O(nodes) per variant) runs only when a variant's inputs
-  changed: its revision, the live nodes it runs on, or, for *open*
-  variants (every eligible node, or fewer targets than instances), the
-  placement epoch, which grows whenever capacity may have been freed or
-  eligibility changed (a full tick compares a fingerprint of every node's
-  readiness, cordon, capacity and labels). A settled fixed-instances
-  variant is never re-placed for events elsewhere in the fleet (its
-  not-chosen reasons are those of its last placement).
-A registration reconciles the deployments on that node plus the open ones
-(`_open`) and pushes the node its desired set.
+Scale (docs/performance.md: 1,000 nodes x 1,000 deployments): a tick is
+*full* (`reconcile()`: periodic safety net, liveness changes, drain) or
+*scoped* (`reconcile(ids)`: what one event touched: a start or stop, a
+report, a registration), so nothing per event is O(nodes x deployments).
+A scoped tick reconciles, re-routes and pushes only the touched deployments
+and the nodes whose desired set changed. Node views are cached between
+ticks (placements update them in place; a freed allocation or a
+registration refreshes that node; a full tick rebuilds them). Placement
+(O(nodes) per variant) runs only when its inputs changed: the revision, the
+live nodes it runs on, or, for *open* variants (every eligible node, or
+fewer targets than instances), the placement epoch, which grows whenever
+capacity may have been freed or a node's eligibility changed. A settled
+fixed-instances variant keeps the not-chosen reasons of its last placement.
 
 Event-loop only; the store is synchronous and fast (SQLite WAL, behind the
 control plane's in-memory CachedStore).
@@ -114,6 +106,7 @@ class Reconciler:
         self._views: dict[str, scheduler.NodeView] | None = None  # see the module docstring
         self._auto_stop_at: dict[str, float] = {}  # running deployments with auto stop -> wall time it is due
         self._fleet_version = -1  # Fleet.version at the last full tick
+        self._open_epoch = -1  # the epoch when tick() last retried the open variants
         self._last_full = float("-inf")
         self.full_every = FULL_TICK_EVERY_S
         self.routes: dict[str, list[Route]] = {}
@@ -194,8 +187,10 @@ class Reconciler:
             return
         wall = self._wall_clock()
         due = {d for d, at in self._auto_stop_at.items() if wall >= at}
-        if due or self._open:
-            self.reconcile(due | self._open)
+        retry = self._open if self._epoch != self._open_epoch else set()  # only if something may fit now
+        self._open_epoch = self._epoch
+        if due or retry:
+            self.reconcile(due | retry)
 
     def reconcile(self, deployment_ids: Iterable[str] | None = None) -> None:
         """One tick: every deployment (None), or only `deployment_ids` (scoped)."""
@@ -217,7 +212,14 @@ class Reconciler:
         else:
             views = self._cached_views()
             wanted = set(deployment_ids or ())
-            records = [r for r in map(self.store.get_deployment, sorted(wanted)) if r is not None]
+            records = []
+            for deployment_id in sorted(wanted):
+                rec = self.store.get_deployment(deployment_id)
+                if rec is not None:
+                    records.append(rec)
+                else:  # deleted: forget what was kept for it
+                    self._open.discard(deployment_id)
+                    self._auto_stop_at.pop(deployment_id, None)
         dirty_nodes: set[str] = set()
         notify: list[str] = []
         # One commit for the whole tick, and only then is anything pushed (intent is durable
@@ -486,7 +488,7 @@ class Reconciler:
             self.reconcile(touched | on_node | self._open)
             self.push(node_id)
         elif touched:
-            self.reconcile(touched)
+            self.reconcile(touched | self._open if freed else touched)  # freed capacity: open variants may fit
         for deployment_id in touched:
             self.hub.notify(deployment_id)
 
