@@ -29,7 +29,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -171,24 +171,30 @@ class Gateway:
             )
 
     def pick(self, rec: records_pb2.DeploymentRecord, version: str, *, exclude: frozenset[str] = frozenset()) -> Route:
-        routes = [r for r in self.reconciler.routes.get(rec.deployment_id, []) if r.allocation_id not in exclude]
+        routes: Sequence[Route] = self.reconciler.routes.get(rec.deployment_id, ())
+        if exclude:
+            routes = [r for r in routes if r.allocation_id not in exclude]
+        variants = rec.spec.variants
         if version:
-            names = {v.name for v in rec.spec.variants}
+            names = {v.name for v in variants}
             if version not in names:
                 raise errors.NotFound(f"deployment '{rec.deployment_id}' has no variant '{version}' (variants: {', '.join(sorted(names))})")
             routes = [r for r in routes if r.variant == version]
-        else:
+        elif len(variants) > 1:  # one variant (the common case) needs no weighting
             by_variant: dict[str, list[Route]] = collections.defaultdict(list)
             for r in routes:
                 by_variant[r.variant].append(r)
-            weighted = [(v.name, v.weight) for v in rec.spec.variants if by_variant.get(v.name) and v.weight > 0]
+            weighted = [(v.name, v.weight) for v in variants if by_variant.get(v.name) and v.weight > 0]
             if weighted:
                 chosen = random.choices([n for n, _ in weighted], weights=[w for _, w in weighted])[0]
                 routes = by_variant[chosen]
         if not routes:
             raise errors.Unavailable(f"deployment '{rec.deployment_id}' has no started worker to serve the call")
-        low = min(self._inflight[r.allocation_id] for r in routes)
-        return random.choice([r for r in routes if self._inflight[r.allocation_id] == low])
+        if len(routes) == 1:
+            return routes[0]
+        inflight = self._inflight
+        low = min(inflight[r.allocation_id] for r in routes)
+        return random.choice([r for r in routes if inflight[r.allocation_id] == low])
 
     def _call(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
         entry = self._channels.get(address)
