@@ -19,6 +19,10 @@ each concurrency it measures, for a fixed duration after a warm-up:
              real control plane, agent and worker started here;
 - batched:   direct and gateway again with dynamic batching on (`--paths`).
 
+Every server is started first; then, concurrency by concurrency, each path
+is measured in turn, so the ratios at one concurrency compare figures taken
+within seconds of each other (the load of a shared machine drifts).
+
 Load generation runs in its own process (benchmarks/loadgen.py), never in a
 server's. It prints req/s, p50 and p99 per point and the ratios b/a, c/a
 (and against the reference), with the machine's core count and load average
@@ -28,6 +32,7 @@ beside every table, and writes everything as JSON with `--json`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -243,33 +248,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
 
     print(machine_line(), flush=True)
-    for model in args.models:
-        path = model_paths[model]
-        if "raw" in args.paths:
-            for c in args.concurrency:
-                record(model, "raw", c, loadgen(args, "raw", model, c, onnx=path, threads=args.inference_threads,
-                                                model_threads=args.model_threads))  # fmt: skip
-        if "reference" in args.paths:
-            with reference_server(args, path, workdir) as target:
-                for c in args.concurrency:
-                    record(model, "reference", c, loadgen(args, "grpc", model, c, target=target, model=model))
-        for batched in (False, True):
-            key = "batched-direct" if batched else "direct"
-            if key not in args.paths:
-                continue
-            with direct_worker(args, path, model, workdir, batched=batched) as target:
-                for c in args.batched_concurrency if batched else args.concurrency:
-                    record(model, key, c, loadgen(args, "grpc", model, c, target=target, model=model))
-    if {"gateway", "batched-gateway"} & set(args.paths):
-        with cluster(args, workdir, model_paths) as target:
-            for model in args.models:
-                for batched in (False, True):
-                    key = "batched-gateway" if batched else "gateway"
-                    if key not in args.paths:
+    paths = set(args.paths)
+    with contextlib.ExitStack() as stack:
+        # every server up first, then the paths interleaved point by point, so that the
+        # ratios at one concurrency compare figures taken within seconds of each other
+        gateway = None
+        if {"gateway", "batched-gateway"} & paths:
+            gateway = stack.enter_context(cluster(args, workdir, model_paths))
+        for model in args.models:
+            path = model_paths[model]
+            with contextlib.ExitStack() as servers:
+                targets: dict[str, tuple[str, str]] = {}  # path -> (address, model name)
+                for key in ("reference", "direct", "batched-direct"):
+                    if key not in paths:
                         continue
-                    name = f"{model}-batched" if batched else model
-                    for c in args.batched_concurrency if batched else args.concurrency:
-                        record(model, key, c, loadgen(args, "grpc", model, c, target=target, model=name))
+                    logs = workdir / model / key
+                    logs.mkdir(parents=True, exist_ok=True)
+                    server = (
+                        reference_server(args, path, logs)
+                        if key == "reference"
+                        else direct_worker(args, path, model, logs, batched=key == "batched-direct")
+                    )
+                    targets[key] = (servers.enter_context(server), model)
+                if gateway is not None:
+                    targets["gateway"] = (gateway, model)
+                    targets["batched-gateway"] = (gateway, f"{model}-batched")
+                for c in sorted(set(args.concurrency) | set(args.batched_concurrency)):
+                    for key in PATHS:
+                        batched = key.startswith("batched")
+                        if key not in paths or c not in (args.batched_concurrency if batched else args.concurrency):
+                            continue
+                        if key == "raw":
+                            result = loadgen(args, "raw", model, c, onnx=path, threads=args.inference_threads,
+                                             model_threads=args.model_threads)  # fmt: skip
+                        else:
+                            address, name = targets[key]
+                            result = loadgen(args, "grpc", model, c, target=address, model=name)
+                        record(model, key, c, result)
     report["results"] = results
     report["machine_at_end"] = machine()
     return report
