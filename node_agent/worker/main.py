@@ -73,6 +73,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--outputs-json", default=None, help="declared output specs (JSON list)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
     p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any free port; default off)")
+    p.add_argument("--inline-max-us", type=int, default=300,
+                   help="run calls on the event loop while the model's average run time is below this (0 = never)")
     p.add_argument("--max-batch-size", type=int, default=0, help="rows per model run; 0 = no dynamic batching")
     p.add_argument("--max-queue-delay-us", type=int, default=0, help="how long a call waits for a batch to fill")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
@@ -91,6 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (0 <= args.port <= 65535, "--port must be 0..65535"),
         (args.drain_timeout >= 0, "--drain-timeout must be >= 0"),
         (1024 <= args.max_message_bytes <= 2**31 - 1, "--max-message-bytes must be 1024..2147483647"),
+        (0 <= args.inline_max_us <= 100_000, "--inline-max-us must be 0..100000"),
         (-1 <= args.metrics_port <= 65535, "--metrics-port must be -1 (off) or 0..65535"),
         (0 <= args.max_batch_size <= MAX_BATCH_SIZE, f"--max-batch-size must be 0..{MAX_BATCH_SIZE}"),
         (0 <= args.max_queue_delay_us <= MAX_QUEUE_DELAY_US, f"--max-queue-delay-us must be 0..{MAX_QUEUE_DELAY_US}"),
@@ -169,6 +172,7 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
         queue_capacity=args.queue_capacity,
         loop=loop,
         batching=batching(args),
+        inline_max_s=args.inline_max_us / 1e6,
     )
     try:
         server, port = await build_server(

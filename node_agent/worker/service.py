@@ -17,9 +17,18 @@ every request of that batch with the same error; a request never sees
 another's rows. `check_batchable` refuses (at load) a model whose inputs or
 outputs lack a dynamic first dimension.
 
+Inline execution: when the model is fast (a moving average of its run time
+below `inline_max_s`, 300 us by default) and nothing is queued, the event
+loop thread runs the call itself instead of handing it to a model thread
+and back: two thread wake-ups and a self-pipe write cost as much as such a
+model's run (the profile in docs/performance.md). It counts as one of the
+`model_threads` running calls, so the queue's bounds hold. A run that turns
+out slow raises the average and sends the next calls to the model threads.
+Off with batching (batches form in the queue) and with `inline_max_s=0`.
+
 Concurrency: all methods except `_run_batch` / `_execute` run on the asyncio
-loop thread; those run on the queue's model threads and touch only the
-runtime (thread-safe) and `Stats` (locked). State listeners (health
+loop thread; those run on the queue's model threads (or inline, on the
+loop) and touch only the runtime (thread-safe) and `Stats` (locked). State listeners (health
 reporting) are awaited on the loop after each transition.
 """
 
@@ -45,7 +54,8 @@ from node_agent.worker.workqueue import Batching, WorkQueue
 logger = logging.getLogger(__name__)
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
-
+DEFAULT_INLINE_MAX_S = 300e-6
+_AVERAGE_WEIGHT = 0.1  # of the newest run in the moving average
 
 
 class WorkerState(str, enum.Enum):
@@ -168,6 +178,7 @@ class WorkerService:
         loop: asyncio.AbstractEventLoop,
         stats: Stats | None = None,
         batching: Batching | None = None,
+        inline_max_s: float = DEFAULT_INLINE_MAX_S,
     ) -> None:
         self.runtime = runtime
         self.name = name
@@ -175,6 +186,8 @@ class WorkerService:
         self.platform = PLATFORMS.get(runtime.format, runtime.format)
         self.stats = stats or Stats()
         self.batching = batching
+        self.inline_max_s = 0.0 if batching is not None else inline_max_s
+        self._run_avg_s = float("inf")  # moving average of one run's time; inf until measured
         self.queue = WorkQueue(
             threads=model_threads,
             capacity=queue_capacity,
@@ -268,6 +281,10 @@ class WorkerService:
             self.stats.record_timeout()
             raise DeadlineExceeded("deadline exceeded before the call was queued")
         pending = _Pending(request, admitted)
+        if self._run_avg_s < self.inline_max_s:
+            ran, outputs = self.queue.try_inline(pending)
+            if ran:
+                return outputs  # type: ignore[no-any-return]
         batchable = batch_key(request) if self.batching is not None else None
         if batchable is None:
             return await self.queue.submit(pending, deadline=deadline)  # type: ignore[no-any-return]
@@ -343,6 +360,9 @@ class WorkerService:
             self.stats.record_failure(total_ns=time.perf_counter_ns() - admitted, model_error=True)
             raise
         done = time.perf_counter_ns()
+        seconds = (ran - started) / 1e9
+        average = self._run_avg_s
+        self._run_avg_s = seconds if average == float("inf") else average + _AVERAGE_WEIGHT * (seconds - average)
         self.stats.record_success(
             queue_ns=started - admitted,
             input_ns=request.decode_ns,

@@ -186,6 +186,35 @@ class WorkQueue:
         """
         return await self._admit(_Call(job, deadline, self._loop.create_future()))
 
+    def try_inline(self, item: Any) -> tuple[bool, Any]:
+        """Run `item` through `run_batch` on the calling thread (the event loop)
+        when nothing waits and a model thread slot is free; it counts as running
+        like any call. Returns (False, None) without running it otherwise.
+
+        The caller decides that the model is fast enough to block the loop for
+        (see WorkerService); a call taken here skips two thread hand-offs.
+
+        Raises:
+            Unavailable: the queue stopped admitting. Whatever run_batch raised.
+        """
+        assert self._run_batch is not None
+        with self._cond:
+            if not self._admitting:
+                raise Unavailable("worker is draining")
+            if self._fifo or self._running >= self.threads:
+                return False, None
+            self._running += 1
+        try:
+            (outcome,) = self._run_batch([item])
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._completed += 1
+                self._notify_if_idle()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return True, outcome
+
     async def submit(self, item: Any, *, deadline: float | None, key: Any = None, rows: int = 1) -> Any:
         """Admit `item` for `run_batch`; return its outcome (or raise its error).
 
