@@ -304,6 +304,7 @@ def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
 
 
 def tables(report: dict[str, Any]) -> str:
+    """Markdown tables; `load` is the 1-minute load average when the row's points were taken."""
     rows = report["results"]
     find = {(r["model"], r["path"], r["concurrency"]): r for r in rows}
     cfg = report["config"]
@@ -324,15 +325,17 @@ def tables(report: dict[str, Any]) -> str:
             f"Machine: {head}.",
             "",
             "| conc | raw req/s | p50 ms | p99 ms | reference req/s | p50 | p99 | direct req/s | p50 | p99 "
-            "| gateway req/s | p50 | p99 | b/a | c/a | direct/ref | gateway/ref |",
-            "|---:|" + "---:|" * 16,
+            "| gateway req/s | p50 | p99 | b/a | c/a | direct/ref | gateway/ref | load |",
+            "|---:|" + "---:|" * 17,
         ]
         for c in cfg["concurrency"]:
             a, ref = find.get((model, "raw", c)), find.get((model, "reference", c))
             b, g = find.get((model, "direct", c)), find.get((model, "gateway", c))
+            loads = [r["load_avg"] for r in (a, ref, b, g) if r]
+            load = f"{sum(loads) / len(loads):.1f}" if loads else "–"
             lines.append(
                 f"| {c} | {_cell(a)} | {_cell(ref)} | {_cell(b)} | {_cell(g)} | {_ratio(b, a)} | {_ratio(g, a)} "
-                f"| {_ratio(b, ref)} | {_ratio(g, ref)} |"
+                f"| {_ratio(b, ref)} | {_ratio(g, ref)} | {load} |"
             )
         batched = [r for r in rows if r["model"] == model and r["path"].startswith("batched")]
         if batched:
@@ -341,14 +344,14 @@ def tables(report: dict[str, Any]) -> str:
                 f"Dynamic batching ({model}, max_batch_size={cfg['max_batch_size']}, "
                 f"max_queue_delay_us={cfg['max_queue_delay_us']}); machine: {head}.",
                 "",
-                "| path | conc | batch-1 req/s | p50 | p99 | batched req/s | p50 | p99 | batched / batch-1 |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "| path | conc | batch-1 req/s | p50 | p99 | batched req/s | p50 | p99 | batched / batch-1 | load |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             ]
             for r in batched:
                 plain = find.get((model, r["path"].removeprefix("batched-"), r["concurrency"]))
                 lines.append(
                     f"| {r['path'].removeprefix('batched-')} | {r['concurrency']} | {_cell(plain)} | {_cell(r)} "
-                    f"| {_ratio(r, plain)} |"
+                    f"| {_ratio(r, plain)} | {r['load_avg']:.1f} |"
                 )
         lines.append("")
     return "\n".join(lines)
