@@ -1,10 +1,15 @@
 """The inference gateway: `inference.GRPCInferenceService` on the control
 plane, so a client needs one address (as with Elasticsearch's infer API).
 
-ModelInfer is proxied without decoding tensors: the request arrives as raw
-bytes, only fields 1 and 2 (model_name, model_version) are read off the
-wire, and the same bytes go to a started worker over a channel kept per
-worker address; the worker's reply bytes (or its status, details and
+ModelInfer is proxied without re-encoding: the request arrives as raw bytes,
+fields 1 and 2 (model_name, model_version) are read off the wire, the
+request is validated strictly against the specs of the model it is routed
+to (control_plane.v2check: a parse of a copy plus size checks, no tensor
+decoded; a bad request gets INVALID_ARGUMENT and never reaches a worker),
+and the original bytes go to a started worker over a channel kept per
+worker address, with the allocation's worker token as `authorization`
+(workers accept only the gateway, the agent and keys with `infer`) and, when
+configured, over TLS. The worker's reply bytes (or its status, details and
 trailers such as grpc-retry-pushback-ms) go back unchanged. The call's
 deadline travels on.
 
@@ -28,7 +33,7 @@ from collections.abc import Callable
 
 import grpc
 
-from control_plane import errors
+from control_plane import errors, v2check
 from control_plane.reconciler import Reconciler, Route
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
@@ -109,13 +114,22 @@ class TokenBucket:
 
 
 class Gateway:
-    def __init__(self, *, reconciler: Reconciler, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        reconciler: Reconciler,
+        max_message_bytes: int,
+        worker_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        self._worker_credentials = worker_credentials  # TLS to workers; None = plaintext
+        # (model_id, version) -> (inputs, outputs); model versions never change
+        self._specs: dict[tuple[str, int], tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]]] = {}
         self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
@@ -169,10 +183,35 @@ class Gateway:
         low = min(self._inflight[r.allocation_id] for r in routes)
         return random.choice([r for r in routes if self._inflight[r.allocation_id] == low])
 
+    # ---- validation ----------------------------------------------------------------
+    def _model_specs(self, rec: records_pb2.DeploymentRecord, variant_name: str) -> tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]] | None:
+        variant = next((v for v in rec.spec.variants if v.name == variant_name), None)
+        if variant is None:
+            return None
+        key = (variant.model_id, variant.model_version)
+        specs = self._specs.get(key)
+        if specs is None:
+            model = self.store.get_model(variant.model_id, variant.model_version)
+            if model is None:
+                return None
+            if len(self._specs) > 10_000:
+                self._specs.clear()
+            specs = self._specs[key] = v2check.model_specs(model)
+        return specs
+
+    def validate(self, request: bytes, rec: records_pb2.DeploymentRecord, variant: str) -> None:
+        """INVALID_ARGUMENT unless request fits the model of `variant` (see control_plane.v2check)."""
+        specs = self._model_specs(rec, variant)
+        if specs is not None:
+            v2check.validate(v2check.parse_request(request), inputs=specs[0], outputs=specs[1])
+
     def _call(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
         entry = self._channels.get(address)
         if entry is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            if self._worker_credentials is not None:
+                channel = grpc.aio.secure_channel(address, self._worker_credentials, options=self._options)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
             call = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=_IDENTITY, response_deserializer=_IDENTITY)
             entry = self._channels[address] = (channel, call)
         return entry[1]
@@ -181,13 +220,22 @@ class Gateway:
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name, version = scan_model_name(request)
         rec = self._record(name)
+        # Validate before routing when the variant is known (named, or the only one),
+        # so a bad request is refused even while no worker serves.
+        checked = version or (rec.spec.variants[0].name if len(rec.spec.variants) == 1 else "")
+        if checked:
+            self.validate(request, rec, checked)
         self._limit(rec)
         tried: set[str] = set()
         while True:
             route = self.pick(rec, version, exclude=frozenset(tried))
+            if route.variant != checked:
+                self.validate(request, rec, route.variant)
+                checked = route.variant
             self._inflight[route.allocation_id] += 1
+            metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
             try:
-                return await self._call(route.address)(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+                return await self._call(route.address)(request, timeout=context.time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
                 never_accepted = exc.code() == grpc.StatusCode.UNAVAILABLE and ("draining" in details or "connect" in details.lower())

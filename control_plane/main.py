@@ -5,6 +5,14 @@ Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
 - a reconcile tick every second (auto stop, placements waiting for capacity).
 
+Security (docs/security.md): authentication is on unless `--auth off`,
+which is refused unless --listen is a loopback address. On first start with
+no API key in the store the bootstrap admin key is created, written to
+DATA_DIR/admin.key (mode 0600) and printed once on stdout. `--tls-cert` /
+`--tls-key` serve TLS; `--tls-client-ca` also demands client certificates
+signed by that CA (mTLS). The gateway reaches TLS workers trusting
+`--worker-tls-ca`, presenting --tls-cert/--tls-key when they ask for one.
+
 Once listening it writes DATA_DIR/endpoint (HOST:PORT actually bound, so
 --listen 127.0.0.1:0 works) atomically. SIGTERM/SIGINT: health goes
 NOT_SERVING, the server stops with a grace period, the store is closed.
@@ -14,11 +22,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from control_plane.agents import AgentStreams, NodeService
 from control_plane.blobs import BlobStore
@@ -26,14 +38,48 @@ from control_plane.deployments import DeploymentService
 from control_plane.fleet import Fleet
 from control_plane.gateway import Gateway, add_gateway_to_server
 from control_plane.hub import ChangeHub
+from control_plane.keys import ADMIN_KEY_FILE, KeyService
 from control_plane.reconciler import Reconciler
 from control_plane.registry import ModelRegistry
-from control_plane.server import build_server, set_serving
-from control_plane.servicers import AgentControlServicer, DeploymentsServicer, ModelRegistryServicer, NodesServicer
+from control_plane.server import build_server, channel_credentials, server_credentials, set_serving
+from control_plane.servicers import (
+    AgentControlServicer,
+    AuthServicer,
+    DeploymentsServicer,
+    ModelRegistryServicer,
+    NodesServicer,
+)
 from control_plane.store import Store, open_store
-from modelfleet.v1 import agent_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
+from modelfleet.v1 import agent_pb2_grpc, auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
 log = logging.getLogger("control_plane")
+
+
+@dataclass(frozen=True)
+class Security:
+    """Authentication and TLS settings (paths of PEM files; "" = unset)."""
+
+    auth: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    worker_tls_ca: str = ""
+
+    def worker_credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.worker_tls_ca:
+            return None
+        return channel_credentials(self.worker_tls_ca, self.tls_cert, self.tls_key)
+
+
+def is_loopback(listen: str) -> bool:
+    """True when HOST of HOST:PORT is a loopback address (127.0.0.0/8, ::1, localhost)."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ControlPlane:
@@ -46,13 +92,16 @@ class ControlPlane:
         node_timeout: float = 30.0,
         max_message_bytes: int = 64 << 20,
         default_auto_stop_s: int = 0,
+        security: Security = Security(),
     ) -> None:
         self.data_dir = data_dir
         self.store = store
+        self.security = security
         self.hub = ChangeHub()
         self.fleet = Fleet(heartbeat_interval=heartbeat_interval, node_timeout=node_timeout)
         self.fleet.recover(n.info.node_id for n in store.list_nodes())
-        self.reconciler = Reconciler(store=store, fleet=self.fleet, hub=self.hub)
+        self.reconciler = Reconciler(store=store, fleet=self.fleet, hub=self.hub, worker_tokens=security.auth)
+        self.keys = KeyService(store=store) if security.auth else None
         self.registry = ModelRegistry(
             store=store,
             blobs=BlobStore(data_dir / "blobs"),
@@ -61,18 +110,35 @@ class ControlPlane:
         self.deployments = DeploymentService(
             reconciler=self.reconciler, hub=self.hub, registry=self.registry, default_auto_stop_s=default_auto_stop_s
         )
-        self.gateway = Gateway(reconciler=self.reconciler, max_message_bytes=max_message_bytes)
-        self.server, self.health = build_server(max_message_bytes=max_message_bytes)
+        self.gateway = Gateway(
+            reconciler=self.reconciler,
+            max_message_bytes=max_message_bytes,
+            worker_credentials=security.worker_credentials(),
+        )
+        self.server, self.health = build_server(max_message_bytes=max_message_bytes, authenticator=self.keys)
+        self.agent_streams = AgentStreams(reconciler=self.reconciler, keys=self.keys)
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
         nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(NodeService(reconciler=self.reconciler)), self.server)
-        agent_pb2_grpc.add_AgentControlServicer_to_server(AgentControlServicer(AgentStreams(reconciler=self.reconciler)), self.server)
+        agent_pb2_grpc.add_AgentControlServicer_to_server(AgentControlServicer(self.agent_streams), self.server)
+        # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
+        auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
         add_gateway_to_server(self.gateway, self.server)
+        if self.keys is not None:
+            self.keys.on_change = self.agent_streams.credentials_changed
         self._tasks: list[asyncio.Task[None]] = []
 
+    def bootstrap(self) -> str | None:
+        """Create the admin key if the store has no key yet (auth on); returns its token to print."""
+        return self.keys.bootstrap(self.data_dir) if self.keys is not None else None
+
     async def start(self, listen: str) -> str:
+        sec = self.security
         try:
-            port = self.server.add_insecure_port(listen)
+            if sec.tls_cert:
+                port = self.server.add_secure_port(listen, server_credentials(sec.tls_cert, sec.tls_key, sec.tls_client_ca))
+            else:
+                port = self.server.add_insecure_port(listen)
         except RuntimeError as exc:
             raise SystemExit(f"error: cannot listen on {listen}: {exc} (is another process using the port?)") from None
         if port == 0:
@@ -123,10 +189,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--node-timeout", type=float, default=30.0, help="seconds without an agent before its node is lost")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
     p.add_argument("--default-auto-stop", type=float, default=0, help="hours after which new deployments stop (0 = never)")
+    p.add_argument("--auth", choices=["on", "off"], default=os.environ.get("MODELFLEET_AUTH", "on"),
+                   help="API key authentication (default on; off is refused unless --listen is loopback)")
+    p.add_argument("--tls-cert", default="", metavar="PEM", help="serve TLS with this certificate (chain)")
+    p.add_argument("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default="", metavar="PEM",
+                   help="demand client certificates signed by this CA (mTLS; agents present theirs)")
+    p.add_argument("--worker-tls-ca", default="", metavar="PEM",
+                   help="the gateway reaches workers over TLS, trusting this CA (agents run them with --worker-tls-cert)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
         p.error("--node-timeout must exceed --heartbeat-interval, and both must be positive")
+    if args.auth == "off" and not is_loopback(args.listen):
+        p.error(f"--auth off is refused on a non-loopback address ({args.listen}): anyone who can reach it could "
+                "control the fleet; keep authentication on, or listen on 127.0.0.1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        p.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
     return args
 
 
@@ -141,7 +222,24 @@ async def _serve(args: argparse.Namespace) -> None:
         node_timeout=args.node_timeout,
         max_message_bytes=args.max_message_bytes,
         default_auto_stop_s=int(args.default_auto_stop * 3600),
+        security=Security(
+            auth=args.auth == "on",
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            worker_tls_ca=args.worker_tls_ca,
+        ),
     )
+    token = plane.bootstrap()
+    if token is not None:
+        # Printed this once (never logged); the file keeps it for local use.
+        print(
+            f"modelfleet: created the bootstrap admin API key; it is saved in {data_dir / ADMIN_KEY_FILE} "
+            f"(mode 0600) and shown only this once:\n  {token}",
+            flush=True,
+        )
+    elif args.auth == "off":
+        log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
     await plane.start(args.listen)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -57,6 +58,7 @@ class Route:
     node_id: str
     variant: str
     address: str
+    token: str = ""  # the worker token the gateway presents ("" = auth off)
 
 
 def now_ts() -> timestamp_pb2.Timestamp:
@@ -74,8 +76,10 @@ class Reconciler:
         hub: ChangeHub,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        worker_tokens: bool = False,
     ) -> None:
         self.store = store
+        self.worker_tokens = worker_tokens  # give every new allocation a secret for its worker
         self._wall_clock = wall_clock
         self.fleet = fleet
         self.hub = hub
@@ -241,6 +245,7 @@ class Reconciler:
             max_queue_delay_us=variant.max_queue_delay_us,
             inputs=model.inputs,
             outputs=model.outputs,
+            worker_token=secrets.token_urlsafe(32) if self.worker_tokens else "",
         )
         return records_pb2.AllocationRecord(
             allocation_id=allocation_id,
@@ -375,7 +380,7 @@ class Reconciler:
                 and self.fleet.state(alloc.node_id) == Liveness.READY
             ):
                 routes.setdefault(alloc.deployment_id, []).append(
-                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address)
+                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address, alloc.spec.worker_token)
                 )
         self.routes = routes
 

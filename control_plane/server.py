@@ -1,6 +1,7 @@
 """Builds the control plane's grpc.aio server: options, the one interceptor
-that maps domain errors to status codes, every service, health and
-reflection.
+that maps domain errors to status codes, the one that authenticates and
+authorizes every call (control_plane.access), every service, health and
+reflection, and the TLS (or mTLS) server credentials.
 
 Error mapping (the only place): a `control_plane.errors.ModelfleetError`
 becomes its status code with its message (and trailers such as
@@ -10,6 +11,7 @@ anything else becomes INTERNAL "internal error" and its traceback is logged.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -18,9 +20,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control_plane.access import AccessInterceptor, Authenticator
 from control_plane.errors import ModelfleetError
 from modelfleet.inference import grpc_service_pb2
-from modelfleet.v1 import agent_pb2, deployments_pb2, models_pb2, nodes_pb2
+from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +32,7 @@ SERVICE_NAMES = [
     deployments_pb2.DESCRIPTOR.services_by_name["Deployments"].full_name,
     nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 ]
 
@@ -54,7 +58,13 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[...,
     return wrapper
 
 
-def _wrap_stream(fn: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+    # A streaming handler is an async generator, or a coroutine that writes
+    # with context.write (the health service's Watch): keep its kind, or
+    # grpc.aio would treat it as the other one.
+    if not inspect.isasyncgenfunction(fn):
+        return _wrap_unary(fn, method)
+
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
             async for item in fn(request, context):
@@ -101,8 +111,41 @@ def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-def build_server(*, max_message_bytes: int) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=server_options(max_message_bytes))
+def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
+    """TLS from PEM files; with client_ca, clients must present a certificate it signed (mTLS)."""
+    root = _read(client_ca) if client_ca else None
+    return grpc.ssl_server_credentials([(_read(key), _read(cert))], root_certificates=root, require_client_auth=root is not None)
+
+
+def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> grpc.ChannelCredentials:
+    """TLS for a client: trust ca (default: the system roots); cert/key = a client certificate for mTLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca) if ca else None,
+        private_key=_read(key) if key else None,
+        certificate_chain=_read(cert) if cert else None,
+    )
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc.strerror}") from None
+
+
+def build_server(
+    *, max_message_bytes: int, authenticator: Authenticator | None = None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The server with every interceptor; authenticator None = authentication off.
+
+    ErrorMappingInterceptor is outermost, so the access interceptor's
+    Unauthenticated / PermissionDenied become status codes like any domain error.
+    """
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor(), AccessInterceptor(authenticator)],
+        options=server_options(max_message_bytes),
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

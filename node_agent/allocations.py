@@ -140,7 +140,7 @@ class Allocations:
             The adopted allocation ids.
         """
         workers = self._config.workers_dir
-        workers.mkdir(parents=True, exist_ok=True)
+        workers.mkdir(mode=0o700, parents=True, exist_ok=True)
         adopted: list[str] = []
         for path in sorted(workers.glob("*.json")):
             aid, ready = path.stem, path.with_suffix(".ready")
@@ -159,7 +159,7 @@ class Allocations:
             problem = "not running" if not ours else None if port else "not ready"
             if problem is None:
                 address = connect_address(self._config.worker_host, port)
-                problem = await probe_health(address, timeout=ADOPT_HEALTH_TIMEOUT)
+                problem = await probe_health(address, timeout=ADOPT_HEALTH_TIMEOUT, channel=self._config.security.channel)
             if problem is None:
                 info = AdoptedWorker(
                     pid=pid,
@@ -181,7 +181,7 @@ class Allocations:
                     await asyncio.sleep(0.1)
             path.unlink(missing_ok=True)
             ready.unlink(missing_ok=True)
-        for leftover in [*workers.glob("*.ready"), *workers.glob("*.tmp")]:
+        for leftover in [*workers.glob("*.ready"), *workers.glob("*.token"), *workers.glob("*.tmp")]:
             if leftover.stem not in self._handles:
                 leftover.unlink(missing_ok=True)
         return adopted

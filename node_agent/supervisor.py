@@ -62,6 +62,7 @@ from google.protobuf import json_format
 
 from modelfleet.v1 import agent_pb2, common_pb2, worker_pb2, worker_pb2_grpc
 from node_agent.procs import WorkerProcess, advertised_address, check_health, connect_address, kill, pid_alive
+from node_agent.worker_security import WorkerSecurity, token_metadata, write_private
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -132,10 +133,16 @@ class SupervisorConfig:
     start_timeout: float = 600.0
     python: str = sys.executable
     worker_module: str = "node_agent.worker"
+    security: WorkerSecurity = WorkerSecurity()
 
     @property
     def workers_dir(self) -> Path:
         return self.data_dir / "workers"
+
+    @property
+    def credentials_file(self) -> Path:
+        """The verifiers of API keys that may call workers directly (node_agent.worker_security)."""
+        return self.workers_dir / "credentials.pb"
 
 
 @dataclass(frozen=True)
@@ -198,6 +205,7 @@ class WorkerHandle:
         self.state_file = workers / f"{self.allocation_id}.json"
         self.ready_file = workers / f"{self.allocation_id}.ready"
         self.log_file = workers / f"{self.allocation_id}.log"
+        self.token_file = workers / f"{self.allocation_id}.token"
 
     # ---- public API -----------------------------------------------------------------
 
@@ -254,7 +262,7 @@ class WorkerHandle:
             return None
         try:
             reply = await worker_pb2_grpc.WorkerControlStub(channel).GetWorkerStats(
-                worker_pb2.GetWorkerStatsRequest(), timeout=timeout
+                worker_pb2.GetWorkerStatsRequest(), timeout=timeout, metadata=token_metadata(self.spec)
             )
         except grpc.aio.AioRpcError as exc:
             log.debug("allocation %s: stats failed: %s", self.allocation_id, exc.code().name)
@@ -391,6 +399,7 @@ class WorkerHandle:
             "--ready-file", str(self.ready_file),
             "--drain-timeout", f"{cfg.drain_timeout:g}",
             *self._declared_specs(),
+            *cfg.security.argv(spec, token_file=self.token_file, credentials_file=cfg.credentials_file),
         ]  # fmt: skip
 
     def _declared_specs(self) -> list[str]:
@@ -417,8 +426,10 @@ class WorkerHandle:
 
     async def _run_once(self, model: Path) -> _Exit:
         """Spawn one worker process, wait until it is ready, then serve until it ends."""
-        self._config.workers_dir.mkdir(parents=True, exist_ok=True)
+        self._config.workers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
+        if self.spec.worker_token:
+            write_private(self.token_file, self.spec.worker_token.encode())
         with contextlib.suppress(OSError):
             if self.log_file.stat().st_size > MAX_LOG_BYTES:
                 os.replace(self.log_file, self.log_file.with_suffix(".log.1"))
@@ -482,7 +493,7 @@ class WorkerHandle:
         if exit_task is None:
             exit_task = asyncio.ensure_future(proc.wait())
         stop_task = asyncio.ensure_future(self._stop.wait())
-        self._channel = grpc.aio.insecure_channel(connect_address(cfg.worker_host, self.port))
+        self._channel = cfg.security.channel(connect_address(cfg.worker_host, self.port))
         check: asyncio.Future[str | None] | None = None
         next_check, failures = time.monotonic() + cfg.health_interval, 0
         try:
@@ -572,9 +583,7 @@ class WorkerHandle:
             "log_offset": self._log_offset,
             "restarts": self.restarts,
         }
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state_file)
+        write_private(self.state_file, json.dumps(state).encode())  # it holds the worker token
 
     def _process_gone(self) -> None:
         """No process runs for this allocation any more: forget it and its files."""
@@ -582,3 +591,4 @@ class WorkerHandle:
         if _ALLOCATION_ID.match(self.allocation_id):  # never unlink paths built from a bad id
             self.state_file.unlink(missing_ok=True)
             self.ready_file.unlink(missing_ok=True)
+            self.token_file.unlink(missing_ok=True)

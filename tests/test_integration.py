@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cluster import ROOT, Cluster, wait_until
+from cluster import ROOT, Cluster, authed_channel, wait_until
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
@@ -63,8 +63,8 @@ def worker_pids(deployment_id: str) -> set[int]:
     return pids
 
 
-def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path) -> dict[str, object]:
-    args = [sys.executable, str(TRITON), "infer", "--url", url, "--model", model, "--out-dir", str(tmp)]
+def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path, *, token: str = "") -> dict[str, object]:
+    args = [sys.executable, str(TRITON), "infer", "--url", url, "--model", model, "--out-dir", str(tmp), "--token", token]
     for name, array in inputs.items():
         path = tmp / f"in-{name}.npy"
         np.save(path, array)
@@ -77,8 +77,10 @@ def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path)
     return out
 
 
-def v2_infer(address: str, model: str, x: np.ndarray, *, name: str = "x", timeout: float = 30) -> v2.ModelInferResponse:
-    with grpc.insecure_channel(address) as channel:
+def v2_infer(
+    address: str, model: str, x: np.ndarray, *, name: str = "x", timeout: float = 30, token: str = ""
+) -> v2.ModelInferResponse:
+    with authed_channel(address, token) as channel:
         req = v2.ModelInferRequest(model_name=model)
         req.inputs.add(name=name, datatype="FP32", shape=list(x.shape))
         req.raw_input_contents.append(x.astype(np.float32).tobytes())
@@ -124,10 +126,10 @@ def test_onnx_through_gateway_and_worker_matches_onnxruntime(cluster: Cluster, m
 
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     expected = ort.InferenceSession(str(models["add"])).run(None, {"x": x})[0]
-    via_gateway = triton_infer(cluster.addr, "add-both", {"x": x}, tmp_path)
+    via_gateway = triton_infer(cluster.addr, "add-both", {"x": x}, tmp_path, token=cluster.token)
     np.testing.assert_array_equal(via_gateway["arrays"]["y"], expected)
     for entry in alloc.routing_table.values():
-        direct = triton_infer(entry.worker_address, "add-both", {"x": x}, tmp_path)
+        direct = triton_infer(entry.worker_address, "add-both", {"x": x}, tmp_path, token=cluster.token)
         np.testing.assert_array_equal(direct["arrays"]["y"], expected)
     stats = cluster.deployments.GetDeploymentStats(dpb.GetDeploymentStatsRequest(deployment_id="add-both"))
     assert len(stats.nodes) == 2
@@ -143,7 +145,7 @@ def test_torchscript_matches_torch(cluster: Cluster, models: dict[str, Path], tm
     start(cluster, "ts-add", wait_for=dpb.WAIT_FOR_STARTED)
     x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
     expected = torch.jit.load(str(models["ts"]))(torch.from_numpy(x)).numpy()
-    out = triton_infer(cluster.addr, "ts-add", {"x": x}, tmp_path)
+    out = triton_infer(cluster.addr, "ts-add", {"x": x}, tmp_path, token=cluster.token)
     np.testing.assert_array_equal(out["arrays"]["OUTPUT__0"], expected)
 
 
@@ -176,7 +178,7 @@ def test_queue_full_rejects_at_once(cluster: Cluster, models: dict[str, Path]) -
 
     def call(_: int) -> str:
         try:
-            v2_infer(entry.worker_address, "slow", x, timeout=60)
+            v2_infer(entry.worker_address, "slow", x, timeout=60, token=cluster.token)
             return "OK"
         except grpc.RpcError as exc:
             return f"{exc.code().name}: {exc.details()}"
@@ -215,7 +217,7 @@ def test_error_cases_of_the_contract(cluster: Cluster, models: dict[str, Path], 
     with pytest.raises(grpc.RpcError) as err:
         cluster.deployments.GetDeployment(dpb.GetDeploymentRequest(deployment_id="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    out = triton_infer(cluster.addr, "nope", {"x": np.zeros((1, 4), np.float32)}, tmp_path)
+    out = triton_infer(cluster.addr, "nope", {"x": np.zeros((1, 4), np.float32)}, tmp_path, token=cluster.token)
     assert "NOT_FOUND" in out["error"]["status"]
 
 
@@ -324,7 +326,7 @@ def test_control_plane_restart_keeps_everything_and_restarts_no_worker(tmp_path:
         # workers keep serving while the control plane is down
         x = np.ones((1, 4), np.float32)
         for address in addresses.values():
-            assert v2_infer(address, "add", x).raw_output_contents
+            assert v2_infer(address, "add", x, token=c.token).raw_output_contents
         c.start_control_plane(listen=c.addr)  # the same port: the agents know only this address
         c.wait_nodes(2)
         wait_until(lambda: c.routes("add") == table, timeout=30, what="routing table to converge")
@@ -333,7 +335,7 @@ def test_control_plane_restart_keeps_everything_and_restarts_no_worker(tmp_path:
         assert {n: e.worker_address for n, e in c.get("add").allocations[0].routing_table.items()} == addresses
         assert c.models.GetModel(models_pb2.GetModelRequest(model_id="add")).state == common_pb2.MODEL_STATE_NORMAL
         np.testing.assert_array_equal(
-            np.frombuffer(v2_infer(c.addr, "add", x).raw_output_contents[0], np.float32), x[0] + [1, 2, 3, 4]
+            np.frombuffer(v2_infer(c.addr, "add", x, token=c.token).raw_output_contents[0], np.float32), x[0] + [1, 2, 3, 4]
         )
     finally:
         c.close()

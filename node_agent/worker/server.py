@@ -1,10 +1,12 @@
 """The worker's grpc.aio server: services, options, health, reflection, and
 the one place where domain errors become gRPC status codes.
 
-`ErrorMapping` wraps every unary-unary handler: a `WorkerError` aborts with
+`ErrorMapping` wraps every handler (outermost): a `WorkerError` aborts with
 the status its `code` names, its message and its trailers; any other
 exception is logged with its traceback and answered INTERNAL "internal
-error". Health reports SERVING for "", the inference service and
+error". `WorkerAccess` (node_agent.worker.access), when the worker runs
+with a token, refuses callers that are neither the gateway/agent nor an
+API key with `infer`. Health reports SERVING for "", the inference service and
 WorkerControl while the worker serves, NOT_SERVING from the moment it drains
 (`enter_graceful_shutdown`, so nothing flips it back). Runs on the asyncio
 loop; the server is bound before anyone learns the port.
@@ -12,8 +14,9 @@ loop; the server is bound before anyone learns the port.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from modelfleet.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelfleet.v1 import worker_pb2, worker_pb2_grpc
+from node_agent.worker.access import WorkerAccess
 from node_agent.worker.errors import WorkerError
 from node_agent.worker.service import WorkerService, WorkerState
 from node_agent.worker.servicer import InferenceServicer, WorkerControlServicer
@@ -37,7 +41,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class ErrorMapping(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes for every unary-unary method."""
+    """Maps domain errors to status codes for every method, whatever its kind."""
 
     async def intercept_service(
         self,
@@ -45,29 +49,50 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming methods (health Watch, reflection) are not ours
-        inner = handler.unary_unary
+        if handler is None:
+            return handler
         method = handler_call_details.method
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return handler._replace(**{kind: _mapped(inner, method)})  # type: ignore[attr-defined,no-any-return]
+        return handler
 
-        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    if isinstance(exc, WorkerError):
+        if exc.trailers:
+            context.set_trailing_metadata(tuple(exc.trailers.items()))
+        await context.abort(grpc.StatusCode[exc.code], exc.message)
+    logger.error("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _mapped(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
+    """inner with errors mapped, keeping its kind: async generator or coroutine
+    (grpc.aio treats the two differently; health Watch is a coroutine)."""
+    if inspect.isasyncgenfunction(inner):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                return await inner(request, context)
-            except WorkerError as exc:
-                if exc.trailers:
-                    context.set_trailing_metadata(tuple(exc.trailers.items()))
-                await context.abort(grpc.StatusCode[exc.code], exc.message)
+                async for item in inner(request, context):
+                    yield item
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                logger.exception("unexpected error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as exc:
+                await _abort(context, exc, method)
 
-        return grpc.unary_unary_rpc_method_handler(
-            mapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await inner(request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+
+    return call
 
 
 def _address(host: str, port: int) -> str:
@@ -81,6 +106,8 @@ async def build_server(
     port: int,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     drain_timeout: float,
+    access: WorkerAccess | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create and bind (not start) the worker's server.
 
@@ -89,6 +116,8 @@ async def build_server(
         host, port: where to listen; port 0 = any free port.
         max_message_bytes: receive and send limit of one message.
         drain_timeout: the Drain RPC's timeout when the request gives none.
+        access: who may call (None: anyone; see node_agent.worker.access).
+        credentials: TLS server credentials (None: plaintext).
 
     Returns:
         The server and the port it bound.
@@ -97,7 +126,7 @@ async def build_server(
         RuntimeError: the address cannot be bound.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMapping()],
+        interceptors=[ErrorMapping(), *([access] if access is not None else [])],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -122,7 +151,8 @@ async def build_server(
             await health.enter_graceful_shutdown()  # every name NOT_SERVING, for good
 
     service.add_listener(report_health)
-    bound = server.add_insecure_port(_address(host, port))
+    address = _address(host, port)
+    bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if not bound:
         raise RuntimeError(f"cannot listen on {_address(host, port)}")
     return server, bound
