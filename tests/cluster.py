@@ -120,8 +120,17 @@ class Proc:
 
 
 class Cluster:
-    def __init__(self, root: Path, *, heartbeat: float = 0.2, node_timeout: float = 1.0, auth: bool = True) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        heartbeat: float = 0.2,
+        node_timeout: float = 1.0,
+        auth: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.root = root
+        self.credentials = credentials  # TLS for the test's own channel (the control plane runs with --tls-*)
         self.heartbeat = heartbeat
         self.node_timeout = node_timeout
         self.auth = auth
@@ -148,7 +157,7 @@ class Cluster:
         self.token = (data / "admin.key").read_text().strip() if self.auth else ""
         if self.channel is not None:
             self.channel.close()
-        self.channel = authed_channel(self.addr, self.token)
+        self.channel = authed_channel(self.addr, self.token, credentials=self.credentials)
         return self.addr
 
     @property
