@@ -7,6 +7,9 @@ Error mapping (the only place): a `control_plane.errors.ModelfleetError`
 becomes its status code with its message (and trailers such as
 grpc-retry-pushback-ms); an abort the handler made itself passes through;
 anything else becomes INTERNAL "internal error" and its traceback is logged.
+A request message that does not parse is INVALID_ARGUMENT (grpc itself would
+answer UNKNOWN): the deserializer hands the wrapper a marker instead of
+raising, for every message of a request stream too.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control_plane.access import AccessInterceptor, Authenticator
-from control_plane.errors import ModelfleetError
+from control_plane.errors import InvalidArgument, ModelfleetError
 from modelfleet.inference import grpc_service_pb2
 from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
 
@@ -46,10 +49,43 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+class _Undecodable:
+    """A request message that did not parse; the handler's wrapper refuses it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def refuse(self) -> InvalidArgument:
+        return InvalidArgument(f"malformed request message: {self.error}")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """deserializer, answering _Undecodable instead of raising (grpc would say UNKNOWN)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
+            return _Undecodable(exc)
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.refuse()
+        yield request
+
+
+def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str, *, streamed_requests: bool) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(request, context)
+            if isinstance(request, _Undecodable):
+                raise request.refuse()
+            return await fn(_checked(request) if streamed_requests else request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -58,16 +94,18 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[...,
     return wrapper
 
 
-def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _wrap_stream(fn: Callable[..., Any], method: str, *, streamed_requests: bool) -> Callable[..., Any]:
     # A streaming handler is an async generator, or a coroutine that writes
     # with context.write (the health service's Watch): keep its kind, or
     # grpc.aio would treat it as the other one.
     if not inspect.isasyncgenfunction(fn):
-        return _wrap_unary(fn, method)
+        return _wrap_unary(fn, method, streamed_requests=streamed_requests)
 
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in fn(request, context):
+            if isinstance(request, _Undecodable):
+                raise request.refuse()
+            async for item in fn(_checked(request) if streamed_requests else request, context):
                 yield item
         except grpc.aio.AbortError:
             raise
@@ -78,6 +116,9 @@ def _wrap_stream(fn: Callable[..., Any], method: str) -> Callable[..., Any]:
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """The one place where errors become status codes; also turns an
+    undecodable request message into INVALID_ARGUMENT (not UNKNOWN)."""
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -87,14 +128,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
         if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(unary_unary=_wrap_unary(handler.unary_unary, method, streamed_requests=False))  # type: ignore[no-any-return]
         if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(stream_unary=_wrap_unary(handler.stream_unary, method, streamed_requests=True))  # type: ignore[no-any-return]
         if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(unary_stream=_wrap_stream(handler.unary_stream, method, streamed_requests=False))  # type: ignore[no-any-return]
         if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(stream_stream=_wrap_stream(handler.stream_stream, method, streamed_requests=True))  # type: ignore[no-any-return]
         return handler
 
 

@@ -9,6 +9,8 @@ It runs no workers: tests use it to start deployments without worker
 processes, to report whatever they like (stale or forged reports), and to
 register as a node the key does not own. Received messages are kept in
 `messages`; a stream the control plane refused ends with `error` set.
+`cooperate(address)` makes it behave: it heartbeats, and reports every
+allocation it is assigned as STARTED at `address` (a worker the test runs).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class FakeAgent:
         self.messages: list[agent_pb2.ControlMessage] = []
         self.error: grpc.RpcError | None = None
         self.ended = threading.Event()
+        self._worker_address = ""
         node = agent_pb2.NodeInfo(
             node_id=node_id, hostname=f"host-{node_id}",
             capacity=common_pb2.NodeCapacity(cpus=cpus, memory_bytes=16 << 30),
@@ -48,6 +51,29 @@ class FakeAgent:
         self._reader = threading.Thread(target=self._read, name=f"fake agent {node_id}", daemon=True)
         self._reader.start()
 
+    def cooperate(self, worker_address: str, *, heartbeat: float = 0.5) -> None:
+        """Heartbeat every `heartbeat` s; report each assignment's allocations STARTED at worker_address."""
+        self._worker_address = worker_address
+        for message in self.of_kind("assignment"):
+            self._started(message.assignment)
+
+        def beat() -> None:
+            while not self.ended.wait(heartbeat):
+                generation = max((m.assignment.generation for m in self.of_kind("assignment")), default=0)
+                self._out.put(agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(applied_generation=generation)))
+
+        threading.Thread(target=beat, name=f"fake heartbeats {self.node_id}", daemon=True).start()
+
+    def _started(self, assignment: agent_pb2.Assignment) -> None:
+        reports = [
+            agent_pb2.AllocationReport(allocation_id=spec.allocation_id, deployment_id=spec.deployment_id,
+                                       routing_state=common_pb2.ROUTING_STATE_STARTED, worker_address=self._worker_address)
+            for spec in assignment.allocations
+        ]  # fmt: skip
+        for report in reports:
+            report.started_at.GetCurrentTime()
+        self.report(reports, generation=assignment.generation)
+
     def _requests(self) -> Iterator[agent_pb2.AgentMessage]:
         while (message := self._out.get()) is not None:
             yield message
@@ -56,6 +82,8 @@ class FakeAgent:
         try:
             for message in self.call:
                 self.messages.append(message)
+                if self._worker_address and message.WhichOneof("kind") == "assignment":
+                    self._started(message.assignment)
         except grpc.RpcError as exc:
             self.error = exc
         finally:

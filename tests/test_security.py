@@ -32,13 +32,13 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import descriptor_pb2, descriptor_pool, field_mask_pb2, message_factory
+from google.protobuf import descriptor_pb2, field_mask_pb2, message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from cluster import ROOT, Cluster, authed_channel, wait_until
 from fakeagent import FakeAgent
+from rpcs import full_name, methods_of, served_services
 from modelbuild import onnx_add
 from control_plane.access import METHOD_ACCESS, PUBLIC, ROLES, AccessInterceptor, Principal
 from control_plane.server import ErrorMappingInterceptor
@@ -59,30 +59,12 @@ from node_agent.worker.access import WORKER_ACCESS
 from node_agent.worker.server import CONTROL_SERVICE, HEALTH_SERVICE, INFERENCE_SERVICE
 
 PD, UNAUTH = grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED
-POOL = descriptor_pool.Default()
 READ_ONLY_SERVICES = {
     # Services outside modelfleet.v1 change no state: the V2 inference protocol
     # (ModelInfer computes, it stores nothing), health checks and reflection.
     "inference.GRPCInferenceService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
 }  # fmt: skip
 NO_SIDE_EFFECTS = descriptor_pb2.MethodOptions.NO_SIDE_EFFECTS
-
-
-# ---- generic calls from descriptors -------------------------------------------------------
-def served_services(address: str) -> list[str]:
-    """The services the server itself lists through reflection (no credentials needed)."""
-    with grpc.insecure_channel(address) as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        (reply,) = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=10)
-        return sorted(s.name for s in reply.list_services_response.service)
-
-
-def methods_of(services: list[str]) -> list[tuple[Any, Any]]:
-    return [(POOL.FindServiceByName(name), m) for name in services for m in POOL.FindServiceByName(name).methods]
-
-
-def full_name(service: Any, method: Any) -> str:
-    return f"/{service.full_name}/{method.name}"
 
 
 def invoke(channel: grpc.Channel, service: Any, method: Any, request: Any, *, timeout: float = 20) -> grpc.StatusCode:

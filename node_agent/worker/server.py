@@ -4,7 +4,7 @@ the one place where domain errors become gRPC status codes.
 `ErrorMapping` wraps every handler (outermost): a `WorkerError` aborts with
 the status its `code` names, its message and its trailers; any other
 exception is logged with its traceback and answered INTERNAL "internal
-error". `WorkerAccess` (node_agent.worker.access), when the worker runs
+error"; an undecodable request message is INVALID_ARGUMENT. `WorkerAccess` (node_agent.worker.access), when the worker runs
 with a token, refuses callers that are neither the gateway/agent nor an
 API key with `infer`. Health reports SERVING for "", the inference service and
 WorkerControl while the worker serves, NOT_SERVING from the moment it drains
@@ -27,7 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from modelfleet.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelfleet.v1 import worker_pb2, worker_pb2_grpc
 from node_agent.worker.access import WorkerAccess
-from node_agent.worker.errors import WorkerError
+from node_agent.worker.errors import InvalidArgument, WorkerError
 from node_agent.worker.service import WorkerService, WorkerState
 from node_agent.worker.servicer import InferenceServicer, WorkerControlServicer
 
@@ -52,11 +52,39 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             inner = getattr(handler, kind)
             if inner is not None:
-                return handler._replace(**{kind: _mapped(inner, method)})  # type: ignore[attr-defined,no-any-return]
+                return safe._replace(**{kind: _mapped(inner, method, streamed_requests=kind.startswith("stream"))})  # type: ignore[no-any-return]
         return handler
+
+
+class _Undecodable:
+    """A request message that did not parse: INVALID_ARGUMENT, not grpc's UNKNOWN."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = InvalidArgument(f"malformed request message: {error}")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(exc)
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
@@ -68,14 +96,16 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _mapped(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
+def _mapped(inner: Callable[..., Any], method: str, *, streamed_requests: bool) -> Callable[..., Any]:
     """inner with errors mapped, keeping its kind: async generator or coroutine
     (grpc.aio treats the two differently; health Watch is a coroutine)."""
     if inspect.isasyncgenfunction(inner):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                async for item in inner(request, context):
+                if isinstance(request, _Undecodable):
+                    raise request.error
+                async for item in inner(_checked(request) if streamed_requests else request, context):
                     yield item
             except grpc.aio.AbortError:
                 raise
@@ -86,7 +116,9 @@ def _mapped(inner: Callable[..., Any], method: str) -> Callable[..., Any]:
 
     async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await inner(request, context)
+            if isinstance(request, _Undecodable):
+                raise request.error
+            return await inner(_checked(request) if streamed_requests else request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
