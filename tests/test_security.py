@@ -411,9 +411,18 @@ def test_scenario_20_an_agent_acts_only_for_its_own_node_and_stale_reports_chang
                                                               wait_for=dpb.WAIT_FOR_STARTING), timeout=30)  # fmt: skip
     (entry,) = c.get("temp").allocations[0].routing_table.items()
     agent = node_x if entry[0] == "node-x" else node_y
+
+    def assigned(with_temp: bool, after: int = 0) -> int:
+        for message in reversed(agent.of_kind("assignment")):
+            has = any(a.allocation_id == entry[1].allocation_id for a in message.assignment.allocations)
+            if has == with_temp and message.assignment.generation > after:
+                return int(message.assignment.generation)
+        return 0
+
+    start_generation = wait_until(lambda: assigned(True), what="temp assigned")
     c.deployments.StopDeployment(dpb.StopDeploymentRequest(deployment_id="temp"))
-    stop_generation = wait_until(lambda: agent.assignment().generation if all(
-        a.allocation_id != entry[1].allocation_id for a in agent.assignment().allocations) else 0, what="the stop")
+    wait_until(lambda: assigned(False, after=start_generation), what="the stop assigned")
+    stop_generation = agent.assignment().generation  # the newest: everything up to it is applied
     agent.report([], generation=stop_generation)
     wait_until(lambda: c.get("temp").status == common_pb2.DEPLOYMENT_STATUS_STOPPED, timeout=10, what="temp stopped")
     stopped = c.get("temp")
@@ -486,7 +495,8 @@ def test_workers_accept_only_the_gateway_and_keys_with_infer(tmp_path: Path, add
         req.timeout.FromSeconds(60)
         (entry,) = c.deployments.StartDeployment(req, timeout=90).allocation.routing_table.values()
         worker = entry.worker_address
-        keys = {role: c.create_key(role).token for role in ("inference", "viewer", "deployer")}
+        keys = {role: c.create_key(role).token for role in ("inference", "deployer")}
+        viewer = c.create_key("viewer").token
         x = np.arange(8, dtype=np.float32).reshape(2, 4)
         infer = v2.ModelInferRequest(model_name="add")
         infer.inputs.add(name="x", datatype="FP32", shape=[2, 4])
@@ -506,8 +516,12 @@ def test_workers_accept_only_the_gateway_and_keys_with_infer(tmp_path: Path, add
             return grpc.StatusCode.OK
 
         OK = grpc.StatusCode.OK
+        created = time.monotonic()  # new keys reach the workers with the next verifier set
+        for token in keys.values():
+            wait_until(lambda: call(worker, token) == OK, timeout=10, what="a new key to reach the worker")  # noqa: B023
+        print(f"new keys usable at the worker after {time.monotonic() - created:.2f} s")
         assert call(worker, "") == UNAUTH
-        assert call(worker, keys["viewer"]) == UNAUTH  # a valid key, but without infer
+        assert call(worker, viewer) == UNAUTH  # a valid key, but without infer
         assert call(worker, "mfk_0123456789abcdef_" + "A" * 43) == UNAUTH
         assert call(worker, keys["inference"]) == OK and call(worker, keys["deployer"]) == OK and call(worker, c.token) == OK
         assert call(worker, keys["inference"], "stats") == PD and call(worker, c.token, "drain") == PD  # agent only
@@ -515,7 +529,7 @@ def test_workers_accept_only_the_gateway_and_keys_with_infer(tmp_path: Path, add
             assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status == 1
             assert v2_grpc.GRPCInferenceServiceStub(channel).ServerLive(v2.ServerLiveRequest(), timeout=10).live
         # the gateway presents the worker token; the caller needs infer at the gateway
-        assert call(c.addr, keys["inference"]) == OK and call(c.addr, keys["viewer"]) == PD
+        assert call(c.addr, keys["inference"]) == OK and call(c.addr, viewer) == PD
         # the agent's statistics calls (worker token) keep flowing
         wait_until(lambda: c.deployments.GetDeploymentStats(dpb.GetDeploymentStatsRequest(deployment_id="add")).total.inference_count >= 4,
                    timeout=15, what="inference counts from the agent's stats calls")  # fmt: skip

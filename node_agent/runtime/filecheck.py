@@ -5,11 +5,12 @@ that would make a loader read outside the model or expand without bound is
 refused with a clear reason instead of being loaded:
 
 - TorchScript is a zip archive. Its central directory is read (nothing is
-  decompressed): a file that is not a zip, an entry with an absolute or
-  `..` path, or entries whose declared sizes expand to more than
+  decompressed): an entry with an absolute or `..` path, or entries whose
+  declared sizes expand to more than
   MAX_EXPANSION times the archive (and more than EXPANSION_FLOOR bytes) —
   a zip bomb — are refused. torch stores tensors uncompressed and deflates
-  only small code files, so real models expand about 1x.
+  only small code files, so real models expand about 1x. A file that is no
+  zip is left to torch, whose message says why.
 - ONNX may keep tensors in "external data" files named by a path inside
   the model. modelfleet stores and ships one file per model, and such a
   path could name any file beside the blob (or elsewhere), so a model with
@@ -33,13 +34,11 @@ EXPANSION_FLOOR = 64 * 1024 * 1024
 
 def check_torchscript(path: Path) -> None:
     size = path.stat().st_size
-    if not zipfile.is_zipfile(path):
-        raise LoadError("not a TorchScript archive: the file is not a zip archive (save it with torch.jit.save)")
     try:
         with zipfile.ZipFile(path) as archive:
             entries = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise LoadError(f"not a TorchScript archive: {exc}") from None
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return  # not a zip at all: torch's own message says why
     total = 0
     for entry in entries:
         name = PurePosixPath(entry.filename)
