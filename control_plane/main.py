@@ -213,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 async def _serve(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys' hashes and worker tokens live here
     store = open_store(args.store or data_dir)
     plane = ControlPlane(
         data_dir=data_dir,

@@ -20,6 +20,10 @@ per node, move through:
 Routing for the gateway (`routes`) is rebuilt from the records after every
 tick: started allocations of running deployments on READY nodes only.
 
+With authentication on (`worker_tokens`), every new allocation's spec gets a
+random worker token: the agent hands it to the worker, and the gateway
+presents it with each call it forwards there (docs/security.md, "Workers").
+
 Event-loop only; the store is synchronous and fast (SQLite WAL).
 """
 

@@ -22,8 +22,11 @@ exit summary and the last stderr lines. The crash budget refills after
 ``restart_reset_after`` seconds of uninterrupted service.
 
 While a process exists it is described in ``DIR/workers/<id>.json`` (spec,
-pid, port, started_at, log offset) so that a restarted agent can adopt it
-(node_agent.allocations); an adopted handle starts in STARTED.
+pid, port, started_at, log offset; mode 0600, as the spec holds the worker
+token) so that a restarted agent can adopt it (node_agent.allocations); an
+adopted handle starts in STARTED. An allocation with a worker token has it
+in ``DIR/workers/<id>.token`` (0600) for its worker; security arguments and
+the channel to the worker come from node_agent.worker_security.
 
 Concurrency model
 -----------------

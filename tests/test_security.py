@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import subprocess
 import sys
 import time
@@ -437,7 +438,14 @@ def test_scenario_20_an_agent_acts_only_for_its_own_node_and_stale_reports_chang
                timeout=10, what="the report to be applied")  # fmt: skip
     assert c.get("temp").status == common_pb2.DEPLOYMENT_STATUS_STOPPED
     assert c.get("temp").allocations[0].routing_table == stopped.allocations[0].routing_table
-    print("scenario 20: impersonation refused (2 attempts), 3 forged/stale reports ignored, state unchanged")
+    # revoking an agent's key closes its stream, and it cannot come back with it
+    auth_pb2_grpc.AuthStub(c.channel).RevokeApiKey(auth_pb2.RevokeApiKeyRequest(key_id=key_y.api_key.key_id))
+    assert node_y.ended.wait(10), "the stream of a revoked agent key stays open"
+    again = FakeAgent(c.addr, key_y.token, "node-y")
+    plane["agents"].append(again)
+    assert again.ended.wait(10) and again.error is not None and again.error.code() == UNAUTH
+    print("scenario 20: impersonation refused (2 attempts), 3 forged/stale reports ignored, state unchanged; "
+          "a revoked agent key's stream closed")
 
 
 # ---- identity, bootstrap, auth off ----------------------------------------------------------
@@ -542,3 +550,27 @@ def test_workers_accept_only_the_gateway_and_keys_with_infer(tmp_path: Path, add
         assert call(worker, keys["deployer"]) == OK
     finally:
         c.close()
+
+
+def test_cli_keys_create_list_whoami_revoke(plane: dict[str, Any]) -> None:
+    c: Cluster = plane["cluster"]
+
+    def cli(*args: str, token: str) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "MODELFLEET_TOKEN": token, "MODELFLEET_ADDR": c.addr}
+        return subprocess.run([sys.executable, "-m", "modelfleet.cli.main", *args], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    made = cli("keys", "create", "--role", "inference", "--user", "app", "--ttl", "1d", "--token-only", token=c.token)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("mfk_") and len(made.stdout.splitlines()) == 1
+    who = cli("keys", "whoami", token=token)
+    assert who.returncode == 0 and "user:        app" in who.stdout and "privileges:  infer" in who.stdout
+    key_id = token.split("_")[1]
+    listed = cli("keys", "list", "--user", "app", token=c.token)
+    assert key_id in listed.stdout and "inference" in listed.stdout and token not in listed.stdout
+    denied = cli("keys", "list", token=token)
+    assert denied.returncode == 1 and denied.stderr.startswith("error: PERMISSION_DENIED")
+    assert cli("keys", "revoke", key_id, token=c.token).returncode == 0
+    gone = cli("keys", "whoami", token=token)
+    assert gone.returncode == 1 and "UNAUTHENTICATED" in gone.stderr and "was revoked" in gone.stderr
