@@ -18,6 +18,8 @@ Rules:
 - Agent keys act for one node: bound at creation (`node_id`) or on the first
   registration (`authorize_node`). A node registered by an active agent key
   cannot be taken over by another agent key; revoke the old key first.
+  `node_id = "*"` makes a key for any node (one key shared by a Kubernetes
+  DaemonSet): weaker, since each holder can then act for every node.
 - On first start with no key at all, `bootstrap` creates an admin key, writes
   it to DATA_DIR/admin.key (mode 0600) and returns it to be printed once.
 
@@ -61,6 +63,7 @@ MAX_KEYS = 10_000
 MAX_TTL_S = 100 * 365 * 24 * 3600
 _CACHE_LIMIT = 10_000
 ADMIN_KEY_FILE = "admin.key"
+ANY_NODE = "*"
 
 
 def hash_secret(secret: str, salt: bytes, iterations: int) -> bytes:
@@ -248,7 +251,7 @@ class KeyService:
             )
         if len(req.name) > MAX_NAME_CHARS:
             raise errors.InvalidArgument(f"name is {len(req.name)} characters long; at most {MAX_NAME_CHARS} are allowed")
-        node_id = check_id("node_id", req.node_id) if req.node_id else ""
+        node_id = check_id("node_id", req.node_id) if req.node_id not in ("", ANY_NODE) else req.node_id
         if node_id and access.AGENT not in wanted:
             raise errors.InvalidArgument("node_id binds an agent key: the key needs the agent privilege (role agent)")
         expires_at: float | None = None
@@ -345,7 +348,7 @@ class KeyService:
         record = self._records.get(principal.key_id)
         if record is None:
             raise errors.Unauthenticated("invalid API key")
-        if record.node_id and record.node_id != node_id:
+        if record.node_id not in ("", ANY_NODE, node_id):
             raise errors.PermissionDenied(
                 f"{principal.describe()} may act only for node {record.node_id}, not for node {node_id}"
             )

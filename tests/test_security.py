@@ -574,3 +574,14 @@ def test_cli_keys_create_list_whoami_revoke(plane: dict[str, Any]) -> None:
     assert cli("keys", "revoke", key_id, token=c.token).returncode == 0
     gone = cli("keys", "whoami", token=token)
     assert gone.returncode == 1 and "UNAUTHENTICATED" in gone.stderr and "was revoked" in gone.stderr
+
+
+def test_a_key_for_any_node_may_register_several_nodes(plane: dict[str, Any]) -> None:
+    c: Cluster = plane["cluster"]
+    shared = c.create_key("agent", node_id="*", name="daemonset")
+    agents = [FakeAgent(c.addr, shared.token, f"ds-{i}") for i in range(2)]
+    plane["agents"].extend(agents)
+    for agent in agents:
+        agent.wait_for("welcome")
+    keys = auth_pb2_grpc.AuthStub(c.channel).ListApiKeys(auth_pb2.ListApiKeysRequest()).api_keys
+    assert next(k for k in keys if k.key_id == shared.api_key.key_id).node_id == "*"

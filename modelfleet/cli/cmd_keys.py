@@ -32,7 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     p.add_argument("--name", default="", help="a note shown in lists")
     p.add_argument("--ttl", type=arg_type(parse_duration, "duration"), default=0.0, metavar="DURATION",
                    help="expire after this long (e.g. 90d, 12h; default never)")
-    p.add_argument("--node-id", default="", help="agent keys: the only node it may act for")
+    p.add_argument("--node-id", default="",
+                   help="agent keys: the only node it may act for (default: the first it registers; '*': any node)")
     p.add_argument("--token-only", action="store_true", help="print only the token")
     p.set_defaults(func=create_key)
     p = ksub.add_parser("list", help="list API keys", parents=parents)
