@@ -263,6 +263,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         token=os.environ.get("MODELFLEET_TOKEN", ""),
         token_file=args.token_file.resolve() if args.token_file else None,
     )
+    if config.token_file is None and not config.token:
+        log.warning("no API key (--token-file or MODELFLEET_TOKEN): a control plane with authentication on refuses this agent")
     asyncio.run(serve(Agent(config)))
     return 0
 
