@@ -18,16 +18,16 @@ statistics every interval ± 10 %.
 The stream is reconnected with backoff 1 s × 1.6 ± 20 % (capped at 30 s
 before jitter), reset once a registration is welcomed; every attempt opens a
 fresh channel so only this backoff governs reconnects. Workers keep running
-while the stream is down.
+while the stream is down. Models are fetched by :class:`ModelCache` over
+``ModelRegistry.DownloadModel`` into ``DIR/models/tmp`` and renamed to
+``DIR/models/<sha256>`` only once the digest matches.
 
 Security: every call carries the agent's API key (`authorization: Bearer`,
 a key with the `agent` privilege; the token file is reread on every
 reconnect so a rotated key needs no restart), over TLS when configured (and
 with a client certificate for mTLS). The control plane lets the key act for
 this node only. ``credentials`` messages (verifiers of keys that may call
-workers directly) are written to DIR/workers/credentials.pb for the workers. Models are fetched by :class:`ModelCache` over
-``ModelRegistry.DownloadModel`` into ``DIR/models/tmp`` and renamed to
-``DIR/models/<sha256>`` only once the digest matches.
+workers directly) are written to DIR/workers/credentials.pb for the workers.
 
 Concurrency model
 -----------------
