@@ -46,8 +46,11 @@ def stop(c: Cluster, deployment_id: str) -> dpb.Deployment:
     return c.deployments.StopDeployment(req, timeout=40).deployment
 
 
-def worker_pids(deployment_id: str) -> set[int]:
-    """Live inference worker processes serving deployment_id, from /proc."""
+def worker_pids(deployment_id: str, under: Path | None = None) -> set[int]:
+    """Live inference worker processes serving deployment_id, from /proc.
+
+    With `under`, only workers whose ready file lies below that directory
+    (this test's fleet: other test runs may share the machine)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -58,7 +61,8 @@ def worker_pids(deployment_id: str) -> set[int]:
         except OSError:
             continue
         if b"node_agent.worker" in args and b"--name" in args and status != "Z":
-            if args[args.index(b"--name") + 1].decode() == deployment_id:
+            ready = args[args.index(b"--ready-file") + 1].decode() if b"--ready-file" in args else ""
+            if args[args.index(b"--name") + 1].decode() == deployment_id and (under is None or ready.startswith(str(under))):
                 pids.add(int(entry.name))
     return pids
 
@@ -249,13 +253,13 @@ def test_model_failing_in_the_worker_is_failed_with_reason_and_not_retried(clust
     for entry in deployment.allocations[0].routing_table.values():
         assert entry.routing_state == FAILED
         assert "load error" in entry.reason, entry.reason
-    assert not worker_pids("warmup-fails")
+    assert not worker_pids("warmup-fails", cluster.root)
     stop(cluster, "warmup-fails")
 
 
 def test_watch_streams_snapshots_until_stopped_and_stop_frees_workers(cluster: Cluster, models: dict[str, Path]) -> None:
     start(cluster, "add", deployment_id="add-watch", wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED)
-    pids = worker_pids("add-watch")
+    pids = worker_pids("add-watch", cluster.root)
     assert len(pids) == 2
     stream = cluster.deployments.WatchDeployment(dpb.WatchDeploymentRequest(deployment_id="add-watch"), timeout=60)
     first = next(stream)
@@ -268,7 +272,7 @@ def test_watch_streams_snapshots_until_stopped_and_stop_frees_workers(cluster: C
             break
     stream.cancel()
     assert seen[-1] == common_pb2.DEPLOYMENT_STATUS_STOPPED
-    wait_until(lambda: not worker_pids("add-watch"), timeout=30, what="workers of add-watch to exit")
+    wait_until(lambda: not worker_pids("add-watch", cluster.root), timeout=30, what="workers of add-watch to exit")
     assert not any(pid_alive(p) for p in pids)
     listed = {d.deployment_id: d.status for d in cluster.deployments.ListDeployments(dpb.ListDeploymentsRequest()).deployments}
     assert listed["add-watch"] == common_pb2.DEPLOYMENT_STATUS_STOPPED
@@ -281,7 +285,7 @@ def test_retried_start_with_the_same_request_id_creates_nothing_twice(cluster: C
     again = start(cluster, "add", deployment_id="add-idem", request_id="req-1")
     assert again.deployment.revision == first.deployment.revision
     assert {e.allocation_id for e in again.allocation.routing_table.values()} == {e.allocation_id for e in first.allocation.routing_table.values()}
-    assert len(worker_pids("add-idem")) == 2
+    assert len(worker_pids("add-idem", cluster.root)) == 2
 
 
 def pid_alive(pid: int) -> bool:
@@ -317,7 +321,7 @@ def test_control_plane_restart_keeps_everything_and_restarts_no_worker(tmp_path:
         c.wait_nodes(2)
         c.upload(onnx_add(tmp_path / "add.onnx"), "add")
         start(c, "add", wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED)
-        pids = worker_pids("add")
+        pids = worker_pids("add", c.root)
         table = c.routes("add")
         addresses = {n: e.worker_address for n, e in c.get("add").allocations[0].routing_table.items()}
         assert len(pids) == 2
@@ -331,7 +335,7 @@ def test_control_plane_restart_keeps_everything_and_restarts_no_worker(tmp_path:
         c.wait_nodes(2)
         wait_until(lambda: c.routes("add") == table, timeout=30, what="routing table to converge")
         assert c.get("add").allocations[0].allocation_state == common_pb2.ALLOCATION_STATE_FULLY_ALLOCATED
-        assert worker_pids("add") == pids
+        assert worker_pids("add", c.root) == pids
         assert {n: e.worker_address for n, e in c.get("add").allocations[0].routing_table.items()} == addresses
         assert c.models.GetModel(models_pb2.GetModelRequest(model_id="add")).state == common_pb2.MODEL_STATE_NORMAL
         np.testing.assert_array_equal(
