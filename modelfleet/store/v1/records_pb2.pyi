@@ -4,10 +4,11 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from modelfleet.v1 import agent_pb2 as _agent_pb2
 from modelfleet.v1 import common_pb2 as _common_pb2
 from modelfleet.v1 import deployments_pb2 as _deployments_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -100,3 +101,13 @@ class RequestRecord(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     request_digest: str
     def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., response: _Optional[bytes] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_digest: _Optional[str] = ...) -> None: ...
+
+class EventLogRecord(_message.Message):
+    __slots__ = ("deployment_id", "events", "last_seq")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    events: _containers.RepeatedCompositeFieldContainer[_deployments_pb2.DeploymentEvent]
+    last_seq: int
+    def __init__(self, deployment_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_deployments_pb2.DeploymentEvent, _Mapping]]] = ..., last_seq: _Optional[int] = ...) -> None: ...
