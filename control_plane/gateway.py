@@ -14,12 +14,19 @@ of that variant with the fewest calls in flight. A call the worker never
 accepted (connection refused, worker draining) is retried once on another
 worker; one that may have run is never retried.
 
+Every call is counted per deployment (GatewayStats): answered, rejected
+(traffic limit, or a worker's full queue), timed out, cancelled by its
+client, or failed; GetDeploymentStats shows these beside the workers' own
+counters. Channels to workers that left the routing table are closed by
+`prune_channels` (called by the control plane's reconcile loop).
+
 Event-loop only. The routing table is the reconciler's `routes`, rebuilt
 after every tick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import random
@@ -32,7 +39,7 @@ from control_plane import errors
 from control_plane.reconciler import Reconciler, Route
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import models_pb2
+from modelfleet.v1 import common_pb2, models_pb2
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +115,48 @@ class TokenBucket:
         return (1 - self.tokens) / self.rate
 
 
+class GatewayStats:
+    """What the gateway saw per deployment since it started (in memory).
+
+    inference_count: calls a worker answered; rejected_execution_count: calls
+    refused with RESOURCE_EXHAUSTED (the traffic limit here, or a worker's
+    full queue relayed); timeout_count: calls whose deadline passed before an
+    answer; cancelled_count: calls their client cancelled; error_count: any
+    other failure (no started worker, a worker error).
+    """
+
+    _FIELDS = ("inference_count", "rejected_execution_count", "timeout_count", "cancelled_count", "error_count")
+
+    def __init__(self) -> None:
+        self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self._last: dict[str, float] = {}
+
+    def count(self, deployment_id: str, field: str) -> None:
+        self._counts[deployment_id][field] += 1
+        self._last[deployment_id] = time.time()
+
+    def get(self, deployment_id: str) -> common_pb2.InferenceStats | None:
+        counts = self._counts.get(deployment_id)
+        if counts is None:
+            return None
+        out = common_pb2.InferenceStats(**{f: counts[f] for f in self._FIELDS})
+        out.last_access.FromNanoseconds(int(self._last[deployment_id] * 1e9))
+        return out
+
+    def forget(self, deployment_id: str) -> None:
+        self._counts.pop(deployment_id, None)
+        self._last.pop(deployment_id, None)
+
+
+_CODE_FIELDS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rejected_execution_count",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout_count",
+    grpc.StatusCode.CANCELLED: "cancelled_count",
+}
+
+
 class Gateway:
-    def __init__(self, *, reconciler: Reconciler, max_message_bytes: int) -> None:
+    def __init__(self, *, reconciler: Reconciler, max_message_bytes: int, stats: GatewayStats | None = None) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store
         self._options = [
@@ -118,7 +165,9 @@ class Gateway:
         ]
         self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
+        self._inflight_by_address: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
+        self.stats = stats or GatewayStats()
 
     async def close(self) -> None:
         for channel, _ in self._channels.values():
@@ -177,15 +226,48 @@ class Gateway:
             entry = self._channels[address] = (channel, call)
         return entry[1]
 
+    async def prune_channels(self) -> int:
+        """Close channels to workers that no route names and no call uses. Returns how many."""
+        live = {r.address for routes in self.reconciler.routes.values() for r in routes}
+        gone = [a for a in self._channels if a not in live and not self._inflight_by_address[a]]
+        for address in gone:
+            channel, _ = self._channels.pop(address)
+            await channel.close()
+        return len(gone)
+
     # ---- RPCs -----------------------------------------------------------------------
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name, version = scan_model_name(request)
         rec = self._record(name)
-        self._limit(rec)
+        try:
+            self._limit(rec)
+        except errors.ResourceExhausted:
+            self.stats.count(rec.deployment_id, "rejected_execution_count")
+            raise
+        field = "error_count"
+        try:
+            reply = await self._forward(rec, version, request, context)
+            field = "inference_count"
+            return reply
+        except grpc.aio.AbortError:
+            raise
+        except _Relayed as relayed:
+            field = _CODE_FIELDS.get(relayed.code, "error_count")
+            await context.abort(relayed.code, relayed.details, relayed.trailers)
+            raise AssertionError("unreachable") from None
+        except asyncio.CancelledError:
+            field = "cancelled_count"
+            raise
+        finally:
+            self.stats.count(rec.deployment_id, field)
+
+    async def _forward(self, rec: records_pb2.DeploymentRecord, version: str, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        """Send the call to a worker (retried once elsewhere if it was never accepted)."""
         tried: set[str] = set()
         while True:
             route = self.pick(rec, version, exclude=frozenset(tried))
             self._inflight[route.allocation_id] += 1
+            self._inflight_by_address[route.address] += 1
             try:
                 return await self._call(route.address)(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as exc:
@@ -195,11 +277,12 @@ class Gateway:
                     tried.add(route.allocation_id)
                     log.info("worker %s did not accept a call (%s); retrying elsewhere", route.address, details)
                     continue
-                await context.abort(exc.code(), details, tuple(exc.trailing_metadata() or ()))
+                raise _Relayed(exc.code(), details, tuple(exc.trailing_metadata() or ())) from None
             finally:
-                self._inflight[route.allocation_id] -= 1
-                if not self._inflight[route.allocation_id]:
-                    del self._inflight[route.allocation_id]
+                for counter, key in ((self._inflight, route.allocation_id), (self._inflight_by_address, route.address)):
+                    counter[key] -= 1
+                    if not counter[key]:
+                        del counter[key]
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: object) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -260,6 +343,16 @@ class Gateway:
                 continue
             out.models.add(name=rec.deployment_id, version="", state="READY" if ready else "UNAVAILABLE", reason=rec.status_reason)
         return out
+
+
+class _Relayed(Exception):
+    """A worker's error status, to be passed on to the client unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailers = trailers
 
 
 def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:

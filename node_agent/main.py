@@ -36,6 +36,7 @@ from pathlib import Path
 
 from modelfleet.v1 import agent_pb2, common_pb2
 from node_agent.agent import Agent, AgentConfig
+from node_agent.allocations import gpu_devices
 from node_agent.supervisor import SupervisorConfig
 
 log = logging.getLogger("node_agent")
@@ -195,7 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         control_plane=args.control_plane,
         data_dir=data_dir,
         node=node,
-        supervisor=SupervisorConfig(data_dir=data_dir, worker_host=args.worker_host, drain_timeout=args.drain_timeout),
+        supervisor=SupervisorConfig(
+            data_dir=data_dir,
+            worker_host=args.worker_host,
+            drain_timeout=args.drain_timeout,
+            gpu_devices=gpu_devices(node.capacity.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")),
+        ),
     )
     asyncio.run(serve(Agent(config)))
     return 0

@@ -132,6 +132,9 @@ class SupervisorConfig:
     start_timeout: float = 600.0
     python: str = sys.executable
     worker_module: str = "node_agent.worker"
+    # GPU device ids this node hands out (CUDA_VISIBLE_DEVICES values); see
+    # node_agent.allocations.gpu_devices
+    gpu_devices: tuple[str, ...] = ()
 
     @property
     def workers_dir(self) -> Path:
@@ -162,6 +165,7 @@ class AdoptedWorker:
     started_at: float
     log_offset: int
     restarts: int
+    gpu_ids: tuple[str, ...] = ()
 
 
 class WorkerHandle:
@@ -175,8 +179,14 @@ class WorkerHandle:
         fetch_model: ModelFetcher,
         on_change: Callable[[WorkerHandle], None],
         adopted: AdoptedWorker | None = None,
+        gpu_ids: tuple[str, ...] = (),
+        start_problem: str = "",
     ) -> None:
+        """gpu_ids: the devices given to the worker (CUDA_VISIBLE_DEVICES);
+        start_problem: if set, the allocation FAILS at once with this reason."""
         self.spec = spec
+        self.gpu_ids = adopted.gpu_ids if adopted else gpu_ids
+        self._start_problem = start_problem
         self.allocation_id = spec.allocation_id
         self._config = config
         self._fetch_model = fetch_model
@@ -332,6 +342,8 @@ class WorkerHandle:
             self._transition(WorkerState.STARTING, f"restarting after: {outcome.summary}")
 
     def _check_spec(self) -> str:
+        if self._start_problem:
+            return self._start_problem
         if not _ALLOCATION_ID.match(self.allocation_id):
             return f"invalid allocation_id {self.allocation_id!r}"
         if self._adopted is None and self.spec.format == common_pb2.MODEL_FORMAT_UNSPECIFIED:
@@ -408,8 +420,14 @@ class WorkerHandle:
         return argv
 
     def _env(self) -> dict[str, str]:
+        """The worker's environment: the agent's, the allocation's env, then ours.
+
+        CUDA_VISIBLE_DEVICES names the GPUs given to this allocation; on a node
+        with GPUs a worker given none sees none. Values are never logged."""
         env = dict(os.environ)
         env.update(self.spec.env)
+        if self.gpu_ids or self._config.gpu_devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
         if _PROJECT_ROOT not in _SITE_DIRS:  # a source checkout: run the worker from the agent's own tree
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"  # keep stdout and stderr lines in order in the log
@@ -571,6 +589,7 @@ class WorkerHandle:
             "started_at": self.started_at,
             "log_offset": self._log_offset,
             "restarts": self.restarts,
+            "gpu_ids": list(self.gpu_ids),
         }
         tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         tmp.write_text(json.dumps(state))
