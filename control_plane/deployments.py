@@ -178,7 +178,8 @@ class DeploymentService:
                 owner=owner,
                 start_time=now,
                 revision=(existing.revision + 1) if existing else 1,
-                status=common_pb2.DEPLOYMENT_STATUS_DEPLOYING,
+                # the derivation records the change from here (UNSPECIFIED or STOPPED) to DEPLOYING
+                status=existing.status if existing else common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED,
             )
             record.created_at.CopyFrom(existing.created_at if existing else now)
             if req.dry_run:

@@ -103,6 +103,8 @@ def preview(
     out = views.deployment_view(
         rec, reconciler=reconciler, allocs=allocs, placements=placements, rollout_reason="; ".join(waits)
     )
+    if rec.desired == RUNNING and out.status in (common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED, common_pb2.DEPLOYMENT_STATUS_STOPPED):
+        out.status = common_pb2.DEPLOYMENT_STATUS_DEPLOYING
     out.status_reason = DRY_RUN_REASON
     return out
 

@@ -97,7 +97,7 @@ class Cluster:
         self.channel: grpc.Channel | None = None
 
     # ---- processes ------------------------------------------------------------------
-    def start_control_plane(self, listen: str = "127.0.0.1:0") -> str:
+    def start_control_plane(self, listen: str = "127.0.0.1:0", *, extra_args: tuple[str, ...] = ()) -> str:
         data = self.root / "cp"
         data.mkdir(parents=True, exist_ok=True)
         endpoint = data / "endpoint"
@@ -105,7 +105,7 @@ class Cluster:
         self.cp = Proc(
             "control-plane",
             [sys.executable, "-m", "control_plane.main", "--listen", listen, "--data-dir", str(data),
-             "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout)],
+             "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout), *extra_args],
             log_path=self.root / "cp.log",
         )
         self.addr = wait_until(lambda: self._read_endpoint(endpoint), timeout=30, what="the control plane's endpoint file")
@@ -120,9 +120,11 @@ class Cluster:
             raise AssertionError(f"control plane exited:\n{self.cp.log()[-3000:]}")
         return path.read_text().strip() if path.exists() else ""
 
-    def start_agent(self, name: str, *, cpus: int = 4, labels: dict[str, str] | None = None) -> Proc:
+    def start_agent(self, name: str, *, cpus: int = 4, labels: dict[str, str] | None = None, gpus: int | None = None) -> Proc:
         args = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
                 "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5"]
+        if gpus is not None:
+            args += ["--gpus", str(gpus)]
         for key, value in (labels or {}).items():
             args += ["--label", f"{key}={value}"]
         proc = Proc(name, args, log_path=self.root / f"{name}.log")
