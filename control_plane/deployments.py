@@ -224,7 +224,8 @@ class DeploymentService:
                 pending = f"; rolling update: {deployment.rollout}" if settled and deployment.rollout else ""
                 raise errors.DeadlineExceeded(
                     f"timed out after {timeout:g}s waiting for deployment '{deployment_id}' to be "
-                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{pending}; the deployment keeps going"
+                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{pending}; "
+                    f"the deployment keeps {'updating' if settled else 'starting'}"
                 )
             seen = await self.hub.wait_change(deployment_id, seen, remaining)
 
