@@ -155,6 +155,7 @@ class GatewayStats:
         self._last.pop(deployment_id, None)
 
 
+_DEADLINE_SLACK_S = 0.05  # a cancel this close to the deadline is the deadline
 _CODE_FIELDS = {
     grpc.StatusCode.RESOURCE_EXHAUSTED: "rejected_execution_count",
     grpc.StatusCode.DEADLINE_EXCEEDED: "timeout_count",
@@ -263,7 +264,9 @@ class Gateway:
             await context.abort(relayed.code, relayed.details, relayed.trailers)
             raise AssertionError("unreachable") from None
         except asyncio.CancelledError:
-            field = "cancelled_count"
+            # gRPC cancels the handler when the client cancels, and when the deadline passes
+            remaining = context.time_remaining()
+            field = "timeout_count" if remaining is not None and remaining <= _DEADLINE_SLACK_S else "cancelled_count"
             raise
         finally:
             self.stats.count(rec.deployment_id, field)

@@ -23,11 +23,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import numpy as np
 import pytest
 from google.protobuf import field_mask_pb2
 
 from cluster import ROOT, Cluster, wait_until
-from modelbuild import onnx_add, onnx_warmup_fails
+from modelbuild import onnx_add, onnx_slow, onnx_warmup_fails
+from modelfleet.inference import grpc_service_pb2 as v2
+from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
 from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, nodes_pb2
 
 LOADGEN = ROOT / "tests" / "tools" / "loadgen.py"
@@ -337,6 +340,34 @@ def test_traffic_limit_accepts_within_10_percent_under_3x_overload(cluster: Clus
     out = loadgen(cluster.addr, "limited", tmp_path, "--rate", "60", "--duration", "1", "--concurrency", "64")
     assert out["errors"] == {}
     stop(cluster, "limited")
+
+
+def _pending(c: Cluster, deployment_id: str) -> int:
+    stats = c.deployments.GetDeploymentStats(dpb.GetDeploymentStatsRequest(deployment_id=deployment_id))
+    return stats.total.number_of_pending_requests
+
+
+def test_gateway_counts_timed_out_and_cancelled_calls_separately(cluster: Cluster, tmp_path: Path) -> None:
+    assert cluster.upload(onnx_slow(tmp_path / "slow.onnx", matmuls=64), "slow").state == common_pb2.MODEL_STATE_NORMAL
+    start(cluster, "slow", model_id="slow", instances=1, model_threads=1)
+    x = np.ones(4, np.float32)
+    with grpc.insecure_channel(cluster.addr) as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        req = v2.ModelInferRequest(model_name="slow")
+        req.inputs.add(name="x", datatype="FP32", shape=[4])
+        req.raw_input_contents.append(x.tobytes())
+        with pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(req, timeout=0.05)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        future = stub.ModelInfer.future(req, timeout=30)
+        wait_until(lambda: gateway_stats(cluster, "slow").timeout_count == 1, timeout=10, what="the timeout counted")
+        wait_until(lambda: _pending(cluster, "slow") >= 1, timeout=10, what="the call to reach the worker")
+        future.cancel()
+        wait_until(lambda: gateway_stats(cluster, "slow").cancelled_count == 1, timeout=10, what="the cancel counted")
+        assert stub.ModelInfer(req, timeout=30).raw_output_contents
+    gw = gateway_stats(cluster, "slow")
+    assert (gw.timeout_count, gw.cancelled_count, gw.inference_count, gw.rejected_execution_count, gw.error_count) == (1, 1, 1, 0, 0)
+    stop(cluster, "slow")
 
 
 # ---- auto stop -----------------------------------------------------------------------------
