@@ -266,6 +266,7 @@ class DeploymentService:
         with self.store.transaction():
             self.store.delete_deployment(rec.deployment_id)
             self.events.forget(rec.deployment_id)
+        self.reconciler.forget(rec.deployment_id)
         self.hub.notify(rec.deployment_id)
         return deployments_pb2.DeleteDeploymentResponse(deployment=view)
 

@@ -43,6 +43,10 @@ def preview(
         rec: the record as it would be written (not stored).
         current: the deployment's allocations now (empty for a new deployment).
     """
+    if rec.desired != RUNNING:  # a stopped deployment: the new spec applies when it is started again
+        out = views.deployment_view(rec, reconciler=reconciler, allocs=[], placements={}, rollout_reason="")
+        out.status_reason = f"{DRY_RUN_REASON}; the deployment is stopped and the change applies when it starts again"
+        return out
     node_views = reconciler.node_views()
     allocs = [_copy(a) for a in current]
     placements: dict[str, scheduler.Placement] = {}

@@ -155,6 +155,12 @@ class Reconciler:
             )
         return views
 
+    def forget(self, deployment_id: str) -> None:
+        """The deployment was deleted: drop what was kept in memory for it."""
+        self.rollouts.pop(deployment_id, None)
+        for key in [k for k in self.placements if k[0] == deployment_id]:
+            del self.placements[key]
+
     # ---- allocation records (the one place routing states change) --------------
     def save_allocation(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
         """Write alloc; record an event if its routing state differs from before."""
