@@ -221,10 +221,11 @@ class DeploymentService:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 reached_names = ", ".join(_ALLOC_NAMES[a.allocation_state] for a in deployment.allocations)
+                why = f" ({deployment.status_reason})" if deployment.status_reason else ""
                 pending = f"; rolling update: {deployment.rollout}" if settled and deployment.rollout else ""
                 raise errors.DeadlineExceeded(
                     f"timed out after {timeout:g}s waiting for deployment '{deployment_id}' to be "
-                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{pending}; "
+                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{why}{pending}; "
                     f"the deployment keeps {'updating' if settled else 'starting'}"
                 )
             seen = await self.hub.wait_change(deployment_id, seen, remaining)
