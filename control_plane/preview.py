@@ -50,6 +50,7 @@ def preview(
     node_views = reconciler.node_views()
     allocs = [_copy(a) for a in current]
     placements: dict[str, scheduler.Placement] = {}
+    progress: list[rollout.Progress] = []
     waits: list[str] = []
     names = {v.name for v in rec.spec.variants}
     for variant in rec.spec.variants:
@@ -93,15 +94,24 @@ def preview(
                 used_memory=view.used_memory + demand.memory_bytes,
                 used_gpus=view.used_gpus + demand.gpus,
             )
+        fresh_live = [m for m in members if m.fresh and not m.lost and m.allocation_id not in plan.stop]
+        progress.append(
+            rollout.Progress(
+                weight=variant.weight,
+                started=sum(1 for m in fresh_live if m.routing_state == common_pb2.ROUTING_STATE_STARTED),
+                starting=sum(1 for m in fresh_live if m.routing_state == common_pb2.ROUTING_STATE_STARTING) + len(plan.start_on),
+            )
+        )
         for alloc, member in zip(running, members):
             if alloc.allocation_id in plan.stop:
                 _would_stop(alloc, plan.stop[alloc.allocation_id])
             elif not member.fresh and not member.lost:
                 _would_stop(alloc, "replaced once the new allocations have started (rolling update)")
     retiring = [a for a in allocs if a.variant not in names and a.desired == RUNNING]
+    ready = rollout.ready_to_retire(progress)
     for alloc in retiring:
-        _would_stop(alloc, "variant removed; stops once the remaining variants have started")
-    if retiring:
+        _would_stop(alloc, "variant removed by an update" if ready else "variant removed; stops once the remaining variants have started")
+    if retiring and not ready:
         gone = ", ".join(sorted({repr(a.variant) for a in retiring}))
         waits.append(f"removed variant(s) {gone} keep serving until the remaining variants have started")
     out = views.deployment_view(

@@ -278,15 +278,17 @@ class Reconciler:
         mine = [a for a in allocs if a.variant == variant.name]
         running = [a for a in mine if a.desired == RUNNING]
         members = [_member(a, fresh=rollout.is_fresh(a.spec, template), lost=self.fleet.state(a.node_id) == Liveness.LOST) for a in running]
+        draining = [
+            a for a in mine
+            if a.desired == STOPPED and a.routing_state != RS.ROUTING_STATE_FAILED
+            and self.fleet.state(a.node_id) != Liveness.LOST
+        ]  # fmt: skip
         plan = rollout.plan_variant(
             demand,
             list(views.values()),
             members,
-            draining=sum(
-                1 for a in mine
-                if a.desired == STOPPED and a.routing_state != RS.ROUTING_STATE_FAILED
-                and self.fleet.state(a.node_id) != Liveness.LOST
-            ),
+            draining=len(draining),
+            draining_stale=sum(1 for a in draining if not rollout.is_fresh(a.spec, template)),
             name=variant.name,
         )
         self.placements[(rec.deployment_id, variant.name)] = plan.placement
@@ -375,11 +377,14 @@ class Reconciler:
             template = self.template(deployment_id, variant)
             fresh = [a for a in mine if a.desired == RUNNING and (template is None or rollout.is_fresh(a.spec, template))]
             stale = [a for a in mine if a.desired == RUNNING and a not in fresh]
-            also_serving += sum(1 for a in stale if a.routing_state == RS.ROUTING_STATE_STARTED)
+            old_serving = sum(1 for a in stale if a.routing_state == RS.ROUTING_STATE_STARTED)
+            also_serving += old_serving
             placement = self.placements.get((deployment_id, variant.name))
             routes = [a.routing_state for a in fresh]
             view = state.variant_view(routes, target_count=len(placement.targets) if placement else 0, instances=variant.instances, name=variant.name)
-            views.append(dataclasses.replace(view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED)))
+            views.append(dataclasses.replace(
+                view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED), replacing=old_serving
+            ))
             failures += [a.reason for a in fresh if a.routing_state == RS.ROUTING_STATE_FAILED]
             if placement and not placement.targets and not stale:
                 waiting.append(placement.shortfall or _summarize(placement.not_chosen))
@@ -400,6 +405,7 @@ class Reconciler:
             waiting_reason=waiting_reason,
             failure_reasons=failures,
             also_serving=also_serving,
+            rolling=bool(rollout_reason),
         )
         if rec.desired == STOPPED and rec.stop_reason and status == common_pb2.DEPLOYMENT_STATUS_STOPPED:
             reason = rec.stop_reason

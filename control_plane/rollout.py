@@ -125,6 +125,7 @@ def plan_variant(
     *,
     draining: int,
     name: str,
+    draining_stale: int = 0,
 ) -> VariantPlan:
     """Plan one variant (rules in the module docstring).
 
@@ -134,6 +135,8 @@ def plan_variant(
         members: the variant's allocations that are wanted (desired RUNNING).
         draining: the variant's allocations that are stopping and not gone yet.
         name: the variant's name, for reasons.
+        draining_stale: how many of those are stale (the update is not done
+            until they are gone and their room is used).
     """
     alive = [m for m in members if not m.lost]
     fresh = [m for m in alive if m.fresh]
@@ -144,7 +147,8 @@ def plan_variant(
     start_on = tuple(n for n in placement.targets if n not in fresh_nodes)
     stop: dict[str, str] = {m.allocation_id: "no longer a target" for m in fresh if m.node_id not in targets}
     if not stale:
-        return VariantPlan(placement=placement, start_on=start_on, stop=stop)
+        rollout = f"variant {name!r}: {draining_stale} old allocation(s) draining" if draining_stale else ""
+        return VariantPlan(placement=placement, start_on=start_on, stop=stop, rollout=rollout)
 
     started_on = {m.node_id for m in fresh if m.node_id in targets and m.routing_state == _STARTED}
     all_started = bool(targets) and targets <= started_on

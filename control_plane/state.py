@@ -113,7 +113,9 @@ class VariantView:
     target_count: nodes the scheduler chose. wanted: instances asked (for
     instances 0, "every eligible node", wanted = target_count). started /
     starting / failed / stopping: routes in that routing state. name: the
-    variant's name, only for reasons.
+    variant's name, only for reasons. replacing: old allocations of a rolling
+    update that still serve this variant (not counted in started): while
+    they do, a variant not started yet is being replaced, not a problem.
     """
 
     target_count: int
@@ -123,6 +125,7 @@ class VariantView:
     failed: int = 0
     stopping: int = 0
     name: str = ""
+    replacing: int = 0
 
 
 def variant_view(routes: Sequence[RoutingState], *, target_count: int, instances: int, name: str = "") -> VariantView:
@@ -146,6 +149,7 @@ def deployment_status(
     waiting_reason: str = "",
     failure_reasons: Sequence[str] = (),
     also_serving: int = 0,
+    rolling: bool = False,
 ) -> tuple[DeploymentStatus, str]:
     """The deployment status and its reason, by this table (first match wins):
 
@@ -154,7 +158,7 @@ def deployment_status(
     | STOPPED | a route starting, started or stopping (failed = stopped)    | STOPPING   |
     | STOPPED | otherwise                                                   | STOPPED    |
     | RUNNING | serving, and every variant has started >= target_count > 0  | RUNNING    |
-    |         | and target_count >= wanted                                  |            |
+    |         | and target_count >= wanted, and no rolling update is left   |            |
     | RUNNING | serving, and a variant has failed routes, or (none of its   | CONCERNING |
     |         | routes starting and) it is started nowhere or has fewer     |            |
     |         | targets than wanted                                         |            |
@@ -178,6 +182,8 @@ def deployment_status(
         failure_reasons: the failed routes' reasons, appended (deduplicated)
             to the FAILED reason.
         also_serving: STARTED routes outside `variants` (see above).
+        rolling: a rolling update is in progress (old allocations remain):
+            DEPLOYING with waiting_reason rather than RUNNING.
 
     Returns:
         (status, reason); reason is "" for RUNNING and STOPPED.
@@ -197,7 +203,7 @@ def deployment_status(
         raise ValueError(f"desired state {desired} is neither RUNNING nor STOPPED")
 
     if started > 0 or also_serving > 0:
-        if started > 0 and all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
+        if not rolling and started > 0 and all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
             return common_pb2.DEPLOYMENT_STATUS_RUNNING, ""
         problems = [p for v in variants for p in _problems(v)]
         if problems:
@@ -270,6 +276,8 @@ def check_status_transition(old: DeploymentStatus, new: DeploymentStatus) -> boo
 def _problems(v: VariantView) -> list[str]:
     """Why a variant makes a serving deployment CONCERNING (empty: it does not)."""
     facts: list[str] = []
+    if v.replacing and not v.failed:
+        return []  # a rolling update in progress: its old allocations serve
     missing = v.starting == 0 and v.target_count < v.wanted
     if v.starting == 0 and v.started == 0:
         facts.append("started on no node")

@@ -153,12 +153,36 @@ def test_a_changed_worker_setting_starts_a_new_allocation_before_the_old_one_sto
     assert stopped.desired == STOPPED and stopped.routing_state == S.ROUTING_STATE_STOPPING
     assert "rolling update" in stopped.reason
     assert [r.allocation_id for r in w.rec.routes["d"]] == [new[0].allocation_id]
-    assert w.status("d") == D.DEPLOYMENT_STATUS_RUNNING
+    assert w.status("d") == D.DEPLOYMENT_STATUS_DEPLOYING  # until the old one is gone
     w.report("a", {new[0].allocation_id: STARTED})
     assert w.store.get_allocation(old.allocation_id) is None
-    assert w.service.get("d").rollout == ""
+    assert w.service.get("d").rollout == "" and w.status("d") == D.DEPLOYMENT_STATUS_RUNNING
     seq = {(e.allocation_id, e.routing_state): e.seq for e in w.events("d") if e.kind == dpb.EVENT_KIND_ROUTING}
     assert seq[(new[0].allocation_id, STARTED)] < seq[(old.allocation_id, S.ROUTING_STATE_STOPPING)] < seq[(old.allocation_id, S.ROUTING_STATE_STOPPED)]
+
+
+def test_without_room_to_surge_old_workers_are_replaced_one_at_a_time() -> None:
+    w = World()
+    w.join("a", cpus=1)
+    w.join("b", cpus=1)
+    w.start("d", model_version=1)  # every node; each is full with it
+    w.all_started("a", "b")
+    old = {a.node_id: a.allocation_id for a in w.allocs("d")}
+    w.update("d", ["queue_capacity"], queue_capacity=64)
+    assert w.store.get_allocation(old["a"]).desired == STOPPED  # the one in-place step ...
+    assert w.store.get_allocation(old["b"]).desired == RUNNING  # ... while b keeps serving
+    assert [r.node_id for r in w.rec.routes["d"]] == ["b"]
+    w.report("a")  # a's old worker is gone: a new one starts there
+    (new_a,) = [a for a in w.allocs("d") if a.node_id == "a"]
+    assert new_a.spec.queue_capacity == 64 and w.service.get("d").rollout
+    w.report("a", {new_a.allocation_id: STARTED})
+    assert w.store.get_allocation(old["b"]).desired == STOPPED
+    assert w.service.get("d").rollout  # not done until b has a new worker too
+    w.report("b")
+    w.all_started("b")
+    assert w.service.get("d").rollout == "" and w.status("d") == D.DEPLOYMENT_STATUS_RUNNING
+    assert all(a.spec.queue_capacity == 64 for a in w.allocs("d", desired=None)) and len(w.allocs("d")) == 2
+    assert D.DEPLOYMENT_STATUS_CONCERNING not in {new for _, new in w.transitions("d")}
 
 
 def test_a_removed_variant_keeps_serving_until_the_others_have_started() -> None:
