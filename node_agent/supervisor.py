@@ -179,11 +179,9 @@ class WorkerHandle:
         fetch_model: ModelFetcher,
         on_change: Callable[[WorkerHandle], None],
         adopted: AdoptedWorker | None = None,
-        gpu_ids: tuple[str, ...] = (),
-        start_problem: str = "",
+        gpu_ids: tuple[str, ...] = (),  # the worker's CUDA_VISIBLE_DEVICES
+        start_problem: str = "",  # if set, FAILED at once with this reason
     ) -> None:
-        """gpu_ids: the devices given to the worker (CUDA_VISIBLE_DEVICES);
-        start_problem: if set, the allocation FAILS at once with this reason."""
         self.spec = spec
         self.gpu_ids = adopted.gpu_ids if adopted else gpu_ids
         self._start_problem = start_problem
@@ -420,10 +418,8 @@ class WorkerHandle:
         return argv
 
     def _env(self) -> dict[str, str]:
-        """The worker's environment: the agent's, the allocation's env, then ours.
-
-        CUDA_VISIBLE_DEVICES names the GPUs given to this allocation; on a node
-        with GPUs a worker given none sees none. Values are never logged."""
+        """The agent's environment, the allocation's env (never logged), then
+        CUDA_VISIBLE_DEVICES: its GPUs (none, on a node with GPUs, if it has none)."""
         env = dict(os.environ)
         env.update(self.spec.env)
         if self.gpu_ids or self._config.gpu_devices:
