@@ -46,8 +46,16 @@ def stop(c: Cluster, deployment_id: str) -> dpb.Deployment:
     return c.deployments.StopDeployment(req, timeout=40).deployment
 
 
+_BASETEMP: list[bytes] = []  # this pytest session's tmp dir: workers of other sessions on the machine are not ours
+
+
+@pytest.fixture(autouse=True)
+def _this_sessions_workers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _BASETEMP[:] = [str(tmp_path_factory.getbasetemp().resolve()).encode()]
+
+
 def worker_pids(deployment_id: str) -> set[int]:
-    """Live inference worker processes serving deployment_id, from /proc."""
+    """Live inference worker processes serving deployment_id, from /proc (this session's only)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -58,6 +66,9 @@ def worker_pids(deployment_id: str) -> set[int]:
         except OSError:
             continue
         if b"node_agent.worker" in args and b"--name" in args and status != "Z":
+            ready = args[args.index(b"--ready-file") + 1] if b"--ready-file" in args else b""
+            if _BASETEMP and not ready.startswith(_BASETEMP[0]):
+                continue
             if args[args.index(b"--name") + 1].decode() == deployment_id:
                 pids.add(int(entry.name))
     return pids

@@ -425,3 +425,19 @@ def test_the_scenarios_cover_the_status_transitions() -> None:
         (D.DEPLOYMENT_STATUS_STOPPED, D.DEPLOYMENT_STATUS_DEPLOYING),
     }
     assert must <= covered, sorted(must - covered)
+
+
+def test_a_node_lost_while_its_stream_stays_open_is_made_to_register_again() -> None:
+    """A busy control plane can miss the SUSPECT step (its sweep is late): the
+    node goes READY -> LOST with its stream open. The stream is closed, so the
+    agent registers again and the node is READY, instead of LOST for good."""
+    w = World()
+    w.join("a")
+    session = w.sessions["a"]
+    w.clock.now += 5  # no sweep ran for 5 s
+    assert w.fleet.sweep() == ["a"] and w.fleet.state("a").value == "LOST"
+    assert session.closed and w.fleet.session("a") is None  # type: ignore[attr-defined]
+    w.fleet.touch("a")  # a late heartbeat on the old stream does not revive it
+    assert w.fleet.state("a").value == "LOST"
+    w.join("a")
+    assert w.fleet.state("a").value == "READY"

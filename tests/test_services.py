@@ -42,7 +42,10 @@ SECRET = "s3cr3t-value-never-logged"
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("services")
-    c = Cluster(root)
+    # Heavy gateway load (10,000 calls) shares the control plane's loop with the
+    # agent streams on 2 shared cores: a 1 s node timeout would lose nodes that
+    # are fine. Node loss has its own tests; here a lost node would only skew figures.
+    c = Cluster(root, heartbeat=0.5, node_timeout=10)
     c.clock_file = root / "clock-offset"  # type: ignore[attr-defined]
     _ROOT[:] = [str(root.resolve()).encode()]
     try:
