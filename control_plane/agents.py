@@ -158,10 +158,11 @@ class NodeService:
             self.store.put_node(record)
             for alloc in self.store.list_allocations(node_id=node_id):
                 if alloc.desired == records_pb2.DESIRED_STATE_RUNNING:
+                    before = alloc.routing_state
                     alloc.desired = records_pb2.DESIRED_STATE_STOPPED
                     alloc.routing_state = common_pb2.ROUTING_STATE_STOPPING
                     alloc.reason = "node drained"
-                    self.store.put_allocation(alloc)
+                    self.reconciler.save_allocation(alloc, before=before)
         self.reconciler.reconcile()
         for deployment_id in {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}:
             self.reconciler.hub.notify(deployment_id)

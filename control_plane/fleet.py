@@ -157,7 +157,12 @@ class Fleet:
         for node_id, live in self._nodes.items():
             silent = now - live.last_message
             if live.state == Liveness.READY and silent > self.node_timeout:
+                # (the sweep itself was late, e.g. a busy loop) as below: a lost
+                # node's stream is closed, so its agent registers again
                 self._transition(node_id, Liveness.LOST)
+                if live.session is not None:
+                    live.session.close()
+                    live.session = None
             elif live.state == Liveness.READY and silent > SUSPECT_AFTER_HEARTBEATS * self.heartbeat_interval:
                 self._transition(node_id, Liveness.SUSPECT)
             elif live.state == Liveness.SUSPECT and now - min(live.since, live.last_message) > self.node_timeout:

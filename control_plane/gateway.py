@@ -19,12 +19,19 @@ of that variant with the fewest calls in flight. A call the worker never
 accepted (connection refused, worker draining) is retried once on another
 worker; one that may have run is never retried.
 
+Every call is counted per deployment (GatewayStats): answered, rejected
+(traffic limit, or a worker's full queue), timed out, cancelled by its
+client, or failed; GetDeploymentStats shows these beside the workers' own
+counters. Channels to workers that left the routing table are closed by
+`prune_channels` (called by the control plane's reconcile loop).
+
 Event-loop only. The routing table is the reconciler's `routes`, rebuilt
 after every tick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import random
@@ -37,7 +44,7 @@ from control_plane import errors, v2check
 from control_plane.reconciler import Reconciler, Route
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import models_pb2
+from modelfleet.v1 import common_pb2, models_pb2
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +100,18 @@ def scan_model_name(buf: bytes) -> tuple[str, str]:
 
 
 class TokenBucket:
-    """calls per second with a small burst (a tenth of a second's worth, at least 1)."""
+    """calls per second with a small burst: a tenth of a second's worth, at least 2.
+
+    At least 2, not 1: with room for one token only, the bucket is full
+    between the moment it refills and the next arrival, and that time is
+    lost; under steady overload that would admit up to ~1/6 less than the
+    rate. With room for two, a refilled token waits for its call."""
+
+    MIN_BURST = 2.0
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
-        self.burst = max(1.0, rate / 10)
+        self.burst = max(self.MIN_BURST, rate / 10)
         self.tokens = self.burst
         self._clock = clock
         self._last = clock()
@@ -107,10 +121,51 @@ class TokenBucket:
         now = self._clock()
         self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
         self._last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= 1 - 1e-9:  # tolerate float sums such as 3 x (1/3)
+            self.tokens = max(0.0, self.tokens - 1)
             return 0.0
         return (1 - self.tokens) / self.rate
+
+
+class GatewayStats:
+    """What the gateway saw per deployment since it started (in memory).
+
+    inference_count: calls a worker answered; rejected_execution_count: calls
+    refused with RESOURCE_EXHAUSTED (the traffic limit here, or a worker's
+    full queue relayed); timeout_count: calls whose deadline passed before an
+    answer; cancelled_count: calls their client cancelled; error_count: any
+    other failure (no started worker, a worker error).
+    """
+
+    _FIELDS = ("inference_count", "rejected_execution_count", "timeout_count", "cancelled_count", "error_count")
+
+    def __init__(self) -> None:
+        self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self._last: dict[str, float] = {}
+
+    def count(self, deployment_id: str, field: str) -> None:
+        self._counts[deployment_id][field] += 1
+        self._last[deployment_id] = time.time()
+
+    def get(self, deployment_id: str) -> common_pb2.InferenceStats | None:
+        counts = self._counts.get(deployment_id)
+        if counts is None:
+            return None
+        out = common_pb2.InferenceStats(**{f: counts[f] for f in self._FIELDS})
+        out.last_access.FromNanoseconds(int(self._last[deployment_id] * 1e9))
+        return out
+
+    def forget(self, deployment_id: str) -> None:
+        self._counts.pop(deployment_id, None)
+        self._last.pop(deployment_id, None)
+
+
+_DEADLINE_SLACK_S = 0.05  # a cancel this close to the deadline is the deadline
+_CODE_FIELDS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rejected_execution_count",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout_count",
+    grpc.StatusCode.CANCELLED: "cancelled_count",
+}
 
 
 class Gateway:
@@ -119,6 +174,7 @@ class Gateway:
         *,
         reconciler: Reconciler,
         max_message_bytes: int,
+        stats: GatewayStats | None = None,
         worker_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.reconciler = reconciler
@@ -132,7 +188,9 @@ class Gateway:
         self._specs: dict[tuple[str, int], tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]]] = {}
         self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
+        self._inflight_by_address: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
+        self.stats = stats or GatewayStats()
 
     async def close(self) -> None:
         for channel, _ in self._channels.values():
@@ -216,6 +274,15 @@ class Gateway:
             entry = self._channels[address] = (channel, call)
         return entry[1]
 
+    async def prune_channels(self) -> int:
+        """Close channels to workers that no route names and no call uses. Returns how many."""
+        live = {r.address for routes in self.reconciler.routes.values() for r in routes}
+        gone = [a for a in self._channels if a not in live and not self._inflight_by_address[a]]
+        for address in gone:
+            channel, _ = self._channels.pop(address)
+            await channel.close()
+        return len(gone)
+
     # ---- RPCs -----------------------------------------------------------------------
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name, version = scan_model_name(request)
@@ -225,7 +292,35 @@ class Gateway:
         checked = version or (rec.spec.variants[0].name if len(rec.spec.variants) == 1 else "")
         if checked:
             self.validate(request, rec, checked)
-        self._limit(rec)
+        try:
+            self._limit(rec)
+        except errors.ResourceExhausted:
+            self.stats.count(rec.deployment_id, "rejected_execution_count")
+            raise
+        field = "error_count"
+        try:
+            reply = await self._forward(rec, version, request, context, checked=checked)
+            field = "inference_count"
+            return reply
+        except grpc.aio.AbortError:
+            raise
+        except _Relayed as relayed:
+            field = _CODE_FIELDS.get(relayed.code, "error_count")
+            await context.abort(relayed.code, relayed.details, relayed.trailers)
+            raise AssertionError("unreachable") from None
+        except asyncio.CancelledError:
+            # gRPC cancels the handler when the client cancels, and when the deadline passes
+            remaining = context.time_remaining()
+            field = "timeout_count" if remaining is not None and remaining <= _DEADLINE_SLACK_S else "cancelled_count"
+            raise
+        finally:
+            self.stats.count(rec.deployment_id, field)
+
+    async def _forward(
+        self, rec: records_pb2.DeploymentRecord, version: str, request: bytes, context: grpc.aio.ServicerContext, *, checked: str
+    ) -> bytes:
+        """Send the call to a worker (retried once elsewhere if it was never accepted), validated
+        against the routed variant's model unless it already was (`checked`)."""
         tried: set[str] = set()
         while True:
             route = self.pick(rec, version, exclude=frozenset(tried))
@@ -233,6 +328,7 @@ class Gateway:
                 self.validate(request, rec, route.variant)
                 checked = route.variant
             self._inflight[route.allocation_id] += 1
+            self._inflight_by_address[route.address] += 1
             metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
             try:
                 return await self._call(route.address)(request, timeout=context.time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
@@ -243,11 +339,12 @@ class Gateway:
                     tried.add(route.allocation_id)
                     log.info("worker %s did not accept a call (%s); retrying elsewhere", route.address, details)
                     continue
-                await context.abort(exc.code(), details, tuple(exc.trailing_metadata() or ()))
+                raise _Relayed(exc.code(), details, tuple(exc.trailing_metadata() or ())) from None
             finally:
-                self._inflight[route.allocation_id] -= 1
-                if not self._inflight[route.allocation_id]:
-                    del self._inflight[route.allocation_id]
+                for counter, key in ((self._inflight, route.allocation_id), (self._inflight_by_address, route.address)):
+                    counter[key] -= 1
+                    if not counter[key]:
+                        del counter[key]
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: object) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -308,6 +405,16 @@ class Gateway:
                 continue
             out.models.add(name=rec.deployment_id, version="", state="READY" if ready else "UNAVAILABLE", reason=rec.status_reason)
         return out
+
+
+class _Relayed(Exception):
+    """A worker's error status, to be passed on to the client unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailers = trailers
 
 
 def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:

@@ -3,7 +3,12 @@ services and gateway into one grpc.aio server and runs its background loops.
 
 Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
-- a reconcile tick every second (auto stop, placements waiting for capacity).
+- a reconcile tick every second (auto stop, placements waiting for capacity);
+- every 30 s the gateway closes channels to workers no longer routed to.
+
+Flags of issue 3: --default-auto-stop (hours), --max-deployments-per-user
+(the quota), and the hidden --test-clock-offset-file (tests only: seconds
+added to the wall clock that auto stop uses).
 
 Security (docs/security.md): authentication is on unless `--auth off`,
 which is refused unless --listen is a loopback address. On first start with
@@ -27,6 +32,8 @@ import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +41,9 @@ import grpc
 
 from control_plane.agents import AgentStreams, NodeService
 from control_plane.blobs import BlobStore
-from control_plane.deployments import DeploymentService
+from control_plane.deployments import DEFAULT_MAX_DEPLOYMENTS_PER_USER, DeploymentService
 from control_plane.fleet import Fleet
-from control_plane.gateway import Gateway, add_gateway_to_server
+from control_plane.gateway import Gateway, GatewayStats, add_gateway_to_server
 from control_plane.hub import ChangeHub
 from control_plane.keys import ADMIN_KEY_FILE, KeyService
 from control_plane.reconciler import Reconciler
@@ -53,6 +60,8 @@ from control_plane.store import Store, open_store
 from modelfleet.v1 import agent_pb2_grpc, auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
 log = logging.getLogger("control_plane")
+
+PRUNE_INTERVAL_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +101,8 @@ class ControlPlane:
         node_timeout: float = 30.0,
         max_message_bytes: int = 64 << 20,
         default_auto_stop_s: int = 0,
+        max_deployments_per_user: int = DEFAULT_MAX_DEPLOYMENTS_PER_USER,
+        wall_clock: Callable[[], float] = time.time,
         security: Security = Security(),
     ) -> None:
         self.data_dir = data_dir
@@ -100,7 +111,10 @@ class ControlPlane:
         self.hub = ChangeHub()
         self.fleet = Fleet(heartbeat_interval=heartbeat_interval, node_timeout=node_timeout)
         self.fleet.recover(n.info.node_id for n in store.list_nodes())
-        self.reconciler = Reconciler(store=store, fleet=self.fleet, hub=self.hub, worker_tokens=security.auth)
+        self.reconciler = Reconciler(
+            store=store, fleet=self.fleet, hub=self.hub, wall_clock=wall_clock, worker_tokens=security.auth
+        )
+        self.gateway_stats = GatewayStats()
         self.keys = KeyService(store=store) if security.auth else None
         self.registry = ModelRegistry(
             store=store,
@@ -108,11 +122,17 @@ class ControlPlane:
             in_use=lambda model_id, version: self.deployments.model_in_use(model_id, version),
         )
         self.deployments = DeploymentService(
-            reconciler=self.reconciler, hub=self.hub, registry=self.registry, default_auto_stop_s=default_auto_stop_s
+            reconciler=self.reconciler,
+            hub=self.hub,
+            registry=self.registry,
+            default_auto_stop_s=default_auto_stop_s,
+            max_deployments_per_user=max_deployments_per_user,
+            gateway_stats=self.gateway_stats.get,
         )
         self.gateway = Gateway(
             reconciler=self.reconciler,
             max_message_bytes=max_message_bytes,
+            stats=self.gateway_stats,
             worker_credentials=security.worker_credentials(),
         )
         self.server, self.health = build_server(max_message_bytes=max_message_bytes, authenticator=self.keys)
@@ -151,6 +171,7 @@ class ControlPlane:
         self._tasks = [
             asyncio.create_task(self._loop("liveness sweep", min(self.fleet.heartbeat_interval, 1.0) / 2, self._sweep)),
             asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.reconcile)),
+            asyncio.create_task(self._prune_loop()),
         ]
         tmp = self.data_dir / "endpoint.tmp"
         tmp.write_text(endpoint)
@@ -171,6 +192,14 @@ class ControlPlane:
                 log.exception("%s failed; continuing", name)
             await asyncio.sleep(interval)
 
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+            try:
+                await self.gateway.prune_channels()
+            except Exception:
+                log.exception("pruning gateway channels failed; continuing")
+
     async def stop(self, grace: float = 5.0) -> None:
         await set_serving(self.health, False)
         for task in self._tasks:
@@ -178,6 +207,39 @@ class ControlPlane:
         await self.server.stop(grace)
         await self.gateway.close()
         self.store.close()
+
+
+def _auto_stop_hours(text: str) -> int:
+    value = text.strip().lower().removesuffix("h")
+    try:
+        hours = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole hours from 1 to 24, e.g. 2 or 2h") from None
+    if hours == 0:
+        return 0
+    if hours != int(hours) or not 1 <= hours <= 24:
+        raise argparse.ArgumentTypeError(f"{text!r}: auto stop must be a whole number of hours from 1 to 24")
+    return int(hours)
+
+
+def offset_clock(path: Path) -> Callable[[], float]:
+    """time.time() plus the seconds written in path (0 while it is absent or unreadable).
+
+    Tests only (--test-clock-offset-file): it lets a test move the control
+    plane's wall clock forward, e.g. past an auto stop, without waiting."""
+    cache: dict[str, object] = {"mtime": None, "offset": 0.0}
+
+    def now() -> float:
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime != cache["mtime"]:
+                cache["offset"] = float(path.read_text().strip() or 0)
+                cache["mtime"] = mtime
+        except (OSError, ValueError):
+            cache["mtime"], cache["offset"] = None, 0.0
+        return time.time() + float(cache["offset"])  # type: ignore[arg-type]
+
+    return now
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -188,7 +250,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (fractions allowed)")
     p.add_argument("--node-timeout", type=float, default=30.0, help="seconds without an agent before its node is lost")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
-    p.add_argument("--default-auto-stop", type=float, default=0, help="hours after which new deployments stop (0 = never)")
+    p.add_argument("--default-auto-stop", type=_auto_stop_hours, default=0, metavar="HOURS",
+                   help="auto stop of new deployments that set none: 1 to 24 whole hours (e.g. 2 or 2h); "
+                        "default: none")
+    p.add_argument("--max-deployments-per-user", type=int, default=DEFAULT_MAX_DEPLOYMENTS_PER_USER, metavar="N",
+                   help="deployments one owner may have, stopped ones included (default %(default)s; 0 = no limit)")
+    # For tests only: a file holding seconds added to the wall clock that auto
+    # stop (and deployment start times and events) use, re-read on every use.
+    p.add_argument("--test-clock-offset-file", default="", help=argparse.SUPPRESS)
     p.add_argument("--auth", choices=["on", "off"], default=os.environ.get("MODELFLEET_AUTH", "on"),
                    help="API key authentication (default on; off is refused unless --listen is loopback)")
     p.add_argument("--tls-cert", default="", metavar="PEM", help="serve TLS with this certificate (chain)")
@@ -199,6 +268,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="the gateway reaches workers over TLS, trusting this CA (agents run them with --worker-tls-cert)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    if args.max_deployments_per_user < 0:
+        p.error("--max-deployments-per-user must be >= 0")
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
         p.error("--node-timeout must exceed --heartbeat-interval, and both must be positive")
     if args.auth == "off" and not is_loopback(args.listen):
@@ -221,7 +292,9 @@ async def _serve(args: argparse.Namespace) -> None:
         heartbeat_interval=args.heartbeat_interval,
         node_timeout=args.node_timeout,
         max_message_bytes=args.max_message_bytes,
-        default_auto_stop_s=int(args.default_auto_stop * 3600),
+        default_auto_stop_s=args.default_auto_stop * 3600,
+        max_deployments_per_user=args.max_deployments_per_user,
+        wall_clock=offset_clock(Path(args.test_clock_offset_file)) if args.test_clock_offset_file else time.time,
         security=Security(
             auth=args.auth == "on",
             tls_cert=args.tls_cert,

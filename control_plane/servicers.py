@@ -68,7 +68,7 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
         return await self.service.stop(request)
 
     async def UpdateDeployment(self, request: dpb.UpdateDeploymentRequest, context: Ctx) -> dpb.UpdateDeploymentResponse:
-        return self.service.update(request)
+        return await self.service.update(request)
 
     async def DeleteDeployment(self, request: dpb.DeleteDeploymentRequest, context: Ctx) -> dpb.DeleteDeploymentResponse:
         return self.service.delete(request)
@@ -81,6 +81,9 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
 
     async def GetDeploymentStats(self, request: dpb.GetDeploymentStatsRequest, context: Ctx) -> dpb.GetDeploymentStatsResponse:
         return self.service.stats(request.deployment_id)
+
+    async def ListDeploymentEvents(self, request: dpb.ListDeploymentEventsRequest, context: Ctx) -> dpb.ListDeploymentEventsResponse:
+        return self.service.list_events(request)
 
     async def WatchDeployment(self, request: dpb.WatchDeploymentRequest, context: Ctx) -> AsyncIterator[dpb.WatchDeploymentResponse]:
         async for snapshot in self.service.watch(request.deployment_id):

@@ -47,6 +47,7 @@ from modelfleet.v1 import agent_pb2, common_pb2
 import grpc
 
 from node_agent.agent import Agent, AgentConfig
+from node_agent.allocations import gpu_devices
 from node_agent.supervisor import SupervisorConfig
 from node_agent.worker_security import WorkerSecurity, read_pem
 
@@ -257,7 +258,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         data_dir=data_dir,
         node=node,
         supervisor=SupervisorConfig(
-            data_dir=data_dir, worker_host=args.worker_host, drain_timeout=args.drain_timeout, security=security
+            data_dir=data_dir,
+            worker_host=args.worker_host,
+            drain_timeout=args.drain_timeout,
+            gpu_devices=gpu_devices(node.capacity.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")),
+            security=security,
         ),
         credentials=channel_credentials(args),
         token=os.environ.get("MODELFLEET_TOKEN", ""),

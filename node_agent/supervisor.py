@@ -65,7 +65,7 @@ from google.protobuf import json_format
 
 from modelfleet.v1 import agent_pb2, common_pb2, worker_pb2, worker_pb2_grpc
 from node_agent.procs import WorkerProcess, advertised_address, check_health, connect_address, kill, pid_alive
-from node_agent.worker_security import WorkerSecurity, token_metadata, write_private
+from node_agent.worker_security import WorkerSecurity, declared_specs, token_metadata, write_private
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -136,6 +136,9 @@ class SupervisorConfig:
     start_timeout: float = 600.0
     python: str = sys.executable
     worker_module: str = "node_agent.worker"
+    # GPU device ids this node hands out (CUDA_VISIBLE_DEVICES values); see
+    # node_agent.allocations.gpu_devices
+    gpu_devices: tuple[str, ...] = ()
     security: WorkerSecurity = WorkerSecurity()
 
     @property
@@ -172,6 +175,7 @@ class AdoptedWorker:
     started_at: float
     log_offset: int
     restarts: int
+    gpu_ids: tuple[str, ...] = ()
 
 
 class WorkerHandle:
@@ -185,8 +189,12 @@ class WorkerHandle:
         fetch_model: ModelFetcher,
         on_change: Callable[[WorkerHandle], None],
         adopted: AdoptedWorker | None = None,
+        gpu_ids: tuple[str, ...] = (),  # the worker's CUDA_VISIBLE_DEVICES
+        start_problem: str = "",  # if set, FAILED at once with this reason
     ) -> None:
         self.spec = spec
+        self.gpu_ids = adopted.gpu_ids if adopted else gpu_ids
+        self._start_problem = start_problem
         self.allocation_id = spec.allocation_id
         self._config = config
         self._fetch_model = fetch_model
@@ -343,6 +351,8 @@ class WorkerHandle:
             self._transition(WorkerState.STARTING, f"restarting after: {outcome.summary}")
 
     def _check_spec(self) -> str:
+        if self._start_problem:
+            return self._start_problem
         if not _ALLOCATION_ID.match(self.allocation_id):
             return f"invalid allocation_id {self.allocation_id!r}"
         if self._adopted is None and self.spec.format == common_pb2.MODEL_FORMAT_UNSPECIFIED:
@@ -401,27 +411,18 @@ class WorkerHandle:
             "--host", cfg.worker_host, "--port", "0",
             "--ready-file", str(self.ready_file),
             "--drain-timeout", f"{cfg.drain_timeout:g}",
-            *self._declared_specs(),
+            *declared_specs(spec),
             *cfg.security.argv(spec, token_file=self.token_file, credentials_file=cfg.credentials_file),
         ]  # fmt: skip
 
-    def _declared_specs(self) -> list[str]:
-        """TorchScript keeps no datatypes: serve the specs the registry validated."""
-        spec = self.spec
-        if spec.format != common_pb2.MODEL_FORMAT_TORCHSCRIPT or not spec.inputs:
-            return []
-
-        def as_json(specs: Any) -> str:
-            return json.dumps([{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs])
-
-        argv = ["--inputs-json", as_json(spec.inputs)]
-        if spec.outputs:
-            argv += ["--outputs-json", as_json(spec.outputs)]
-        return argv
-
     def _env(self) -> dict[str, str]:
+        """The agent's environment, the allocation's env (never logged), then
+        CUDA_VISIBLE_DEVICES: its GPUs (none, on a node with GPUs, if it has none)."""
         env = dict(os.environ)
+        env.pop("MODELFLEET_TOKEN", None)  # the agent's own key is not the worker's business
         env.update(self.spec.env)
+        if self.gpu_ids or self._config.gpu_devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
         if _PROJECT_ROOT not in _SITE_DIRS:  # a source checkout: run the worker from the agent's own tree
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"  # keep stdout and stderr lines in order in the log
@@ -585,6 +586,7 @@ class WorkerHandle:
             "started_at": self.started_at,
             "log_offset": self._log_offset,
             "restarts": self.restarts,
+            "gpu_ids": list(self.gpu_ids),
         }
         write_private(self.state_file, json.dumps(state).encode())  # it holds the worker token
 

@@ -1,6 +1,7 @@
 """How the agent secures its inference workers: the worker token, the key
 verifiers, TLS — everything a worker's command line and the agent's own
-channel to it need, in one place.
+channel to it need, in one place (with `declared_specs`, the rest of the
+command line that comes from the allocation's spec).
 
 Who may call a worker (docs/security.md, "Workers"):
 - the control plane's gateway and this agent, presenting the allocation's
@@ -21,13 +22,15 @@ the agent's client certificate.
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
-from modelfleet.v1 import agent_pb2
+from modelfleet.v1 import agent_pb2, common_pb2
 
 
 def read_pem(path: str) -> bytes:
@@ -83,6 +86,20 @@ class WorkerSecurity:
             certificate_chain=read_pem(self.client_cert) if self.client_cert else None,
         )
         return grpc.aio.secure_channel(address, credentials)
+
+
+def declared_specs(spec: agent_pb2.AllocationSpec) -> list[str]:
+    """TorchScript keeps no datatypes: the worker serves the specs the registry validated."""
+    if spec.format != common_pb2.MODEL_FORMAT_TORCHSCRIPT or not spec.inputs:
+        return []
+
+    def as_json(specs: Any) -> str:
+        return json.dumps([{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs])
+
+    argv = ["--inputs-json", as_json(spec.inputs)]
+    if spec.outputs:
+        argv += ["--outputs-json", as_json(spec.outputs)]
+    return argv
 
 
 def token_metadata(spec: agent_pb2.AllocationSpec) -> tuple[tuple[str, str], ...] | None:

@@ -21,7 +21,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,10 +45,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):  # fmt: skip
-    """Adds `authorization: Bearer <token>` to every call of a channel."""
+    """Adds `authorization: Bearer <token>` (or another header) to every call of a channel."""
 
-    def __init__(self, token: str) -> None:
-        self._pair = ("authorization", f"Bearer {token}")
+    def __init__(self, token: str, *, header: tuple[str, str] | None = None) -> None:
+        self._pair = header or ("authorization", f"Bearer {token}")
 
     def _details(self, details: Any) -> Any:
         return details._replace(metadata=[*(details.metadata or ()), self._pair])
@@ -141,7 +141,7 @@ class Cluster:
         self.channel: grpc.Channel | None = None
 
     # ---- processes ------------------------------------------------------------------
-    def start_control_plane(self, listen: str = "127.0.0.1:0", extra_args: list[str] | None = None) -> str:
+    def start_control_plane(self, listen: str = "127.0.0.1:0", *, extra_args: Sequence[str] = ()) -> str:
         data = self.root / "cp"
         data.mkdir(parents=True, exist_ok=True)
         endpoint = data / "endpoint"
@@ -150,7 +150,7 @@ class Cluster:
             "control-plane",
             [sys.executable, "-m", "control_plane.main", "--listen", listen, "--data-dir", str(data),
              "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout),
-             *([] if self.auth else ["--auth", "off"]), *(extra_args or [])],
+             *([] if self.auth else ["--auth", "off"]), *extra_args],
             log_path=self.root / "cp.log",
         )
         self.addr = wait_until(lambda: self._read_endpoint(endpoint), timeout=30, what="the control plane's endpoint file")
@@ -169,6 +169,18 @@ class Cluster:
         """A new API key with roles (fields: user, privileges, name, ttl, node_id), made by the admin key."""
         return auth_pb2_grpc.AuthStub(self.channel).CreateApiKey(auth_pb2.CreateApiKeyRequest(roles=roles, **fields))
 
+    def user_channel(self, user: str) -> grpc.Channel:
+        """A channel acting as `user`: a deployer key of that user (auth on), or the
+        x-modelfleet-user metadata (auth off). Kept open until close()."""
+        channels: dict[str, grpc.Channel] = self.__dict__.setdefault("_user_channels", {})
+        if user not in channels:
+            if self.auth:
+                channels[user] = authed_channel(self.addr, self.create_key("deployer", user=user).token, credentials=self.credentials)
+            else:
+                channel = grpc.insecure_channel(self.addr)
+                channels[user] = grpc.intercept_channel(channel, _Metadata("", header=("x-modelfleet-user", user)))
+        return channels[user]
+
     def agent_token_file(self, name: str) -> Path:
         """DIR/<name>/agent.key: the agent's own key (role agent), minted once."""
         path = self.root / name / "agent.key"
@@ -185,10 +197,18 @@ class Cluster:
         return path.read_text().strip() if path.exists() else ""
 
     def start_agent(
-        self, name: str, *, cpus: int = 4, labels: dict[str, str] | None = None, extra_args: list[str] | None = None
+        self,
+        name: str,
+        *,
+        cpus: int = 4,
+        labels: dict[str, str] | None = None,
+        gpus: int | None = None,
+        extra_args: Sequence[str] = (),
     ) -> Proc:
         args = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
-                "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5", *(extra_args or [])]
+                "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5", *extra_args]
+        if gpus is not None:
+            args += ["--gpus", str(gpus)]
         if self.auth:
             args += ["--token-file", str(self.agent_token_file(name))]
         for key, value in (labels or {}).items():
@@ -202,6 +222,8 @@ class Cluster:
         return wait_until(lambda: path.exists() and path.read_text().strip(), timeout=30, what=f"{name}'s node id")
 
     def close(self) -> None:
+        for channel in self.__dict__.get("_user_channels", {}).values():
+            channel.close()
         for proc in self.agents.values():
             proc.stop()
         if self.cp is not None:

@@ -29,17 +29,19 @@ def _save(graph: onnx.GraphProto, path: Path | str) -> Path:
     return out
 
 
-def onnx_add(path: Path | str) -> Path:
-    """y = x + [1, 2, 3, 4]; input x FP32 [-1, 4], output y FP32 [-1, 4].
+def onnx_add(path: Path | str, constant: Sequence[float] | None = None) -> Path:
+    """y = x + [1, 2, 3, 4] (or + constant); input x FP32 [-1, 4], output y FP32 [-1, 4].
 
     Dynamic batch, so the worker does not warm it up. Exact in any runtime.
+    Different constants make versions of one model tell apart by their output.
     """
+    c = ADD_CONSTANT if constant is None else np.asarray(constant, dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "c"], ["y"])],
         "add",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(ADD_CONSTANT, "c")],
+        [numpy_helper.from_array(c, "c")],
     )
     return _save(graph, path)
 

@@ -46,11 +46,17 @@ def stop(c: Cluster, deployment_id: str) -> dpb.Deployment:
     return c.deployments.StopDeployment(req, timeout=40).deployment
 
 
-def worker_pids(deployment_id: str, under: Path | None = None) -> set[int]:
-    """Live inference worker processes serving deployment_id, from /proc.
+_BASETEMP: list[bytes] = []  # this pytest session's tmp dir: workers of other sessions on the machine are not ours
 
-    With `under`, only workers whose ready file lies below that directory
-    (this test's fleet: other test runs may share the machine)."""
+
+@pytest.fixture(autouse=True)
+def _this_sessions_workers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _BASETEMP[:] = [str(tmp_path_factory.getbasetemp().resolve()).encode()]
+
+
+def worker_pids(deployment_id: str, under: Path | None = None) -> set[int]:
+    """Live inference worker processes serving deployment_id, from /proc (this session's only;
+    with `under`, only those whose ready file lies below that directory: one fleet's)."""
     pids = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -61,8 +67,12 @@ def worker_pids(deployment_id: str, under: Path | None = None) -> set[int]:
         except OSError:
             continue
         if b"node_agent.worker" in args and b"--name" in args and status != "Z":
-            ready = args[args.index(b"--ready-file") + 1].decode() if b"--ready-file" in args else ""
-            if args[args.index(b"--name") + 1].decode() == deployment_id and (under is None or ready.startswith(str(under))):
+            ready = args[args.index(b"--ready-file") + 1] if b"--ready-file" in args else b""
+            if _BASETEMP and not ready.startswith(_BASETEMP[0]):
+                continue
+            if under is not None and not ready.startswith(str(under).encode()):
+                continue
+            if args[args.index(b"--name") + 1].decode() == deployment_id:
                 pids.add(int(entry.name))
     return pids
 

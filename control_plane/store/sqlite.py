@@ -89,6 +89,12 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
     ),
     (
+        """CREATE TABLE event_logs (
+            deployment_id TEXT PRIMARY KEY,
+            data BLOB NOT NULL
+        )""",
+    ),
+    (
         """CREATE TABLE api_keys (
             key_id TEXT PRIMARY KEY,
             data BLOB NOT NULL
@@ -342,6 +348,22 @@ class SqliteStore(Store):
     def put_request(self, record: records_pb2.RequestRecord) -> None:
         key = _codec.request_key(record)
         self._write("INSERT OR REPLACE INTO requests (request_id, data) VALUES (?, ?)", (key, _codec.encode(record)))
+
+    # ---- deployment events --------------------------------------------------
+    def get_event_log(self, deployment_id: str) -> records_pb2.EventLogRecord | None:
+        row = self._query_one("SELECT data FROM event_logs WHERE deployment_id = ?", (deployment_id,))
+        if row is None:
+            return None
+        return _codec.decode(records_pb2.EventLogRecord, _blob(row[0]), what=f"events of deployment {deployment_id!r}")
+
+    def put_event_log(self, record: records_pb2.EventLogRecord) -> None:
+        key = _codec.event_log_key(record)
+        self._write(
+            "INSERT OR REPLACE INTO event_logs (deployment_id, data) VALUES (?, ?)", (key, _codec.encode(record))
+        )
+
+    def delete_event_log(self, deployment_id: str) -> bool:
+        return self._write("DELETE FROM event_logs WHERE deployment_id = ?", (deployment_id,)) > 0
 
     # ---- API keys -------------------------------------------------------------
     def put_api_key(self, record: records_pb2.ApiKeyRecord) -> None:

@@ -35,6 +35,8 @@ examples:
   modelfleet models upload model.onnx --model-id resnet
   modelfleet deployments start resnet --wait-for started --timeout 1m
   modelfleet infer resnet --input 'x=[[1,2,3,4]]'
+  modelfleet deployments update resnet --variant resnet:1=50 --variant resnet:2=50 --wait-for started
+  modelfleet deployments events resnet
 """
 
 

@@ -104,6 +104,16 @@ class RequestRecord(_message.Message):
     request_digest: str
     def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., response: _Optional[bytes] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_digest: _Optional[str] = ...) -> None: ...
 
+class EventLogRecord(_message.Message):
+    __slots__ = ("deployment_id", "events", "last_seq")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    events: _containers.RepeatedCompositeFieldContainer[_deployments_pb2.DeploymentEvent]
+    last_seq: int
+    def __init__(self, deployment_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_deployments_pb2.DeploymentEvent, _Mapping]]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
 class ApiKeyRecord(_message.Message):
     __slots__ = ("key_id", "user", "roles", "privileges", "name", "salt", "secret_hash", "hash_iterations", "created_at", "expires_at", "revoked_at", "created_by", "node_id")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
