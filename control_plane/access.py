@@ -115,6 +115,7 @@ METHOD_ACCESS: dict[str, Rule] = {
     f"{_V1}.Deployments/ListDeployments": needs(MONITOR),
     f"{_V1}.Deployments/GetDeploymentStats": needs(MONITOR),
     f"{_V1}.Deployments/WatchDeployment": needs(MONITOR),
+    f"{_V1}.Deployments/ListDeploymentEvents": needs(MONITOR),
     f"{_V1}.Nodes/ListNodes": needs(MONITOR),
     f"{_V1}.Nodes/GetNode": needs(MONITOR),
     f"{_V1}.Nodes/DrainNode": needs(MANAGE_NODES),

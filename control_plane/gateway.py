@@ -242,26 +242,34 @@ class Gateway:
         return random.choice([r for r in routes if self._inflight[r.allocation_id] == low])
 
     # ---- validation ----------------------------------------------------------------
-    def _model_specs(self, rec: records_pb2.DeploymentRecord, variant_name: str) -> tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]] | None:
-        variant = next((v for v in rec.spec.variants if v.name == variant_name), None)
-        if variant is None:
-            return None
-        key = (variant.model_id, variant.model_version)
-        specs = self._specs.get(key)
+    def _model_specs(self, model: tuple[str, int]) -> tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]] | None:
+        specs = self._specs.get(model)
         if specs is None:
-            model = self.store.get_model(variant.model_id, variant.model_version)
-            if model is None:
+            record = self.store.get_model(*model)
+            if record is None:
                 return None
             if len(self._specs) > 10_000:
                 self._specs.clear()
-            specs = self._specs[key] = v2check.model_specs(model)
+            specs = self._specs[model] = v2check.model_specs(record)
         return specs
 
-    def validate(self, request: bytes, rec: records_pb2.DeploymentRecord, variant: str) -> None:
-        """INVALID_ARGUMENT unless request fits the model of `variant` (see control_plane.v2check)."""
-        specs = self._model_specs(rec, variant)
+    def validate(self, request: bytes, model: tuple[str, int]) -> None:
+        """INVALID_ARGUMENT unless request fits `model` (model_id, version): see control_plane.v2check."""
+        specs = self._model_specs(model)
         if specs is not None:
             v2check.validate(v2check.parse_request(request), inputs=specs[0], outputs=specs[1])
+
+    def model_before_routing(self, rec: records_pb2.DeploymentRecord, version: str) -> tuple[str, int] | None:
+        """The model a call will reach when that is known before routing: the variant it
+        names, or the only one while no other (retiring) variant serves; else None."""
+        routes = self.reconciler.routes.get(rec.deployment_id, [])
+        if version:
+            named = next((v for v in rec.spec.variants if v.name == version), None)
+        elif len(rec.spec.variants) == 1 and all(r.variant == rec.spec.variants[0].name for r in routes):
+            named = rec.spec.variants[0]
+        else:
+            named = None
+        return (named.model_id, named.model_version) if named is not None else None
 
     def _call(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
         entry = self._channels.get(address)
@@ -287,11 +295,11 @@ class Gateway:
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name, version = scan_model_name(request)
         rec = self._record(name)
-        # Validate before routing when the variant is known (named, or the only one),
-        # so a bad request is refused even while no worker serves.
-        checked = version or (rec.spec.variants[0].name if len(rec.spec.variants) == 1 else "")
-        if checked:
-            self.validate(request, rec, checked)
+        # Validate before routing when the model is known, so a bad request is
+        # refused even while no worker serves; else once the route is chosen.
+        checked = self.model_before_routing(rec, version)
+        if checked is not None:
+            self.validate(request, checked)
         try:
             self._limit(rec)
         except errors.ResourceExhausted:
@@ -317,16 +325,22 @@ class Gateway:
             self.stats.count(rec.deployment_id, field)
 
     async def _forward(
-        self, rec: records_pb2.DeploymentRecord, version: str, request: bytes, context: grpc.aio.ServicerContext, *, checked: str
+        self,
+        rec: records_pb2.DeploymentRecord,
+        version: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext,
+        *,
+        checked: tuple[str, int] | None,
     ) -> bytes:
         """Send the call to a worker (retried once elsewhere if it was never accepted), validated
         against the routed variant's model unless it already was (`checked`)."""
         tried: set[str] = set()
         while True:
             route = self.pick(rec, version, exclude=frozenset(tried))
-            if route.variant != checked:
-                self.validate(request, rec, route.variant)
-                checked = route.variant
+            if route.model != checked:
+                self.validate(request, route.model)
+                checked = route.model
             self._inflight[route.allocation_id] += 1
             self._inflight_by_address[route.address] += 1
             metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None

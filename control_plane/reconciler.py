@@ -75,6 +75,7 @@ class Route:
     variant: str
     address: str
     token: str = ""  # the worker token the gateway presents ("" = auth off)
+    model: tuple[str, int] = ("", 0)  # (model_id, version) the worker serves: what requests are checked against
 
 
 def now_ts() -> timestamp_pb2.Timestamp:
@@ -514,7 +515,8 @@ class Reconciler:
                 and self.fleet.state(alloc.node_id) == Liveness.READY
             ):
                 routes.setdefault(alloc.deployment_id, []).append(
-                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address, alloc.spec.worker_token)
+                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address, alloc.spec.worker_token,
+                          (alloc.spec.model_id, alloc.spec.model_version))
                 )
         self.routes = routes
 
