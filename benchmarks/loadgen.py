@@ -60,7 +60,8 @@ async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
     options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(args.target, options=options) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        reply = pb.ModelInferResponse.FromString(await call(body, timeout=60))
+        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+        reply = pb.ModelInferResponse.FromString(await call(body, timeout=60, metadata=metadata))
         if not reply.raw_output_contents:
             raise SystemExit(f"unexpected reply: {reply}")
         start = time.perf_counter()
@@ -76,7 +77,7 @@ async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
                 if t0 >= stop_at:
                     return
                 try:
-                    await call(body, timeout=30)
+                    await call(body, timeout=30, metadata=metadata)
                 except grpc.aio.AioRpcError as exc:
                     errors[0] += 1
                     first_error[0] = first_error[0] or f"{exc.code().name}: {exc.details()}"
@@ -131,6 +132,7 @@ def main() -> None:
     p.add_argument("--target", default="")
     p.add_argument("--model", default="")
     p.add_argument("--onnx", default="")
+    p.add_argument("--token", default="", help="an API key, sent as authorization: Bearer")
     p.add_argument("--shape", type=lambda s: [int(d) for d in s.split(",")], required=True)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--model-threads", type=int, default=1)

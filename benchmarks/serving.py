@@ -16,7 +16,8 @@ each concurrency it measures, for a fixed duration after a warm-up:
 - direct:    a V2 client straight to a modelfleet worker process
              (`python -m node_agent.worker`, the agent's command line);
 - gateway:   the same client through the control plane's gateway, with a
-             real control plane, agent and worker started here;
+             real control plane (authentication on: the client presents an
+             API key), agent and worker started here;
 - batched:   direct and gateway again with dynamic batching on (`--paths`).
 
 Every server is started first; then, concurrency by concurrency, each path
@@ -49,6 +50,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import grpc  # noqa: E402
 
 import models  # noqa: E402
 
@@ -170,12 +173,30 @@ def direct_worker(args: argparse.Namespace, path: Path, name: str, workdir: Path
         procs.stop_all()
 
 
-@contextmanager
-def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path]) -> Iterator[str]:
-    """A control plane and one agent; every model deployed (and batched variants)."""
-    import grpc
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    """Adds `authorization: Bearer <token>` to every call."""
 
-    from modelfleet.v1 import common_pb2, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc
+    def __init__(self, token: str) -> None:
+        self._pair = ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or []), self._pair])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, request_iterator: Any) -> Any:
+        return continuation(self._details(details), request_iterator)
+
+
+@contextmanager
+def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path]) -> Iterator[tuple[str, str]]:
+    """A control plane (authentication on, as in production) and one agent with
+    its own key; every model deployed (and batched variants). Yields the
+    gateway's address and the admin key the load generator presents."""
+    from modelfleet.v1 import (
+        auth_pb2, auth_pb2_grpc, common_pb2, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
+    )  # fmt: skip
 
     procs = Procs(workdir)
     cp_dir = workdir / "cp"
@@ -186,9 +207,18 @@ def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path
                                        "--data-dir", str(cp_dir), "--log-level", "WARNING"])  # fmt: skip
     try:
         address = wait_file(cp_dir / "endpoint", cp, what="control plane")
-        procs.start("agent", [sys.executable, "-m", "node_agent.main", "--control-plane", address, "--data-dir",
-                              str(workdir / "agent"), "--cpus", "64", "--log-level", "WARNING"])  # fmt: skip
-        with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 128 << 20)]) as channel:
+        token = wait_file(cp_dir / "admin.key", cp, what="control plane's admin key")
+        plain = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 128 << 20)])
+        with grpc.intercept_channel(plain, _Bearer(token)) as channel:
+            agent_key = auth_pb2_grpc.AuthStub(channel).CreateApiKey(
+                auth_pb2.CreateApiKeyRequest(roles=["agent"], name="benchmark agent"), timeout=30
+            ).token
+            key_file = workdir / "agent.key"
+            key_file.write_text(agent_key + "\n")
+            key_file.chmod(0o600)
+            procs.start("agent", [sys.executable, "-m", "node_agent.main", "--control-plane", address, "--data-dir",
+                                  str(workdir / "agent"), "--cpus", "64", "--token-file", str(key_file),
+                                  "--log-level", "WARNING"])  # fmt: skip
             registry = models_pb2_grpc.ModelRegistryStub(channel)
             deployments = deployments_pb2_grpc.DeploymentsStub(channel)
             for name, path in model_paths.items():
@@ -223,7 +253,7 @@ def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path
                             if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
                                 raise
                             time.sleep(0.2)
-        yield address
+        yield address, token
     finally:
         procs.stop_all()
 
@@ -253,8 +283,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # every server up first, then the paths interleaved point by point, so that the
         # ratios at one concurrency compare figures taken within seconds of each other
         gateway = None
+        token = ""
         if {"gateway", "batched-gateway"} & paths:
-            gateway = stack.enter_context(cluster(args, workdir, model_paths))
+            gateway, token = stack.enter_context(cluster(args, workdir, model_paths))
         for model in args.models:
             path = model_paths[model]
             with contextlib.ExitStack() as servers:
@@ -283,7 +314,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                              model_threads=args.model_threads)  # fmt: skip
                         else:
                             address, name = targets[key]
-                            result = loadgen(args, "grpc", model, c, target=address, model=name)
+                            auth = {"token": token} if key.endswith("gateway") else {}
+                            result = loadgen(args, "grpc", model, c, target=address, model=name, **auth)
                         record(model, key, c, result)
     report["results"] = results
     report["machine_at_end"] = machine()

@@ -57,6 +57,7 @@ class AgentSession:
         self.outbox: asyncio.Queue[agent_pb2.ControlMessage | None] = asyncio.Queue()
         self.closed = False
         self.sent_digest: bytes | None = None  # the desired set last sent on this stream
+        self.key_id = ""  # the API key the agent authenticated with ("" = auth off)
 
     def send(self, message: agent_pb2.ControlMessage) -> None:
         if not self.closed:
@@ -158,7 +159,12 @@ class Fleet:
         for node_id, live in self._nodes.items():
             silent = now - live.last_message
             if live.state == Liveness.READY and silent > self.node_timeout:
+                # (the sweep itself was late, e.g. a busy loop) as below: a lost
+                # node's stream is closed, so its agent registers again
                 self._transition(node_id, Liveness.LOST)
+                if live.session is not None:
+                    live.session.close()
+                    live.session = None
             elif live.state == Liveness.READY and silent > SUSPECT_AFTER_HEARTBEATS * self.heartbeat_interval:
                 self._transition(node_id, Liveness.SUSPECT)
             elif live.state == Liveness.SUSPECT and now - min(live.since, live.last_message) > self.node_timeout:
@@ -178,6 +184,10 @@ class Fleet:
 
     def live(self, node_id: str) -> NodeLive | None:
         return self._nodes.get(node_id)
+
+    def sessions(self) -> list[AgentSession]:
+        """Every open agent stream."""
+        return [live.session for live in self._nodes.values() if live.session is not None]
 
     def session(self, node_id: str) -> AgentSession | None:
         live = self._nodes.get(node_id)

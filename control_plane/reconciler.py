@@ -3,12 +3,13 @@ what agents report.
 
 `reconcile()` is one tick. It is synchronous, never blocks and is safe to
 call at any time and as often as wanted: it reads the desired state from
-the store, places variants with the scheduler, writes the intent (new
-allocation records, allocations marked to stop) to the store *before*
-anything is sent, pushes every changed node its complete desired set with a
-new generation, derives allocation/deployment statuses and publishes changes
-to the hub. Agent reports (`observe`) only record observations and trigger a
-tick; they never command anything themselves.
+the store, plans each variant (control_plane.rollout, on top of the
+scheduler), writes the intent (new allocation records, allocations marked to
+stop) to the store *before* anything is sent, pushes every changed node its
+complete desired set with a new generation, derives allocation/deployment
+statuses and publishes changes to the hub. Agent reports (`observe`) only
+record observations and trigger a tick; they never command anything
+themselves.
 
 Allocation records (modelfleet.store.v1.AllocationRecord), one per variant
 per node, move through:
@@ -17,25 +18,37 @@ per node, move through:
     desired STOPPED (STOPPING) -> deleted once the agent, having applied a
         generation without it, no longer reports it, or the node is lost.
 
+An allocation never changes what it runs: an update that changes a
+variant's worker settings creates new allocations (new ids) and stops the
+old ones once the new ones are STARTED (make-before-break, see
+control_plane.rollout). Every routing-state change goes through
+`save_allocation` / `remove_allocation`, which record it as an event
+(control_plane.events); every status change is recorded by `_derive_status`.
+
 Routing for the gateway (`routes`) is rebuilt from the records after every
-tick: started allocations of running deployments on READY nodes only.
+tick: started allocations (desired RUNNING) of running deployments on READY
+nodes, old and new ones alike during a rolling update.
+
+With authentication on (`worker_tokens`), every new allocation's spec gets a
+random worker token: the agent hands it to the worker, and the gateway
+presents it with each call it forwards there (docs/security.md, "Workers").
+
+Auto stop compares the wall clock (`wall_clock`, injectable: tests move it)
+with start_time + auto_stop.
 
 Scale (docs/performance.md: 1,000 nodes x 1,000 deployments): a tick is
-*full* (`reconcile()`: periodic safety net, liveness changes, drain) or
-*scoped* (`reconcile(ids)`: what one event touched: a start or stop, a
-report, a registration), so nothing per event is O(nodes x deployments).
-A scoped tick reconciles, re-routes and pushes only the touched deployments
-and the nodes whose desired set changed. Node views are cached between
-ticks (placements update them in place; a freed allocation or a
-registration refreshes that node; a full tick rebuilds them). Placement
-(O(nodes) per variant) runs only when its inputs changed: the revision, the
-live nodes it runs on, or, for *open* variants (every eligible node, or
-fewer targets than instances), the placement epoch, which grows whenever
-capacity may have been freed or a node's eligibility changed. A settled
-fixed-instances variant keeps the not-chosen reasons of its last placement.
-
-Event-loop only; the store is synchronous and fast (SQLite WAL, behind the
-control plane's in-memory CachedStore).
+*full* (`reconcile()`: the periodic safety net, liveness changes, drain) or
+*scoped* (`reconcile(ids)`: what one event touched: a start, stop or
+update, a report, a registration), so nothing per event is O(nodes x
+deployments). A scoped tick reconciles, re-routes and pushes only those
+deployments and the nodes whose desired set changed; node views are cached
+(control_plane.nodeviews); a variant is planned again only when its inputs
+changed: its revision, its allocations, or, for *open* variants (every
+eligible node, or fewer targets than instances), the views' epoch. The
+periodic `tick()` covers due auto stops and open variants after the epoch
+moved, with a full tick when a node's liveness changed and every
+`full_every` seconds. Event-loop only; the store is synchronous and fast
+(SQLite WAL behind the control plane's in-memory CachedStore).
 """
 
 from __future__ import annotations
@@ -43,16 +56,20 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import secrets
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 
-from control_plane import scheduler, state
+from control_plane import rollout, scheduler, state
+from control_plane.events import EventLog
 from control_plane.fleet import Fleet, Liveness
 from control_plane.hub import ChangeHub
+from control_plane.nodeviews import NodeViews
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
@@ -73,6 +90,8 @@ class Route:
     node_id: str
     variant: str
     address: str
+    token: str = ""  # the worker token the gateway presents ("" = auth off)
+    model: tuple[str, int] = ("", 0)  # (model_id, version) the worker serves: what requests are checked against
 
 
 def now_ts() -> timestamp_pb2.Timestamp:
@@ -90,105 +109,112 @@ class Reconciler:
         hub: ChangeHub,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        worker_tokens: bool = False,
     ) -> None:
         self.store = store
+        self.worker_tokens = worker_tokens  # give every new allocation a secret for its worker
         self._wall_clock = wall_clock
         self.fleet = fleet
         self.hub = hub
         self._clock = clock
+        self.events = EventLog(store=store, hub=hub, now=self.now)
         # (deployment_id, variant) -> the last placement, for reasons shown to users
         self.placements: dict[tuple[str, str], scheduler.Placement] = {}
-        # (deployment_id, variant) -> (revision, nodes it ran on, epoch) its placement was computed for
-        self._placed_for: dict[tuple[str, str], tuple[int, frozenset[str], int]] = {}
-        self._open: set[str] = set()  # deployments with a variant that may take more nodes
-        self._epoch = 0  # grows when capacity may have been freed or a node's eligibility changed
-        self._fingerprint: int | None = None
-        self._views: dict[str, scheduler.NodeView] | None = None  # see the module docstring
-        self._auto_stop_at: dict[str, float] = {}  # running deployments with auto stop -> wall time it is due
-        self._fleet_version = -1  # Fleet.version at the last full tick
-        self._open_epoch = -1  # the epoch when tick() last retried the open variants
-        self._last_full = float("-inf")
-        self.full_every = FULL_TICK_EVERY_S
+        # deployment_id -> what its rolling update waits for ("" or absent: none)
+        self.rollouts: dict[str, str] = {}
         self.routes: dict[str, list[Route]] = {}
         self.last_duration_s = 0.0
         # called after every tick with (seconds, "full" | "scoped"); control_plane.metrics sets it
         self.on_tick: Callable[[float, str], None] | None = None
+        self.views = NodeViews(store=store, fleet=fleet)
+        self._planned: dict[tuple[str, str], _Planned] = {}  # (deployment_id, variant) -> its last quiet plan
+        self._open: set[str] = set()  # deployments with a variant that may take more nodes
+        self._auto_stop_at: dict[str, float] = {}  # running deployments with auto stop -> wall time it is due
+        self._fleet_version = -1  # Fleet.version at the last full tick
+        self._open_epoch = -1  # the views' epoch when tick() last retried the open variants
+        self._last_full = float("-inf")
+        self.full_every = FULL_TICK_EVERY_S
+
+    def now(self) -> timestamp_pb2.Timestamp:
+        """The control plane's wall clock as a Timestamp (start times, events)."""
+        ts = timestamp_pb2.Timestamp()
+        ts.FromNanoseconds(int(self._wall_clock() * 1e9))
+        return ts
+
+    def wall_time(self) -> float:
+        return self._wall_clock()
 
     # ---- inputs ----------------------------------------------------------------
     def model_for(self, variant: deployments_pb2.VariantSpec) -> models_pb2.Model | None:
         return self.store.get_model(variant.model_id, variant.model_version)
 
+    def template(self, deployment_id: str, variant: deployments_pb2.VariantSpec) -> agent_pb2.AllocationSpec | None:
+        """The AllocationSpec the variant's current settings produce (no id), or None if its model is gone."""
+        model = self.model_for(variant)
+        if model is None:
+            return None
+        return rollout.allocation_spec(deployment_id=deployment_id, variant=variant, model=model)
+
     def node_views(self) -> dict[str, scheduler.NodeView]:
-        """Capacity, usage and eligibility of every known node (a copy of the cache)."""
-        return dict(self._cached_views())
+        """Capacity, usage and eligibility of every known node (a copy of the cached views).
 
-    def _cached_views(self) -> dict[str, scheduler.NodeView]:
-        if self._views is None:
-            self._views = self._build_views()
-        return self._views
+        Usage counts every allocation that holds its node (all but FAILED
+        ones), by its own spec: old allocations of a rolling update included.
+        """
+        return dict(self.views.get())
 
-    def capacity_changed(self) -> None:
-        """Capacity may have been freed or a node changed: drop the cached views
-        and let open variants be placed again."""
-        self._views = None
-        self._epoch += 1
+    def forget(self, deployment_id: str) -> None:
+        """The deployment was deleted: drop what was kept in memory for it."""
+        self.rollouts.pop(deployment_id, None)
+        self._open.discard(deployment_id)
+        self._auto_stop_at.pop(deployment_id, None)
+        for key in [k for k in self.placements if k[0] == deployment_id]:
+            del self.placements[key]
+        for key in [k for k in self._planned if k[0] == deployment_id]:
+            del self._planned[key]
 
-    def _build_views(self) -> dict[str, scheduler.NodeView]:
-        deployments = {d.deployment_id: d for d in self.store.list_deployments()}
-        used: dict[str, list[float]] = {}
-        for alloc in self.store.list_allocations():
-            _add_usage(used, alloc, deployments)
-        return {node.info.node_id: self._view(node, used) for node in self.store.list_nodes()}
+    # ---- allocation records (the one place routing states change) --------------
+    def save_allocation(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
+        """Write alloc; record an event if its routing state differs from before."""
+        if before != alloc.routing_state and not state.check_route_transition(before, alloc.routing_state):
+            log.warning(
+                "allocation %s: unexpected routing transition %s -> %s",
+                alloc.allocation_id,
+                RS.RoutingState.Name(before),
+                RS.RoutingState.Name(alloc.routing_state),
+            )
+        self.store.put_allocation(alloc)
+        if before != alloc.routing_state:
+            self.events.routing(alloc, old=before, new=alloc.routing_state, reason=alloc.reason)
+            if alloc.routing_state == RS.ROUTING_STATE_FAILED:
+                self.views.refresh(alloc.node_id)  # a failed worker holds nothing
 
-    def _view(self, node: records_pb2.NodeRecord, used: dict[str, list[float]]) -> scheduler.NodeView:
-        node_id = node.info.node_id
-        liveness = self.fleet.state(node_id)
-        u = used.get(node_id, [0.0, 0, 0])
-        return scheduler.NodeView(
-            node_id=node_id,
-            cpus=node.info.capacity.cpus,
-            memory_bytes=node.info.capacity.memory_bytes,
-            gpus=node.info.capacity.gpus,
-            labels=dict(node.info.labels),
-            # a suspect node keeps what it has but gets nothing new
-            ready=liveness != Liveness.LOST,
-            schedulable=node.schedulable and liveness == Liveness.READY,
-            used_cpus=u[0],
-            used_memory=int(u[1]),
-            used_gpus=int(u[2]),
-        )
+    def remove_allocation(self, alloc: records_pb2.AllocationRecord, *, reason: str) -> None:
+        """Delete alloc (nothing runs any more); record STOPPED unless it already was."""
+        self.store.delete_allocation(alloc.allocation_id)
+        self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
+        self.views.refresh(alloc.node_id)  # capacity freed
+        if alloc.routing_state != RS.ROUTING_STATE_STOPPED:
+            self.events.routing(alloc, old=alloc.routing_state, new=RS.ROUTING_STATE_STOPPED, reason=reason)
 
-    def _refresh_view(self, node_id: str) -> None:
-        """Recompute one node's cached view (its record, liveness and usage): O(its allocations)."""
-        self._epoch += 1  # it may have gained capacity or eligibility
-        if self._views is None:
-            return
-        node = self.store.get_node(node_id)
-        if node is None:
-            self._views.pop(node_id, None)
-            return
-        used: dict[str, list[float]] = {}
-        records: dict[str, records_pb2.DeploymentRecord | None] = {}
-        for alloc in self.store.list_allocations(node_id=node_id):
-            if alloc.deployment_id not in records:
-                records[alloc.deployment_id] = self.store.get_deployment(alloc.deployment_id)
-            _add_usage(used, alloc, records)
-        self._views[node_id] = self._view(node, used)
+    def _route(self, alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
+        """Set alloc's route and save it (with its event). True if it changed."""
+        before = alloc.routing_state
+        if not _set_route(alloc, routing_state, reason):
+            return False
+        self.save_allocation(alloc, before=before)
+        return True
 
     # ---- the tick ----------------------------------------------------------------
     def tick(self) -> None:
-        """The periodic loop's step: a full tick when a node's liveness changed
-        (Fleet.version) or every `full_every` seconds, else a scoped tick over
-        what time alone can change: open variants (waiting for capacity) and
-        deployments whose auto stop is due."""
-        now = self._clock()
-        if self.fleet.version != self._fleet_version or now - self._last_full >= self.full_every:
+        """The periodic loop's step (see the module docstring)."""
+        if self.fleet.version != self._fleet_version or self._clock() - self._last_full >= self.full_every:
             self.reconcile()
             return
         wall = self._wall_clock()
         due = {d for d, at in self._auto_stop_at.items() if wall >= at}
-        retry = self._open if self._epoch != self._open_epoch else set()  # only if something may fit now
-        self._open_epoch = self._epoch
+        retry = self._open if self.views.epoch != self._open_epoch else set()
+        self._open_epoch = self.views.epoch
         if due or retry:
             self.reconcile(due | retry)
 
@@ -197,34 +223,19 @@ class Reconciler:
         started = time.perf_counter()
         full = deployment_ids is None
         if full:
-            self._fleet_version = self.fleet.version
-            self._last_full = self._clock()
-            views = self._views = self._build_views()
-            fingerprint = hash(
-                tuple((v.node_id, v.ready, v.schedulable, v.cpus, v.memory_bytes, v.gpus, tuple(sorted(v.labels.items())))
-                      for v in views.values())
-            )  # fmt: skip
-            if fingerprint != self._fingerprint:
-                self._fingerprint = fingerprint
-                self._epoch += 1
+            self._fleet_version, self._last_full = self.fleet.version, self._clock()
+            views = self.views.rebuild()
             records = self.store.list_deployments()
             wanted = {r.deployment_id for r in records}
         else:
-            views = self._cached_views()
+            views = self.views.get()
             wanted = set(deployment_ids or ())
-            records = []
-            for deployment_id in sorted(wanted):
-                rec = self.store.get_deployment(deployment_id)
-                if rec is not None:
-                    records.append(rec)
-                else:  # deleted: forget what was kept for it
-                    self._open.discard(deployment_id)
-                    self._auto_stop_at.pop(deployment_id, None)
+            records = [r for r in map(self.store.get_deployment, sorted(wanted)) if r is not None]
         dirty_nodes: set[str] = set()
         notify: list[str] = []
-        # One commit for the whole tick, and only then is anything pushed (intent is durable
-        # before agents act on it). A deployment whose reconcile raises keeps the writes it
-        # made before the error (the store joins nested blocks); the next tick converges it.
+        # One commit for the tick, and only then is anything pushed (intent is durable before
+        # agents act on it). A deployment whose reconcile raises keeps the writes it made
+        # before the error (the store joins nested blocks); the next tick converges it.
         with self.store.transaction():
             for rec in records:
                 mine: set[str] = set()
@@ -246,6 +257,20 @@ class Reconciler:
         if self.on_tick is not None:
             self.on_tick(self.last_duration_s, "full" if full else "scoped")
 
+    def _auto_stop(self, rec: records_pb2.DeploymentRecord) -> None:
+        if rec.desired != RUNNING or not rec.spec.HasField("auto_stop") or not rec.HasField("start_time"):
+            return
+        if self._wall_clock() < rec.start_time.seconds + rec.spec.auto_stop.seconds:
+            return
+        hours = rec.spec.auto_stop.seconds / 3600
+        rec.desired = STOPPED
+        rec.stop_reason = "auto stop"
+        rec.revision += 1
+        with self.store.transaction():
+            self.store.put_deployment(rec)
+            self.events.spec(rec.deployment_id, revision=rec.revision, reason=f"auto stop: {hours:g} h after the start")
+        log.info("deployment %s: auto stop after %g h", rec.deployment_id, hours)
+
     def _reconcile_deployment(
         self,
         rec: records_pb2.DeploymentRecord,
@@ -253,70 +278,84 @@ class Reconciler:
         dirty_nodes: set[str],
     ) -> None:
         self._auto_stop_at.pop(rec.deployment_id, None)
+        self._auto_stop(rec)
         if rec.desired == RUNNING and rec.spec.HasField("auto_stop") and rec.HasField("start_time"):
             self._auto_stop_at[rec.deployment_id] = rec.start_time.seconds + rec.spec.auto_stop.seconds
-            if self._wall_clock() >= rec.start_time.seconds + rec.spec.auto_stop.seconds:
-                self._auto_stop_at.pop(rec.deployment_id, None)
-                rec.desired = STOPPED
-                rec.stop_reason = "auto stop"
-                rec.revision += 1
-                self.store.put_deployment(rec)
-                log.info("deployment %s: auto stop after %ds", rec.deployment_id, rec.spec.auto_stop.seconds)
+        self._open.discard(rec.deployment_id)  # _place_variant adds it back while a variant is open
         allocs = self.store.list_allocations(deployment_id=rec.deployment_id)
         names = {v.name for v in rec.spec.variants}
-        self._open.discard(rec.deployment_id)  # _place_variant adds it back while a variant is open
+        reasons: list[str] = []
         with self.store.transaction():
-            for alloc in allocs:
-                if alloc.desired == RUNNING and (rec.desired == STOPPED or alloc.variant not in names):
-                    self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")
-                elif alloc.desired == STOPPED and rec.desired == STOPPED and self.fleet.state(alloc.node_id) == Liveness.LOST:
-                    self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")  # nobody left to confirm
-            if rec.desired == RUNNING:
+            if rec.desired == STOPPED:
+                for alloc in allocs:
+                    if alloc.desired == RUNNING:
+                        self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")
+                    elif self.fleet.state(alloc.node_id) == Liveness.LOST:
+                        self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")  # nobody left to confirm
+            else:
+                progress: list[rollout.Progress] = []
                 for variant in rec.spec.variants:
-                    mine = [a for a in allocs if a.variant == variant.name and a.desired == RUNNING]
-                    self._place_variant(rec, variant, mine, views, dirty_nodes)
+                    plan, prog = self._place_variant(rec, variant, allocs, views, dirty_nodes)
+                    progress.append(prog)
+                    if plan is not None and plan.rollout:
+                        reasons.append(plan.rollout)
+                retiring = [a for a in allocs if a.desired == RUNNING and a.variant not in names]
+                if retiring:
+                    if rollout.ready_to_retire(progress):
+                        for alloc in retiring:
+                            self._stop_allocation(alloc, dirty_nodes, reason="variant removed by an update")
+                    else:
+                        for alloc in retiring:
+                            if self.fleet.state(alloc.node_id) == Liveness.LOST:
+                                self._stop_allocation(alloc, dirty_nodes, reason="variant removed by an update")
+                        gone = ", ".join(sorted({repr(a.variant) for a in retiring}))
+                        reasons.append(f"removed variant(s) {gone} keep serving until the remaining variants have started")
+        self.rollouts[rec.deployment_id] = "; ".join(reasons)
         self._derive_status(rec.deployment_id)
 
     def _place_variant(
         self,
         rec: records_pb2.DeploymentRecord,
         variant: deployments_pb2.VariantSpec,
-        running: list[records_pb2.AllocationRecord],
+        allocs: list[records_pb2.AllocationRecord],
         views: dict[str, scheduler.NodeView],
         dirty_nodes: set[str],
-    ) -> None:
+    ) -> tuple[rollout.VariantPlan | None, rollout.Progress]:
         model = self.model_for(variant)
         if model is None:
             log.error("deployment %s: model %s v%d is gone", rec.deployment_id, variant.model_id, variant.model_version)
-            return
+            return None, rollout.Progress(weight=variant.weight, started=0, starting=0)
+        mine = [a for a in allocs if a.variant == variant.name]
         key = (rec.deployment_id, variant.name)
-        current = {a.node_id for a in running if self.fleet.state(a.node_id) != Liveness.LOST}
-        previous = self.placements.get(key)
-        placed_for = self._placed_for.get(key)
-        is_open = previous is None or variant.instances == 0 or len(previous.targets) < variant.instances
-        if (
-            previous is not None
-            and placed_for is not None
-            and placed_for[:2] == (rec.revision, frozenset(current))
-            and set(previous.targets) == current
-            and (not is_open or placed_for[2] == self._epoch)
-            and len(running) == len(current)
-        ):
-            if is_open:
+        lost = {a.node_id for a in mine if self.fleet.state(a.node_id) == Liveness.LOST}
+        inputs = (rec.revision, tuple((a.allocation_id, a.node_id, a.desired, a.routing_state, a.node_id in lost) for a in mine))
+        done = self._planned.get(key)
+        if done is not None and done.inputs == inputs and (not _is_open(variant, done.plan) or done.epoch == self.views.epoch):
+            if _is_open(variant, done.plan):
                 self._open.add(rec.deployment_id)
-            return  # settled: nothing placement depends on has changed
+            return done.plan, done.progress  # nothing it depends on changed (see the module docstring)
+        template = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model)
         demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
-        placement = scheduler.place(demand, list(views.values()), current=current)
-        self.placements[key] = placement
-        self._placed_for[key] = (rec.revision, frozenset(placement.targets), self._epoch)
-        if variant.instances == 0 or len(placement.targets) < variant.instances:
-            self._open.add(rec.deployment_id)
-        targets = set(placement.targets)
-        for node_id in placement.targets:
-            if node_id in current:
-                continue
+        running = [a for a in mine if a.desired == RUNNING]
+        members = [_member(a, fresh=rollout.is_fresh(a.spec, template), lost=self.fleet.state(a.node_id) == Liveness.LOST) for a in running]
+        draining = [
+            a for a in mine
+            if a.desired == STOPPED and a.routing_state != RS.ROUTING_STATE_FAILED
+            and self.fleet.state(a.node_id) != Liveness.LOST
+        ]  # fmt: skip
+        plan = rollout.plan_variant(
+            demand,
+            list(views.values()),
+            members,
+            draining=len(draining),
+            draining_stale=sum(1 for a in draining if not rollout.is_fresh(a.spec, template)),
+            name=variant.name,
+        )
+        self.placements[(rec.deployment_id, variant.name)] = plan.placement
+        targets = set(plan.placement.targets)
+        for node_id in plan.start_on:
             alloc = self._new_allocation(rec, variant, model, node_id)
-            self.store.put_allocation(alloc)
+            self.save_allocation(alloc, before=RS.ROUTING_STATE_UNSPECIFIED)
             dirty_nodes.add(node_id)
             view = views[node_id]
             views[node_id] = dataclasses.replace(
@@ -325,20 +364,36 @@ class Reconciler:
                 used_memory=view.used_memory + demand.memory_bytes,
                 used_gpus=view.used_gpus + demand.gpus,
             )
-        for alloc in running:
-            if alloc.node_id in targets:
-                continue
-            if self.fleet.state(alloc.node_id) == Liveness.LOST:
+        for alloc, member in zip(running, members):
+            reason = plan.stop.get(alloc.allocation_id)
+            if reason is not None:
+                self._stop_allocation(alloc, dirty_nodes, reason=reason)
+            elif member.lost and alloc.node_id not in targets:
+                before = alloc.routing_state
                 changed = _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
-                if variant.instances > 0:
+                if variant.instances > 0 or not member.fresh:
                     # replaced elsewhere; the lost node stops it when it returns
                     alloc.desired = STOPPED
                     changed = True
                 if changed:
-                    self.store.put_allocation(alloc)
-                    self.capacity_changed()
-            else:
-                self._stop_allocation(alloc, dirty_nodes, reason="no longer a target")
+                    self.save_allocation(alloc, before=before)
+        fresh = [m for m in members if m.fresh and not m.lost and m.allocation_id not in plan.stop]
+        progress = rollout.Progress(
+            weight=variant.weight,
+            started=sum(1 for m in fresh if m.routing_state == RS.ROUTING_STATE_STARTED),
+            starting=sum(1 for m in fresh if m.routing_state == RS.ROUTING_STATE_STARTING) + len(plan.start_on),
+            also_serving=sum(
+                1 for m in members
+                if not m.fresh and not m.lost and m.routing_state == RS.ROUTING_STATE_STARTED and m.allocation_id not in plan.stop
+            ),
+        )  # fmt: skip
+        if _is_open(variant, plan):
+            self._open.add(rec.deployment_id)
+        if not plan.start_on and not plan.stop and not lost:
+            self._planned[key] = _Planned(inputs, plan, progress, self.views.epoch)
+        else:
+            self._planned.pop(key, None)  # it acted: plan again next time
+        return plan, progress
 
     def _new_allocation(
         self,
@@ -348,25 +403,9 @@ class Reconciler:
         node_id: str,
     ) -> records_pb2.AllocationRecord:
         allocation_id = f"{rec.deployment_id}-{uuid.uuid4().hex[:10]}"
-        spec = agent_pb2.AllocationSpec(
-            allocation_id=allocation_id,
-            deployment_id=rec.deployment_id,
-            variant=variant.name,
-            model_id=model.model_id,
-            model_version=model.version,
-            model_sha256=model.sha256,
-            model_bytes=model.model_bytes,
-            format=model.format,
-            inference_threads=variant.inference_threads,
-            model_threads=variant.model_threads,
-            queue_capacity=variant.queue_capacity,
-            env=dict(variant.env),
-            resources=variant.resources,
-            max_batch_size=variant.max_batch_size,
-            max_queue_delay_us=variant.max_queue_delay_us,
-            inputs=model.inputs,
-            outputs=model.outputs,
-        )
+        spec = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model, allocation_id=allocation_id)
+        if self.worker_tokens:
+            spec.worker_token = secrets.token_urlsafe(32)
         return records_pb2.AllocationRecord(
             allocation_id=allocation_id,
             deployment_id=rec.deployment_id,
@@ -374,21 +413,20 @@ class Reconciler:
             node_id=node_id,
             desired=RUNNING,
             routing_state=RS.ROUTING_STATE_STARTING,
-            reason="",
+            reason="placed on the node",
             created_at=now_ts(),
             spec=spec,
         )
 
     def _stop_allocation(self, alloc: records_pb2.AllocationRecord, dirty_nodes: set[str], *, reason: str) -> None:
         if self.fleet.state(alloc.node_id) == Liveness.LOST:
-            self.store.delete_allocation(alloc.allocation_id)
-            self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
-            self.capacity_changed()
+            self.remove_allocation(alloc, reason=f"{reason} (node lost)")
             return
+        before = alloc.routing_state
         alloc.desired = STOPPED
         if alloc.routing_state != RS.ROUTING_STATE_FAILED:
             _set_route(alloc, RS.ROUTING_STATE_STOPPING, reason)
-        self.store.put_allocation(alloc)
+        self.save_allocation(alloc, before=before)
         dirty_nodes.add(alloc.node_id)
 
     # ---- statuses -----------------------------------------------------------------
@@ -397,33 +435,64 @@ class Reconciler:
         if rec is None:
             return
         allocs = self.store.list_allocations(deployment_id=deployment_id)
+        names = {v.name for v in rec.spec.variants}
         views: list[state.VariantView] = []
         waiting: list[str] = []
         failures: list[str] = []
+        also_serving = 0
         for variant in rec.spec.variants:
             mine = [a for a in allocs if a.variant == variant.name]
+            template = self.template(deployment_id, variant)
+            fresh = [a for a in mine if a.desired == RUNNING and (template is None or rollout.is_fresh(a.spec, template))]
+            stale = [a for a in mine if a.desired == RUNNING and a not in fresh]
+            old_serving = sum(1 for a in stale if a.routing_state == RS.ROUTING_STATE_STARTED)
+            also_serving += old_serving
             placement = self.placements.get((deployment_id, variant.name))
-            routes = [a.routing_state for a in mine if a.desired == RUNNING]
+            routes = [a.routing_state for a in fresh]
             view = state.variant_view(routes, target_count=len(placement.targets) if placement else 0, instances=variant.instances, name=variant.name)
-            views.append(dataclasses.replace(view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED)))
-            failures += [a.reason for a in mine if a.routing_state == RS.ROUTING_STATE_FAILED]
-            if placement and not placement.targets:
+            views.append(dataclasses.replace(
+                view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED), replacing=old_serving
+            ))
+            failures += [a.reason for a in fresh if a.routing_state == RS.ROUTING_STATE_FAILED]
+            if placement and not placement.targets and not stale:
                 waiting.append(placement.shortfall or _summarize(placement.not_chosen))
-        ever_served = rec.ever_served or any(v.started for v in views)
+        retiring = [a for a in allocs if a.variant not in names]
+        also_serving += sum(1 for a in retiring if a.desired == RUNNING and a.routing_state == RS.ROUTING_STATE_STARTED)
+        stopping_elsewhere = sum(1 for a in retiring if a.routing_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED, RS.ROUTING_STATE_STOPPING))
+        if stopping_elsewhere and views:
+            views[0] = dataclasses.replace(views[0], stopping=views[0].stopping + stopping_elsewhere)
+        ever_served = rec.ever_served or any(v.started for v in views) or also_serving > 0
+        waiting_reason = ("waiting for capacity: " + "; ".join(waiting)) if waiting else ""
+        rollout_reason = self.rollouts.get(deployment_id, "")
+        if rollout_reason and not waiting_reason:
+            waiting_reason = "rolling update: " + rollout_reason
         status, reason = state.deployment_status(
             desired=rec.desired,
             variants=views,
             ever_served=ever_served,
-            waiting_reason=("waiting for capacity: " + "; ".join(waiting)) if waiting else "",
+            waiting_reason=waiting_reason,
             failure_reasons=failures,
+            also_serving=also_serving,
+            rolling=bool(rollout_reason),
         )
         if rec.desired == STOPPED and rec.stop_reason and status == common_pb2.DEPLOYMENT_STATUS_STOPPED:
             reason = rec.stop_reason
         if (status, reason, ever_served) != (rec.status, rec.status_reason, rec.ever_served):
+            old = rec.status
             rec.status, rec.status_reason, rec.ever_served = status, reason, ever_served
             if status == common_pb2.DEPLOYMENT_STATUS_STOPPED and not rec.HasField("stopped_at"):
-                rec.stopped_at.CopyFrom(now_ts())
-            self.store.put_deployment(rec)
+                rec.stopped_at.CopyFrom(self.now())
+            with self.store.transaction():
+                self.store.put_deployment(rec)
+                if old != status:
+                    if not state.check_status_transition(old, status):
+                        log.warning(
+                            "deployment %s: unexpected status transition %s -> %s",
+                            deployment_id,
+                            common_pb2.DeploymentStatus.Name(old),
+                            common_pb2.DeploymentStatus.Name(status),
+                        )
+                    self.events.status(deployment_id, old=old, new=status, reason=reason)
             self.hub.notify(deployment_id)
 
     # ---- agents -----------------------------------------------------------------------
@@ -462,33 +531,32 @@ class Reconciler:
         caught_up = full_registration or (node is not None and applied_generation >= node.generation)
         by_id = {r.allocation_id: r for r in reports}
         touched: set[str] = set()
-        freed = False
+        epoch = self.views.epoch
         with self.store.transaction():
             for alloc in self.store.list_allocations(node_id=node_id):
                 report = by_id.pop(alloc.allocation_id, None)
-                was_failed = alloc.routing_state == RS.ROUTING_STATE_FAILED
                 if alloc.desired == STOPPED and caught_up and (report is None or report.routing_state in _DONE):
                     # the agent applied the stop and nothing runs any more
-                    self.store.delete_allocation(alloc.allocation_id)
-                    self.fleet.forget_stats(node_id, alloc.allocation_id)
+                    reason = "worker stopped" if report is None or not report.reason else report.reason
+                    self.remove_allocation(alloc, reason=reason)
                     touched.add(alloc.deployment_id)
-                    freed = True
-                elif _apply_report(alloc, report, registration=full_registration):
-                    self.store.put_allocation(alloc)
+                    continue
+                before = alloc.routing_state
+                if _apply_report(alloc, report, registration=full_registration):
+                    self.save_allocation(alloc, before=before)
                     touched.add(alloc.deployment_id)
-                    freed |= not was_failed and alloc.routing_state == RS.ROUTING_STATE_FAILED
         for stale in by_id:
             log.info("node %s reports allocation %s that is not its own; ignored", node_id, stale)
-        if freed or full_registration:
-            # capacity was freed, or the node is new or changed: open variants may take it
-            self._refresh_view(node_id)
         if full_registration:
-            # reconcile what runs there and what may take it, and send it its desired set
+            # the node may be new or changed: reconcile what runs there and what may take it,
+            # and send it its desired set
+            self.views.refresh(node_id)
             on_node = {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}
             self.reconcile(touched | on_node | self._open)
             self.push(node_id)
         elif touched:
-            self.reconcile(touched | self._open if freed else touched)  # freed capacity: open variants may fit
+            freed = self.views.epoch != epoch  # a deletion or a failure: open variants may fit now
+            self.reconcile(touched | self._open if freed else touched)
         for deployment_id in touched:
             self.hub.notify(deployment_id)
 
@@ -496,7 +564,7 @@ class Reconciler:
         affected = {a.deployment_id for n in node_ids for a in self.store.list_allocations(node_id=n)}
         for node_id in node_ids:
             log.warning("node %s is now %s", node_id, self.fleet.state(node_id).value)
-        self.capacity_changed()
+        self.views.invalidate()
         self.reconcile()
         for deployment_id in affected:
             self.hub.notify(deployment_id)
@@ -509,13 +577,8 @@ class Reconciler:
             allocs = self.store.list_allocations()
             routes: dict[str, list[Route]] = {}
         else:
-            running = set()
-            allocs = []
-            for deployment_id in deployment_ids:
-                rec = self.store.get_deployment(deployment_id)
-                if rec is not None and rec.desired == RUNNING:
-                    running.add(deployment_id)
-                    allocs += self.store.list_allocations(deployment_id=deployment_id)
+            running = {d for d in deployment_ids if (r := self.store.get_deployment(d)) and r.desired == RUNNING}
+            allocs = [a for d in running for a in self.store.list_allocations(deployment_id=d)]
             routes = {k: v for k, v in self.routes.items() if k not in deployment_ids}
         for alloc in allocs:
             if (
@@ -526,35 +589,38 @@ class Reconciler:
                 and self.fleet.state(alloc.node_id) == Liveness.READY
             ):
                 routes.setdefault(alloc.deployment_id, []).append(
-                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address)
+                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address, alloc.spec.worker_token,
+                          (alloc.spec.model_id, alloc.spec.model_version))
                 )
         self.routes = routes
 
 
-def _variant(rec: records_pb2.DeploymentRecord, name: str) -> deployments_pb2.VariantSpec | None:
-    for variant in rec.spec.variants:
-        if variant.name == name:
-            return variant
-    return None
+class _Planned(NamedTuple):
+    """A plan that changed nothing, and what it was computed from."""
+
+    inputs: object  # the revision and (id, node, desired, routing state, lost) of each allocation
+    plan: rollout.VariantPlan
+    progress: rollout.Progress
+    epoch: int  # the node views' epoch (open variants are planned again when it moves)
 
 
-def _add_usage(
-    used: dict[str, list[float]],
-    alloc: records_pb2.AllocationRecord,
-    deployments: Mapping[str, records_pb2.DeploymentRecord | None],
-) -> None:
-    """Count what `alloc` holds on its node into used[node] = [cpus, memory, gpus]."""
-    if alloc.routing_state == RS.ROUTING_STATE_FAILED:
-        return  # a failed worker holds nothing
-    rec = deployments.get(alloc.deployment_id)
-    variant = _variant(rec, alloc.variant) if rec else None
-    if variant is None:
-        return
-    demand = scheduler.demand_for(variant, model_bytes=alloc.spec.model_bytes)
-    u = used.setdefault(alloc.node_id, [0.0, 0, 0])
-    u[0] += demand.cpus
-    u[1] += demand.memory_bytes
-    u[2] += demand.gpus
+def _is_open(variant: deployments_pb2.VariantSpec, plan: rollout.VariantPlan) -> bool:
+    """The variant may take more nodes: every eligible node, or fewer targets than instances."""
+    return variant.instances == 0 or len(plan.placement.targets) < variant.instances
+
+
+def _member(alloc: records_pb2.AllocationRecord, *, fresh: bool, lost: bool) -> rollout.Member:
+    used = scheduler.demand_of_allocation(alloc.spec)
+    return rollout.Member(
+        allocation_id=alloc.allocation_id,
+        node_id=alloc.node_id,
+        routing_state=alloc.routing_state,
+        fresh=fresh,
+        lost=lost,
+        used_cpus=0.0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.cpus,
+        used_memory=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.memory_bytes,
+        used_gpus=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.gpus,
+    )
 
 
 def _set_route(alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
@@ -587,7 +653,10 @@ def _apply_report(
     if alloc.desired == STOPPED and new_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED):
         new_state = RS.ROUTING_STATE_STOPPING
     if new_state != RS.ROUTING_STATE_UNSPECIFIED:
-        changed |= _set_route(alloc, new_state, report.reason)
+        reason = report.reason
+        if alloc.desired == STOPPED and new_state == RS.ROUTING_STATE_STOPPING and alloc.reason:
+            reason = alloc.reason  # the control plane's reason for the stop says more than "stopping"
+        changed |= _set_route(alloc, new_state, reason)
     if report.worker_address != alloc.worker_address:
         alloc.worker_address = report.worker_address
         changed = True

@@ -271,11 +271,20 @@ def test_cli_batching_flags_become_a_variant_and_worker_flags(tmp_path: Path) ->
     ])  # fmt: skip
     req, _ = cmd_deployments.build_spec(args)
     req.model_id = args.model_id
-    cmd_deployments.as_variant(req)
-    variant = req.variants[0]
+    cmd_deployments.add_batching(req, args)
+    (variant,) = req.variants
     assert (req.model_id, req.model_threads, req.queue_capacity, dict(req.env)) == ("", 0, 0, {})
     assert (variant.model_id, variant.weight, variant.model_threads, variant.queue_capacity) == ("mlp", 100, 2, 64)
-    assert dict(variant.env) == {"A": "1"} and args.max_batch_size == 32 and args.max_queue_delay == pytest.approx(5e-4)
+    assert dict(variant.env) == {"A": "1"}
+    assert (variant.max_batch_size, variant.max_queue_delay_us) == (32, 500)
+    # with --variant, every variant batches
+    args = build_parser().parse_args([
+        "deployments", "start", "--variant", "mlp:1=60", "--variant", "mlp:2=40", "--max-batch-size", "8",
+    ])  # fmt: skip
+    req, _ = cmd_deployments.build_spec(args)
+    cmd_deployments.add_batching(req, args)
+    assert [(v.model_version, v.weight, v.max_batch_size, v.max_queue_delay_us) for v in req.variants] == [
+        (1, 60, 8, 0), (2, 40, 8, 0)]  # fmt: skip
 
     spec = agent_pb2.AllocationSpec(
         allocation_id="mlp-1", deployment_id="mlp", variant="v1", format=common_pb2.MODEL_FORMAT_ONNX,

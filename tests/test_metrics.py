@@ -71,7 +71,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def cli(c: Cluster, *argv: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "MODELFLEET_ADDR": c.addr, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "MODELFLEET_ADDR": c.addr, "MODELFLEET_TOKEN": c.token, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-m", "modelfleet.cli", *argv], capture_output=True, text=True, env=env,
                           timeout=120, cwd=ROOT)  # fmt: skip
 
@@ -97,15 +97,16 @@ def test_agent_and_control_plane_metrics_after_batched_gateway_traffic(fleet: Cl
     with ThreadPoolExecutor(4) as pool:
         replies = list(pool.map(lambda x: infer(c, "m-add", x), rows))
     assert all(isinstance(r, v2.ModelInferResponse) for r in replies), replies
-    assert infer(c, "m-add", rows[0], raw=b"\0" * 3) == grpc.StatusCode.INVALID_ARGUMENT  # relayed from the worker
+    assert infer(c, "m-add", rows[0], raw=b"\0" * 3) == grpc.StatusCode.INVALID_ARGUMENT  # the gateway validates
     assert infer(c, "no-such-deployment", rows[0]) == grpc.StatusCode.NOT_FOUND
-    # a traffic limit (read by the gateway from its record cache, refreshed on update): the burst is one call
+    # a traffic limit (read by the gateway from its record cache, refreshed on update): the burst is two calls
     update = deployments_pb2.UpdateDeploymentRequest(deployment_id="m-add", spec=deployments_pb2.StartDeploymentRequest(
         traffic_limit_qps=0.001))  # fmt: skip
     update.update_mask.paths.append("traffic_limit_qps")
     c.deployments.UpdateDeployment(update, timeout=30)
-    outcomes = [infer(c, "m-add", np.ones((4, 4), np.float32)) for _ in range(2)]
-    assert isinstance(outcomes[0], v2.ModelInferResponse) and outcomes[1] == grpc.StatusCode.RESOURCE_EXHAUSTED
+    outcomes = [infer(c, "m-add", np.ones((4, 4), np.float32)) for _ in range(3)]
+    assert all(isinstance(o, v2.ModelInferResponse) for o in outcomes[:2]), outcomes
+    assert outcomes[2] == grpc.StatusCode.RESOURCE_EXHAUSTED
 
     agent = scrape(c.root / "node-m" / "metrics_endpoint")
     mine = {"deployment": "m-add", "node": node}
@@ -113,16 +114,16 @@ def test_agent_and_control_plane_metrics_after_batched_gateway_traffic(fleet: Cl
     assert value(agent, "modelfleet_allocation_routing_state", state="FAILED", **mine) == 0
     assert value(agent, "modelfleet_agent_connected", node=node) == 1
     # federated from the worker, labelled with node and allocation
-    assert value(agent, "modelfleet_worker_requests_total", status="OK", **mine) == 5
-    assert value(agent, "modelfleet_worker_requests_total", status="INVALID_ARGUMENT", **mine) == 1
+    assert value(agent, "modelfleet_worker_requests_total", status="OK", **mine) == 6
+    assert value(agent, "modelfleet_worker_requests_total", status="INVALID_ARGUMENT", **mine) == 0  # never sent
     assert value(agent, "modelfleet_worker_rejected_total", reason="queue_full", **mine) == 0
     assert value(agent, "modelfleet_worker_timeouts_total", **mine) == 0
-    assert value(agent, "modelfleet_worker_batch_size_count", **mine) == 2  # the batch of 4, then the 4-row call
-    assert value(agent, "modelfleet_worker_batch_size_bucket", le="2.0", **mine) == 1  # the lone 4-row call ran as 1
-    assert value(agent, "modelfleet_worker_batch_size_bucket", le="4.0", **mine) == 2
+    assert value(agent, "modelfleet_worker_batch_size_count", **mine) == 3  # the batch of 4, then two 4-row calls
+    assert value(agent, "modelfleet_worker_batch_size_bucket", le="2.0", **mine) == 2  # those ran alone
+    assert value(agent, "modelfleet_worker_batch_size_bucket", le="4.0", **mine) == 3
     for hist in ("modelfleet_worker_queue_seconds", "modelfleet_worker_compute_seconds"):
-        assert value(agent, f"{hist}_count", **mine) == 5
-        assert value(agent, f"{hist}_bucket", le="+Inf", **mine) == 5
+        assert value(agent, f"{hist}_count", **mine) == 6
+        assert value(agent, f"{hist}_bucket", le="+Inf", **mine) == 6
         assert value(agent, f"{hist}_sum", **mine) > 0
     assert value(agent, "modelfleet_worker_queue_depth", **mine) == 0
     assert value(agent, "modelfleet_worker_rss_bytes", **mine) > 10 << 20
@@ -139,7 +140,7 @@ def test_agent_and_control_plane_metrics_after_batched_gateway_traffic(fleet: Cl
     wait_until(lambda: value(scrape(c.root / "cp" / "metrics_endpoint"), "modelfleet_reconcile_duration_seconds_count",
                              scope="full") > 0, what="a full reconcile tick")  # fmt: skip
     gateway = {"deployment": "m-add"}
-    assert value(plane, "modelfleet_gateway_requests_total", status="OK", **gateway) == 5
+    assert value(plane, "modelfleet_gateway_requests_total", status="OK", **gateway) == 6
     assert value(plane, "modelfleet_gateway_requests_total", status="INVALID_ARGUMENT", **gateway) == 1
     assert value(plane, "modelfleet_gateway_requests_total", status="RESOURCE_EXHAUSTED", **gateway) == 1
     assert value(plane, "modelfleet_gateway_requests_total", deployment="(unknown)", status="NOT_FOUND") == 1

@@ -18,8 +18,9 @@ Contract (base.Store) kept exactly:
   log is replayed backwards, so the cache again equals the inner store.
   Nested blocks join the outer one, as in every backend.
 - Returned messages are copies; stored messages are copies of the input.
-- Idempotent-request records and `max_model_version` are read from the
-  inner store (rare calls; nothing to gain).
+- Idempotent-request records, event logs, API keys and `max_model_version`
+  are read from the inner store (rare calls, or cached by their owner:
+  control_plane.keys keeps the keys in memory).
 
 Event-loop only, like the other backends' contract (one thread calls).
 """
@@ -206,6 +207,31 @@ class CachedStore(Store):
     def put_request(self, record: records_pb2.RequestRecord) -> None:
         self._check_open()
         self.inner.put_request(record)
+
+    # ---- event logs and API keys (not cached) ---------------------------------
+    def get_event_log(self, deployment_id: str) -> records_pb2.EventLogRecord | None:
+        self._check_open()
+        return self.inner.get_event_log(deployment_id)
+
+    def put_event_log(self, record: records_pb2.EventLogRecord) -> None:
+        self._check_open()
+        self.inner.put_event_log(record)
+
+    def delete_event_log(self, deployment_id: str) -> bool:
+        self._check_open()
+        return self.inner.delete_event_log(deployment_id)
+
+    def put_api_key(self, record: records_pb2.ApiKeyRecord) -> None:
+        self._check_open()
+        self.inner.put_api_key(record)
+
+    def get_api_key(self, key_id: str) -> records_pb2.ApiKeyRecord | None:
+        self._check_open()
+        return self.inner.get_api_key(key_id)
+
+    def list_api_keys(self) -> list[records_pb2.ApiKeyRecord]:
+        self._check_open()
+        return self.inner.list_api_keys()
 
     # ---- transactions and lifecycle -----------------------------------------
     @contextlib.contextmanager

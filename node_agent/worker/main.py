@@ -5,6 +5,7 @@
         --inference-threads N --model-threads N --queue-capacity N \
         --host 127.0.0.1 --port 0 --ready-file PATH [--drain-timeout 30] \
         [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864] \
+        [--token-file PATH --credentials-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] \
         [--max-batch-size N --max-queue-delay-us US] [--metrics-port P]
 
 Order of events: parse arguments (bad ones: exit 2) -> load the model and,
@@ -15,6 +16,10 @@ treats as permanent) -> bind and start the grpc.aio server -> health SERVING
 {"port", "pid", "inputs", "outputs"}. SIGTERM/SIGINT then drain: refuse new
 calls (UNAVAILABLE "worker is draining"), finish queued ones within
 --drain-timeout, stop the server, exit 0. Any other non-zero exit is a crash.
+
+With --token-file only the gateway and the agent (the token) and API keys
+with `infer` (verifiers in --credentials-file) may call; --tls-* serve TLS
+(mTLS with --tls-client-ca). See node_agent/worker/access.py.
 
 --metrics-port P serves Prometheus /metrics on --host:P (0 = any free port,
 written to the ready file as "metrics_port"; default off: the agent turns
@@ -39,7 +44,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from node_agent.runtime.base import FORMATS, LoadError, Runtime, TensorSpec, load_runtime, one_line, parse_specs_json
+from node_agent.worker.access import WorkerAccess
 from node_agent.worker.server import DEFAULT_MAX_MESSAGE_BYTES, build_server
 from node_agent.worker.service import WorkerService, check_batchable, warm_up
 from node_agent.worker.workqueue import Batching
@@ -72,6 +80,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs-json", default=None, help="declared input specs (JSON list)")
     p.add_argument("--outputs-json", default=None, help="declared output specs (JSON list)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--token-file", type=Path, default=None, help="the allocation's worker token: callers must present it or a key")
+    p.add_argument("--credentials-file", type=Path, default=None, help="verifiers of API keys that may call (reread on change)")
+    p.add_argument("--tls-cert", default="", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", default="", help="the private key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca", default="", help="demand client certificates signed by this CA (mTLS)")
     p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any free port; default off)")
     p.add_argument("--inline-max-us", type=int, default=300,
                    help="run calls on the event loop while the model's average run time is below this (0 = never)")
@@ -98,9 +111,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (0 <= args.max_batch_size <= MAX_BATCH_SIZE, f"--max-batch-size must be 0..{MAX_BATCH_SIZE}"),
         (0 <= args.max_queue_delay_us <= MAX_QUEUE_DELAY_US, f"--max-queue-delay-us must be 0..{MAX_QUEUE_DELAY_US}"),
     ]
+    checks += [
+        (bool(args.tls_cert) == bool(args.tls_key), "--tls-cert and --tls-key go together"),
+        (not args.tls_client_ca or bool(args.tls_cert), "--tls-client-ca needs --tls-cert and --tls-key"),
+        (args.credentials_file is None or args.token_file is not None, "--credentials-file needs --token-file"),
+    ]
     for ok, message in checks:
         if not ok:
             parser.error(message)
+    try:
+        args.worker_token = args.token_file.read_text().strip() if args.token_file else ""
+        args.server_credentials = _server_credentials(args)
+    except OSError as exc:
+        parser.error(f"cannot read {exc.filename}: {exc.strerror}")
+    if args.token_file is not None and not args.worker_token:
+        parser.error(f"--token-file {args.token_file} is empty")
     any_shape = args.format == "torchscript"
     try:
         args.declared_inputs = parse_specs_json(args.inputs_json, empty_shape_is_any=any_shape) if args.inputs_json else None
@@ -110,6 +135,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(f"bad declared specs: {exc}")
     return args
+
+
+def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
+    if not args.tls_cert:
+        return None
+    pair = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
+    root = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
+    return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
 
 
 def load(args: argparse.Namespace) -> Runtime:
@@ -181,6 +214,10 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
             port=args.port,
             max_message_bytes=args.max_message_bytes,
             drain_timeout=args.drain_timeout,
+            access=WorkerAccess(worker_token=args.worker_token, credentials_file=args.credentials_file)
+            if args.worker_token
+            else None,
+            credentials=args.server_credentials,
         )
     except RuntimeError as exc:
         logger.error("%s", exc)
