@@ -3,7 +3,8 @@
     python benchmarks/controlplane_scale.py                    # 1000 nodes, 1000 deployments
     python benchmarks/controlplane_scale.py --nodes 200 --deployments 200 --json out.json
 
-A real control plane process (SQLite store, `--metrics-port 0`, `--auth off`:
+A real control plane process (SQLite store, `--metrics-port 0`, no deployment
+quota, `--auth off`:
 a key is checked once per stream, which is not what this measures) and, in this
 process, `--nodes` lightweight agents: one AgentControl.Connect stream each
 (spread over a few channels), no workers. An agent registers, answers every
@@ -157,7 +158,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     cp = subprocess.Popen(
         [sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0", "--data-dir", str(workdir / "cp"),
          "--metrics-port", "0", "--heartbeat-interval", str(args.heartbeat), "--node-timeout", str(args.heartbeat * 6),
-         "--full-reconcile-every", str(args.full_every), "--auth", "off", "--log-level", "WARNING"],
+         "--full-reconcile-every", str(args.full_every), "--auth", "off", "--max-deployments-per-user", "0",
+         "--log-level", "WARNING"],
         stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT,
     )  # fmt: skip
     report: dict[str, Any] = {"nodes": args.nodes, "deployments": args.deployments, "cores": os.cpu_count(),

@@ -311,9 +311,11 @@ class DeploymentService:
         return views.deployment_view(self._get_record(deployment_id), reconciler=self.reconciler)
 
     def list(self) -> deployments_pb2.ListDeploymentsResponse:
-        return deployments_pb2.ListDeploymentsResponse(
-            deployments=[views.deployment_view(r, reconciler=self.reconciler) for r in self.store.list_deployments()]
-        )
+        # one view at a time into the response: building them all first doubled the peak memory
+        out = deployments_pb2.ListDeploymentsResponse()
+        for rec in self.store.list_deployments():
+            out.deployments.append(views.deployment_view(rec, reconciler=self.reconciler))
+        return out
 
     def stats(self, deployment_id: str) -> deployments_pb2.GetDeploymentStatsResponse:
         return views.stats_view(self._get_record(deployment_id), reconciler=self.reconciler, gateway_stats=self.gateway_stats)

@@ -156,7 +156,9 @@ class Reconciler:
         return rollout.allocation_spec(deployment_id=deployment_id, variant=variant, model=model)
 
     def node_views(self) -> dict[str, scheduler.NodeView]:
-        """Capacity, usage and eligibility of every known node (a copy of the cached views).
+        """Capacity, usage and eligibility of every known node (a copy of the cache:
+        registration, drain and uncordon refresh it; a node record written to the
+        store any other way is seen at the next full tick).
 
         Usage counts every allocation that holds its node (all but FAILED
         ones), by its own spec: old allocations of a rolling update included.
