@@ -9,9 +9,14 @@ store (durable before anything is sent), runs a reconcile tick and then
 waits on the change hub until `wait_for` holds or `timeout` passes
 (DEADLINE_EXCEEDED; the deployment keeps starting).
 
-Mutations with a `request_id` are idempotent: the id and a digest of the
-request are stored in the same transaction as the intent; a retry returns
-the same deployment and creates nothing twice.
+Mutations (start, stop, update, delete) with a `request_id` are idempotent:
+the id and a digest of the request are stored in the same transaction as
+the intent, so after an ambiguous failure (a timeout, a connection lost, the
+control plane killed after its commit) a retry with the same id returns the
+same deployment and changes nothing again: no second revision, no second
+allocation, no "already exists". Delete stores the view it returned, so a
+retried delete answers the same deployment although it is gone. A reused id
+with a different request is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -174,13 +179,15 @@ class DeploymentService:
             raise errors.InvalidArgument(f"request_id {request_id!r} was already used for a different request")
         return record
 
-    def _remember(self, request_id: str, digest: str, method: str, deployment_id: str) -> None:
+    def _remember(self, request_id: str, digest: str, method: str, response: bytes) -> None:
+        """Record the request (call inside the intent's transaction). `response`
+        is the deployment id, or for delete the serialized Deployment view."""
         if request_id:
             self.store.put_request(
                 records_pb2.RequestRecord(
                     request_id=request_id,
                     method=method,
-                    response=deployment_id.encode(),
+                    response=response,
                     request_digest=digest,
                     created_at=now_ts(),
                 )
@@ -192,7 +199,11 @@ class DeploymentService:
         replay = self._replay(req.request_id, digest)
         if replay is not None:
             deployment_id = replay.response.decode()
-            spec = self.store.get_deployment(deployment_id).spec  # type: ignore[union-attr]
+            replayed = self._get_record(deployment_id)
+            if replayed.desired != RUNNING:  # stopped since: the same deployment, as it is now
+                deployment = self.get(deployment_id)
+                return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment)
+            spec = replayed.spec
         else:
             spec = self.normalize(req)
             deployment_id = spec.deployment_id
@@ -215,7 +226,7 @@ class DeploymentService:
             record.created_at.CopyFrom(existing.created_at if existing else record.start_time)
             with self.store.transaction():
                 self.store.put_deployment(record)
-                self._remember(req.request_id, digest, "StartDeployment", deployment_id)
+                self._remember(req.request_id, digest, "StartDeployment", deployment_id.encode())
             self.hub.notify(deployment_id)
             self.reconciler.reconcile()
         await self._wait(deployment_id, spec.wait_for, _seconds(spec.timeout))
@@ -261,7 +272,7 @@ class DeploymentService:
             rec.revision += 1
             with self.store.transaction():
                 self.store.put_deployment(rec)
-                self._remember(req.request_id, digest, "StopDeployment", rec.deployment_id)
+                self._remember(req.request_id, digest, "StopDeployment", rec.deployment_id.encode())
             self.hub.notify(rec.deployment_id)
             self.reconciler.reconcile()
         if req.wait:
@@ -280,16 +291,25 @@ class DeploymentService:
             seen = await self.hub.wait_change(deployment_id, seen, remaining)
 
     def delete(self, req: deployments_pb2.DeleteDeploymentRequest) -> deployments_pb2.DeleteDeploymentResponse:
+        digest = _digest(req, method="DeleteDeployment")
+        replay = self._replay(req.request_id, digest)
+        if replay is not None:
+            return deployments_pb2.DeleteDeploymentResponse(deployment=deployments_pb2.Deployment.FromString(replay.response))
         rec = self._get_record(req.deployment_id)
         if rec.desired == RUNNING or rec.status != common_pb2.DEPLOYMENT_STATUS_STOPPED:
             raise errors.FailedPrecondition(f"deployment '{rec.deployment_id}' is not stopped; stop it before deleting it")
         view = self.get(rec.deployment_id)
-        self.store.delete_deployment(rec.deployment_id)
+        with self.store.transaction():
+            self.store.delete_deployment(rec.deployment_id)
+            self._remember(req.request_id, digest, "DeleteDeployment", view.SerializeToString(deterministic=True))
         self.hub.notify(rec.deployment_id)
         return deployments_pb2.DeleteDeploymentResponse(deployment=view)
 
     def update(self, req: deployments_pb2.UpdateDeploymentRequest) -> deployments_pb2.UpdateDeploymentResponse:
+        digest = _digest(req, method="UpdateDeployment")
         rec = self._get_record(req.deployment_id)
+        if self._replay(req.request_id, digest) is not None:
+            return deployments_pb2.UpdateDeploymentResponse(deployment=self.get(rec.deployment_id))
         paths = list(req.update_mask.paths)
         if not paths:
             raise errors.InvalidArgument("update_mask is empty: name the fields to update")
@@ -302,7 +322,9 @@ class DeploymentService:
         for path in paths:
             setattr(rec.spec, path, getattr(req.spec, path))
         rec.revision += 1
-        self.store.put_deployment(rec)
+        with self.store.transaction():
+            self.store.put_deployment(rec)
+            self._remember(req.request_id, digest, "UpdateDeployment", rec.deployment_id.encode())
         self.hub.notify(rec.deployment_id)
         return deployments_pb2.UpdateDeploymentResponse(deployment=self.get(rec.deployment_id))
 

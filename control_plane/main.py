@@ -1,6 +1,11 @@
 """`modelfleet-control-plane`: wires the store, registry, fleet, reconciler,
 services and gateway into one grpc.aio server and runs its background loops.
 
+Failure detection flags: --heartbeat-interval H and --node-timeout T (the
+agent learns H from `welcome`), --recovery-grace (how long nodes known from
+the store have to reconnect after a restart before they are lost), and the
+HTTP/2 keepalive of every connection (--keepalive-*, RELIABILITY.md).
+
 Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
 - a reconcile tick every second (auto stop, placements waiting for capacity).
@@ -28,7 +33,7 @@ from control_plane.gateway import Gateway, add_gateway_to_server
 from control_plane.hub import ChangeHub
 from control_plane.reconciler import Reconciler
 from control_plane.registry import ModelRegistry
-from control_plane.server import build_server, set_serving
+from control_plane.server import Keepalive, build_server, set_serving
 from control_plane.servicers import AgentControlServicer, DeploymentsServicer, ModelRegistryServicer, NodesServicer
 from control_plane.store import Store, open_store
 from modelfleet.v1 import agent_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
@@ -46,12 +51,14 @@ class ControlPlane:
         node_timeout: float = 30.0,
         max_message_bytes: int = 64 << 20,
         default_auto_stop_s: int = 0,
+        recovery_grace: float | None = None,
+        keepalive: Keepalive | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
         self.hub = ChangeHub()
         self.fleet = Fleet(heartbeat_interval=heartbeat_interval, node_timeout=node_timeout)
-        self.fleet.recover(n.info.node_id for n in store.list_nodes())
+        self.fleet.recover((n.info.node_id for n in store.list_nodes()), grace=recovery_grace)
         self.reconciler = Reconciler(store=store, fleet=self.fleet, hub=self.hub)
         self.registry = ModelRegistry(
             store=store,
@@ -62,7 +69,7 @@ class ControlPlane:
             reconciler=self.reconciler, hub=self.hub, registry=self.registry, default_auto_stop_s=default_auto_stop_s
         )
         self.gateway = Gateway(reconciler=self.reconciler, max_message_bytes=max_message_bytes)
-        self.server, self.health = build_server(max_message_bytes=max_message_bytes)
+        self.server, self.health = build_server(max_message_bytes=max_message_bytes, keepalive=keepalive)
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
         nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(NodeService(reconciler=self.reconciler)), self.server)
@@ -121,12 +128,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", default="", help="store URL (default: SQLite file in --data-dir; memory:// for tests)")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (fractions allowed)")
     p.add_argument("--node-timeout", type=float, default=30.0, help="seconds without an agent before its node is lost")
+    p.add_argument("--recovery-grace", type=float, default=None, metavar="S",
+                   help="after a restart, seconds a known node has to reconnect before it is lost "
+                        "(default: node timeout + 36 s, the longest agent reconnect backoff)")
+    p.add_argument("--keepalive-time", type=float, default=10.0, metavar="S", help="ping idle connections every S seconds")
+    p.add_argument("--keepalive-timeout", type=float, default=10.0, metavar="S", help="drop a connection whose ping is unanswered for S seconds")
+    p.add_argument("--keepalive-min-ping-interval", type=float, default=5.0, metavar="S",
+                   help="tolerate client pings down to S seconds apart; faster ones draw a GOAWAY after 2 strikes")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
     p.add_argument("--default-auto-stop", type=float, default=0, help="hours after which new deployments stop (0 = never)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
         p.error("--node-timeout must exceed --heartbeat-interval, and both must be positive")
+    if args.recovery_grace is not None and args.recovery_grace < 0:
+        p.error("--recovery-grace must be >= 0")
+    if min(args.keepalive_time, args.keepalive_timeout, args.keepalive_min_ping_interval) <= 0:
+        p.error("--keepalive-time, --keepalive-timeout and --keepalive-min-ping-interval must be positive")
     return args
 
 
@@ -141,6 +159,12 @@ async def _serve(args: argparse.Namespace) -> None:
         node_timeout=args.node_timeout,
         max_message_bytes=args.max_message_bytes,
         default_auto_stop_s=int(args.default_auto_stop * 3600),
+        recovery_grace=args.recovery_grace,
+        keepalive=Keepalive(
+            time_s=args.keepalive_time,
+            timeout_s=args.keepalive_timeout,
+            min_ping_interval_s=args.keepalive_min_ping_interval,
+        ),
     )
     await plane.start(args.listen)
     stopping = asyncio.Event()

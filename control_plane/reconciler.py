@@ -17,6 +17,20 @@ per node, move through:
     desired STOPPED (STOPPING) -> deleted once the agent, having applied a
         generation without it, no longer reports it, or the node is lost.
 
+Node loss: a LOST node's routes become FAILED "node lost" (a route its agent
+already reported STOPPED, on a graceful shutdown, stays STOPPED); a variant
+with a fixed instance count is placed on other nodes where it fits and the
+lost node's allocation is marked to stop (its agent stops the worker if it
+ever returns: it is absent from the desired set, fenced by generation).
+
+Drain (a cordoned node, `schedulable` false in its durable record) is
+make-before-break: allocations on cordoned nodes ("movers") are left out of
+the scheduler's `current`, so it places replacements on eligible nodes;
+a mover is stopped only once the variant has enough STARTED allocations
+elsewhere (its instance count, or for "every node" variants every target and
+at least one), so capacity never drops below what was serving. With nowhere
+to go, a mover keeps serving on the cordoned node.
+
 Routing for the gateway (`routes`) is rebuilt from the records after every
 tick: started allocations of running deployments on READY nodes only.
 
@@ -94,8 +108,8 @@ class Reconciler:
         deployments = {d.deployment_id: d for d in self.store.list_deployments()}
         used: dict[str, list[float]] = {}
         for alloc in self.store.list_allocations():
-            if alloc.routing_state == RS.ROUTING_STATE_FAILED:
-                continue  # a failed worker holds nothing
+            if alloc.routing_state in (RS.ROUTING_STATE_FAILED, RS.ROUTING_STATE_STOPPED):
+                continue  # no worker process: it holds nothing
             rec = deployments.get(alloc.deployment_id)
             variant = _variant(rec, alloc.variant) if rec else None
             if variant is None:
@@ -129,11 +143,12 @@ class Reconciler:
     def reconcile(self) -> None:
         started = time.perf_counter()
         views = self.node_views()
+        cordoned = frozenset(n.info.node_id for n in self.store.list_nodes() if not n.schedulable)
         dirty_nodes: set[str] = set()
         for rec in self.store.list_deployments():
             mine: set[str] = set()
             try:
-                self._reconcile_deployment(rec, views, mine)
+                self._reconcile_deployment(rec, views, mine, cordoned=cordoned)
             except Exception:  # one bad deployment must not stop the others
                 log.exception("reconcile of deployment %s failed", rec.deployment_id)
             if mine:
@@ -149,6 +164,8 @@ class Reconciler:
         rec: records_pb2.DeploymentRecord,
         views: dict[str, scheduler.NodeView],
         dirty_nodes: set[str],
+        *,
+        cordoned: frozenset[str] = frozenset(),
     ) -> None:
         if rec.desired == RUNNING and rec.spec.HasField("auto_stop") and rec.HasField("start_time"):
             if self._wall_clock() >= rec.start_time.seconds + rec.spec.auto_stop.seconds:
@@ -168,7 +185,7 @@ class Reconciler:
             if rec.desired == RUNNING:
                 for variant in rec.spec.variants:
                     mine = [a for a in allocs if a.variant == variant.name and a.desired == RUNNING]
-                    self._place_variant(rec, variant, mine, views, dirty_nodes)
+                    self._place_variant(rec, variant, mine, views, dirty_nodes, cordoned=cordoned)
         self._derive_status(rec.deployment_id)
 
     def _place_variant(
@@ -178,13 +195,17 @@ class Reconciler:
         running: list[records_pb2.AllocationRecord],
         views: dict[str, scheduler.NodeView],
         dirty_nodes: set[str],
+        *,
+        cordoned: frozenset[str] = frozenset(),
     ) -> None:
         model = self.model_for(variant)
         if model is None:
             log.error("deployment %s: model %s v%d is gone", rec.deployment_id, variant.model_id, variant.model_version)
             return
         demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
-        current = {a.node_id for a in running if self.fleet.state(a.node_id) != Liveness.LOST}
+        alive = [a for a in running if self.fleet.state(a.node_id) != Liveness.LOST]
+        movers = [a for a in alive if a.node_id in cordoned]
+        current = {a.node_id for a in alive if a.node_id not in cordoned}
         placement = scheduler.place(demand, list(views.values()), current=current)
         self.placements[(rec.deployment_id, variant.name)] = placement
         targets = set(placement.targets)
@@ -201,11 +222,16 @@ class Reconciler:
                 used_memory=view.used_memory + demand.memory_bytes,
                 used_gpus=view.used_gpus + demand.gpus,
             )
+        self._move_off_cordoned(rec, variant, movers, running, targets, dirty_nodes)
+        mover_ids = {a.allocation_id for a in movers}
         for alloc in running:
-            if alloc.node_id in targets:
+            if alloc.node_id in targets or alloc.allocation_id in mover_ids:
                 continue
             if self.fleet.state(alloc.node_id) == Liveness.LOST:
-                changed = _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
+                if alloc.routing_state == RS.ROUTING_STATE_STOPPED:
+                    changed = False  # its agent shut down gracefully and said so
+                else:
+                    changed = _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
                 if variant.instances > 0:
                     # replaced elsewhere; the lost node stops it when it returns
                     alloc.desired = STOPPED
@@ -214,6 +240,34 @@ class Reconciler:
                     self.store.put_allocation(alloc)
             else:
                 self._stop_allocation(alloc, dirty_nodes, reason="no longer a target")
+
+    def _move_off_cordoned(
+        self,
+        rec: records_pb2.DeploymentRecord,
+        variant: deployments_pb2.VariantSpec,
+        movers: list[records_pb2.AllocationRecord],
+        running: list[records_pb2.AllocationRecord],
+        targets: set[str],
+        dirty_nodes: set[str],
+    ) -> None:
+        """Make-before-break: stop allocations on cordoned nodes only as far as
+        STARTED allocations on target nodes replace them."""
+        if not movers:
+            return
+        wanted = variant.instances if variant.instances > 0 else max(1, len(targets))
+        started = sum(
+            1
+            for a in running
+            if a.node_id in targets
+            and a.routing_state == RS.ROUTING_STATE_STARTED
+            and self.fleet.state(a.node_id) == Liveness.READY
+        )
+        keep = max(0, min(len(movers), wanted - started))
+        # the serving ones are kept longest
+        movers = sorted(movers, key=lambda a: (a.routing_state != RS.ROUTING_STATE_STARTED, a.node_id))
+        for alloc in movers[keep:]:
+            log.info("deployment %s: %s on drained node %s is replaced; stopping it", rec.deployment_id, alloc.allocation_id, alloc.node_id)
+            self._stop_allocation(alloc, dirty_nodes, reason="node drained; moved to another node")
 
     def _new_allocation(
         self,

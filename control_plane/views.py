@@ -50,6 +50,7 @@ def allocation_view(
         out.start_time.CopyFrom(rec.start_time)
     # running allocations win over stopping ones on the same node
     mine = sorted((a for a in allocs if a.variant == variant.name), key=lambda a: a.desired == RUNNING)
+    cordoned = {n.info.node_id for n in reconciler.store.list_nodes() if not n.schedulable} if mine else set()
     for alloc in mine:
         entry = out.routing_table[alloc.node_id]
         entry.Clear()
@@ -57,6 +58,8 @@ def allocation_view(
         entry.reason = alloc.reason
         if alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and reconciler.fleet.state(alloc.node_id) != Liveness.READY:
             entry.reason = "node is not responding; not routed to"
+        elif alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and alloc.desired == RUNNING and alloc.node_id in cordoned:
+            entry.reason = "node drained; serving until a replacement has started"
         entry.allocation_id = alloc.allocation_id
         entry.worker_address = alloc.worker_address
         if alloc.HasField("start_time"):

@@ -10,7 +10,10 @@ restarted, and a FAILED one stays FAILED (no retry loop through
 re-assignment). An allocation wanted again while it is still STOPPING is
 started afresh once it is STOPPED. A STOPPED handle stays in the list until
 ``forget_reported()`` confirms a report carried it, so the control plane sees
-STOPPED once and then absence.
+STOPPED once and then absence. A worker that stopped on its own (someone
+sent it SIGTERM: it drained and exited 0) while its allocation is still in
+the applied desired set is started again after ``restart_backoff[0]``: the
+control plane sees STOPPING, STOPPED, then STARTING and STARTED.
 
 Adoption (``adopt_existing``, once at agent start): every
 ``DIR/workers/<id>.json`` left by a previous agent names a worker pid and
@@ -57,6 +60,7 @@ class Allocations:
         self._notify = on_change
         self._handles: dict[str, WorkerHandle] = {}
         self._pending: dict[str, agent_pb2.AllocationSpec] = {}  # wanted again while STOPPING
+        self._wanted: dict[str, agent_pb2.AllocationSpec] = {}  # the last applied desired set
         self._closing = False
 
     @property
@@ -67,7 +71,19 @@ class Allocations:
         aid = handle.allocation_id
         if handle.state is WorkerState.STOPPED and aid in self._pending and self._handles.get(aid) is handle:
             asyncio.get_running_loop().call_soon(self._start, self._pending.pop(aid))
+        elif handle.state is WorkerState.STOPPED and not handle.stop_requested and aid in self._wanted:
+            delay = self._config.restart_backoff[0] if self._config.restart_backoff else 1.0
+            log.info("allocation %s: its worker stopped on its own; starting it again in %g s", aid, delay)
+            asyncio.get_running_loop().call_later(delay, self._restart_stopped, handle)
         self._notify()
+
+    def _restart_stopped(self, handle: WorkerHandle) -> None:
+        """Start a still-wanted allocation whose worker was stopped outside the agent."""
+        aid = handle.allocation_id
+        current = self._handles.get(aid)
+        if self._closing or aid not in self._wanted or current not in (None, handle):
+            return  # shutting down, no longer wanted, or already started again by an assignment
+        self._start(self._wanted[aid])
 
     def _start(self, spec: agent_pb2.AllocationSpec, adopted: AdoptedWorker | None = None) -> None:
         if self._closing:
@@ -84,6 +100,7 @@ class Allocations:
         if self._closing:
             return
         wanted = {spec.allocation_id: spec for spec in specs}
+        self._wanted = dict(wanted)
         for aid, handle in list(self._handles.items()):
             if aid not in wanted:
                 self._pending.pop(aid, None)

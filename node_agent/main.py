@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelfleet.v1 import agent_pb2, common_pb2
-from node_agent.agent import Agent, AgentConfig
+from node_agent.agent import KEEPALIVE_TIME, KEEPALIVE_TIMEOUT, Agent, AgentConfig
 from node_agent.supervisor import SupervisorConfig
 
 log = logging.getLogger("node_agent")
@@ -123,6 +123,23 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a number > 0")
+    return value
+
+
+def _backoff_list(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds separated by commas, e.g. 1,2,4") from None
+    if any(not d >= 0 for d in delays):
+        raise argparse.ArgumentTypeError(f"{text!r}: delays must be >= 0")
+    return delays
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -142,6 +159,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-host", default="127.0.0.1", help="address inference workers bind (default 127.0.0.1)")
     p.add_argument("--drain-timeout", type=_non_negative_float, default=30.0, metavar="S",
                    help="seconds a stopping worker may drain before SIGKILL (default 30)")  # fmt: skip
+    p.add_argument("--restart-backoff", type=_backoff_list, default=(1.0, 2.0, 4.0), metavar="S,S,...",
+                   help="seconds before each restart of a crashed worker; their number is the restart budget "
+                        "(default 1,2,4: 3 restarts, then FAILED)")  # fmt: skip
+    p.add_argument("--restart-reset-after", type=_non_negative_float, default=600.0, metavar="S",
+                   help="a worker serving this long gets its full restart budget back (default 600)")  # fmt: skip
+    p.add_argument("--keepalive-time", type=_positive_float, default=KEEPALIVE_TIME, metavar="S",
+                   help="ping the control plane every S seconds (default 10)")  # fmt: skip
+    p.add_argument("--keepalive-timeout", type=_positive_float, default=KEEPALIVE_TIMEOUT, metavar="S",
+                   help="reconnect when a ping is unanswered for S seconds (default 10)")  # fmt: skip
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -195,7 +221,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         control_plane=args.control_plane,
         data_dir=data_dir,
         node=node,
-        supervisor=SupervisorConfig(data_dir=data_dir, worker_host=args.worker_host, drain_timeout=args.drain_timeout),
+        supervisor=SupervisorConfig(
+            data_dir=data_dir,
+            worker_host=args.worker_host,
+            drain_timeout=args.drain_timeout,
+            restart_backoff=args.restart_backoff,
+            restart_reset_after=args.restart_reset_after,
+        ),
+        keepalive_time=args.keepalive_time,
+        keepalive_timeout=args.keepalive_timeout,
     )
     asyncio.run(serve(Agent(config)))
     return 0
