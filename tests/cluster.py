@@ -45,6 +45,41 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
+def worker_processes(root: Path | None = None) -> dict[int, tuple[str, str]]:
+    """Live inference workers, from /proc: pid -> (deployment id, allocation id),
+    only those whose ready file lies under `root` when given."""
+    found: dict[int, tuple[str, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if b"node_agent.worker" not in args or b"--ready-file" not in args or status in ("Z", "X"):
+            continue
+        ready = Path(args[args.index(b"--ready-file") + 1].decode())
+        if root is not None and not ready.is_relative_to(root):
+            continue
+        name = args[args.index(b"--name") + 1].decode() if b"--name" in args else ""
+        found[int(entry.name)] = (name, ready.stem)
+    return found
+
+
+def kill_orphan_workers(root: Path) -> list[int]:
+    """SIGKILL every worker process group whose ready file lies under root."""
+    pids = sorted(worker_processes(root))
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if pids:
+        wait_until(lambda: not worker_processes(root), timeout=10, what="orphan workers to die")
+    return pids
+
+
 class Proc:
     """One child process with its output in a log file."""
 
@@ -87,10 +122,20 @@ class Proc:
 
 
 class Cluster:
-    def __init__(self, root: Path, *, heartbeat: float = 0.2, node_timeout: float = 1.0) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        heartbeat: float = 0.2,
+        node_timeout: float = 1.0,
+        recovery_grace: float = 10.0,
+        cp_args: list[str] | None = None,
+    ) -> None:
         self.root = root
         self.heartbeat = heartbeat
         self.node_timeout = node_timeout
+        self.recovery_grace = recovery_grace  # after a control-plane restart, time for agents to reconnect
+        self.cp_args = list(cp_args or [])
         self.cp: Proc | None = None
         self.addr = ""
         self.agents: dict[str, Proc] = {}
@@ -105,7 +150,8 @@ class Cluster:
         self.cp = Proc(
             "control-plane",
             [sys.executable, "-m", "control_plane.main", "--listen", listen, "--data-dir", str(data),
-             "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout)],
+             "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout),
+             "--recovery-grace", str(self.recovery_grace), *self.cp_args],
             log_path=self.root / "cp.log",
         )
         self.addr = wait_until(lambda: self._read_endpoint(endpoint), timeout=30, what="the control plane's endpoint file")
@@ -120,11 +166,17 @@ class Cluster:
             raise AssertionError(f"control plane exited:\n{self.cp.log()[-3000:]}")
         return path.read_text().strip() if path.exists() else ""
 
-    def start_agent(self, name: str, *, cpus: int = 4, labels: dict[str, str] | None = None) -> Proc:
-        args = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
+    def start_agent(
+        self, name: str, *, cpus: int = 4, labels: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> Proc:
+        """Start (or restart, same data dir so the same node id) agent `name`;
+        `args` are extra flags, a later flag overriding an earlier one."""
+        argv = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
                 "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5"]
         for key, value in (labels or {}).items():
-            args += ["--label", f"{key}={value}"]
+            argv += ["--label", f"{key}={value}"]
+        argv += args or []
+        args = argv
         proc = Proc(name, args, log_path=self.root / f"{name}.log")
         self.agents[name] = proc
         return proc
@@ -133,13 +185,17 @@ class Cluster:
         path = self.root / name / "node_id"
         return wait_until(lambda: path.exists() and path.read_text().strip(), timeout=30, what=f"{name}'s node id")
 
-    def close(self) -> None:
+    def close(self) -> list[int]:
+        """Stop agents, then the control plane; kill any worker still running
+        from this cluster's data dirs (agents killed by a test leave theirs).
+        Returns the pids of the orphans it had to kill."""
         for proc in self.agents.values():
             proc.stop()
         if self.cp is not None:
             self.cp.stop()
         if self.channel is not None:
             self.channel.close()
+        return kill_orphan_workers(self.root)
 
     # ---- clients ----------------------------------------------------------------------
     @property
