@@ -154,10 +154,12 @@ class Cluster:
              "--recovery-grace", str(self.recovery_grace), *self.cp_args],
             log_path=self.root / "cp.log",
         )
+        previous = self.addr
         self.addr = wait_until(lambda: self._read_endpoint(endpoint), timeout=30, what="the control plane's endpoint file")
-        if self.channel is not None:
-            self.channel.close()
-        self.channel = grpc.insecure_channel(self.addr)
+        if self.channel is None or self.addr != previous:  # a channel reconnects to the same address by itself
+            if self.channel is not None:
+                self.channel.close()
+            self.channel = grpc.insecure_channel(self.addr)
         return self.addr
 
     def _read_endpoint(self, path: Path) -> str:
@@ -167,7 +169,13 @@ class Cluster:
         return path.read_text().strip() if path.exists() else ""
 
     def start_agent(
-        self, name: str, *, cpus: int = 4, labels: dict[str, str] | None = None, args: list[str] | None = None
+        self,
+        name: str,
+        *,
+        cpus: int = 4,
+        labels: dict[str, str] | None = None,
+        args: list[str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> Proc:
         """Start (or restart, same data dir so the same node id) agent `name`;
         `args` are extra flags, a later flag overriding an earlier one."""
@@ -177,7 +185,7 @@ class Cluster:
             argv += ["--label", f"{key}={value}"]
         argv += args or []
         args = argv
-        proc = Proc(name, args, log_path=self.root / f"{name}.log")
+        proc = Proc(name, args, log_path=self.root / f"{name}.log", env=env)
         self.agents[name] = proc
         return proc
 
