@@ -108,8 +108,10 @@ class Reconciler:
         deployments = {d.deployment_id: d for d in self.store.list_deployments()}
         used: dict[str, list[float]] = {}
         for alloc in self.store.list_allocations():
-            if alloc.routing_state in (RS.ROUTING_STATE_FAILED, RS.ROUTING_STATE_STOPPED):
-                continue  # no worker process: it holds nothing
+            if alloc.routing_state == RS.ROUTING_STATE_FAILED:
+                continue  # a failed worker holds nothing (and is not restarted)
+            if alloc.desired == STOPPED and alloc.routing_state == RS.ROUTING_STATE_STOPPED:
+                continue  # stopped for good (a wanted one that stopped is started again: still counted)
             rec = deployments.get(alloc.deployment_id)
             variant = _variant(rec, alloc.variant) if rec else None
             if variant is None:
