@@ -256,9 +256,10 @@ class DeploymentService:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 reached_names = ", ".join(_ALLOC_NAMES[a.allocation_state] for a in deployment.allocations)
+                why = f" ({deployment.status_reason})" if deployment.status_reason else ""
                 raise errors.DeadlineExceeded(
                     f"timed out after {timeout:g}s waiting for deployment '{deployment_id}' to be "
-                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}; the deployment keeps starting"
+                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{why}; the deployment keeps starting"
                 )
             seen = await self.hub.wait_change(deployment_id, seen, remaining)
 
