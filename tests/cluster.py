@@ -32,6 +32,7 @@ from modelfleet.v1 import (
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+BASETEMP: Path | None = None  # this pytest run's base temp dir (set by conftest): its clusters live there
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:

@@ -22,7 +22,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cluster import ROOT, Cluster, wait_until
+import cluster as cluster_module
+from cluster import ROOT, Cluster, wait_until, worker_processes
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
@@ -47,20 +48,9 @@ def stop(c: Cluster, deployment_id: str) -> dpb.Deployment:
 
 
 def worker_pids(deployment_id: str) -> set[int]:
-    """Live inference worker processes serving deployment_id, from /proc."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            status = (entry / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if b"node_agent.worker" in args and b"--name" in args and status != "Z":
-            if args[args.index(b"--name") + 1].decode() == deployment_id:
-                pids.add(int(entry.name))
-    return pids
+    """Live inference worker processes serving deployment_id, from /proc (only this
+    test run's: other runs on a shared machine may serve the same names)."""
+    return {pid for pid, (name, _) in worker_processes(cluster_module.BASETEMP).items() if name == deployment_id}
 
 
 def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path) -> dict[str, object]:
