@@ -175,7 +175,7 @@ class Fleet:
         for node_id, live in self._nodes.items():
             silent = now - live.last_message
             if live.state == Liveness.READY and silent > self.node_timeout:
-                self._transition(node_id, Liveness.LOST)
+                self._lose(node_id, live)
             elif live.state == Liveness.READY and silent > SUSPECT_AFTER_HEARTBEATS * self.heartbeat_interval:
                 self._transition(node_id, Liveness.SUSPECT)
             elif (
@@ -183,14 +183,20 @@ class Fleet:
                 and now - min(live.since, live.last_message) > self.node_timeout
                 and now >= live.grace_until
             ):
-                self._transition(node_id, Liveness.LOST)
-                if live.session is not None:
-                    live.session.close()
-                    live.session = None
+                self._lose(node_id, live)
             else:
                 continue
             changed.append(node_id)
         return changed
+
+    def _lose(self, node_id: str, live: NodeLive) -> None:
+        """LOST, and its stream (if one is still open) is closed: a LOST node comes
+        back only by registering again with its complete report, never by a
+        late heartbeat on the old stream (what it ran meanwhile must be fenced)."""
+        self._transition(node_id, Liveness.LOST)
+        if live.session is not None:
+            live.session.close()
+            live.session = None
 
     # ---- queries --------------------------------------------------------------
     def state(self, node_id: str) -> Liveness:

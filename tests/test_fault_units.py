@@ -176,3 +176,18 @@ def test_worker_exit_classification(tmp_path: Path) -> None:
     assert clean.stopped and clean.summary == "worker stopped outside the agent (exited with code 0)"
     assert exit_outcome(None, log_file=log, log_offset=offset, uptime=5, draining=True).stopped
     assert not exit_outcome(1, log_file=log, log_offset=offset, uptime=5).stopped
+
+
+def test_a_node_lost_while_its_stream_is_open_must_register_again() -> None:
+    """A stalled control plane can find a READY node silent past the node timeout: LOST at once.
+    Its still-open stream is closed, so it comes back only through a full registration."""
+    clock = Clock()
+    fleet = Fleet(heartbeat_interval=0.2, node_timeout=1.0, clock=clock)
+    session = fleet.attach("n")
+    clock.now += 1.5  # no sweep ran meanwhile
+    assert fleet.sweep() == ["n"] and fleet.state("n") == Liveness.LOST
+    assert session.closed and fleet.session("n") is None
+    fleet.touch("n")  # a late heartbeat on the old stream revives nothing
+    assert fleet.state("n") == Liveness.LOST
+    fleet.attach("n")
+    assert fleet.state("n") == Liveness.READY
