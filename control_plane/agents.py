@@ -2,11 +2,18 @@
 
 One stream per node. Lifecycle of a stream (each step owned here):
 
-1. The first message must be `register`; the node id is checked and the
-   node record (identity, capacity, labels) is written to the store.
+1. The first message must be `register`; the node id is checked, and the
+   caller's agent key must be allowed to act for that node (bound to it, and
+   the node not held by another active agent key: KeyService.authorize_node)
+   before anything changes; then the node record (identity, capacity,
+   labels, the registering key) is written to the store. An agent can
+   only ever speak for the node its stream registered: every later report
+   is applied to that node's own allocations only.
 2. The fleet attaches a session (closing an older stream of the same node),
-   the agent's complete report is folded in, `welcome` is queued, and a
-   reconcile tick queues the node's complete desired set (`assignment`).
+   the agent's complete report is folded in, `welcome` and the inference
+   credentials (verifiers of keys with `infer`, when auth is on) are queued,
+   and a reconcile tick queues the node's complete desired set
+   (`assignment`). Revoking the stream's key closes the stream.
 3. A reader task folds every later `report` / `heartbeat` in while the
    response side drains the session's outbox. Messages are fenced by
    session: once a stream was replaced or closed (a newer registration of
@@ -27,8 +34,10 @@ import socket
 from collections.abc import AsyncIterator
 
 from control_plane import errors, views
+from control_plane.access import Principal
 from control_plane.fleet import AgentSession
 from control_plane.ids import check_id
+from control_plane.keys import KeyService
 from control_plane.reconciler import Reconciler, now_ts
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, nodes_pb2
@@ -37,25 +46,44 @@ log = logging.getLogger(__name__)
 
 
 class AgentStreams:
-    def __init__(self, *, reconciler: Reconciler) -> None:
+    def __init__(self, *, reconciler: Reconciler, keys: KeyService | None = None) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store
         self.fleet = reconciler.fleet
+        self.keys = keys  # None: authentication is off
 
-    def _register(self, reg: agent_pb2.RegisterNode) -> None:
+    def _register(self, reg: agent_pb2.RegisterNode, principal: Principal | None) -> None:
         info = reg.node
         check_id("register.node.node_id", info.node_id)
         if info.capacity.cpus <= 0:
             raise errors.InvalidArgument(f"register.node.capacity.cpus must be > 0, got {info.capacity.cpus:g}")
         record = self.store.get_node(info.node_id)
+        if self.keys is not None:
+            self.keys.authorize_node(principal, info.node_id, record.agent_key_id if record else "")
         if record is None:
             record = records_pb2.NodeRecord(schedulable=True, registered_at=now_ts())
         record.info.CopyFrom(info)
         if not record.info.hostname:
             record.info.hostname = socket.gethostname()
+        if principal is not None:
+            record.agent_key_id = principal.key_id
         self.store.put_node(record)
 
-    async def connect(self, requests: AsyncIterator[agent_pb2.AgentMessage]) -> AsyncIterator[agent_pb2.ControlMessage]:
+    def credentials_changed(self, revoked_key_id: str = "") -> None:
+        """Send every connected agent the new inference credentials; close streams of a revoked key."""
+        if self.keys is None:
+            return
+        message = agent_pb2.ControlMessage(credentials=self.keys.credentials())
+        for session in self.fleet.sessions():
+            if revoked_key_id and session.key_id == revoked_key_id:
+                log.warning("closing the stream of node %s: its API key %s was revoked", session.node_id, revoked_key_id)
+                session.close()
+            else:
+                session.send(message)
+
+    async def connect(
+        self, requests: AsyncIterator[agent_pb2.AgentMessage], *, principal: Principal | None = None
+    ) -> AsyncIterator[agent_pb2.ControlMessage]:
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -63,14 +91,17 @@ class AgentStreams:
         if first.WhichOneof("kind") != "register":
             raise errors.InvalidArgument("the first AgentMessage on a stream must be register")
         reg = first.register
-        self._register(reg)
+        self._register(reg, principal)
         node_id = reg.node.node_id
         session = self.fleet.attach(node_id)
+        session.key_id = principal.key_id if principal is not None else ""
         log.info("node %s connected (%d allocations reported, generation %d)", node_id, len(reg.allocations), reg.applied_generation)
         welcome = agent_pb2.Welcome(node_id=node_id)
         welcome.heartbeat_interval.FromNanoseconds(int(self.fleet.heartbeat_interval * 1e9))
         welcome.node_timeout.FromNanoseconds(int(self.fleet.node_timeout * 1e9))
         session.send(agent_pb2.ControlMessage(welcome=welcome))
+        if self.keys is not None:
+            session.send(agent_pb2.ControlMessage(credentials=self.keys.credentials()))
         self.reconciler.observe(node_id, reg.allocations, applied_generation=reg.applied_generation, full_registration=True)
         reader = asyncio.create_task(self._read(node_id, session, requests))
         try:

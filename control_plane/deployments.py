@@ -1,13 +1,23 @@
-"""Deployment API logic (transport-free): start, stop, update, delete, get,
-list, stats and watch, with the Elasticsearch start semantics.
+"""Deployment API logic (transport-free): start (and restart), stop, update,
+delete, get, list, stats, events and watch, with the Elasticsearch start
+semantics and the ModelArts service rules (quota, auto stop, gated launch).
 
-Start validates and normalizes the request into a spec whose `variants`
-always hold the model versions to run (a single-model request becomes one
-variant of weight 100), resolves model versions, refuses what can never be
-placed (RESOURCE_EXHAUSTED naming the shortfall), writes the intent to the
-store (durable before anything is sent), runs a reconcile tick and then
+Start validates and normalizes the request (control_plane.specs), checks
+the owner's quota and refuses what can never be placed (RESOURCE_EXHAUSTED
+naming the shortfall), writes the intent to the store together with a SPEC
+event (durable before anything is sent), runs a reconcile tick and then
 waits on the change hub until `wait_for` holds or `timeout` passes
-(DEADLINE_EXCEEDED; the deployment keeps starting).
+(DEADLINE_EXCEEDED; the deployment keeps starting). A request that names
+only a deployment_id restarts that stopped deployment with its stored spec.
+
+Update merges the update mask into the stored spec (control_plane.specs)
+and records the new revision; the reconciler carries it out
+make-before-break (control_plane.rollout). `dry_run` on start and update
+returns the plan (control_plane.preview) and changes nothing.
+
+Quota: at most `max_deployments_per_user` deployments (stopped ones
+included: they keep their name and can be restarted) per owner, the
+caller's identity.
 
 Mutations (start, stop, update, delete) with a `request_id` are idempotent:
 the id and a digest of the request are stored in the same transaction as
@@ -23,29 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
-from google.protobuf import duration_pb2
-
-from control_plane import errors, scheduler, views
+from control_plane import errors, preview, scheduler, views
 from control_plane.hub import ChangeHub
-from control_plane.ids import check_id
 from control_plane.reconciler import Reconciler, now_ts
 from control_plane.registry import ModelRegistry
+from control_plane.specs import DEFAULT_TIMEOUT_S, SpecRules, seconds
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2
 
 RUNNING = records_pb2.DESIRED_STATE_RUNNING
 STOPPED = records_pb2.DESIRED_STATE_STOPPED
-
-DEFAULT_TIMEOUT_S = 20.0
-MAX_TIMEOUT_S = 3600.0
-DEFAULT_QUEUE_CAPACITY = 1024
-MAX_QUEUE_CAPACITY = 1_000_000
-MAX_THREADS = 256
-AUTO_STOP_HOURS = range(1, 25)
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+DEFAULT_MAX_DEPLOYMENTS_PER_USER = 20
 
 _WAIT_NAMES = {
     deployments_pb2.WAIT_FOR_STARTING: "starting",
@@ -53,10 +53,8 @@ _WAIT_NAMES = {
     deployments_pb2.WAIT_FOR_FULLY_ALLOCATED: "fully_allocated",
 }
 _ALLOC_NAMES = {v: k.removeprefix("ALLOCATION_STATE_").lower() for k, v in common_pb2.AllocationState.items()}
-
-
-def _seconds(d: duration_pb2.Duration) -> float:
-    return d.seconds + d.nanos / 1e9
+# fields a restart request may carry besides deployment_id
+_RESTART_FIELDS = frozenset({"deployment_id", "timeout", "wait_for", "request_id", "dry_run"})
 
 
 def _digest(message: object, *, method: str) -> str:
@@ -72,94 +70,22 @@ class DeploymentService:
         hub: ChangeHub,
         registry: ModelRegistry,
         default_auto_stop_s: int = 0,
+        max_deployments_per_user: int = DEFAULT_MAX_DEPLOYMENTS_PER_USER,
+        gateway_stats: Callable[[str], common_pb2.InferenceStats | None] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store
+        self.events = reconciler.events
         self.hub = hub
         self.registry = registry
-        self.default_auto_stop_s = default_auto_stop_s
+        self.rules = SpecRules(resolve=registry.resolve_deployable, default_auto_stop_s=default_auto_stop_s)
+        self.max_deployments_per_user = max_deployments_per_user
+        self.gateway_stats = gateway_stats
 
     # ---- validation ----------------------------------------------------------------
     def normalize(self, req: deployments_pb2.StartDeploymentRequest) -> deployments_pb2.StartDeploymentRequest:
-        """The request with defaults applied and model versions resolved."""
-        spec = deployments_pb2.StartDeploymentRequest()
-        spec.CopyFrom(req)
-        spec.request_id = ""
-        spec.dry_run = False
-        single = ("model_id", "model_version", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env")
-        if spec.variants:
-            set_fields = [f for f in single if _is_set(spec, f)]
-            if set_fields:
-                raise errors.InvalidArgument(f"when variants is set, {', '.join(set_fields)} must be empty (set them per variant)")
-            total = sum(v.weight for v in spec.variants)
-            if total != 100:
-                raise errors.InvalidArgument(f"variants weights sum to {total}; they must sum to 100")
-        else:
-            if not spec.model_id:
-                raise errors.InvalidArgument("model_id is required")
-            spec.variants.add(
-                model_id=spec.model_id,
-                model_version=spec.model_version,
-                weight=100,
-                inference_threads=spec.inference_threads,
-                model_threads=spec.model_threads,
-                queue_capacity=spec.queue_capacity,
-                instances=spec.instances,
-                resources=spec.resources,
-                env=dict(spec.env),
-            )
-            for name in single:
-                spec.ClearField(name)
-        spec.deployment_id = check_id("deployment_id", spec.deployment_id or spec.variants[0].model_id)
-        names: set[str] = set()
-        for i, variant in enumerate(spec.variants):
-            self._normalize_variant(variant, field=f"variants[{i}]" if len(spec.variants) > 1 else "")
-            if variant.name in names:
-                raise errors.InvalidArgument(f"variant name {variant.name!r} is used twice")
-            names.add(variant.name)
-        timeout = _seconds(spec.timeout) if spec.HasField("timeout") else DEFAULT_TIMEOUT_S
-        if not 0 <= timeout <= MAX_TIMEOUT_S:
-            raise errors.InvalidArgument(f"timeout {timeout:g}s is out of range: 0 to {MAX_TIMEOUT_S:g}s")
-        spec.timeout.FromNanoseconds(int(timeout * 1e9))
-        if spec.wait_for == deployments_pb2.WAIT_FOR_UNSPECIFIED:
-            spec.wait_for = deployments_pb2.WAIT_FOR_STARTED
-        if spec.HasField("auto_stop"):
-            hours, rest = divmod(spec.auto_stop.seconds, 3600)
-            if rest or spec.auto_stop.nanos or hours not in AUTO_STOP_HOURS:
-                raise errors.InvalidArgument(f"auto_stop {_seconds(spec.auto_stop):g}s is invalid: use a whole number of hours from 1 to 24")
-        elif self.default_auto_stop_s:
-            spec.auto_stop.FromSeconds(self.default_auto_stop_s)
-        if spec.traffic_limit_qps < 0:
-            raise errors.InvalidArgument(f"traffic_limit_qps {spec.traffic_limit_qps:g} must be >= 0")
-        return spec
-
-    def _normalize_variant(self, variant: deployments_pb2.VariantSpec, *, field: str) -> None:
-        prefix = f"{field}." if field else ""
-        check_id(f"{prefix}model_id", variant.model_id)
-        for name, default, limit in (
-            ("inference_threads", 1, MAX_THREADS),
-            ("model_threads", 1, MAX_THREADS),
-            ("queue_capacity", DEFAULT_QUEUE_CAPACITY, MAX_QUEUE_CAPACITY),
-        ):
-            value = getattr(variant, name) or default
-            if not 1 <= value <= limit:
-                raise errors.InvalidArgument(f"{prefix}{name} {value} is out of range: 1 to {limit}")
-            setattr(variant, name, value)
-        for name in ("model_version", "instances", "max_batch_size", "max_queue_delay_us"):
-            if getattr(variant, name) < 0:
-                raise errors.InvalidArgument(f"{prefix}{name} {getattr(variant, name)} must be >= 0")
-        res = variant.resources
-        if res.cpus < 0 or res.memory_bytes < 0 or res.gpus < 0:
-            raise errors.InvalidArgument(f"{prefix}resources must not be negative")
-        for key, value in variant.env.items():
-            if not _ENV_NAME.match(key):
-                raise errors.InvalidArgument(f"{prefix}env name {key!r} is invalid: use letters, digits and '_', not starting with a digit")
-            if "\0" in value:
-                raise errors.InvalidArgument(f"{prefix}env {key}: the value contains a NUL byte")
-        model = self.registry.resolve_deployable(variant.model_id, variant.model_version)
-        variant.model_version = model.version
-        if not variant.name:
-            variant.name = f"{model.model_id}-v{model.version}"
+        """The request with defaults applied and model versions resolved (see control_plane.specs)."""
+        return self.rules.normalize(req)
 
     def _check_capacity(self, spec: deployments_pb2.StartDeploymentRequest) -> None:
         nodes = list(self.reconciler.node_views().values())
@@ -168,7 +94,19 @@ class DeploymentService:
             demand = scheduler.demand_for(variant, model_bytes=model.model_bytes if model else 0)
             placement = scheduler.place(demand, nodes, current=())
             if placement.shortfall:
-                raise errors.ResourceExhausted(f"could not start deployment '{spec.deployment_id}': {placement.shortfall}")
+                label = f" (variant {variant.name!r})" if len(spec.variants) > 1 else ""
+                raise errors.ResourceExhausted(f"could not start deployment '{spec.deployment_id}'{label}: {placement.shortfall}")
+
+    def _check_quota(self, owner: str, deployment_id: str) -> None:
+        limit = self.max_deployments_per_user
+        if limit <= 0:
+            return
+        owned = [r.deployment_id for r in self.store.list_deployments() if r.owner == owner and r.deployment_id != deployment_id]
+        if len(owned) >= limit:
+            raise errors.ResourceExhausted(
+                f"deployment quota exceeded: user '{owner}' already has {len(owned)} deployments and the quota is "
+                f"{limit} per user (--max-deployments-per-user); delete a deployment first"
+            )
 
     # ---- idempotency -----------------------------------------------------------------
     def _replay(self, request_id: str, digest: str) -> records_pb2.RequestRecord | None:
@@ -194,9 +132,44 @@ class DeploymentService:
             )
 
     # ---- start ------------------------------------------------------------------------
+    def _start_spec(
+        self, req: deployments_pb2.StartDeploymentRequest, *, owner: str
+    ) -> tuple[deployments_pb2.StartDeploymentRequest, records_pb2.DeploymentRecord | None, str, str]:
+        """(spec, existing record, owner, what happened) for a start or a restart."""
+        given = {f.name for f, _ in req.ListFields()}
+        if req.deployment_id and not req.model_id and not req.variants:
+            existing = self.store.get_deployment(req.deployment_id)
+            if existing is None:
+                raise errors.NotFound(f"deployment '{req.deployment_id}' not found; give model_id or variants to start a new one")
+            extra = sorted(given - _RESTART_FIELDS)
+            if extra:
+                raise errors.InvalidArgument(
+                    f"{', '.join(extra)} given without model_id or variants: to restart a stopped deployment give only "
+                    "deployment_id; to change it use UpdateDeployment"
+                )
+            self._refuse_running(existing)
+            spec = deployments_pb2.StartDeploymentRequest()
+            spec.CopyFrom(existing.spec)
+            spec.wait_for = req.wait_for or deployments_pb2.WAIT_FOR_STARTED
+            spec.timeout.FromNanoseconds(int((seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S) * 1e9))
+            return spec, existing, existing.owner or owner, "restarted"
+        spec = self.rules.normalize(req)
+        existing = self.store.get_deployment(spec.deployment_id)
+        if existing is not None:
+            self._refuse_running(existing)
+        self._check_quota(owner, spec.deployment_id)
+        return spec, existing, owner, "started"
+
+    def _refuse_running(self, existing: records_pb2.DeploymentRecord) -> None:
+        if existing.desired == RUNNING:
+            status = common_pb2.DeploymentStatus.Name(existing.status).removeprefix("DEPLOYMENT_STATUS_")
+            raise errors.AlreadyExists(
+                f"deployment '{existing.deployment_id}' is already started (status {status}); stop it first or choose another deployment_id"
+            )
+
     async def start(self, req: deployments_pb2.StartDeploymentRequest, *, owner: str) -> deployments_pb2.StartDeploymentResponse:
         digest = _digest(req, method="StartDeployment")
-        replay = self._replay(req.request_id, digest)
+        replay = None if req.dry_run else self._replay(req.request_id, digest)
         if replay is not None:
             deployment_id = replay.response.decode()
             replayed = self._get_record(deployment_id)
@@ -205,50 +178,53 @@ class DeploymentService:
                 return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment)
             spec = replayed.spec
         else:
-            spec = self.normalize(req)
+            spec, existing, owner, what = self._start_spec(req, owner=owner)
             deployment_id = spec.deployment_id
-            existing = self.store.get_deployment(deployment_id)
-            if existing is not None and existing.desired == RUNNING:
-                status = common_pb2.DeploymentStatus.Name(existing.status).removeprefix("DEPLOYMENT_STATUS_")
-                raise errors.AlreadyExists(f"deployment '{deployment_id}' is already started (status {status}); stop it first or choose another deployment_id")
             self._check_capacity(spec)
-            if req.dry_run:
-                raise errors.InvalidArgument("dry_run is not supported yet")
+            now = self.reconciler.now()
             record = records_pb2.DeploymentRecord(
                 deployment_id=deployment_id,
                 spec=spec,
                 desired=RUNNING,
                 owner=owner,
-                start_time=now_ts(),
+                start_time=now,
                 revision=(existing.revision + 1) if existing else 1,
-                status=common_pb2.DEPLOYMENT_STATUS_DEPLOYING,
+                # the derivation records the change from here (UNSPECIFIED or STOPPED) to DEPLOYING
+                status=existing.status if existing else common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED,
             )
-            record.created_at.CopyFrom(existing.created_at if existing else record.start_time)
+            record.created_at.CopyFrom(existing.created_at if existing else now)
+            if req.dry_run:
+                deployment = preview.preview(record, reconciler=self.reconciler)
+                return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment, dry_run=True)
             with self.store.transaction():
                 self.store.put_deployment(record)
                 self._remember(req.request_id, digest, "StartDeployment", deployment_id.encode())
+                self.events.spec(deployment_id, revision=record.revision, reason=f"{what} by '{owner}': {_describe(spec)}")
             self.hub.notify(deployment_id)
             self.reconciler.reconcile()
-        await self._wait(deployment_id, spec.wait_for, _seconds(spec.timeout))
+        await self._wait(deployment_id, spec.wait_for, seconds(spec.timeout))
         deployment = self.get(deployment_id)
         return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment)
 
-    def _reached(self, deployment_id: str, wait_for: int) -> tuple[bool, deployments_pb2.Deployment]:
+    def _reached(self, deployment_id: str, wait_for: int, *, settled: bool) -> tuple[bool, deployments_pb2.Deployment]:
         deployment = self.get(deployment_id)
         states = [a.allocation_state for a in deployment.allocations]
         if wait_for == deployments_pb2.WAIT_FOR_STARTING:
             return True, deployment
+        if settled and (deployment.rollout or len(deployment.retiring)):
+            return False, deployment
         if wait_for == deployments_pb2.WAIT_FOR_FULLY_ALLOCATED:
             return all(s == common_pb2.ALLOCATION_STATE_FULLY_ALLOCATED for s in states), deployment
         ok = (common_pb2.ALLOCATION_STATE_STARTED, common_pb2.ALLOCATION_STATE_FULLY_ALLOCATED)
         return all(s in ok for s in states), deployment
 
-    async def _wait(self, deployment_id: str, wait_for: int, timeout: float) -> None:
+    async def _wait(self, deployment_id: str, wait_for: int, timeout: float, *, settled: bool = False) -> None:
+        """Until every variant reached wait_for (and, if settled, no rolling update is left)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         seen = self.hub.version(deployment_id)
         while True:
-            reached, deployment = self._reached(deployment_id, wait_for)
+            reached, deployment = self._reached(deployment_id, wait_for, settled=settled)
             if reached:
                 return
             if deployment.status == common_pb2.DEPLOYMENT_STATUS_FAILED:
@@ -257,9 +233,11 @@ class DeploymentService:
             if remaining <= 0:
                 reached_names = ", ".join(_ALLOC_NAMES[a.allocation_state] for a in deployment.allocations)
                 why = f" ({deployment.status_reason})" if deployment.status_reason else ""
+                pending = f"; rolling update: {deployment.rollout}" if settled and deployment.rollout else ""
                 raise errors.DeadlineExceeded(
                     f"timed out after {timeout:g}s waiting for deployment '{deployment_id}' to be "
-                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{why}; the deployment keeps starting"
+                    f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{why}{pending}; "
+                    f"the deployment keeps {'updating' if settled else 'starting'}"
                 )
             seen = await self.hub.wait_change(deployment_id, seen, remaining)
 
@@ -274,10 +252,11 @@ class DeploymentService:
             with self.store.transaction():
                 self.store.put_deployment(rec)
                 self._remember(req.request_id, digest, "StopDeployment", rec.deployment_id.encode())
+                self.events.spec(rec.deployment_id, revision=rec.revision, reason="stopped by user")
             self.hub.notify(rec.deployment_id)
             self.reconciler.reconcile()
         if req.wait:
-            timeout = _seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S
+            timeout = seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S
             await self._wait_stopped(rec.deployment_id, timeout)
         return deployments_pb2.StopDeploymentResponse(deployment=self.get(rec.deployment_id))
 
@@ -303,30 +282,36 @@ class DeploymentService:
         with self.store.transaction():
             self.store.delete_deployment(rec.deployment_id)
             self._remember(req.request_id, digest, "DeleteDeployment", view.SerializeToString(deterministic=True))
+            self.events.forget(rec.deployment_id)
+        self.reconciler.forget(rec.deployment_id)
         self.hub.notify(rec.deployment_id)
         return deployments_pb2.DeleteDeploymentResponse(deployment=view)
 
-    def update(self, req: deployments_pb2.UpdateDeploymentRequest) -> deployments_pb2.UpdateDeploymentResponse:
+    async def update(self, req: deployments_pb2.UpdateDeploymentRequest) -> deployments_pb2.UpdateDeploymentResponse:
         digest = _digest(req, method="UpdateDeployment")
         rec = self._get_record(req.deployment_id)
-        if self._replay(req.request_id, digest) is not None:
-            return deployments_pb2.UpdateDeploymentResponse(deployment=self.get(rec.deployment_id))
-        paths = list(req.update_mask.paths)
-        if not paths:
-            raise errors.InvalidArgument("update_mask is empty: name the fields to update")
-        supported = {"description", "traffic_limit_qps"}
-        unsupported = [p for p in paths if p not in supported]
-        if unsupported:
-            raise errors.InvalidArgument(f"update_mask path(s) {', '.join(unsupported)} cannot be updated yet; supported: {', '.join(sorted(supported))}")
-        if req.spec.traffic_limit_qps < 0:
-            raise errors.InvalidArgument(f"traffic_limit_qps {req.spec.traffic_limit_qps:g} must be >= 0")
-        for path in paths:
-            setattr(rec.spec, path, getattr(req.spec, path))
-        rec.revision += 1
-        with self.store.transaction():
-            self.store.put_deployment(rec)
-            self._remember(req.request_id, digest, "UpdateDeployment", rec.deployment_id.encode())
-        self.hub.notify(rec.deployment_id)
+        if req.dry_run or self._replay(req.request_id, digest) is None:
+            spec = self.rules.merge_update(rec.spec, req)
+            self._check_capacity(spec)
+            new = records_pb2.DeploymentRecord()
+            new.CopyFrom(rec)
+            new.spec.CopyFrom(spec)
+            new.revision += 1
+            if req.dry_run:
+                current = self.store.list_allocations(deployment_id=rec.deployment_id)
+                deployment = preview.preview(new, reconciler=self.reconciler, current=current)
+                return deployments_pb2.UpdateDeploymentResponse(deployment=deployment, dry_run=True)
+            with self.store.transaction():
+                if spec != rec.spec:  # an identical spec changes nothing
+                    self.store.put_deployment(new)
+                    paths = ", ".join(dict.fromkeys(req.update_mask.paths))
+                    self.events.spec(rec.deployment_id, revision=new.revision, reason=f"updated {paths}: {_describe(spec)}")
+                self._remember(req.request_id, digest, "UpdateDeployment", rec.deployment_id.encode())
+            self.hub.notify(rec.deployment_id)
+            self.reconciler.reconcile()
+        if req.wait_for != deployments_pb2.WAIT_FOR_UNSPECIFIED:
+            timeout = seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S
+            await self._wait(rec.deployment_id, req.wait_for, timeout, settled=True)
         return deployments_pb2.UpdateDeploymentResponse(deployment=self.get(rec.deployment_id))
 
     # ---- reads ------------------------------------------------------------------------
@@ -347,16 +332,26 @@ class DeploymentService:
         )
 
     def stats(self, deployment_id: str) -> deployments_pb2.GetDeploymentStatsResponse:
-        return views.stats_view(self._get_record(deployment_id), reconciler=self.reconciler)
+        return views.stats_view(self._get_record(deployment_id), reconciler=self.reconciler, gateway_stats=self.gateway_stats)
+
+    def list_events(self, req: deployments_pb2.ListDeploymentEventsRequest) -> deployments_pb2.ListDeploymentEventsResponse:
+        rec = self._get_record(req.deployment_id)
+        return deployments_pb2.ListDeploymentEventsResponse(events=self.events.since(rec.deployment_id, req.after_seq))
 
     async def watch(self, deployment_id: str) -> AsyncIterator[deployments_pb2.WatchDeploymentResponse]:
+        """A snapshot at once, then one per change, each with the events since the previous one."""
         seen = self.hub.version(deployment_id)
+        self._get_record(deployment_id)
+        last_seq = self.events.last_seq(deployment_id)
         last = None
         while True:
             deployment = self.get(deployment_id)
-            if deployment != last:
+            fresh = self.events.since(deployment_id, last_seq)
+            if deployment != last or fresh:
                 last = deployment
-                yield deployments_pb2.WatchDeploymentResponse(deployment=deployment)
+                if fresh:
+                    last_seq = fresh[-1].seq
+                yield deployments_pb2.WatchDeploymentResponse(deployment=deployment, events=fresh)
             seen = await self.hub.wait_change(deployment_id, seen)
 
     def model_in_use(self, model_id: str, version: int) -> bool:
@@ -367,13 +362,23 @@ class DeploymentService:
             for variant in rec.spec.variants:
                 if variant.model_id == model_id and version in (0, variant.model_version):
                     return True
+            for alloc in self.store.list_allocations(deployment_id=rec.deployment_id):
+                if alloc.spec.model_id == model_id and version in (0, alloc.spec.model_version):
+                    return True  # an old allocation of an update still runs it
         return False
 
 
-def _is_set(msg: deployments_pb2.StartDeploymentRequest, name: str) -> bool:
-    value = getattr(msg, name)
-    if name == "resources":
-        return msg.HasField("resources")
-    if name == "env":
-        return bool(len(value))
-    return bool(value)
+def _describe(spec: deployments_pb2.StartDeploymentRequest) -> str:
+    """A short summary of a spec for events: variants with weights and instances (never env values)."""
+    parts = []
+    for v in spec.variants:
+        text = f"{v.name} ({v.model_id} v{v.model_version}) {v.weight}%"
+        text += f", {v.instances} instance(s)" if v.instances else ", every eligible node"
+        text += f", threads {v.inference_threads}x{v.model_threads}, queue {v.queue_capacity}"
+        parts.append(text)
+    extra = []
+    if spec.traffic_limit_qps:
+        extra.append(f"traffic limit {spec.traffic_limit_qps:g}/s")
+    if spec.HasField("auto_stop"):
+        extra.append(f"auto stop {spec.auto_stop.seconds // 3600}h")
+    return "; ".join(parts + extra)

@@ -68,6 +68,7 @@ class AgentSession:
         self.outbox: asyncio.Queue[agent_pb2.ControlMessage | None] = asyncio.Queue()
         self.closed = False
         self.sent_digest: bytes | None = None  # the desired set last sent on this stream
+        self.key_id = ""  # the API key the agent authenticated with ("" = auth off)
 
     def send(self, message: agent_pb2.ControlMessage) -> None:
         if not self.closed:
@@ -205,6 +206,10 @@ class Fleet:
 
     def live(self, node_id: str) -> NodeLive | None:
         return self._nodes.get(node_id)
+
+    def sessions(self) -> list[AgentSession]:
+        """Every open agent stream."""
+        return [live.session for live in self._nodes.values() if live.session is not None]
 
     def session(self, node_id: str) -> AgentSession | None:
         live = self._nodes.get(node_id)

@@ -1,10 +1,15 @@
 """The inference gateway: `inference.GRPCInferenceService` on the control
 plane, so a client needs one address (as with Elasticsearch's infer API).
 
-ModelInfer is proxied without decoding tensors: the request arrives as raw
-bytes, only fields 1 and 2 (model_name, model_version) are read off the
-wire, and the same bytes go to a started worker over a channel kept per
-worker address; the worker's reply bytes (or its status, details and
+ModelInfer is proxied without re-encoding: the request arrives as raw bytes,
+fields 1 and 2 (model_name, model_version) are read off the wire, the
+request is validated strictly against the specs of the model it is routed
+to (control_plane.v2check: a parse of a copy plus size checks, no tensor
+decoded; a bad request gets INVALID_ARGUMENT and never reaches a worker),
+and the original bytes go to a started worker over a channel kept per
+worker address, with the allocation's worker token as `authorization`
+(workers accept only the gateway, the agent and keys with `infer`) and, when
+configured, over TLS. The worker's reply bytes (or its status, details and
 trailers such as grpc-retry-pushback-ms) go back unchanged. The call's
 deadline travels on.
 
@@ -20,12 +25,19 @@ retried. The client's deadline travels on as the worker call's timeout, so
 a call whose deadline passes while it waits in the worker's queue is never
 run and frees its slot.
 
+Every call is counted per deployment (GatewayStats): answered, rejected
+(traffic limit, or a worker's full queue), timed out, cancelled by its
+client, or failed; GetDeploymentStats shows these beside the workers' own
+counters. Channels to workers that left the routing table are closed by
+`prune_channels` (called by the control plane's reconcile loop).
+
 Event-loop only. The routing table is the reconciler's `routes`, rebuilt
 after every tick.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import logging
 import random
@@ -34,11 +46,11 @@ from collections.abc import Callable
 
 import grpc
 
-from control_plane import errors
+from control_plane import errors, v2check
 from control_plane.reconciler import Reconciler, Route
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import models_pb2
+from modelfleet.v1 import common_pb2, models_pb2
 
 log = logging.getLogger(__name__)
 
@@ -106,11 +118,18 @@ def never_accepted(code: grpc.StatusCode, details: str) -> bool:
 
 
 class TokenBucket:
-    """calls per second with a small burst (a tenth of a second's worth, at least 1)."""
+    """calls per second with a small burst: a tenth of a second's worth, at least 2.
+
+    At least 2, not 1: with room for one token only, the bucket is full
+    between the moment it refills and the next arrival, and that time is
+    lost; under steady overload that would admit up to ~1/6 less than the
+    rate. With room for two, a refilled token waits for its call."""
+
+    MIN_BURST = 2.0
 
     def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.rate = rate
-        self.burst = max(1.0, rate / 10)
+        self.burst = max(self.MIN_BURST, rate / 10)
         self.tokens = self.burst
         self._clock = clock
         self._last = clock()
@@ -120,23 +139,76 @@ class TokenBucket:
         now = self._clock()
         self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
         self._last = now
-        if self.tokens >= 1:
-            self.tokens -= 1
+        if self.tokens >= 1 - 1e-9:  # tolerate float sums such as 3 x (1/3)
+            self.tokens = max(0.0, self.tokens - 1)
             return 0.0
         return (1 - self.tokens) / self.rate
 
 
+class GatewayStats:
+    """What the gateway saw per deployment since it started (in memory).
+
+    inference_count: calls a worker answered; rejected_execution_count: calls
+    refused with RESOURCE_EXHAUSTED (the traffic limit here, or a worker's
+    full queue relayed); timeout_count: calls whose deadline passed before an
+    answer; cancelled_count: calls their client cancelled; error_count: any
+    other failure (no started worker, a worker error).
+    """
+
+    _FIELDS = ("inference_count", "rejected_execution_count", "timeout_count", "cancelled_count", "error_count")
+
+    def __init__(self) -> None:
+        self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self._last: dict[str, float] = {}
+
+    def count(self, deployment_id: str, field: str) -> None:
+        self._counts[deployment_id][field] += 1
+        self._last[deployment_id] = time.time()
+
+    def get(self, deployment_id: str) -> common_pb2.InferenceStats | None:
+        counts = self._counts.get(deployment_id)
+        if counts is None:
+            return None
+        out = common_pb2.InferenceStats(**{f: counts[f] for f in self._FIELDS})
+        out.last_access.FromNanoseconds(int(self._last[deployment_id] * 1e9))
+        return out
+
+    def forget(self, deployment_id: str) -> None:
+        self._counts.pop(deployment_id, None)
+        self._last.pop(deployment_id, None)
+
+
+_DEADLINE_SLACK_S = 0.05  # a cancel this close to the deadline is the deadline
+_CODE_FIELDS = {
+    grpc.StatusCode.RESOURCE_EXHAUSTED: "rejected_execution_count",
+    grpc.StatusCode.DEADLINE_EXCEEDED: "timeout_count",
+    grpc.StatusCode.CANCELLED: "cancelled_count",
+}
+
+
 class Gateway:
-    def __init__(self, *, reconciler: Reconciler, max_message_bytes: int) -> None:
+    def __init__(
+        self,
+        *,
+        reconciler: Reconciler,
+        max_message_bytes: int,
+        stats: GatewayStats | None = None,
+        worker_credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        self._worker_credentials = worker_credentials  # TLS to workers; None = plaintext
+        # (model_id, version) -> (inputs, outputs); model versions never change
+        self._specs: dict[tuple[str, int], tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]]] = {}
         self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
+        self._inflight_by_address: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
+        self.stats = stats or GatewayStats()
 
     async def close(self) -> None:
         for channel, _ in self._channels.values():
@@ -187,36 +259,123 @@ class Gateway:
         low = min(self._inflight[r.allocation_id] for r in routes)
         return random.choice([r for r in routes if self._inflight[r.allocation_id] == low])
 
+    # ---- validation ----------------------------------------------------------------
+    def _model_specs(self, model: tuple[str, int]) -> tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]] | None:
+        specs = self._specs.get(model)
+        if specs is None:
+            record = self.store.get_model(*model)
+            if record is None:
+                return None
+            if len(self._specs) > 10_000:
+                self._specs.clear()
+            specs = self._specs[model] = v2check.model_specs(record)
+        return specs
+
+    def validate(self, request: bytes, model: tuple[str, int]) -> None:
+        """INVALID_ARGUMENT unless request fits `model` (model_id, version): see control_plane.v2check."""
+        specs = self._model_specs(model)
+        if specs is not None:
+            v2check.validate(v2check.parse_request(request), inputs=specs[0], outputs=specs[1])
+
+    def model_before_routing(self, rec: records_pb2.DeploymentRecord, version: str) -> tuple[str, int] | None:
+        """The model a call will reach when that is known before routing: the variant it
+        names, or the only one while no other (retiring) variant serves; else None."""
+        routes = self.reconciler.routes.get(rec.deployment_id, [])
+        if version:
+            named = next((v for v in rec.spec.variants if v.name == version), None)
+        elif len(rec.spec.variants) == 1 and all(r.variant == rec.spec.variants[0].name for r in routes):
+            named = rec.spec.variants[0]
+        else:
+            named = None
+        return (named.model_id, named.model_version) if named is not None else None
+
     def _call(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
         entry = self._channels.get(address)
         if entry is None:
-            channel = grpc.aio.insecure_channel(address, options=self._options)
+            if self._worker_credentials is not None:
+                channel = grpc.aio.secure_channel(address, self._worker_credentials, options=self._options)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
             call = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=_IDENTITY, response_deserializer=_IDENTITY)
             entry = self._channels[address] = (channel, call)
         return entry[1]
+
+    async def prune_channels(self) -> int:
+        """Close channels to workers that no route names and no call uses. Returns how many."""
+        live = {r.address for routes in self.reconciler.routes.values() for r in routes}
+        gone = [a for a in self._channels if a not in live and not self._inflight_by_address[a]]
+        for address in gone:
+            channel, _ = self._channels.pop(address)
+            await channel.close()
+        return len(gone)
 
     # ---- RPCs -----------------------------------------------------------------------
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name, version = scan_model_name(request)
         rec = self._record(name)
-        self._limit(rec)
+        # Validate before routing when the model is known, so a bad request is
+        # refused even while no worker serves; else once the route is chosen.
+        checked = self.model_before_routing(rec, version)
+        if checked is not None:
+            self.validate(request, checked)
+        try:
+            self._limit(rec)
+        except errors.ResourceExhausted:
+            self.stats.count(rec.deployment_id, "rejected_execution_count")
+            raise
+        field = "error_count"
+        try:
+            reply = await self._forward(rec, version, request, context, checked=checked)
+            field = "inference_count"
+            return reply
+        except grpc.aio.AbortError:
+            raise
+        except _Relayed as relayed:
+            field = _CODE_FIELDS.get(relayed.code, "error_count")
+            await context.abort(relayed.code, relayed.details, relayed.trailers)
+            raise AssertionError("unreachable") from None
+        except asyncio.CancelledError:
+            # gRPC cancels the handler when the client cancels, and when the deadline passes
+            remaining = context.time_remaining()
+            field = "timeout_count" if remaining is not None and remaining <= _DEADLINE_SLACK_S else "cancelled_count"
+            raise
+        finally:
+            self.stats.count(rec.deployment_id, field)
+
+    async def _forward(
+        self,
+        rec: records_pb2.DeploymentRecord,
+        version: str,
+        request: bytes,
+        context: grpc.aio.ServicerContext,
+        *,
+        checked: tuple[str, int] | None,
+    ) -> bytes:
+        """Send the call to a worker (retried once elsewhere if it was never accepted), validated
+        against the routed variant's model unless it already was (`checked`)."""
         tried: set[str] = set()
         while True:
             route = self.pick(rec, version, exclude=frozenset(tried))
+            if route.model != checked:
+                self.validate(request, route.model)
+                checked = route.model
             self._inflight[route.allocation_id] += 1
+            self._inflight_by_address[route.address] += 1
+            metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
             try:
-                return await self._call(route.address)(request, timeout=context.time_remaining())  # type: ignore[no-any-return]
+                return await self._call(route.address)(request, timeout=context.time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
                 if never_accepted(exc.code(), details) and not tried:
                     tried.add(route.allocation_id)
                     log.info("worker %s did not accept a call (%s); retrying elsewhere", route.address, details)
                     continue
-                await context.abort(exc.code(), details, tuple(exc.trailing_metadata() or ()))
+                raise _Relayed(exc.code(), details, tuple(exc.trailing_metadata() or ())) from None
             finally:
-                self._inflight[route.allocation_id] -= 1
-                if not self._inflight[route.allocation_id]:
-                    del self._inflight[route.allocation_id]
+                for counter, key in ((self._inflight, route.allocation_id), (self._inflight_by_address, route.address)):
+                    counter[key] -= 1
+                    if not counter[key]:
+                        del counter[key]
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: object) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -277,6 +436,16 @@ class Gateway:
                 continue
             out.models.add(name=rec.deployment_id, version="", state="READY" if ready else "UNAVAILABLE", reason=rec.status_reason)
         return out
+
+
+class _Relayed(Exception):
+    """A worker's error status, to be passed on to the client unchanged."""
+
+    def __init__(self, code: grpc.StatusCode, details: str, trailers: tuple[tuple[str, str], ...]) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+        self.trailers = trailers
 
 
 def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:

@@ -8,7 +8,20 @@ HTTP/2 keepalive of every connection (--keepalive-*, RELIABILITY.md).
 
 Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
-- a reconcile tick every second (auto stop, placements waiting for capacity).
+- a reconcile tick every second (auto stop, placements waiting for capacity);
+- every 30 s the gateway closes channels to workers no longer routed to.
+
+Flags of issue 3: --default-auto-stop (hours), --max-deployments-per-user
+(the quota), and the hidden --test-clock-offset-file (tests only: seconds
+added to the wall clock that auto stop uses).
+
+Security (docs/security.md): authentication is on unless `--auth off`,
+which is refused unless --listen is a loopback address. On first start with
+no API key in the store the bootstrap admin key is created, written to
+DATA_DIR/admin.key (mode 0600) and printed once on stdout. `--tls-cert` /
+`--tls-key` serve TLS; `--tls-client-ca` also demands client certificates
+signed by that CA (mTLS). The gateway reaches TLS workers trusting
+`--worker-tls-ca`, presenting --tls-cert/--tls-key when they ask for one.
 
 Once listening it writes DATA_DIR/endpoint (HOST:PORT actually bound, so
 --listen 127.0.0.1:0 works) atomically. SIGTERM/SIGINT: health goes
@@ -19,26 +32,68 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
 import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+import grpc
 
 from control_plane.agents import AgentStreams, NodeService
 from control_plane.blobs import BlobStore
-from control_plane.deployments import DeploymentService
+from control_plane.deployments import DEFAULT_MAX_DEPLOYMENTS_PER_USER, DeploymentService
 from control_plane.fleet import Fleet
-from control_plane.gateway import Gateway, add_gateway_to_server
+from control_plane.gateway import Gateway, GatewayStats, add_gateway_to_server
 from control_plane.hub import ChangeHub
+from control_plane.keys import ADMIN_KEY_FILE, KeyService
 from control_plane.reconciler import Reconciler
 from control_plane.registry import ModelRegistry
-from control_plane.server import Keepalive, build_server, set_serving
-from control_plane.servicers import AgentControlServicer, DeploymentsServicer, ModelRegistryServicer, NodesServicer
+from control_plane.server import Keepalive, build_server, channel_credentials, server_credentials, set_serving
+from control_plane.servicers import (
+    AgentControlServicer,
+    AuthServicer,
+    DeploymentsServicer,
+    ModelRegistryServicer,
+    NodesServicer,
+)
 from control_plane.store import Store, open_store
-from modelfleet.v1 import agent_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
+from modelfleet.v1 import agent_pb2_grpc, auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
 log = logging.getLogger("control_plane")
+
+PRUNE_INTERVAL_S = 30.0
+
+
+@dataclass(frozen=True)
+class Security:
+    """Authentication and TLS settings (paths of PEM files; "" = unset)."""
+
+    auth: bool = True
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    worker_tls_ca: str = ""
+
+    def worker_credentials(self) -> grpc.ChannelCredentials | None:
+        if not self.worker_tls_ca:
+            return None
+        return channel_credentials(self.worker_tls_ca, self.tls_cert, self.tls_key)
+
+
+def is_loopback(listen: str) -> bool:
+    """True when HOST of HOST:PORT is a loopback address (127.0.0.0/8, ::1, localhost)."""
+    host = listen.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class ControlPlane:
@@ -51,35 +106,66 @@ class ControlPlane:
         node_timeout: float = 30.0,
         max_message_bytes: int = 64 << 20,
         default_auto_stop_s: int = 0,
+        max_deployments_per_user: int = DEFAULT_MAX_DEPLOYMENTS_PER_USER,
+        wall_clock: Callable[[], float] = time.time,
+        security: Security = Security(),
         recovery_grace: float | None = None,
         keepalive: Keepalive | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
+        self.security = security
         self.hub = ChangeHub()
         self.fleet = Fleet(heartbeat_interval=heartbeat_interval, node_timeout=node_timeout)
         self.fleet.recover((n.info.node_id for n in store.list_nodes()), grace=recovery_grace)
-        self.reconciler = Reconciler(store=store, fleet=self.fleet, hub=self.hub)
+        self.reconciler = Reconciler(
+            store=store, fleet=self.fleet, hub=self.hub, wall_clock=wall_clock, worker_tokens=security.auth
+        )
+        self.gateway_stats = GatewayStats()
+        self.keys = KeyService(store=store) if security.auth else None
         self.registry = ModelRegistry(
             store=store,
             blobs=BlobStore(data_dir / "blobs"),
             in_use=lambda model_id, version: self.deployments.model_in_use(model_id, version),
         )
         self.deployments = DeploymentService(
-            reconciler=self.reconciler, hub=self.hub, registry=self.registry, default_auto_stop_s=default_auto_stop_s
+            reconciler=self.reconciler,
+            hub=self.hub,
+            registry=self.registry,
+            default_auto_stop_s=default_auto_stop_s,
+            max_deployments_per_user=max_deployments_per_user,
+            gateway_stats=self.gateway_stats.get,
         )
-        self.gateway = Gateway(reconciler=self.reconciler, max_message_bytes=max_message_bytes)
-        self.server, self.health = build_server(max_message_bytes=max_message_bytes, keepalive=keepalive)
+        self.gateway = Gateway(
+            reconciler=self.reconciler,
+            max_message_bytes=max_message_bytes,
+            stats=self.gateway_stats,
+            worker_credentials=security.worker_credentials(),
+        )
+        self.server, self.health = build_server(max_message_bytes=max_message_bytes, authenticator=self.keys, keepalive=keepalive)
+        self.agent_streams = AgentStreams(reconciler=self.reconciler, keys=self.keys)
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
         nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(NodeService(reconciler=self.reconciler)), self.server)
-        agent_pb2_grpc.add_AgentControlServicer_to_server(AgentControlServicer(AgentStreams(reconciler=self.reconciler)), self.server)
+        agent_pb2_grpc.add_AgentControlServicer_to_server(AgentControlServicer(self.agent_streams), self.server)
+        # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
+        auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
         add_gateway_to_server(self.gateway, self.server)
+        if self.keys is not None:
+            self.keys.on_change = self.agent_streams.credentials_changed
         self._tasks: list[asyncio.Task[None]] = []
 
+    def bootstrap(self) -> str | None:
+        """Create the admin key if the store has no key yet (auth on); returns its token to print."""
+        return self.keys.bootstrap(self.data_dir) if self.keys is not None else None
+
     async def start(self, listen: str) -> str:
+        sec = self.security
         try:
-            port = self.server.add_insecure_port(listen)
+            if sec.tls_cert:
+                port = self.server.add_secure_port(listen, server_credentials(sec.tls_cert, sec.tls_key, sec.tls_client_ca))
+            else:
+                port = self.server.add_insecure_port(listen)
         except RuntimeError as exc:
             raise SystemExit(f"error: cannot listen on {listen}: {exc} (is another process using the port?)") from None
         if port == 0:
@@ -92,6 +178,7 @@ class ControlPlane:
         self._tasks = [
             asyncio.create_task(self._loop("liveness sweep", min(self.fleet.heartbeat_interval, 1.0) / 2, self._sweep)),
             asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.reconcile)),
+            asyncio.create_task(self._prune_loop()),
         ]
         tmp = self.data_dir / "endpoint.tmp"
         tmp.write_text(endpoint)
@@ -112,6 +199,14 @@ class ControlPlane:
                 log.exception("%s failed; continuing", name)
             await asyncio.sleep(interval)
 
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+            try:
+                await self.gateway.prune_channels()
+            except Exception:
+                log.exception("pruning gateway channels failed; continuing")
+
     async def stop(self, grace: float = 5.0) -> None:
         await set_serving(self.health, False)
         for task in self._tasks:
@@ -119,6 +214,39 @@ class ControlPlane:
         await self.server.stop(grace)
         await self.gateway.close()
         self.store.close()
+
+
+def _auto_stop_hours(text: str) -> int:
+    value = text.strip().lower().removesuffix("h")
+    try:
+        hours = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected whole hours from 1 to 24, e.g. 2 or 2h") from None
+    if hours == 0:
+        return 0
+    if hours != int(hours) or not 1 <= hours <= 24:
+        raise argparse.ArgumentTypeError(f"{text!r}: auto stop must be a whole number of hours from 1 to 24")
+    return int(hours)
+
+
+def offset_clock(path: Path) -> Callable[[], float]:
+    """time.time() plus the seconds written in path (0 while it is absent or unreadable).
+
+    Tests only (--test-clock-offset-file): it lets a test move the control
+    plane's wall clock forward, e.g. past an auto stop, without waiting."""
+    cache: dict[str, object] = {"mtime": None, "offset": 0.0}
+
+    def now() -> float:
+        try:
+            mtime = path.stat().st_mtime_ns
+            if mtime != cache["mtime"]:
+                cache["offset"] = float(path.read_text().strip() or 0)
+                cache["mtime"] = mtime
+        except (OSError, ValueError):
+            cache["mtime"], cache["offset"] = None, 0.0
+        return time.time() + float(cache["offset"])  # type: ignore[arg-type]
+
+    return now
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -136,21 +264,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keepalive-min-ping-interval", type=float, default=5.0, metavar="S",
                    help="tolerate client pings down to S seconds apart; faster ones draw a GOAWAY after 2 strikes")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
-    p.add_argument("--default-auto-stop", type=float, default=0, help="hours after which new deployments stop (0 = never)")
+    p.add_argument("--default-auto-stop", type=_auto_stop_hours, default=0, metavar="HOURS",
+                   help="auto stop of new deployments that set none: 1 to 24 whole hours (e.g. 2 or 2h); "
+                        "default: none")
+    p.add_argument("--max-deployments-per-user", type=int, default=DEFAULT_MAX_DEPLOYMENTS_PER_USER, metavar="N",
+                   help="deployments one owner may have, stopped ones included (default %(default)s; 0 = no limit)")
+    # For tests only: a file holding seconds added to the wall clock that auto
+    # stop (and deployment start times and events) use, re-read on every use.
+    p.add_argument("--test-clock-offset-file", default="", help=argparse.SUPPRESS)
+    p.add_argument("--auth", choices=["on", "off"], default=os.environ.get("MODELFLEET_AUTH", "on"),
+                   help="API key authentication (default on; off is refused unless --listen is loopback)")
+    p.add_argument("--tls-cert", default="", metavar="PEM", help="serve TLS with this certificate (chain)")
+    p.add_argument("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
+    p.add_argument("--tls-client-ca", default="", metavar="PEM",
+                   help="demand client certificates signed by this CA (mTLS; agents present theirs)")
+    p.add_argument("--worker-tls-ca", default="", metavar="PEM",
+                   help="the gateway reaches workers over TLS, trusting this CA (agents run them with --worker-tls-cert)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    if args.max_deployments_per_user < 0:
+        p.error("--max-deployments-per-user must be >= 0")
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
         p.error("--node-timeout must exceed --heartbeat-interval, and both must be positive")
     if args.recovery_grace is not None and args.recovery_grace < 0:
         p.error("--recovery-grace must be >= 0")
     if min(args.keepalive_time, args.keepalive_timeout, args.keepalive_min_ping_interval) <= 0:
         p.error("--keepalive-time, --keepalive-timeout and --keepalive-min-ping-interval must be positive")
+    if args.auth == "off" and not is_loopback(args.listen):
+        p.error(f"--auth off is refused on a non-loopback address ({args.listen}): anyone who can reach it could "
+                "control the fleet; keep authentication on, or listen on 127.0.0.1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        p.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
     return args
 
 
 async def _serve(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys' hashes and worker tokens live here
     store = open_store(args.store or data_dir)
     plane = ControlPlane(
         data_dir=data_dir,
@@ -158,7 +310,16 @@ async def _serve(args: argparse.Namespace) -> None:
         heartbeat_interval=args.heartbeat_interval,
         node_timeout=args.node_timeout,
         max_message_bytes=args.max_message_bytes,
-        default_auto_stop_s=int(args.default_auto_stop * 3600),
+        default_auto_stop_s=args.default_auto_stop * 3600,
+        max_deployments_per_user=args.max_deployments_per_user,
+        wall_clock=offset_clock(Path(args.test_clock_offset_file)) if args.test_clock_offset_file else time.time,
+        security=Security(
+            auth=args.auth == "on",
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            worker_tls_ca=args.worker_tls_ca,
+        ),
         recovery_grace=args.recovery_grace,
         keepalive=Keepalive(
             time_s=args.keepalive_time,
@@ -166,6 +327,16 @@ async def _serve(args: argparse.Namespace) -> None:
             min_ping_interval_s=args.keepalive_min_ping_interval,
         ),
     )
+    token = plane.bootstrap()
+    if token is not None:
+        # Printed this once (never logged); the file keeps it for local use.
+        print(
+            f"modelfleet: created the bootstrap admin API key; it is saved in {data_dir / ADMIN_KEY_FILE} "
+            f"(mode 0600) and shown only this once:\n  {token}",
+            flush=True,
+        )
+    elif args.auth == "off":
+        log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
     await plane.start(args.listen)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()

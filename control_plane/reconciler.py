@@ -3,12 +3,13 @@ what agents report.
 
 `reconcile()` is one tick. It is synchronous, never blocks and is safe to
 call at any time and as often as wanted: it reads the desired state from
-the store, places variants with the scheduler, writes the intent (new
-allocation records, allocations marked to stop) to the store *before*
-anything is sent, pushes every changed node its complete desired set with a
-new generation, derives allocation/deployment statuses and publishes changes
-to the hub. Agent reports (`observe`) only record observations and trigger a
-tick; they never command anything themselves.
+the store, plans each variant (control_plane.rollout, on top of the
+scheduler), writes the intent (new allocation records, allocations marked to
+stop) to the store *before* anything is sent, pushes every changed node its
+complete desired set with a new generation, derives allocation/deployment
+statuses and publishes changes to the hub. Agent reports (`observe`) only
+record observations and trigger a tick; they never command anything
+themselves.
 
 Allocation records (modelfleet.store.v1.AllocationRecord), one per variant
 per node, move through:
@@ -24,17 +25,30 @@ lost node's allocation is marked to stop (its agent stops the worker if it
 ever returns: it is absent from the desired set, fenced by generation).
 
 Drain (a cordoned node, `schedulable` false in its durable record) is
-make-before-break: allocations on cordoned nodes ("movers") are left out of
-the scheduler's `current`, so it places replacements on eligible nodes;
-a mover is stopped only once the variant has enough STARTED allocations
-elsewhere (its instance count, or for "every node" variants every target and
-at least one), so capacity never drops below what was serving. With nowhere
-to go, a mover keeps serving on the cordoned node.
+make-before-break by the same rules as a rolling update: an allocation on a
+cordoned node counts as stale (control_plane.rollout), so the scheduler
+places a replacement on an eligible node and the drained one stops only
+once every target has a STARTED allocation. With nowhere to go, it keeps
+serving on the cordoned node.
+
+An allocation never changes what it runs: an update that changes a
+variant's worker settings creates new allocations (new ids) and stops the
+old ones once the new ones are STARTED (make-before-break, see
+control_plane.rollout). Every routing-state change goes through
+`save_allocation` / `remove_allocation`, which record it as an event
+(control_plane.events); every status change is recorded by `_derive_status`.
 
 Routing for the gateway (`routes`) is rebuilt from the records after every
-tick: started allocations of running deployments on READY nodes only.
+tick: started allocations (desired RUNNING) of running deployments on READY
+nodes, old and new ones alike during a rolling update.
 
-Event-loop only; the store is synchronous and fast (SQLite WAL).
+With authentication on (`worker_tokens`), every new allocation's spec gets a
+random worker token: the agent hands it to the worker, and the gateway
+presents it with each call it forwards there (docs/security.md, "Workers").
+
+Auto stop compares the wall clock (`wall_clock`, injectable: tests move it)
+with start_time + auto_stop. Event-loop only; the store is synchronous and
+fast (SQLite WAL).
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
@@ -49,7 +64,8 @@ from dataclasses import dataclass
 
 from google.protobuf import timestamp_pb2
 
-from control_plane import scheduler, state
+from control_plane import rollout, scheduler, state
+from control_plane.events import EventLog
 from control_plane.fleet import Fleet, Liveness
 from control_plane.hub import ChangeHub
 from control_plane.store import Store
@@ -71,6 +87,8 @@ class Route:
     node_id: str
     variant: str
     address: str
+    token: str = ""  # the worker token the gateway presents ("" = auth off)
+    model: tuple[str, int] = ("", 0)  # (model_id, version) the worker serves: what requests are checked against
 
 
 def now_ts() -> timestamp_pb2.Timestamp:
@@ -88,35 +106,55 @@ class Reconciler:
         hub: ChangeHub,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        worker_tokens: bool = False,
     ) -> None:
         self.store = store
+        self.worker_tokens = worker_tokens  # give every new allocation a secret for its worker
         self._wall_clock = wall_clock
         self.fleet = fleet
         self.hub = hub
         self._clock = clock
+        self.events = EventLog(store=store, hub=hub, now=self.now)
         # (deployment_id, variant) -> the last placement, for reasons shown to users
         self.placements: dict[tuple[str, str], scheduler.Placement] = {}
+        # deployment_id -> what its rolling update waits for ("" or absent: none)
+        self.rollouts: dict[str, str] = {}
         self.routes: dict[str, list[Route]] = {}
         self.last_duration_s = 0.0
+
+    def now(self) -> timestamp_pb2.Timestamp:
+        """The control plane's wall clock as a Timestamp (start times, events)."""
+        ts = timestamp_pb2.Timestamp()
+        ts.FromNanoseconds(int(self._wall_clock() * 1e9))
+        return ts
+
+    def wall_time(self) -> float:
+        return self._wall_clock()
 
     # ---- inputs ----------------------------------------------------------------
     def model_for(self, variant: deployments_pb2.VariantSpec) -> models_pb2.Model | None:
         return self.store.get_model(variant.model_id, variant.model_version)
 
+    def template(self, deployment_id: str, variant: deployments_pb2.VariantSpec) -> agent_pb2.AllocationSpec | None:
+        """The AllocationSpec the variant's current settings produce (no id), or None if its model is gone."""
+        model = self.model_for(variant)
+        if model is None:
+            return None
+        return rollout.allocation_spec(deployment_id=deployment_id, variant=variant, model=model)
+
     def node_views(self) -> dict[str, scheduler.NodeView]:
-        """Capacity, usage and eligibility of every known node."""
-        deployments = {d.deployment_id: d for d in self.store.list_deployments()}
+        """Capacity, usage and eligibility of every known node.
+
+        Usage counts every allocation that holds its node (all but FAILED
+        ones), by its own spec: old allocations of a rolling update included.
+        """
         used: dict[str, list[float]] = {}
         for alloc in self.store.list_allocations():
             if alloc.routing_state == RS.ROUTING_STATE_FAILED:
                 continue  # a failed worker holds nothing (and is not restarted)
             if alloc.desired == STOPPED and alloc.routing_state == RS.ROUTING_STATE_STOPPED:
                 continue  # stopped for good (a wanted one that stopped is started again: still counted)
-            rec = deployments.get(alloc.deployment_id)
-            variant = _variant(rec, alloc.variant) if rec else None
-            if variant is None:
-                continue
-            demand = scheduler.demand_for(variant, model_bytes=alloc.spec.model_bytes)
+            demand = scheduler.demand_of_allocation(alloc.spec)
             u = used.setdefault(alloc.node_id, [0.0, 0, 0])
             u[0] += demand.cpus
             u[1] += demand.memory_bytes
@@ -141,6 +179,41 @@ class Reconciler:
             )
         return views
 
+    def forget(self, deployment_id: str) -> None:
+        """The deployment was deleted: drop what was kept in memory for it."""
+        self.rollouts.pop(deployment_id, None)
+        for key in [k for k in self.placements if k[0] == deployment_id]:
+            del self.placements[key]
+
+    # ---- allocation records (the one place routing states change) --------------
+    def save_allocation(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
+        """Write alloc; record an event if its routing state differs from before."""
+        if before != alloc.routing_state and not state.check_route_transition(before, alloc.routing_state):
+            log.warning(
+                "allocation %s: unexpected routing transition %s -> %s",
+                alloc.allocation_id,
+                RS.RoutingState.Name(before),
+                RS.RoutingState.Name(alloc.routing_state),
+            )
+        self.store.put_allocation(alloc)
+        if before != alloc.routing_state:
+            self.events.routing(alloc, old=before, new=alloc.routing_state, reason=alloc.reason)
+
+    def remove_allocation(self, alloc: records_pb2.AllocationRecord, *, reason: str) -> None:
+        """Delete alloc (nothing runs any more); record STOPPED unless it already was."""
+        self.store.delete_allocation(alloc.allocation_id)
+        self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
+        if alloc.routing_state != RS.ROUTING_STATE_STOPPED:
+            self.events.routing(alloc, old=alloc.routing_state, new=RS.ROUTING_STATE_STOPPED, reason=reason)
+
+    def _route(self, alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
+        """Set alloc's route and save it (with its event). True if it changed."""
+        before = alloc.routing_state
+        if not _set_route(alloc, routing_state, reason):
+            return False
+        self.save_allocation(alloc, before=before)
+        return True
+
     # ---- the tick ----------------------------------------------------------------
     def reconcile(self) -> None:
         started = time.perf_counter()
@@ -161,6 +234,20 @@ class Reconciler:
         self._rebuild_routes()
         self.last_duration_s = time.perf_counter() - started
 
+    def _auto_stop(self, rec: records_pb2.DeploymentRecord) -> None:
+        if rec.desired != RUNNING or not rec.spec.HasField("auto_stop") or not rec.HasField("start_time"):
+            return
+        if self._wall_clock() < rec.start_time.seconds + rec.spec.auto_stop.seconds:
+            return
+        hours = rec.spec.auto_stop.seconds / 3600
+        rec.desired = STOPPED
+        rec.stop_reason = "auto stop"
+        rec.revision += 1
+        with self.store.transaction():
+            self.store.put_deployment(rec)
+            self.events.spec(rec.deployment_id, revision=rec.revision, reason=f"auto stop: {hours:g} h after the start")
+        log.info("deployment %s: auto stop after %g h", rec.deployment_id, hours)
+
     def _reconcile_deployment(
         self,
         rec: records_pb2.DeploymentRecord,
@@ -169,53 +256,80 @@ class Reconciler:
         *,
         cordoned: frozenset[str] = frozenset(),
     ) -> None:
-        if rec.desired == RUNNING and rec.spec.HasField("auto_stop") and rec.HasField("start_time"):
-            if self._wall_clock() >= rec.start_time.seconds + rec.spec.auto_stop.seconds:
-                rec.desired = STOPPED
-                rec.stop_reason = "auto stop"
-                rec.revision += 1
-                self.store.put_deployment(rec)
-                log.info("deployment %s: auto stop after %ds", rec.deployment_id, rec.spec.auto_stop.seconds)
+        self._auto_stop(rec)
         allocs = self.store.list_allocations(deployment_id=rec.deployment_id)
         names = {v.name for v in rec.spec.variants}
+        reasons: list[str] = []
         with self.store.transaction():
-            for alloc in allocs:
-                if alloc.desired == RUNNING and (rec.desired == STOPPED or alloc.variant not in names):
-                    self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")
-                elif alloc.desired == STOPPED and rec.desired == STOPPED and self.fleet.state(alloc.node_id) == Liveness.LOST:
-                    self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")  # nobody left to confirm
-            if rec.desired == RUNNING:
+            if rec.desired == STOPPED:
+                for alloc in allocs:
+                    if alloc.desired == RUNNING:
+                        self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")
+                    elif self.fleet.state(alloc.node_id) == Liveness.LOST:
+                        self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")  # nobody left to confirm
+            else:
+                progress: list[rollout.Progress] = []
                 for variant in rec.spec.variants:
-                    mine = [a for a in allocs if a.variant == variant.name and a.desired == RUNNING]
-                    self._place_variant(rec, variant, mine, views, dirty_nodes, cordoned=cordoned)
+                    plan, prog = self._place_variant(rec, variant, allocs, views, dirty_nodes, cordoned=cordoned)
+                    progress.append(prog)
+                    if plan is not None and plan.rollout:
+                        reasons.append(plan.rollout)
+                retiring = [a for a in allocs if a.desired == RUNNING and a.variant not in names]
+                if retiring:
+                    if rollout.ready_to_retire(progress):
+                        for alloc in retiring:
+                            self._stop_allocation(alloc, dirty_nodes, reason="variant removed by an update")
+                    else:
+                        for alloc in retiring:
+                            if self.fleet.state(alloc.node_id) == Liveness.LOST:
+                                self._stop_allocation(alloc, dirty_nodes, reason="variant removed by an update")
+                        gone = ", ".join(sorted({repr(a.variant) for a in retiring}))
+                        reasons.append(f"removed variant(s) {gone} keep serving until the remaining variants have started")
+        self.rollouts[rec.deployment_id] = "; ".join(reasons)
         self._derive_status(rec.deployment_id)
 
     def _place_variant(
         self,
         rec: records_pb2.DeploymentRecord,
         variant: deployments_pb2.VariantSpec,
-        running: list[records_pb2.AllocationRecord],
+        allocs: list[records_pb2.AllocationRecord],
         views: dict[str, scheduler.NodeView],
         dirty_nodes: set[str],
         *,
         cordoned: frozenset[str] = frozenset(),
-    ) -> None:
+    ) -> tuple[rollout.VariantPlan | None, rollout.Progress]:
         model = self.model_for(variant)
         if model is None:
             log.error("deployment %s: model %s v%d is gone", rec.deployment_id, variant.model_id, variant.model_version)
-            return
+            return None, rollout.Progress(weight=variant.weight, started=0, starting=0)
+        template = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model)
         demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
-        alive = [a for a in running if self.fleet.state(a.node_id) != Liveness.LOST]
-        movers = [a for a in alive if a.node_id in cordoned]
-        current = {a.node_id for a in alive if a.node_id not in cordoned}
-        placement = scheduler.place(demand, list(views.values()), current=current)
-        self.placements[(rec.deployment_id, variant.name)] = placement
-        targets = set(placement.targets)
-        for node_id in placement.targets:
-            if node_id in current:
-                continue
+        mine = [a for a in allocs if a.variant == variant.name]
+        running = [a for a in mine if a.desired == RUNNING]
+        # an allocation on a drained (cordoned) node is replaced like a stale one: make-before-break
+        members = [
+            _member(a, fresh=rollout.is_fresh(a.spec, template) and a.node_id not in cordoned,
+                    lost=self.fleet.state(a.node_id) == Liveness.LOST)
+            for a in running
+        ]  # fmt: skip
+        draining = [
+            a for a in mine
+            if a.desired == STOPPED and a.routing_state != RS.ROUTING_STATE_FAILED
+            and self.fleet.state(a.node_id) != Liveness.LOST
+        ]  # fmt: skip
+        plan = rollout.plan_variant(
+            demand,
+            list(views.values()),
+            members,
+            draining=len(draining),
+            draining_stale=sum(1 for a in draining if not rollout.is_fresh(a.spec, template)),
+            name=variant.name,
+        )
+        self.placements[(rec.deployment_id, variant.name)] = plan.placement
+        targets = set(plan.placement.targets)
+        for node_id in plan.start_on:
             alloc = self._new_allocation(rec, variant, model, node_id)
-            self.store.put_allocation(alloc)
+            self.save_allocation(alloc, before=RS.ROUTING_STATE_UNSPECIFIED)
             dirty_nodes.add(node_id)
             view = views[node_id]
             views[node_id] = dataclasses.replace(
@@ -224,52 +338,35 @@ class Reconciler:
                 used_memory=view.used_memory + demand.memory_bytes,
                 used_gpus=view.used_gpus + demand.gpus,
             )
-        self._move_off_cordoned(rec, variant, movers, running, targets, dirty_nodes)
-        mover_ids = {a.allocation_id for a in movers}
-        for alloc in running:
-            if alloc.node_id in targets or alloc.allocation_id in mover_ids:
-                continue
-            if self.fleet.state(alloc.node_id) == Liveness.LOST:
-                if alloc.routing_state == RS.ROUTING_STATE_STOPPED:
-                    changed = False  # its agent shut down gracefully and said so
-                else:
-                    changed = _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
-                if variant.instances > 0:
+        for alloc, member in zip(running, members):
+            reason = plan.stop.get(alloc.allocation_id)
+            if reason is not None:
+                if alloc.node_id in cordoned and not member.lost:
+                    reason = "node drained; moved to another node"
+                self._stop_allocation(alloc, dirty_nodes, reason=reason)
+            elif member.lost and alloc.node_id not in targets:
+                before = alloc.routing_state
+                # a route its agent reported STOPPED (a graceful shutdown) stays STOPPED
+                changed = alloc.routing_state != RS.ROUTING_STATE_STOPPED and _set_route(
+                    alloc, RS.ROUTING_STATE_FAILED, "node lost"
+                )
+                if variant.instances > 0 or not member.fresh:
                     # replaced elsewhere; the lost node stops it when it returns
                     alloc.desired = STOPPED
                     changed = True
                 if changed:
-                    self.store.put_allocation(alloc)
-            else:
-                self._stop_allocation(alloc, dirty_nodes, reason="no longer a target")
-
-    def _move_off_cordoned(
-        self,
-        rec: records_pb2.DeploymentRecord,
-        variant: deployments_pb2.VariantSpec,
-        movers: list[records_pb2.AllocationRecord],
-        running: list[records_pb2.AllocationRecord],
-        targets: set[str],
-        dirty_nodes: set[str],
-    ) -> None:
-        """Make-before-break: stop allocations on cordoned nodes only as far as
-        STARTED allocations on target nodes replace them."""
-        if not movers:
-            return
-        wanted = variant.instances if variant.instances > 0 else max(1, len(targets))
-        started = sum(
-            1
-            for a in running
-            if a.node_id in targets
-            and a.routing_state == RS.ROUTING_STATE_STARTED
-            and self.fleet.state(a.node_id) == Liveness.READY
-        )
-        keep = max(0, min(len(movers), wanted - started))
-        # the serving ones are kept longest
-        movers = sorted(movers, key=lambda a: (a.routing_state != RS.ROUTING_STATE_STARTED, a.node_id))
-        for alloc in movers[keep:]:
-            log.info("deployment %s: %s on drained node %s is replaced; stopping it", rec.deployment_id, alloc.allocation_id, alloc.node_id)
-            self._stop_allocation(alloc, dirty_nodes, reason="node drained; moved to another node")
+                    self.save_allocation(alloc, before=before)
+        fresh = [m for m in members if m.fresh and not m.lost and m.allocation_id not in plan.stop]
+        progress = rollout.Progress(
+            weight=variant.weight,
+            started=sum(1 for m in fresh if m.routing_state == RS.ROUTING_STATE_STARTED),
+            starting=sum(1 for m in fresh if m.routing_state == RS.ROUTING_STATE_STARTING) + len(plan.start_on),
+            also_serving=sum(
+                1 for m in members
+                if not m.fresh and not m.lost and m.routing_state == RS.ROUTING_STATE_STARTED and m.allocation_id not in plan.stop
+            ),
+        )  # fmt: skip
+        return plan, progress
 
     def _new_allocation(
         self,
@@ -279,25 +376,9 @@ class Reconciler:
         node_id: str,
     ) -> records_pb2.AllocationRecord:
         allocation_id = f"{rec.deployment_id}-{uuid.uuid4().hex[:10]}"
-        spec = agent_pb2.AllocationSpec(
-            allocation_id=allocation_id,
-            deployment_id=rec.deployment_id,
-            variant=variant.name,
-            model_id=model.model_id,
-            model_version=model.version,
-            model_sha256=model.sha256,
-            model_bytes=model.model_bytes,
-            format=model.format,
-            inference_threads=variant.inference_threads,
-            model_threads=variant.model_threads,
-            queue_capacity=variant.queue_capacity,
-            env=dict(variant.env),
-            resources=variant.resources,
-            max_batch_size=variant.max_batch_size,
-            max_queue_delay_us=variant.max_queue_delay_us,
-            inputs=model.inputs,
-            outputs=model.outputs,
-        )
+        spec = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model, allocation_id=allocation_id)
+        if self.worker_tokens:
+            spec.worker_token = secrets.token_urlsafe(32)
         return records_pb2.AllocationRecord(
             allocation_id=allocation_id,
             deployment_id=rec.deployment_id,
@@ -305,20 +386,20 @@ class Reconciler:
             node_id=node_id,
             desired=RUNNING,
             routing_state=RS.ROUTING_STATE_STARTING,
-            reason="",
+            reason="placed on the node",
             created_at=now_ts(),
             spec=spec,
         )
 
     def _stop_allocation(self, alloc: records_pb2.AllocationRecord, dirty_nodes: set[str], *, reason: str) -> None:
         if self.fleet.state(alloc.node_id) == Liveness.LOST:
-            self.store.delete_allocation(alloc.allocation_id)
-            self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
+            self.remove_allocation(alloc, reason=f"{reason} (node lost)")
             return
+        before = alloc.routing_state
         alloc.desired = STOPPED
         if alloc.routing_state != RS.ROUTING_STATE_FAILED:
             _set_route(alloc, RS.ROUTING_STATE_STOPPING, reason)
-        self.store.put_allocation(alloc)
+        self.save_allocation(alloc, before=before)
         dirty_nodes.add(alloc.node_id)
 
     # ---- statuses -----------------------------------------------------------------
@@ -327,33 +408,64 @@ class Reconciler:
         if rec is None:
             return
         allocs = self.store.list_allocations(deployment_id=deployment_id)
+        names = {v.name for v in rec.spec.variants}
         views: list[state.VariantView] = []
         waiting: list[str] = []
         failures: list[str] = []
+        also_serving = 0
         for variant in rec.spec.variants:
             mine = [a for a in allocs if a.variant == variant.name]
+            template = self.template(deployment_id, variant)
+            fresh = [a for a in mine if a.desired == RUNNING and (template is None or rollout.is_fresh(a.spec, template))]
+            stale = [a for a in mine if a.desired == RUNNING and a not in fresh]
+            old_serving = sum(1 for a in stale if a.routing_state == RS.ROUTING_STATE_STARTED)
+            also_serving += old_serving
             placement = self.placements.get((deployment_id, variant.name))
-            routes = [a.routing_state for a in mine if a.desired == RUNNING]
+            routes = [a.routing_state for a in fresh]
             view = state.variant_view(routes, target_count=len(placement.targets) if placement else 0, instances=variant.instances, name=variant.name)
-            views.append(dataclasses.replace(view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED)))
-            failures += [a.reason for a in mine if a.routing_state == RS.ROUTING_STATE_FAILED]
-            if placement and not placement.targets:
+            views.append(dataclasses.replace(
+                view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED), replacing=old_serving
+            ))
+            failures += [a.reason for a in fresh if a.routing_state == RS.ROUTING_STATE_FAILED]
+            if placement and not placement.targets and not stale:
                 waiting.append(placement.shortfall or _summarize(placement.not_chosen))
-        ever_served = rec.ever_served or any(v.started for v in views)
+        retiring = [a for a in allocs if a.variant not in names]
+        also_serving += sum(1 for a in retiring if a.desired == RUNNING and a.routing_state == RS.ROUTING_STATE_STARTED)
+        stopping_elsewhere = sum(1 for a in retiring if a.routing_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED, RS.ROUTING_STATE_STOPPING))
+        if stopping_elsewhere and views:
+            views[0] = dataclasses.replace(views[0], stopping=views[0].stopping + stopping_elsewhere)
+        ever_served = rec.ever_served or any(v.started for v in views) or also_serving > 0
+        waiting_reason = ("waiting for capacity: " + "; ".join(waiting)) if waiting else ""
+        rollout_reason = self.rollouts.get(deployment_id, "")
+        if rollout_reason and not waiting_reason:
+            waiting_reason = "rolling update: " + rollout_reason
         status, reason = state.deployment_status(
             desired=rec.desired,
             variants=views,
             ever_served=ever_served,
-            waiting_reason=("waiting for capacity: " + "; ".join(waiting)) if waiting else "",
+            waiting_reason=waiting_reason,
             failure_reasons=failures,
+            also_serving=also_serving,
+            rolling=bool(rollout_reason),
         )
         if rec.desired == STOPPED and rec.stop_reason and status == common_pb2.DEPLOYMENT_STATUS_STOPPED:
             reason = rec.stop_reason
         if (status, reason, ever_served) != (rec.status, rec.status_reason, rec.ever_served):
+            old = rec.status
             rec.status, rec.status_reason, rec.ever_served = status, reason, ever_served
             if status == common_pb2.DEPLOYMENT_STATUS_STOPPED and not rec.HasField("stopped_at"):
-                rec.stopped_at.CopyFrom(now_ts())
-            self.store.put_deployment(rec)
+                rec.stopped_at.CopyFrom(self.now())
+            with self.store.transaction():
+                self.store.put_deployment(rec)
+                if old != status:
+                    if not state.check_status_transition(old, status):
+                        log.warning(
+                            "deployment %s: unexpected status transition %s -> %s",
+                            deployment_id,
+                            common_pb2.DeploymentStatus.Name(old),
+                            common_pb2.DeploymentStatus.Name(status),
+                        )
+                    self.events.status(deployment_id, old=old, new=status, reason=reason)
             self.hub.notify(deployment_id)
 
     # ---- agents -----------------------------------------------------------------------
@@ -397,11 +509,13 @@ class Reconciler:
                 report = by_id.pop(alloc.allocation_id, None)
                 if alloc.desired == STOPPED and caught_up and (report is None or report.routing_state in _DONE):
                     # the agent applied the stop and nothing runs any more
-                    self.store.delete_allocation(alloc.allocation_id)
-                    self.fleet.forget_stats(node_id, alloc.allocation_id)
+                    reason = "worker stopped" if report is None or not report.reason else report.reason
+                    self.remove_allocation(alloc, reason=reason)
                     touched.add(alloc.deployment_id)
-                elif _apply_report(alloc, report, registration=full_registration):
-                    self.store.put_allocation(alloc)
+                    continue
+                before = alloc.routing_state
+                if _apply_report(alloc, report, registration=full_registration):
+                    self.save_allocation(alloc, before=before)
                     touched.add(alloc.deployment_id)
         for stale in by_id:
             log.info("node %s reports allocation %s that is not its own; ignored", node_id, stale)
@@ -431,16 +545,24 @@ class Reconciler:
                 and self.fleet.state(alloc.node_id) == Liveness.READY
             ):
                 routes.setdefault(alloc.deployment_id, []).append(
-                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address)
+                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address, alloc.spec.worker_token,
+                          (alloc.spec.model_id, alloc.spec.model_version))
                 )
         self.routes = routes
 
 
-def _variant(rec: records_pb2.DeploymentRecord, name: str) -> deployments_pb2.VariantSpec | None:
-    for variant in rec.spec.variants:
-        if variant.name == name:
-            return variant
-    return None
+def _member(alloc: records_pb2.AllocationRecord, *, fresh: bool, lost: bool) -> rollout.Member:
+    used = scheduler.demand_of_allocation(alloc.spec)
+    return rollout.Member(
+        allocation_id=alloc.allocation_id,
+        node_id=alloc.node_id,
+        routing_state=alloc.routing_state,
+        fresh=fresh,
+        lost=lost,
+        used_cpus=0.0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.cpus,
+        used_memory=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.memory_bytes,
+        used_gpus=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.gpus,
+    )
 
 
 def _set_route(alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
@@ -473,7 +595,10 @@ def _apply_report(
     if alloc.desired == STOPPED and new_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED):
         new_state = RS.ROUTING_STATE_STOPPING
     if new_state != RS.ROUTING_STATE_UNSPECIFIED:
-        changed |= _set_route(alloc, new_state, report.reason)
+        reason = report.reason
+        if alloc.desired == STOPPED and new_state == RS.ROUTING_STATE_STOPPING and alloc.reason:
+            reason = alloc.reason  # the control plane's reason for the stop says more than "stopping"
+        changed |= _set_route(alloc, new_state, reason)
     if report.worker_address != alloc.worker_address:
         alloc.worker_address = report.worker_address
         changed = True

@@ -10,8 +10,9 @@ Upload pipeline (one coroutine per upload, on the control plane's loop):
     size computed on the way, the size limit enforced per chunk) → sha256 /
     total_bytes checks → atomic commit to blobs/<sha256> → probe subprocess
     (``python -m node_agent.runtime.probe``) on the committed file → NORMAL
-    with the probed tensor specs, or INVALID with the loader's reason → one
-    store write (durable) → the Model is returned.
+    with the probed tensor specs, or INVALID with the loader's reason, or
+    refused (a zip bomb, ONNX external data: INVALID_ARGUMENT and nothing is
+    kept) → one store write (durable) → the Model is returned.
 
 Invariants:
 - No partial blob: a failed, refused or cancelled upload discards its temp
@@ -87,6 +88,7 @@ class ProbeResult:
     inputs: tuple[common_pb2.TensorSpec, ...] = ()
     outputs: tuple[common_pb2.TensorSpec, ...] = ()
     error: str = ""
+    refused: bool = False  # a file that must not be kept (zip bomb, ONNX external data)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,6 +194,8 @@ class ModelRegistry:
             self._holds[sha256] += 1
             await writer.acommit()
             probe = await self._probe(self._blobs.path(sha256), plan)
+            if probe.refused:
+                raise InvalidArgument(f"{_label(plan.model_id, plan.version)} refused: {probe.error}")
             model = self._new_model(plan, sha256=sha256, size=writer.size, probe=probe)
             self._record(model, explicit=plan.version != 0)
             recorded = True
@@ -561,7 +565,8 @@ def _parse_probe(returncode: int | None, stdout: str, stderr: str) -> ProbeResul
             return ProbeResult(ok=False, error=f"the model could not be validated: malformed probe answer: {exc}")
         return ProbeResult(ok=True, inputs=inputs, outputs=outputs)
     if answer is not None and answer.get("ok") is False:
-        return ProbeResult(ok=False, error=_trim(str(answer.get("error") or "the model could not be loaded")))
+        error = _trim(str(answer.get("error") or "the model could not be loaded"))
+        return ProbeResult(ok=False, error=error, refused=answer.get("refused") is True)
     if returncode is not None and returncode < 0:
         try:
             how = f"killed by signal {signal.Signals(-returncode).name}"

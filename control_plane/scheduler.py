@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from modelfleet.v1 import deployments_pb2
+from modelfleet.v1 import agent_pb2, deployments_pb2
 
 MIB = 1024 * 1024
 MEMORY_OVERHEAD_BYTES = 64 * MIB
@@ -122,6 +122,20 @@ def demand_for(variant: deployments_pb2.VariantSpec, *, model_bytes: int) -> Dem
     )
 
 
+def demand_of_allocation(spec: agent_pb2.AllocationSpec) -> Demand:
+    """What an existing allocation holds on its node, from its own spec (which
+    may differ from its variant's current settings during a rolling update)."""
+    res = spec.resources
+    threads = max(1, spec.inference_threads) * max(1, spec.model_threads)
+    return Demand(
+        cpus=res.cpus if res.cpus > 0 else float(threads),
+        memory_bytes=res.memory_bytes if res.memory_bytes > 0 else estimate_memory(spec.model_bytes),
+        gpus=max(0, res.gpus),
+        pool=res.pool,
+        instances=1,
+    )
+
+
 def place(demand: Demand, nodes: Sequence[NodeView], *, current: Collection[str]) -> Placement:
     """Choose the target nodes of one variant (rules in the module docstring).
 
@@ -146,7 +160,7 @@ def place(demand: Demand, nodes: Sequence[NodeView], *, current: Collection[str]
             else:
                 not_chosen[n.node_id] = "node is not ready"
             continue
-        reason = _why_not_eligible(demand, n)
+        reason = why_not_eligible(demand, n)
         if reason is None:
             eligible.append(n)
         else:
@@ -179,7 +193,7 @@ def _pool_mismatch(demand: Demand, n: NodeView) -> str | None:
     return f"pool {demand.pool!r} does not match the node's pool {node_pool!r}"
 
 
-def _why_not_eligible(demand: Demand, n: NodeView) -> str | None:
+def why_not_eligible(demand: Demand, n: NodeView) -> str | None:
     """None if n can take a new allocation of demand, else the reason."""
     if not n.ready:
         return "node is not ready"

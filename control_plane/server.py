@@ -1,15 +1,20 @@
 """Builds the control plane's grpc.aio server: options, the one interceptor
-that maps domain errors to status codes, every service, health and
-reflection.
+that maps domain errors to status codes, the one that authenticates and
+authorizes every call (control_plane.access), every service, health and
+reflection, and the TLS (or mTLS) server credentials.
 
 Error mapping (the only place): a `control_plane.errors.ModelfleetError`
 becomes its status code with its message (and trailers such as
 grpc-retry-pushback-ms); an abort the handler made itself passes through;
 anything else becomes INTERNAL "internal error" and its traceback is logged.
+A request message that does not parse is INVALID_ARGUMENT (grpc itself would
+answer UNKNOWN): the deserializer hands the wrapper a marker instead of
+raising, for every message of a request stream too.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -19,9 +24,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control_plane.errors import ModelfleetError
+from control_plane.access import AccessInterceptor, Authenticator
+from control_plane.errors import InvalidArgument, ModelfleetError
 from modelfleet.inference import grpc_service_pb2
-from modelfleet.v1 import agent_pb2, deployments_pb2, models_pb2, nodes_pb2
+from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +36,7 @@ SERVICE_NAMES = [
     deployments_pb2.DESCRIPTOR.services_by_name["Deployments"].full_name,
     nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 ]
 
@@ -43,10 +50,43 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[..., Awaitable[Any]]:
+class _Undecodable:
+    """A request message that did not parse; the handler's wrapper refuses it."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def refuse(self) -> InvalidArgument:
+        return InvalidArgument(f"malformed request message: {self.error}")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    """deserializer, answering _Undecodable instead of raising (grpc would say UNKNOWN)."""
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
+            return _Undecodable(exc)
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.refuse()
+        yield request
+
+
+def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str, *, streamed_requests: bool) -> Callable[..., Awaitable[Any]]:
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return await fn(request, context)
+            if isinstance(request, _Undecodable):
+                raise request.refuse()
+            return await fn(_checked(request) if streamed_requests else request, context)
         except grpc.aio.AbortError:
             raise
         except Exception as exc:
@@ -55,10 +95,18 @@ def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str) -> Callable[...,
     return wrapper
 
 
-def _wrap_stream(fn: Callable[..., AsyncIterator[Any]], method: str) -> Callable[..., AsyncIterator[Any]]:
+def _wrap_stream(fn: Callable[..., Any], method: str, *, streamed_requests: bool) -> Callable[..., Any]:
+    # A streaming handler is an async generator, or a coroutine that writes
+    # with context.write (the health service's Watch): keep its kind, or
+    # grpc.aio would treat it as the other one.
+    if not inspect.isasyncgenfunction(fn):
+        return _wrap_unary(fn, method, streamed_requests=streamed_requests)
+
     async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         try:
-            async for item in fn(request, context):
+            if isinstance(request, _Undecodable):
+                raise request.refuse()
+            async for item in fn(_checked(request) if streamed_requests else request, context):
                 yield item
         except grpc.aio.AbortError:
             raise
@@ -69,6 +117,9 @@ def _wrap_stream(fn: Callable[..., AsyncIterator[Any]], method: str) -> Callable
 
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
+    """The one place where errors become status codes; also turns an
+    undecodable request message into INVALID_ARGUMENT (not UNKNOWN)."""
+
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
@@ -78,14 +129,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
         if handler.unary_unary:
-            return handler._replace(unary_unary=_wrap_unary(handler.unary_unary, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(unary_unary=_wrap_unary(handler.unary_unary, method, streamed_requests=False))  # type: ignore[no-any-return]
         if handler.stream_unary:
-            return handler._replace(stream_unary=_wrap_unary(handler.stream_unary, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(stream_unary=_wrap_unary(handler.stream_unary, method, streamed_requests=True))  # type: ignore[no-any-return]
         if handler.unary_stream:
-            return handler._replace(unary_stream=_wrap_stream(handler.unary_stream, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(unary_stream=_wrap_stream(handler.unary_stream, method, streamed_requests=False))  # type: ignore[no-any-return]
         if handler.stream_stream:
-            return handler._replace(stream_stream=_wrap_stream(handler.stream_stream, method))  # type: ignore[attr-defined,no-any-return]
+            return safe._replace(stream_stream=_wrap_stream(handler.stream_stream, method, streamed_requests=True))  # type: ignore[no-any-return]
         return handler
 
 
@@ -120,8 +172,41 @@ def server_options(max_message_bytes: int, keepalive: Keepalive | None = None) -
     ]
 
 
-def build_server(*, max_message_bytes: int, keepalive: Keepalive | None = None) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=server_options(max_message_bytes, keepalive))
+def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
+    """TLS from PEM files; with client_ca, clients must present a certificate it signed (mTLS)."""
+    root = _read(client_ca) if client_ca else None
+    return grpc.ssl_server_credentials([(_read(key), _read(cert))], root_certificates=root, require_client_auth=root is not None)
+
+
+def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> grpc.ChannelCredentials:
+    """TLS for a client: trust ca (default: the system roots); cert/key = a client certificate for mTLS."""
+    return grpc.ssl_channel_credentials(
+        root_certificates=_read(ca) if ca else None,
+        private_key=_read(key) if key else None,
+        certificate_chain=_read(cert) if cert else None,
+    )
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise SystemExit(f"error: cannot read {path}: {exc.strerror}") from None
+
+
+def build_server(
+    *, max_message_bytes: int, authenticator: Authenticator | None = None, keepalive: Keepalive | None = None
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
+    """The server with every interceptor; authenticator None = authentication off.
+
+    ErrorMappingInterceptor is outermost, so the access interceptor's
+    Unauthenticated / PermissionDenied become status codes like any domain error.
+    """
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor(), AccessInterceptor(authenticator)],
+        options=server_options(max_message_bytes, keepalive),
+    )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME], server)

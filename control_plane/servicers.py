@@ -1,7 +1,8 @@
 """gRPC servicers of the control plane: protobuf in, service call, protobuf
 out. Nothing else happens here; errors are mapped by the interceptor in
-control_plane.server, and the logic lives in registry, deployments, agents
-and gateway.
+control_plane.server, callers are authenticated and authorized by the one
+in control_plane.access (which also tells `caller()` who is calling), and
+the logic lives in registry, deployments, agents, keys and gateway.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from collections.abc import AsyncIterator
 
 import grpc
 
+from control_plane.access import caller, current_principal
 from control_plane.agents import AgentStreams, NodeService
 from control_plane.deployments import DeploymentService
+from control_plane.keys import KeyService
 from control_plane.registry import ModelRegistry
 from modelfleet.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
     deployments_pb2 as dpb,
     deployments_pb2_grpc,
     models_pb2 as mpb,
@@ -26,15 +31,9 @@ from modelfleet.v1 import (
 
 Ctx = grpc.aio.ServicerContext
 
-DEFAULT_USER = "default"
-
-
-def caller(context: Ctx) -> str:
-    """The caller's identity: the x-modelfleet-user metadata until keys land."""
-    for key, value in context.invocation_metadata() or ():
-        if key == "x-modelfleet-user" and value:
-            return str(value)
-    return DEFAULT_USER
+__all__ = [
+    "AgentControlServicer", "AuthServicer", "DeploymentsServicer", "ModelRegistryServicer", "NodesServicer", "caller",
+]  # fmt: skip
 
 
 class ModelRegistryServicer(models_pb2_grpc.ModelRegistryServicer):
@@ -69,7 +68,7 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
         return await self.service.stop(request)
 
     async def UpdateDeployment(self, request: dpb.UpdateDeploymentRequest, context: Ctx) -> dpb.UpdateDeploymentResponse:
-        return self.service.update(request)
+        return await self.service.update(request)
 
     async def DeleteDeployment(self, request: dpb.DeleteDeploymentRequest, context: Ctx) -> dpb.DeleteDeploymentResponse:
         return self.service.delete(request)
@@ -82,6 +81,9 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
 
     async def GetDeploymentStats(self, request: dpb.GetDeploymentStatsRequest, context: Ctx) -> dpb.GetDeploymentStatsResponse:
         return self.service.stats(request.deployment_id)
+
+    async def ListDeploymentEvents(self, request: dpb.ListDeploymentEventsRequest, context: Ctx) -> dpb.ListDeploymentEventsResponse:
+        return self.service.list_events(request)
 
     async def WatchDeployment(self, request: dpb.WatchDeploymentRequest, context: Ctx) -> AsyncIterator[dpb.WatchDeploymentResponse]:
         async for snapshot in self.service.watch(request.deployment_id):
@@ -110,5 +112,22 @@ class AgentControlServicer(agent_pb2_grpc.AgentControlServicer):
         self.streams = streams
 
     async def Connect(self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: Ctx) -> AsyncIterator[agent_pb2.ControlMessage]:
-        async for message in self.streams.connect(request_iterator):
+        async for message in self.streams.connect(request_iterator, principal=current_principal()):
             yield message
+
+
+class AuthServicer(auth_pb2_grpc.AuthServicer):
+    def __init__(self, keys: KeyService) -> None:
+        self.keys = keys
+
+    async def CreateApiKey(self, request: auth_pb2.CreateApiKeyRequest, context: Ctx) -> auth_pb2.CreateApiKeyResponse:
+        return self.keys.create(request, creator=current_principal())
+
+    async def ListApiKeys(self, request: auth_pb2.ListApiKeysRequest, context: Ctx) -> auth_pb2.ListApiKeysResponse:
+        return self.keys.list(request)
+
+    async def RevokeApiKey(self, request: auth_pb2.RevokeApiKeyRequest, context: Ctx) -> auth_pb2.RevokeApiKeyResponse:
+        return self.keys.revoke(request, caller=current_principal())
+
+    async def WhoAmI(self, request: auth_pb2.WhoAmIRequest, context: Ctx) -> auth_pb2.WhoAmIResponse:
+        return self.keys.whoami(current_principal(), user=caller(context))

@@ -9,6 +9,8 @@ by table. Nothing here stores, sleeps or logs.
 - `deployment_status`: per deployment, from per-variant counts (`VariantView`).
 - `ALLOWED_ROUTE_TRANSITIONS` / `check_route_transition` / `transition_route`:
   the one table of how the control plane's view of a route may change.
+- `STATUS_TRANSITIONS` / `check_status_transition`: every status change the
+  derivation can produce (each one recorded as an event).
 
 The states are the protobuf enums themselves (common_pb2.RoutingState, ...),
 so no second Enum has to be kept in step with the wire contract.
@@ -48,6 +50,8 @@ ALLOWED_ROUTE_TRANSITIONS: frozenset[tuple[RoutingState, RoutingState]] = frozen
         (_STOPPING, _STOPPED),
         (_STOPPING, _FAILED),
         (_FAILED, _STARTING),  # restart (agent retry, redeploy)
+        (_FAILED, _STARTED),  # a lost node came back with its worker still running
+        (_FAILED, _STOPPING),  # ... and that worker is no longer wanted
         (_STOPPED, _STARTING),  # a stopped deployment is started again
         # The agent reports a removed worker by its absence, so the control
         # plane can see STOPPED without having seen STOPPING.
@@ -109,7 +113,9 @@ class VariantView:
     target_count: nodes the scheduler chose. wanted: instances asked (for
     instances 0, "every eligible node", wanted = target_count). started /
     starting / failed / stopping: routes in that routing state. name: the
-    variant's name, only for reasons.
+    variant's name, only for reasons. replacing: old allocations of a rolling
+    update that still serve this variant (not counted in started): while
+    they do, a variant not started yet is being replaced, not a problem.
     """
 
     target_count: int
@@ -119,6 +125,7 @@ class VariantView:
     failed: int = 0
     stopping: int = 0
     name: str = ""
+    replacing: int = 0
 
 
 def variant_view(routes: Sequence[RoutingState], *, target_count: int, instances: int, name: str = "") -> VariantView:
@@ -141,6 +148,8 @@ def deployment_status(
     ever_served: bool,
     waiting_reason: str = "",
     failure_reasons: Sequence[str] = (),
+    also_serving: int = 0,
+    rolling: bool = False,
 ) -> tuple[DeploymentStatus, str]:
     """The deployment status and its reason, by this table (first match wins):
 
@@ -149,7 +158,7 @@ def deployment_status(
     | STOPPED | a route starting, started or stopping (failed = stopped)    | STOPPING   |
     | STOPPED | otherwise                                                   | STOPPED    |
     | RUNNING | serving, and every variant has started >= target_count > 0  | RUNNING    |
-    |         | and target_count >= wanted                                  |            |
+    |         | and target_count >= wanted, and no rolling update is left   |            |
     | RUNNING | serving, and a variant has failed routes, or (none of its   | CONCERNING |
     |         | routes starting and) it is started nowhere or has fewer     |            |
     |         | targets than wanted                                         |            |
@@ -158,7 +167,9 @@ def deployment_status(
     | RUNNING | not serving, >= 1 target, all targets failed, none starting | FAILED     |
     | RUNNING | not serving, otherwise                                      | DEPLOYING  |
 
-    "Serving" means some variant has a STARTED route. started may exceed
+    "Serving" means some variant has a STARTED route, or `also_serving` > 0
+    (old allocations of a rolling update, or of variants an update removed,
+    that still serve; they are not in `variants`). started may exceed
     target_count while surplus routes drain after a scale-down; that still
     counts as fully allocated, as in allocation_state.
 
@@ -170,6 +181,9 @@ def deployment_status(
             capacity: ..."); default: counts of started targets.
         failure_reasons: the failed routes' reasons, appended (deduplicated)
             to the FAILED reason.
+        also_serving: STARTED routes outside `variants` (see above).
+        rolling: a rolling update is in progress (old allocations remain):
+            DEPLOYING with waiting_reason rather than RUNNING.
 
     Returns:
         (status, reason); reason is "" for RUNNING and STOPPED.
@@ -188,8 +202,8 @@ def deployment_status(
     if desired != records_pb2.DESIRED_STATE_RUNNING:
         raise ValueError(f"desired state {desired} is neither RUNNING nor STOPPED")
 
-    if started > 0:
-        if all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
+    if started > 0 or also_serving > 0:
+        if not rolling and started > 0 and all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
             return common_pb2.DEPLOYMENT_STATUS_RUNNING, ""
         problems = [p for v in variants for p in _problems(v)]
         if problems:
@@ -214,9 +228,56 @@ def deployment_status(
     return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, f"0 of {_targets(targets)} started"
 
 
+# ---- status transitions ----------------------------------------------------------------
+_DEPLOYING = common_pb2.DEPLOYMENT_STATUS_DEPLOYING
+_RUNNING = common_pb2.DEPLOYMENT_STATUS_RUNNING
+_CONCERNING = common_pb2.DEPLOYMENT_STATUS_CONCERNING
+_ABNORMAL = common_pb2.DEPLOYMENT_STATUS_ABNORMAL
+_FAILED_STATUS = common_pb2.DEPLOYMENT_STATUS_FAILED
+_STOPPING_STATUS = common_pb2.DEPLOYMENT_STATUS_STOPPING
+_STOPPED_STATUS = common_pb2.DEPLOYMENT_STATUS_STOPPED
+_UNSPECIFIED_STATUS = common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED
+
+# Every change deployment_status can produce between two ticks, and why.
+# The reconciler records each change as an event and logs a warning for a
+# pair that is not here (a derivation bug); tests drive each pair.
+STATUS_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = frozenset(
+    {
+        (_UNSPECIFIED_STATUS, _DEPLOYING),  # a record written before its first tick
+        (_DEPLOYING, _RUNNING),  # every target started
+        (_DEPLOYING, _CONCERNING),  # some started, others failed or could not be placed
+        (_DEPLOYING, _FAILED_STATUS),  # every target failed
+        (_DEPLOYING, _ABNORMAL),  # served (e.g. old workers of an update), now nothing does
+        (_RUNNING, _DEPLOYING),  # an update: new workers or a new variant starting
+        (_RUNNING, _CONCERNING),  # a route failed or a node was lost
+        (_RUNNING, _ABNORMAL),  # every route failed
+        (_CONCERNING, _RUNNING),  # repaired (node back, replacement started)
+        (_CONCERNING, _DEPLOYING),  # a replacement is starting
+        (_CONCERNING, _ABNORMAL),
+        (_ABNORMAL, _RUNNING),
+        (_ABNORMAL, _CONCERNING),
+        (_ABNORMAL, _DEPLOYING),  # an update while nothing serves
+        (_FAILED_STATUS, _DEPLOYING),  # an update or a node join gives it new targets
+        (_FAILED_STATUS, _RUNNING),
+        (_FAILED_STATUS, _CONCERNING),
+    }
+    # a stop, from any status; STOPPED directly when nothing was running
+    | {(s, _STOPPING_STATUS) for s in (_DEPLOYING, _RUNNING, _CONCERNING, _ABNORMAL, _FAILED_STATUS)}
+    | {(s, _STOPPED_STATUS) for s in (_DEPLOYING, _RUNNING, _CONCERNING, _ABNORMAL, _FAILED_STATUS, _STOPPING_STATUS)}
+    | {(_STOPPED_STATUS, _DEPLOYING), (_STOPPING_STATUS, _DEPLOYING)}  # started again
+)
+
+
+def check_status_transition(old: DeploymentStatus, new: DeploymentStatus) -> bool:
+    """True if a derived status may change from old to new (see STATUS_TRANSITIONS)."""
+    return old == new or (old, new) in STATUS_TRANSITIONS
+
+
 def _problems(v: VariantView) -> list[str]:
     """Why a variant makes a serving deployment CONCERNING (empty: it does not)."""
     facts: list[str] = []
+    if v.replacing and not v.failed:
+        return []  # a rolling update in progress: its old allocations serve
     missing = v.starting == 0 and v.target_count < v.wanted
     if v.starting == 0 and v.started == 0:
         facts.append("started on no node")

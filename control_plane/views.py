@@ -1,13 +1,14 @@
 """Builds the API's read models (Deployment, Allocation, Node, stats) from
 store records plus what the fleet observes right now. Pure functions of
-their inputs; no writes.
+their inputs; no writes. The dry-run preview (control_plane.preview) builds
+its plan with the same functions from records it only imagined.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from control_plane import state
+from control_plane import rollout, scheduler, state
 from control_plane.fleet import Fleet, Liveness
 from control_plane.reconciler import Reconciler
 from modelfleet.store.v1 import records_pb2
@@ -29,9 +30,12 @@ def allocation_view(
     allocs: Sequence[records_pb2.AllocationRecord],
     *,
     reconciler: Reconciler,
+    placement: scheduler.Placement | None = None,
 ) -> deployments_pb2.Allocation:
+    """One variant's allocation. placement: default, the reconciler's last one."""
     model = reconciler.model_for(variant)
-    placement = reconciler.placements.get((rec.deployment_id, variant.name))
+    if placement is None:
+        placement = reconciler.placements.get((rec.deployment_id, variant.name))
     out = deployments_pb2.Allocation(
         task_parameters=deployments_pb2.TaskParameters(
             model_id=variant.model_id,
@@ -48,10 +52,32 @@ def allocation_view(
     )
     if rec.HasField("start_time"):
         out.start_time.CopyFrom(rec.start_time)
-    # running allocations win over stopping ones on the same node
-    mine = sorted((a for a in allocs if a.variant == variant.name), key=lambda a: a.desired == RUNNING)
-    cordoned = {n.info.node_id for n in reconciler.store.list_nodes() if not n.schedulable} if mine else set()
-    for alloc in mine:
+    template = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model) if model else None
+
+    def fresh(a: records_pb2.AllocationRecord) -> bool:
+        return template is None or rollout.is_fresh(a.spec, template)
+
+    # per node, the allocation that matters most wins: a wanted one with the
+    # current spec, then a wanted old one (rolling update), then a stopping one
+    mine = sorted(
+        (a for a in allocs if a.variant == variant.name),
+        key=lambda a: (a.desired == RUNNING, a.desired == RUNNING and fresh(a)),
+    )
+    _fill_routing_table(out, mine, reconciler=reconciler)
+    if placement and rec.desired == RUNNING:
+        for node_id, why in placement.not_chosen.items():
+            if node_id not in out.routing_table:
+                out.not_chosen[node_id] = why
+    routes = [a.routing_state for a in mine if a.desired == RUNNING and fresh(a)]
+    out.allocation_state = state.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
+    return out
+
+
+def _fill_routing_table(
+    out: deployments_pb2.Allocation, allocs: Sequence[records_pb2.AllocationRecord], *, reconciler: Reconciler
+) -> None:
+    cordoned = {n.info.node_id for n in reconciler.store.list_nodes() if not n.schedulable} if allocs else set()
+    for alloc in allocs:  # later ones win on the same node
         entry = out.routing_table[alloc.node_id]
         entry.Clear()
         entry.routing_state = alloc.routing_state
@@ -64,17 +90,52 @@ def allocation_view(
         entry.worker_address = alloc.worker_address
         if alloc.HasField("start_time"):
             entry.start_time.CopyFrom(alloc.start_time)
-    if placement and rec.desired == RUNNING:
-        for node_id, why in placement.not_chosen.items():
-            if node_id not in out.routing_table:
-                out.not_chosen[node_id] = why
-    routes = [a.routing_state for a in mine if a.desired == RUNNING]
-    out.allocation_state = state.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
+
+
+def retiring_view(
+    variant: str, allocs: Sequence[records_pb2.AllocationRecord], *, reconciler: Reconciler
+) -> deployments_pb2.Allocation:
+    """The allocation of a variant an update removed, while its workers remain."""
+    mine = sorted(allocs, key=lambda a: a.desired == RUNNING)
+    spec = mine[-1].spec
+    out = deployments_pb2.Allocation(
+        task_parameters=deployments_pb2.TaskParameters(
+            model_id=spec.model_id,
+            model_version=spec.model_version,
+            model_bytes=spec.model_bytes,
+            sha256=spec.model_sha256,
+            inference_threads=spec.inference_threads,
+            model_threads=spec.model_threads,
+            queue_capacity=spec.queue_capacity,
+        ),
+        variant=variant,
+        weight=0,
+    )
+    _fill_routing_table(out, mine, reconciler=reconciler)
+    if all(a.desired == STOPPED for a in mine):
+        out.allocation_state = common_pb2.ALLOCATION_STATE_STOPPING
+    else:
+        routes = [a.routing_state for a in mine if a.desired == RUNNING]
+        out.allocation_state = state.allocation_state(routes, target_count=len(routes), stopping=False)
     return out
 
 
-def deployment_view(rec: records_pb2.DeploymentRecord, *, reconciler: Reconciler) -> deployments_pb2.Deployment:
-    allocs = reconciler.store.list_allocations(deployment_id=rec.deployment_id)
+def deployment_view(
+    rec: records_pb2.DeploymentRecord,
+    *,
+    reconciler: Reconciler,
+    allocs: Sequence[records_pb2.AllocationRecord] | None = None,
+    placements: Mapping[str, scheduler.Placement] | None = None,
+    rollout_reason: str | None = None,
+) -> deployments_pb2.Deployment:
+    """The Deployment a client sees.
+
+    allocs, placements (by variant name) and rollout_reason default to what
+    the store and the reconciler hold now; the dry-run preview passes the
+    ones it planned instead.
+    """
+    if allocs is None:
+        allocs = reconciler.store.list_allocations(deployment_id=rec.deployment_id)
     out = deployments_pb2.Deployment(
         deployment_id=rec.deployment_id,
         status=rec.status,
@@ -93,7 +154,17 @@ def deployment_view(rec: records_pb2.DeploymentRecord, *, reconciler: Reconciler
         if rec.desired == RUNNING and rec.HasField("start_time"):
             out.auto_stop_at.FromSeconds(rec.start_time.seconds + rec.spec.auto_stop.seconds)
     for variant in rec.spec.variants:
-        out.allocations.append(allocation_view(rec, variant, allocs, reconciler=reconciler))
+        placement = placements.get(variant.name) if placements is not None else None
+        out.allocations.append(allocation_view(rec, variant, allocs, reconciler=reconciler, placement=placement))
+    names = {v.name for v in rec.spec.variants}
+    retiring: dict[str, list[records_pb2.AllocationRecord]] = {}
+    for alloc in allocs:
+        if alloc.variant not in names:
+            retiring.setdefault(alloc.variant, []).append(alloc)
+    for variant_name, mine in sorted(retiring.items()):
+        out.retiring.append(retiring_view(variant_name, mine, reconciler=reconciler))
+    if rec.desired == RUNNING:
+        out.rollout = reconciler.rollouts.get(rec.deployment_id, "") if rollout_reason is None else rollout_reason
     return out
 
 
@@ -125,8 +196,16 @@ def node_view(node: records_pb2.NodeRecord, *, reconciler: Reconciler) -> nodes_
     return out
 
 
-def stats_view(rec: records_pb2.DeploymentRecord, *, reconciler: Reconciler) -> deployments_pb2.GetDeploymentStatsResponse:
+def stats_view(
+    rec: records_pb2.DeploymentRecord,
+    *,
+    reconciler: Reconciler,
+    gateway_stats: Callable[[str], common_pb2.InferenceStats | None] | None = None,
+) -> deployments_pb2.GetDeploymentStatsResponse:
     out = deployments_pb2.GetDeploymentStatsResponse(deployment_id=rec.deployment_id, status=rec.status)
+    seen = gateway_stats(rec.deployment_id) if gateway_stats is not None else None
+    if seen is not None:
+        out.gateway.CopyFrom(seen)
     total = out.total
     weighted_ms = 0.0
     for alloc in reconciler.store.list_allocations(deployment_id=rec.deployment_id):

@@ -22,6 +22,13 @@ while the stream is down. Models are fetched by :class:`ModelCache` over
 ``ModelRegistry.DownloadModel`` into ``DIR/models/tmp`` and renamed to
 ``DIR/models/<sha256>`` only once the digest matches.
 
+Security: every call carries the agent's API key (`authorization: Bearer`,
+a key with the `agent` privilege; the token file is reread on every
+reconnect so a rotated key needs no restart), over TLS when configured (and
+with a client certificate for mTLS). The control plane lets the key act for
+this node only. ``credentials`` messages (verifiers of keys that may call
+workers directly) are written to DIR/workers/credentials.pb for the workers.
+
 Concurrency model
 -----------------
 One asyncio loop. Per stream session: the reader (this task) applies control
@@ -51,6 +58,7 @@ import grpc
 from modelfleet.v1 import agent_pb2, agent_pb2_grpc, models_pb2, models_pb2_grpc
 from node_agent.allocations import Allocations
 from node_agent.supervisor import PermanentStartError, SupervisorConfig
+from node_agent.worker_security import write_private
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +119,30 @@ def jittered(interval: float, jitter: float = HEARTBEAT_JITTER) -> float:
     return interval * random.uniform(1 - jitter, 1 + jitter)
 
 
+@dataclass(frozen=True)
+class ControlPlaneLink:
+    """How to reach the control plane: address, TLS and the agent's API key."""
+
+    target: str
+    credentials: grpc.ChannelCredentials | None = None  # TLS (None = plaintext)
+    token: str = ""  # MODELFLEET_TOKEN
+    token_file: Path | None = None  # wins over token; reread at every connect
+
+    def channel(self, options: list[tuple[str, int]]) -> grpc.aio.Channel:
+        if self.credentials is not None:
+            return grpc.aio.secure_channel(self.target, self.credentials, options=options)
+        return grpc.aio.insecure_channel(self.target, options=options)
+
+    def metadata(self) -> tuple[tuple[str, str], ...] | None:
+        token = self.token
+        if self.token_file is not None:
+            try:
+                token = self.token_file.read_text().strip()
+            except OSError as exc:
+                log.error("cannot read the agent token file %s: %s", self.token_file, exc.strerror)
+        return (("authorization", f"Bearer {token}"),) if token else None
+
+
 class ModelCache:
     """Content-addressed model files in DIR/models, downloaded on a miss.
 
@@ -118,8 +150,8 @@ class ModelCache:
     once however many allocations need it.
     """
 
-    def __init__(self, *, target: str, models_dir: Path, options: list[tuple[str, int]] | None = None) -> None:
-        self._target = target
+    def __init__(self, *, link: ControlPlaneLink, models_dir: Path, options: list[tuple[str, int]] | None = None) -> None:
+        self._link = link
         self._options = [*(options or KEEPALIVE_OPTIONS), ("grpc.max_receive_message_length", MAX_DOWNLOAD_MESSAGE)]
         self._dir = models_dir
         self._tmp = models_dir / "tmp"
@@ -152,11 +184,11 @@ class ModelCache:
         started = time.monotonic()
         log.info("downloading model %s version %d (%s)", spec.model_id, spec.model_version, sha)
         try:
-            async with grpc.aio.insecure_channel(self._target, options=self._options) as channel:
+            async with self._link.channel(self._options) as channel:
                 stub = models_pb2_grpc.ModelRegistryStub(channel)
                 request = models_pb2.DownloadModelRequest(model_id=spec.model_id, version=spec.model_version)
                 with open(part, "wb") as out:
-                    async for reply in stub.DownloadModel(request):
+                    async for reply in stub.DownloadModel(request, metadata=self._link.metadata()):
                         out.write(reply.chunk)
                         digest.update(reply.chunk)
                         size += len(reply.chunk)
@@ -187,6 +219,13 @@ class AgentConfig:
     node: agent_pb2.NodeInfo
     supervisor: SupervisorConfig
     backoff: Backoff = field(default_factory=Backoff)
+    credentials: grpc.ChannelCredentials | None = None  # TLS to the control plane
+    token: str = ""
+    token_file: Path | None = None
+
+    @property
+    def link(self) -> ControlPlaneLink:
+        return ControlPlaneLink(self.control_plane, self.credentials, self.token, self.token_file)
     keepalive_time: float = KEEPALIVE_TIME
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
 
@@ -200,9 +239,8 @@ class Agent:
 
     def __init__(self, config: AgentConfig) -> None:
         self._config = config
-        self.models = ModelCache(
-            target=config.control_plane, models_dir=config.data_dir / "models", options=config.channel_options
-        )
+        self._link = config.link
+        self.models = ModelCache(link=self._link, models_dir=config.data_dir / "models", options=config.channel_options)
         self.allocations = Allocations(
             config=config.supervisor, fetch_model=self.models.fetch, on_change=self._mark_dirty
         )
@@ -276,8 +314,8 @@ class Agent:
 
     async def _session(self) -> None:
         """One stream, from register to its end (an RPC error ends it too)."""
-        async with grpc.aio.insecure_channel(self._config.control_plane, options=self._config.channel_options) as channel:
-            call = agent_pb2_grpc.AgentControlStub(channel).Connect()
+        async with self._link.channel(self._config.channel_options) as channel:
+            call = agent_pb2_grpc.AgentControlStub(channel).Connect(metadata=self._link.metadata())
             reports = self._take_reports()
             await call.write(
                 agent_pb2.AgentMessage(
@@ -310,6 +348,8 @@ class Agent:
                         self._on_welcome(message.welcome)
                     elif message.HasField("assignment"):
                         self._on_assignment(message.assignment)
+                    elif message.HasField("credentials"):
+                        self._on_credentials(message.credentials)
                     reader = asyncio.ensure_future(call.read())
             finally:
                 for task in (reader, closed, writer):
@@ -343,6 +383,13 @@ class Agent:
             self._heartbeat_interval,
             welcome.node_timeout.ToTimedelta().total_seconds(),
         )
+
+    def _on_credentials(self, credentials: agent_pb2.InferenceCredentials) -> None:
+        """Hand the verifiers of keys that may call workers directly to the workers (a 0600 file)."""
+        path = self._config.supervisor.credentials_file
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        write_private(path, credentials.SerializeToString())
+        log.info("inference credentials version %d: %d key(s) may call workers directly", credentials.version, len(credentials.keys))
 
     def _on_assignment(self, assignment: agent_pb2.Assignment) -> None:
         if self._closing:

@@ -24,6 +24,13 @@ allocation's ready file, which guards against pid reuse) and answers health.
 A worker that is ours but unusable is killed, so a node never runs two
 workers for one allocation; stale files are removed.
 
+GPUs: an allocation whose resources ask for N GPUs gets the first N of the
+node's devices (``gpu_devices``) that no other live handle holds; the worker
+sees them as CUDA_VISIBLE_DEVICES (and onnxruntime then puts the CUDA
+provider first when it has one). The scheduler never places more GPUs than
+a node offers, so a shortage here (e.g. an agent restarted with fewer
+--gpus) fails the allocation with the reason. Adopted workers keep theirs.
+
 Concurrency model
 -----------------
 Only touched from the agent's asyncio loop. Handle callbacks arrive
@@ -51,6 +58,17 @@ log = logging.getLogger(__name__)
 
 ADOPT_HEALTH_TIMEOUT = 2.0
 UNREPORTED_RESTART_S = 5.0  # a self-stopped worker is started again after this even with no stream to report on
+
+
+def gpu_devices(count: int, visible: str | None) -> tuple[str, ...]:
+    """The GPU device ids a node with `count` GPUs hands out.
+
+    visible: the agent's own CUDA_VISIBLE_DEVICES (None if unset). When the
+    operator restricted the agent to some devices, workers get ids from that
+    list; otherwise 0 .. count-1. Each allocation gets its own devices."""
+    if visible is not None and visible.strip() not in ("", "-1"):
+        return tuple(d.strip() for d in visible.split(",") if d.strip())[:count]
+    return tuple(str(i) for i in range(count))
 
 
 class Allocations:
@@ -92,11 +110,30 @@ class Allocations:
             return  # shutting down, no longer wanted, or already started again by an assignment
         self._start(self._wanted[aid])
 
+    def _gpus_for(self, spec: agent_pb2.AllocationSpec) -> tuple[tuple[str, ...], str]:
+        """(device ids, problem): the first free devices for spec, or why there are not enough."""
+        wanted = max(0, spec.resources.gpus)
+        if not wanted:
+            return (), ""
+        used = {g for h in self._handles.values() if h.state is not WorkerState.STOPPED for g in h.gpu_ids}
+        devices = self._config.gpu_devices
+        free = [d for d in devices if d not in used]
+        if len(free) < wanted:
+            return (), f"needs {wanted} GPU(s); {len(free)} of {len(devices)} free on this node"
+        return tuple(free[:wanted]), ""
+
     def _start(self, spec: agent_pb2.AllocationSpec, adopted: AdoptedWorker | None = None) -> None:
         if self._closing:
             return
+        gpu_ids, problem = ((), "") if adopted else self._gpus_for(spec)
         handle = WorkerHandle(
-            spec, config=self._config, fetch_model=self._fetch_model, on_change=self._changed, adopted=adopted
+            spec,
+            config=self._config,
+            fetch_model=self._fetch_model,
+            on_change=self._changed,
+            adopted=adopted,
+            gpu_ids=gpu_ids,
+            start_problem=problem,
         )
         self._handles[spec.allocation_id] = handle
         handle.start()
@@ -166,7 +203,7 @@ class Allocations:
             The adopted allocation ids.
         """
         workers = self._config.workers_dir
-        workers.mkdir(parents=True, exist_ok=True)
+        workers.mkdir(mode=0o700, parents=True, exist_ok=True)
         adopted: list[str] = []
         for path in sorted(workers.glob("*.json")):
             aid, ready = path.stem, path.with_suffix(".ready")
@@ -185,7 +222,7 @@ class Allocations:
             problem = "not running" if not ours else None if port else "not ready"
             if problem is None:
                 address = connect_address(self._config.worker_host, port)
-                problem = await probe_health(address, timeout=ADOPT_HEALTH_TIMEOUT)
+                problem = await probe_health(address, timeout=ADOPT_HEALTH_TIMEOUT, channel=self._config.security.channel)
             if problem is None:
                 info = AdoptedWorker(
                     pid=pid,
@@ -193,6 +230,7 @@ class Allocations:
                     started_at=float(data.get("started_at") or time.time()),
                     log_offset=int(data.get("log_offset") or 0),
                     restarts=int(data.get("restarts") or 0),
+                    gpu_ids=tuple(str(g) for g in data.get("gpu_ids") or ()),
                 )
                 log.info("allocation %s: adopted running worker pid %d on port %d", aid, pid, port)
                 self._start(spec, adopted=info)
@@ -207,7 +245,7 @@ class Allocations:
                     await asyncio.sleep(0.1)
             path.unlink(missing_ok=True)
             ready.unlink(missing_ok=True)
-        for leftover in [*workers.glob("*.ready"), *workers.glob("*.tmp")]:
+        for leftover in [*workers.glob("*.ready"), *workers.glob("*.token"), *workers.glob("*.tmp")]:
             if leftover.stem not in self._handles:
                 leftover.unlink(missing_ok=True)
         return adopted

@@ -15,6 +15,15 @@ Concurrency model
 -----------------
 One asyncio event loop in the main thread; signal handlers only set an
 event. Detection runs once before the loop starts.
+
+Security
+--------
+The agent authenticates with an API key of role ``agent``: ``--token-file``
+(reread on every reconnect) or ``MODELFLEET_TOKEN``. ``--tls-ca`` turns on
+TLS to the control plane (``--tls-cert``/``--tls-key``: the client
+certificate for mTLS). ``--worker-tls-cert``/``--worker-tls-key`` make the
+workers serve TLS (``--worker-tls-client-ca``: mTLS); see
+node_agent/worker_security.py and docs/security.md.
 """
 
 from __future__ import annotations
@@ -35,8 +44,12 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from modelfleet.v1 import agent_pb2, common_pb2
+import grpc
+
 from node_agent.agent import KEEPALIVE_TIME, KEEPALIVE_TIMEOUT, Agent, AgentConfig
+from node_agent.allocations import gpu_devices
 from node_agent.supervisor import SupervisorConfig
+from node_agent.worker_security import WorkerSecurity, read_pem
 
 log = logging.getLogger("node_agent")
 
@@ -168,8 +181,46 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ping the control plane every S seconds (default 10)")  # fmt: skip
     p.add_argument("--keepalive-timeout", type=_positive_float, default=KEEPALIVE_TIMEOUT, metavar="S",
                    help="reconnect when a ping is unanswered for S seconds (default 10)")  # fmt: skip
+    p.add_argument("--token-file", type=Path, metavar="PATH",
+                   help="the agent's API key (role agent); default: $MODELFLEET_TOKEN")
+    p.add_argument("--tls-ca", default="", metavar="PEM", help="reach the control plane over TLS, trusting this CA")
+    p.add_argument("--tls-cert", default="", metavar="PEM", help="client certificate for mTLS (with --tls-key)")
+    p.add_argument("--tls-key", default="", metavar="PEM", help="private key of --tls-cert")
+    p.add_argument("--worker-tls-cert", default="", metavar="PEM", help="workers serve TLS with this certificate")
+    p.add_argument("--worker-tls-key", default="", metavar="PEM", help="private key of --worker-tls-cert")
+    p.add_argument("--worker-tls-client-ca", default="", metavar="PEM",
+                   help="workers demand client certificates signed by this CA (mTLS)")
+    p.add_argument("--worker-tls-ca", default="", metavar="PEM",
+                   help="what the agent trusts when it calls its TLS workers (default: --tls-ca)")
+    p.add_argument("--worker-max-message-bytes", type=_non_negative_int, default=0, metavar="BYTES",
+                   help="largest message a worker accepts or sends (default: the worker's, 64 MiB)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
+
+
+def check_security_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Paired and readable TLS files, a readable token file."""
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    if bool(args.worker_tls_cert) != bool(args.worker_tls_key):
+        p.error("--worker-tls-cert and --worker-tls-key go together")
+    if args.worker_tls_client_ca and not args.worker_tls_cert:
+        p.error("--worker-tls-client-ca (mTLS) needs --worker-tls-cert and --worker-tls-key")
+    files = [args.tls_ca, args.tls_cert, args.tls_key, args.worker_tls_cert, args.worker_tls_key,
+             args.worker_tls_client_ca, args.worker_tls_ca, str(args.token_file or "")]  # fmt: skip
+    for path in filter(None, files):
+        if not os.access(path, os.R_OK):
+            p.error(f"cannot read {path}")
+
+
+def channel_credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | None:
+    if not args.tls_ca and not args.tls_cert:
+        return None
+    return grpc.ssl_channel_credentials(
+        root_certificates=read_pem(args.tls_ca) if args.tls_ca else None,
+        private_key=read_pem(args.tls_key) if args.tls_key else None,
+        certificate_chain=read_pem(args.tls_cert) if args.tls_cert else None,
+    )
 
 
 def node_info(args: argparse.Namespace, node_id: str) -> agent_pb2.NodeInfo:
@@ -205,7 +256,9 @@ def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    check_security_args(parser, args)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -217,6 +270,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         node.node_id, node.capacity.cpus, node.capacity.memory_bytes, node.capacity.gpus,
         dict(node.labels), args.control_plane,
     )  # fmt: skip
+    security = WorkerSecurity(
+        tls_cert=args.worker_tls_cert,
+        tls_key=args.worker_tls_key,
+        tls_client_ca=args.worker_tls_client_ca,
+        tls_ca=args.worker_tls_ca or args.tls_ca,
+        client_cert=args.tls_cert,
+        client_key=args.tls_key,
+        max_message_bytes=args.worker_max_message_bytes,
+    )
     config = AgentConfig(
         control_plane=args.control_plane,
         data_dir=data_dir,
@@ -227,10 +289,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             drain_timeout=args.drain_timeout,
             restart_backoff=args.restart_backoff,
             restart_reset_after=args.restart_reset_after,
+            gpu_devices=gpu_devices(node.capacity.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")),
+            security=security,
         ),
+        credentials=channel_credentials(args),
+        token=os.environ.get("MODELFLEET_TOKEN", ""),
+        token_file=args.token_file.resolve() if args.token_file else None,
         keepalive_time=args.keepalive_time,
         keepalive_timeout=args.keepalive_timeout,
     )
+    if config.token_file is None and not config.token:
+        log.warning("no API key (--token-file or MODELFLEET_TOKEN): a control plane with authentication on refuses this agent")
     asyncio.run(serve(Agent(config)))
     return 0
 

@@ -24,6 +24,7 @@ import contextlib
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -111,10 +112,12 @@ async def check_health(channel: grpc.aio.Channel, *, timeout: float) -> str | No
     return None
 
 
-async def probe_health(address: str, *, timeout: float) -> str | None:
-    """check_health over a throwaway channel."""
-    async with grpc.aio.insecure_channel(address) as channel:
-        return await check_health(channel, timeout=timeout)
+async def probe_health(
+    address: str, *, timeout: float, channel: Callable[[str], grpc.aio.Channel] = grpc.aio.insecure_channel
+) -> str | None:
+    """check_health over a throwaway channel (made by `channel`: plaintext or TLS)."""
+    async with channel(address) as opened:
+        return await check_health(opened, timeout=timeout)
 
 
 async def wait_not_serving(channel: grpc.aio.Channel) -> bool:

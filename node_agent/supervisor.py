@@ -29,8 +29,11 @@ clean exit (code 0) is then STOPPED, not a crash. Whether to run it again
 is the caller's decision (node_agent.allocations restarts a wanted one).
 
 While a process exists it is described in ``DIR/workers/<id>.json`` (spec,
-pid, port, started_at, log offset) so that a restarted agent can adopt it
-(node_agent.allocations); an adopted handle starts in STARTED.
+pid, port, started_at, log offset; mode 0600, as the spec holds the worker
+token) so that a restarted agent can adopt it (node_agent.allocations); an
+adopted handle starts in STARTED. An allocation with a worker token has it
+in ``DIR/workers/<id>.token`` (0600) for its worker; security arguments and
+the channel to the worker come from node_agent.worker_security.
 
 Concurrency model
 -----------------
@@ -78,6 +81,7 @@ from node_agent.procs import (
     pid_alive,
     wait_not_serving,
 )
+from node_agent.worker_security import WorkerSecurity, declared_specs, token_metadata, write_private
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -144,10 +148,19 @@ class SupervisorConfig:
     start_timeout: float = 600.0
     python: str = sys.executable
     worker_module: str = "node_agent.worker"
+    # GPU device ids this node hands out (CUDA_VISIBLE_DEVICES values); see
+    # node_agent.allocations.gpu_devices
+    gpu_devices: tuple[str, ...] = ()
+    security: WorkerSecurity = WorkerSecurity()
 
     @property
     def workers_dir(self) -> Path:
         return self.data_dir / "workers"
+
+    @property
+    def credentials_file(self) -> Path:
+        """The verifiers of API keys that may call workers directly (node_agent.worker_security)."""
+        return self.workers_dir / "credentials.pb"
 
 
 @dataclass(frozen=True)
@@ -159,6 +172,7 @@ class AdoptedWorker:
     started_at: float
     log_offset: int
     restarts: int
+    gpu_ids: tuple[str, ...] = ()
 
 
 class WorkerHandle:
@@ -172,8 +186,12 @@ class WorkerHandle:
         fetch_model: ModelFetcher,
         on_change: Callable[[WorkerHandle], None],
         adopted: AdoptedWorker | None = None,
+        gpu_ids: tuple[str, ...] = (),  # the worker's CUDA_VISIBLE_DEVICES
+        start_problem: str = "",  # if set, FAILED at once with this reason
     ) -> None:
         self.spec = spec
+        self.gpu_ids = adopted.gpu_ids if adopted else gpu_ids
+        self._start_problem = start_problem
         self.allocation_id = spec.allocation_id
         self._config = config
         self._fetch_model = fetch_model
@@ -196,6 +214,7 @@ class WorkerHandle:
         self.state_file = workers / f"{self.allocation_id}.json"
         self.ready_file = workers / f"{self.allocation_id}.ready"
         self.log_file = workers / f"{self.allocation_id}.log"
+        self.token_file = workers / f"{self.allocation_id}.token"
 
     # ---- public API -----------------------------------------------------------------
 
@@ -258,7 +277,7 @@ class WorkerHandle:
             return None
         try:
             reply = await worker_pb2_grpc.WorkerControlStub(channel).GetWorkerStats(
-                worker_pb2.GetWorkerStatsRequest(), timeout=timeout
+                worker_pb2.GetWorkerStatsRequest(), timeout=timeout, metadata=token_metadata(self.spec)
             )
         except grpc.aio.AioRpcError as exc:
             log.debug("allocation %s: stats failed: %s", self.allocation_id, exc.code().name)
@@ -341,6 +360,8 @@ class WorkerHandle:
             self._transition(WorkerState.STARTING, f"restarting after: {outcome.summary}")
 
     def _check_spec(self) -> str:
+        if self._start_problem:
+            return self._start_problem
         if not _ALLOCATION_ID.match(self.allocation_id):
             return f"invalid allocation_id {self.allocation_id!r}"
         if self._adopted is None and self.spec.format == common_pb2.MODEL_FORMAT_UNSPECIFIED:
@@ -399,26 +420,18 @@ class WorkerHandle:
             "--host", cfg.worker_host, "--port", "0",
             "--ready-file", str(self.ready_file),
             "--drain-timeout", f"{cfg.drain_timeout:g}",
-            *self._declared_specs(),
+            *declared_specs(spec),
+            *cfg.security.argv(spec, token_file=self.token_file, credentials_file=cfg.credentials_file),
         ]  # fmt: skip
 
-    def _declared_specs(self) -> list[str]:
-        """TorchScript keeps no datatypes: serve the specs the registry validated."""
-        spec = self.spec
-        if spec.format != common_pb2.MODEL_FORMAT_TORCHSCRIPT or not spec.inputs:
-            return []
-
-        def as_json(specs: Any) -> str:
-            return json.dumps([{"name": t.name, "datatype": t.datatype, "shape": list(t.shape)} for t in specs])
-
-        argv = ["--inputs-json", as_json(spec.inputs)]
-        if spec.outputs:
-            argv += ["--outputs-json", as_json(spec.outputs)]
-        return argv
-
     def _env(self) -> dict[str, str]:
+        """The agent's environment, the allocation's env (never logged), then
+        CUDA_VISIBLE_DEVICES: its GPUs (none, on a node with GPUs, if it has none)."""
         env = dict(os.environ)
+        env.pop("MODELFLEET_TOKEN", None)  # the agent's own key is not the worker's business
         env.update(self.spec.env)
+        if self.gpu_ids or self._config.gpu_devices:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpu_ids)
         if _PROJECT_ROOT not in _SITE_DIRS:  # a source checkout: run the worker from the agent's own tree
             env["PYTHONPATH"] = os.pathsep.join(p for p in (_PROJECT_ROOT, env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"  # keep stdout and stderr lines in order in the log
@@ -426,8 +439,10 @@ class WorkerHandle:
 
     async def _run_once(self, model: Path) -> Exit:
         """Spawn one worker process, wait until it is ready, then serve until it ends."""
-        self._config.workers_dir.mkdir(parents=True, exist_ok=True)
+        self._config.workers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
+        if self.spec.worker_token:
+            write_private(self.token_file, self.spec.worker_token.encode())
         with contextlib.suppress(OSError):
             if self.log_file.stat().st_size > MAX_LOG_BYTES:
                 os.replace(self.log_file, self.log_file.with_suffix(".log.1"))
@@ -495,7 +510,7 @@ class WorkerHandle:
         if exit_task is None:
             exit_task = asyncio.ensure_future(proc.wait())
         stop_task = asyncio.ensure_future(self._stop.wait())
-        self._channel = grpc.aio.insecure_channel(connect_address(cfg.worker_host, self.port))
+        self._channel = cfg.security.channel(connect_address(cfg.worker_host, self.port))
         drain_task: asyncio.Future[bool] | None = asyncio.ensure_future(wait_not_serving(self._channel))
         draining = False
         check: asyncio.Future[str | None] | None = None
@@ -570,10 +585,9 @@ class WorkerHandle:
             "started_at": self.started_at,
             "log_offset": self._log_offset,
             "restarts": self.restarts,
+            "gpu_ids": list(self.gpu_ids),
         }
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.state_file)
+        write_private(self.state_file, json.dumps(state).encode())  # it holds the worker token
 
     def _process_gone(self) -> None:
         """No process runs for this allocation any more: forget it and its files."""
@@ -581,3 +595,4 @@ class WorkerHandle:
         if _ALLOCATION_ID.match(self.allocation_id):  # never unlink paths built from a bad id
             self.state_file.unlink(missing_ok=True)
             self.ready_file.unlink(missing_ok=True)
+            self.token_file.unlink(missing_ok=True)

@@ -5,6 +5,13 @@ Ports are never fixed: the control plane binds 127.0.0.1:0 and writes the
 port it got to DATA_DIR/endpoint, which is read back here. Nothing sleeps to
 wait for a state: `wait_until` polls a predicate with a deadline. Timings are
 shrunk (heartbeat 0.2 s, node timeout 1 s) as RELIABILITY.md prescribes.
+
+Authentication is on, as in production: the cluster reads the bootstrap
+admin key from DATA_DIR/admin.key, its channel sends it on every call
+(`self.token`; `authed_channel` for other addresses, workers included), and
+every agent joins with its own key of role `agent`, minted on first start
+and kept in the agent's data dir (`agent.key`) so a restarted agent reuses it.
+`Cluster(auth=False)` runs the control plane with `--auth off`.
 """
 
 from __future__ import annotations
@@ -14,13 +21,15 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
 
 from modelfleet.v1 import (
+    auth_pb2,
+    auth_pb2_grpc,
     common_pb2,
     deployments_pb2,
     deployments_pb2_grpc,
@@ -32,7 +41,30 @@ from modelfleet.v1 import (
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
-BASETEMP: Path | None = None  # this pytest run's base temp dir (set by conftest): its clusters live there
+
+
+class _Metadata(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):  # fmt: skip
+    """Adds `authorization: Bearer <token>` (or another header) to every call of a channel."""
+
+    def __init__(self, token: str, *, header: tuple[str, str] | None = None) -> None:
+        self._pair = header or ("authorization", f"Bearer {token}")
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=[*(details.metadata or ()), self._pair])
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    intercept_unary_stream = intercept_unary_unary
+    intercept_stream_unary = intercept_unary_unary
+    intercept_stream_stream = intercept_unary_unary
+
+
+def authed_channel(address: str, token: str, *, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    """A channel that sends token on every call ("" = none), over TLS when credentials are given."""
+    channel = grpc.secure_channel(address, credentials) if credentials else grpc.insecure_channel(address)
+    return grpc.intercept_channel(channel, _Metadata(token)) if token else channel
 
 
 def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
@@ -129,21 +161,26 @@ class Cluster:
         *,
         heartbeat: float = 0.2,
         node_timeout: float = 1.0,
+        auth: bool = True,
+        credentials: grpc.ChannelCredentials | None = None,
         recovery_grace: float = 10.0,
-        cp_args: list[str] | None = None,
+        cp_args: Sequence[str] = (),
     ) -> None:
         self.root = root
+        self.recovery_grace = recovery_grace  # after a control-plane restart, time for agents to reconnect
+        self.cp_args = list(cp_args)  # extra flags of every control-plane start
+        self.credentials = credentials  # TLS for the test's own channel (the control plane runs with --tls-*)
         self.heartbeat = heartbeat
         self.node_timeout = node_timeout
-        self.recovery_grace = recovery_grace  # after a control-plane restart, time for agents to reconnect
-        self.cp_args = list(cp_args or [])
+        self.auth = auth
         self.cp: Proc | None = None
         self.addr = ""
+        self.token = ""  # the bootstrap admin key ("" with auth off)
         self.agents: dict[str, Proc] = {}
         self.channel: grpc.Channel | None = None
 
     # ---- processes ------------------------------------------------------------------
-    def start_control_plane(self, listen: str = "127.0.0.1:0") -> str:
+    def start_control_plane(self, listen: str = "127.0.0.1:0", *, extra_args: Sequence[str] = ()) -> str:
         data = self.root / "cp"
         data.mkdir(parents=True, exist_ok=True)
         endpoint = data / "endpoint"
@@ -152,16 +189,49 @@ class Cluster:
             "control-plane",
             [sys.executable, "-m", "control_plane.main", "--listen", listen, "--data-dir", str(data),
              "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout),
-             "--recovery-grace", str(self.recovery_grace), *self.cp_args],
+             "--recovery-grace", str(self.recovery_grace),
+             *([] if self.auth else ["--auth", "off"]), *self.cp_args, *extra_args],
             log_path=self.root / "cp.log",
         )
-        previous = self.addr
+        previous, previous_token = self.addr, self.token
         self.addr = wait_until(lambda: self._read_endpoint(endpoint), timeout=30, what="the control plane's endpoint file")
-        if self.channel is None or self.addr != previous:  # a channel reconnects to the same address by itself
+        self.token = (data / "admin.key").read_text().strip() if self.auth else ""
+        # a channel reconnects to the same address by itself: threads of a test may be using it
+        if self.channel is None or (self.addr, self.token) != (previous, previous_token):
             if self.channel is not None:
                 self.channel.close()
-            self.channel = grpc.insecure_channel(self.addr)
+            self.channel = authed_channel(self.addr, self.token, credentials=self.credentials)
         return self.addr
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        """The admin key as call metadata, for channels the test opens itself."""
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    def create_key(self, *roles: str, **fields: Any) -> auth_pb2.CreateApiKeyResponse:
+        """A new API key with roles (fields: user, privileges, name, ttl, node_id), made by the admin key."""
+        return auth_pb2_grpc.AuthStub(self.channel).CreateApiKey(auth_pb2.CreateApiKeyRequest(roles=roles, **fields))
+
+    def user_channel(self, user: str) -> grpc.Channel:
+        """A channel acting as `user`: a deployer key of that user (auth on), or the
+        x-modelfleet-user metadata (auth off). Kept open until close()."""
+        channels: dict[str, grpc.Channel] = self.__dict__.setdefault("_user_channels", {})
+        if user not in channels:
+            if self.auth:
+                channels[user] = authed_channel(self.addr, self.create_key("deployer", user=user).token, credentials=self.credentials)
+            else:
+                channel = grpc.insecure_channel(self.addr)
+                channels[user] = grpc.intercept_channel(channel, _Metadata("", header=("x-modelfleet-user", user)))
+        return channels[user]
+
+    def agent_token_file(self, name: str) -> Path:
+        """DIR/<name>/agent.key: the agent's own key (role agent), minted once."""
+        path = self.root / name / "agent.key"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(self.create_key("agent", name=f"agent {name}").token + "\n")
+            path.chmod(0o600)
+        return path
 
     def _read_endpoint(self, path: Path) -> str:
         assert self.cp is not None
@@ -175,17 +245,19 @@ class Cluster:
         *,
         cpus: int = 4,
         labels: dict[str, str] | None = None,
-        args: list[str] | None = None,
+        gpus: int | None = None,
+        extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
     ) -> Proc:
-        """Start (or restart, same data dir so the same node id) agent `name`;
-        `args` are extra flags, a later flag overriding an earlier one."""
-        argv = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
-                "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5"]
+        """Start (or restart: the same data dir, so the same node id and key) agent `name`."""
+        args = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
+                "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5", *extra_args]
+        if gpus is not None:
+            args += ["--gpus", str(gpus)]
+        if self.auth:
+            args += ["--token-file", str(self.agent_token_file(name))]
         for key, value in (labels or {}).items():
-            argv += ["--label", f"{key}={value}"]
-        argv += args or []
-        args = argv
+            args += ["--label", f"{key}={value}"]
         proc = Proc(name, args, log_path=self.root / f"{name}.log", env=env)
         self.agents[name] = proc
         return proc
@@ -198,6 +270,8 @@ class Cluster:
         """Stop agents, then the control plane; kill any worker still running
         from this cluster's data dirs (agents killed by a test leave theirs).
         Returns the pids of the orphans it had to kill."""
+        for channel in self.__dict__.get("_user_channels", {}).values():
+            channel.close()
         for proc in self.agents.values():
             proc.stop()
         if self.cp is not None:

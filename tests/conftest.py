@@ -13,16 +13,6 @@ import sys
 import pytest
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _session_basetemp(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Every cluster of this run lives under the session's base temp dir; tests
-    that look for worker processes in /proc look only there (cluster.BASETEMP),
-    so workers of other pytest runs on a shared machine are never counted."""
-    import cluster
-
-    cluster.BASETEMP = tmp_path_factory.getbasetemp()
-
-
 @pytest.fixture(autouse=True)
 def _no_tritonclient_in_process() -> None:
     yield

@@ -33,10 +33,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cluster import Cluster, Proc, wait_until, worker_processes
+from cluster import Cluster, Proc, authed_channel, wait_until, worker_processes
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb
+from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, worker_pb2, worker_pb2_grpc
 
 STARTED = common_pb2.ROUTING_STATE_STARTED
 NOT_ROUTED = "node is not responding; not routed to"
@@ -75,6 +75,26 @@ def deployment_pids(deployment_id: str, root: Path) -> set[int]:
     return {pid for pid, (name, _) in worker_processes(root).items() if name == deployment_id}
 
 
+def worker_stats(c: Cluster, entry: dpb.RoutingEntry) -> common_pb2.InferenceStats:
+    """A worker's statistics straight from it (WorkerControl takes only its worker token,
+    which the agent keeps in DIR/workers/<allocation>.token)."""
+    tokens = list(c.root.glob(f"*/workers/{entry.allocation_id}.token"))
+    token = tokens[0].read_text().strip() if tokens else ""
+    with authed_channel(entry.worker_address, token) as channel:
+        stub = worker_pb2_grpc.WorkerControlStub(channel)
+        return stub.GetWorkerStats(worker_pb2.GetWorkerStatsRequest(), timeout=5).stats
+
+
+def call(address: str, model: str, x: np.ndarray, *, token: str, timeout: float = 30) -> str:
+    """One ModelInfer ("OK" or "CODE: details"), as a client with the key `token`."""
+    with authed_channel(address, token) as channel:
+        try:
+            v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(model, x), timeout=timeout)
+            return "OK"
+        except grpc.RpcError as exc:
+            return f"{exc.code().name}: {exc.details()}"
+
+
 # ---- the inference workload ------------------------------------------------------------
 @dataclass(frozen=True)
 class Outcome:
@@ -109,6 +129,7 @@ class Load:
     Args:
         targets: called before every call; returns the (address, model) pairs
             to choose from (so a test can change them while running).
+        token: the API key the calls present (one with `infer`).
         deadline: seconds each call may take.
         pace: seconds a thread waits between its calls (workload pacing).
     """
@@ -120,8 +141,10 @@ class Load:
         threads: int = 2,
         deadline: float = 5.0,
         pace: float = 0.02,
+        token: str = "",
     ) -> None:
         self._targets = targets
+        self._token = token
         self.deadline = deadline
         self._pace = pace
         self._stop = threading.Event()
@@ -152,7 +175,7 @@ class Load:
                     continue
                 address, model = random.choice(targets)
                 if address not in channels:
-                    channel = grpc.insecure_channel(address)
+                    channel = authed_channel(address, self._token)
                     channels[address] = (channel, v2_grpc.GRPCInferenceServiceStub(channel))
                 began = time.monotonic()
                 code, details, correct = infer_once(channels[address][1], model, deadline=self.deadline)

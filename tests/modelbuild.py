@@ -29,17 +29,19 @@ def _save(graph: onnx.GraphProto, path: Path | str) -> Path:
     return out
 
 
-def onnx_add(path: Path | str) -> Path:
-    """y = x + [1, 2, 3, 4]; input x FP32 [-1, 4], output y FP32 [-1, 4].
+def onnx_add(path: Path | str, constant: Sequence[float] | None = None) -> Path:
+    """y = x + [1, 2, 3, 4] (or + constant); input x FP32 [-1, 4], output y FP32 [-1, 4].
 
     Dynamic batch, so the worker does not warm it up. Exact in any runtime.
+    Different constants make versions of one model tell apart by their output.
     """
+    c = ADD_CONSTANT if constant is None else np.asarray(constant, dtype=np.float32)
     graph = helper.make_graph(
         [helper.make_node("Add", ["x", "c"], ["y"])],
         "add",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
-        [numpy_helper.from_array(ADD_CONSTANT, "c")],
+        [numpy_helper.from_array(c, "c")],
     )
     return _save(graph, path)
 
@@ -177,4 +179,38 @@ def corrupt_file(path: Path | str, *, size: int = 4096) -> Path:
     """`size` seeded random bytes: neither a valid ONNX nor TorchScript file."""
     out = Path(path)
     out.write_bytes(np.random.default_rng(7).bytes(size))
+    return out
+
+
+def onnx_external_data(path: Path | str, *, location: str = "../../modelfleet.db") -> Path:
+    """onnx_add whose constant claims to live in an external data file at `location`
+    (a path that would reach outside the model: the registry must refuse it)."""
+    constant = numpy_helper.from_array(ADD_CONSTANT, "c")
+    constant.ClearField("raw_data")
+    constant.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", location), ("offset", "0"), ("length", "16")):
+        constant.external_data.add(key=key, value=value)
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"])],
+        "add_external",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])],
+        [constant],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], ir_version=IR_VERSION)
+    out = Path(path)
+    out.write_bytes(model.SerializeToString())
+    return out
+
+
+def zip_bomb(path: Path | str, *, expands_to: int = 96 << 20) -> Path:
+    """A small zip (a TorchScript archive is one) whose one entry inflates to `expands_to` zero bytes."""
+    import zipfile
+
+    out = Path(path)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        with archive.open("model/data.pkl", "w", force_zip64=True) as entry:
+            block = bytes(1 << 20)
+            for _ in range(expands_to >> 20):
+                entry.write(block)
     return out

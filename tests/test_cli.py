@@ -423,7 +423,9 @@ def test_up_reports_a_child_dying_early(tmp_path: Path) -> None:
 def test_up_reads_the_endpoint_file_and_stops_agents_first(tmp_path: Path) -> None:
     (tmp_path / "control-plane").mkdir()
     (tmp_path / "control-plane" / "endpoint").write_text("127.0.0.1:1\n")  # stale: must be ignored
-    fleet = LocalFleet(tmp_path, listen="127.0.0.1:0", agents=2, start_timeout=30, shutdown_timeout=10)
+    minted: list[str] = []
+    fleet = LocalFleet(tmp_path, listen="127.0.0.1:0", agents=2, start_timeout=30, shutdown_timeout=10,
+                       mint=lambda addr, admin, name: minted.append(f"{addr} {admin} {name}") or f"token-{name}")
     cp = _script("""
         import os, signal, sys, time
         d = sys.argv[sys.argv.index("--data-dir") + 1]
@@ -432,6 +434,8 @@ def test_up_reads_the_endpoint_file_and_stops_agents_first(tmp_path: Path) -> No
             sys.exit(0)
         signal.signal(signal.SIGTERM, term)
         time.sleep(0.3)
+        with open(os.path.join(d, "admin.key"), "w") as f:
+            f.write("admin-token\\n")
         with open(os.path.join(d, "endpoint.tmp"), "w") as f:
             f.write("0.0.0.0:45678\\n")
         os.replace(os.path.join(d, "endpoint.tmp"), os.path.join(d, "endpoint"))
@@ -462,6 +466,11 @@ def test_up_reads_the_endpoint_file_and_stops_agents_first(tmp_path: Path) -> No
     assert all(a.poll() == 0 for a in fleet.agents)
     assert (tmp_path / "order").read_text().split() == ["agent", "agent", "control-plane"]
     assert "--control-plane" in (tmp_path / "logs" / "node-2.log").read_text()
+    # each agent got its own key (minted with the admin key), kept 0600 beside the control plane's data
+    assert minted == ["127.0.0.1:45678 admin-token node-1", "127.0.0.1:45678 admin-token node-2"]
+    key = tmp_path / "control-plane" / "agent-keys" / "node-2.key"
+    assert key.read_text() == "token-node-2\n" and key.stat().st_mode & 0o777 == 0o600
+    assert f"--token-file', '{key}'" in (tmp_path / "logs" / "node-2.log").read_text()
 
 
 def test_endpoint_parsing() -> None:

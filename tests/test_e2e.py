@@ -48,7 +48,8 @@ class Up:
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             [sys.executable, "-m", "modelfleet.cli", *args], capture_output=True, text=True, timeout=120,
-            cwd=ROOT, env={**os.environ, "MODELFLEET_ADDR": self.addr},
+            cwd=ROOT, env={**os.environ, "MODELFLEET_ADDR": self.addr,
+                           "MODELFLEET_TOKEN_FILE": str(self.data / "control-plane" / "admin.key")},
         )
         if check:
             assert result.returncode == 0, result.stderr
@@ -108,9 +109,9 @@ def test_cli_upload_start_stats_infer_stop(up: Up, tmp_path: Path) -> None:
 
     bad = up.cli("infer", "my-model", "--input", "x=[1,2]", check=False)
     assert bad.returncode == 1 and bad.stderr.startswith("error: INVALID_ARGUMENT") and "Traceback" not in bad.stderr
-    assert len(worker_pids("my-model")) == 1
+    assert len(worker_pids("my-model", up.data)) == 1
     up.cli("deployments", "stop", "my-model", "--wait", "--timeout", "30s")
-    wait_until(lambda: not worker_pids("my-model"), timeout=30, what="the worker to exit after stop")
+    wait_until(lambda: not worker_pids("my-model", up.data), timeout=30, what="the worker to exit after stop")
     listed = up.cli("deployments", "list").stdout
     assert "my-model" in listed and "stopped" in listed
 
@@ -140,7 +141,7 @@ def test_health_and_reflection_on_control_plane_and_worker(up: Up) -> None:
 
 
 def test_ctrl_c_stops_everything_cleanly(up: Up) -> None:
-    assert worker_pids("demo")
+    assert worker_pids("demo", up.data)
     assert up.stop() == 0
     assert "stopped" in up.text().splitlines()[-1]
-    assert not worker_pids("demo")
+    assert not worker_pids("demo", up.data)

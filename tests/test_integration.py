@@ -22,8 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-import cluster as cluster_module
-from cluster import ROOT, Cluster, wait_until, worker_processes
+from cluster import ROOT, Cluster, authed_channel, wait_until
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
@@ -47,14 +46,39 @@ def stop(c: Cluster, deployment_id: str) -> dpb.Deployment:
     return c.deployments.StopDeployment(req, timeout=40).deployment
 
 
-def worker_pids(deployment_id: str) -> set[int]:
-    """Live inference worker processes serving deployment_id, from /proc (only this
-    test run's: other runs on a shared machine may serve the same names)."""
-    return {pid for pid, (name, _) in worker_processes(cluster_module.BASETEMP).items() if name == deployment_id}
+_BASETEMP: list[bytes] = []  # this pytest session's tmp dir: workers of other sessions on the machine are not ours
 
 
-def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path) -> dict[str, object]:
-    args = [sys.executable, str(TRITON), "infer", "--url", url, "--model", model, "--out-dir", str(tmp)]
+@pytest.fixture(autouse=True)
+def _this_sessions_workers(tmp_path_factory: pytest.TempPathFactory) -> None:
+    _BASETEMP[:] = [str(tmp_path_factory.getbasetemp().resolve()).encode()]
+
+
+def worker_pids(deployment_id: str, under: Path | None = None) -> set[int]:
+    """Live inference worker processes serving deployment_id, from /proc (this session's only;
+    with `under`, only those whose ready file lies below that directory: one fleet's)."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if b"node_agent.worker" in args and b"--name" in args and status != "Z":
+            ready = args[args.index(b"--ready-file") + 1] if b"--ready-file" in args else b""
+            if _BASETEMP and not ready.startswith(_BASETEMP[0]):
+                continue
+            if under is not None and not ready.startswith(str(under).encode()):
+                continue
+            if args[args.index(b"--name") + 1].decode() == deployment_id:
+                pids.add(int(entry.name))
+    return pids
+
+
+def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path, *, token: str = "") -> dict[str, object]:
+    args = [sys.executable, str(TRITON), "infer", "--url", url, "--model", model, "--out-dir", str(tmp), "--token", token]
     for name, array in inputs.items():
         path = tmp / f"in-{name}.npy"
         np.save(path, array)
@@ -67,8 +91,10 @@ def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path)
     return out
 
 
-def v2_infer(address: str, model: str, x: np.ndarray, *, name: str = "x", timeout: float = 30) -> v2.ModelInferResponse:
-    with grpc.insecure_channel(address) as channel:
+def v2_infer(
+    address: str, model: str, x: np.ndarray, *, name: str = "x", timeout: float = 30, token: str = ""
+) -> v2.ModelInferResponse:
+    with authed_channel(address, token) as channel:
         req = v2.ModelInferRequest(model_name=model)
         req.inputs.add(name=name, datatype="FP32", shape=list(x.shape))
         req.raw_input_contents.append(x.astype(np.float32).tobytes())
@@ -114,10 +140,10 @@ def test_onnx_through_gateway_and_worker_matches_onnxruntime(cluster: Cluster, m
 
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
     expected = ort.InferenceSession(str(models["add"])).run(None, {"x": x})[0]
-    via_gateway = triton_infer(cluster.addr, "add-both", {"x": x}, tmp_path)
+    via_gateway = triton_infer(cluster.addr, "add-both", {"x": x}, tmp_path, token=cluster.token)
     np.testing.assert_array_equal(via_gateway["arrays"]["y"], expected)
     for entry in alloc.routing_table.values():
-        direct = triton_infer(entry.worker_address, "add-both", {"x": x}, tmp_path)
+        direct = triton_infer(entry.worker_address, "add-both", {"x": x}, tmp_path, token=cluster.token)
         np.testing.assert_array_equal(direct["arrays"]["y"], expected)
     stats = cluster.deployments.GetDeploymentStats(dpb.GetDeploymentStatsRequest(deployment_id="add-both"))
     assert len(stats.nodes) == 2
@@ -133,7 +159,7 @@ def test_torchscript_matches_torch(cluster: Cluster, models: dict[str, Path], tm
     start(cluster, "ts-add", wait_for=dpb.WAIT_FOR_STARTED)
     x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
     expected = torch.jit.load(str(models["ts"]))(torch.from_numpy(x)).numpy()
-    out = triton_infer(cluster.addr, "ts-add", {"x": x}, tmp_path)
+    out = triton_infer(cluster.addr, "ts-add", {"x": x}, tmp_path, token=cluster.token)
     np.testing.assert_array_equal(out["arrays"]["OUTPUT__0"], expected)
 
 
@@ -166,7 +192,7 @@ def test_queue_full_rejects_at_once(cluster: Cluster, models: dict[str, Path]) -
 
     def call(_: int) -> str:
         try:
-            v2_infer(entry.worker_address, "slow", x, timeout=60)
+            v2_infer(entry.worker_address, "slow", x, timeout=60, token=cluster.token)
             return "OK"
         except grpc.RpcError as exc:
             return f"{exc.code().name}: {exc.details()}"
@@ -205,7 +231,7 @@ def test_error_cases_of_the_contract(cluster: Cluster, models: dict[str, Path], 
     with pytest.raises(grpc.RpcError) as err:
         cluster.deployments.GetDeployment(dpb.GetDeploymentRequest(deployment_id="nope"))
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
-    out = triton_infer(cluster.addr, "nope", {"x": np.zeros((1, 4), np.float32)}, tmp_path)
+    out = triton_infer(cluster.addr, "nope", {"x": np.zeros((1, 4), np.float32)}, tmp_path, token=cluster.token)
     assert "NOT_FOUND" in out["error"]["status"]
 
 
@@ -237,13 +263,13 @@ def test_model_failing_in_the_worker_is_failed_with_reason_and_not_retried(clust
     for entry in deployment.allocations[0].routing_table.values():
         assert entry.routing_state == FAILED
         assert "load error" in entry.reason, entry.reason
-    assert not worker_pids("warmup-fails")
+    assert not worker_pids("warmup-fails", cluster.root)
     stop(cluster, "warmup-fails")
 
 
 def test_watch_streams_snapshots_until_stopped_and_stop_frees_workers(cluster: Cluster, models: dict[str, Path]) -> None:
     start(cluster, "add", deployment_id="add-watch", wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED)
-    pids = worker_pids("add-watch")
+    pids = worker_pids("add-watch", cluster.root)
     assert len(pids) == 2
     stream = cluster.deployments.WatchDeployment(dpb.WatchDeploymentRequest(deployment_id="add-watch"), timeout=60)
     first = next(stream)
@@ -256,7 +282,7 @@ def test_watch_streams_snapshots_until_stopped_and_stop_frees_workers(cluster: C
             break
     stream.cancel()
     assert seen[-1] == common_pb2.DEPLOYMENT_STATUS_STOPPED
-    wait_until(lambda: not worker_pids("add-watch"), timeout=30, what="workers of add-watch to exit")
+    wait_until(lambda: not worker_pids("add-watch", cluster.root), timeout=30, what="workers of add-watch to exit")
     assert not any(pid_alive(p) for p in pids)
     listed = {d.deployment_id: d.status for d in cluster.deployments.ListDeployments(dpb.ListDeploymentsRequest()).deployments}
     assert listed["add-watch"] == common_pb2.DEPLOYMENT_STATUS_STOPPED
@@ -269,7 +295,7 @@ def test_retried_start_with_the_same_request_id_creates_nothing_twice(cluster: C
     again = start(cluster, "add", deployment_id="add-idem", request_id="req-1")
     assert again.deployment.revision == first.deployment.revision
     assert {e.allocation_id for e in again.allocation.routing_table.values()} == {e.allocation_id for e in first.allocation.routing_table.values()}
-    assert len(worker_pids("add-idem")) == 2
+    assert len(worker_pids("add-idem", cluster.root)) == 2
 
 
 def pid_alive(pid: int) -> bool:
@@ -305,7 +331,7 @@ def test_control_plane_restart_keeps_everything_and_restarts_no_worker(tmp_path:
         c.wait_nodes(2)
         c.upload(onnx_add(tmp_path / "add.onnx"), "add")
         start(c, "add", wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED)
-        pids = worker_pids("add")
+        pids = worker_pids("add", c.root)
         table = c.routes("add")
         addresses = {n: e.worker_address for n, e in c.get("add").allocations[0].routing_table.items()}
         assert len(pids) == 2
@@ -314,16 +340,16 @@ def test_control_plane_restart_keeps_everything_and_restarts_no_worker(tmp_path:
         # workers keep serving while the control plane is down
         x = np.ones((1, 4), np.float32)
         for address in addresses.values():
-            assert v2_infer(address, "add", x).raw_output_contents
+            assert v2_infer(address, "add", x, token=c.token).raw_output_contents
         c.start_control_plane(listen=c.addr)  # the same port: the agents know only this address
         c.wait_nodes(2)
         wait_until(lambda: c.routes("add") == table, timeout=30, what="routing table to converge")
         assert c.get("add").allocations[0].allocation_state == common_pb2.ALLOCATION_STATE_FULLY_ALLOCATED
-        assert worker_pids("add") == pids
+        assert worker_pids("add", c.root) == pids
         assert {n: e.worker_address for n, e in c.get("add").allocations[0].routing_table.items()} == addresses
         assert c.models.GetModel(models_pb2.GetModelRequest(model_id="add")).state == common_pb2.MODEL_STATE_NORMAL
         np.testing.assert_array_equal(
-            np.frombuffer(v2_infer(c.addr, "add", x).raw_output_contents[0], np.float32), x[0] + [1, 2, 3, 4]
+            np.frombuffer(v2_infer(c.addr, "add", x, token=c.token).raw_output_contents[0], np.float32), x[0] + [1, 2, 3, 4]
         )
     finally:
         c.close()

@@ -33,11 +33,10 @@ import numpy as np
 import pytest
 
 from cluster import ROOT, Cluster, wait_until, worker_processes
-from faults import NOT_ROUTED, Load, Sampler, Watcher, infer_request, kill_node, node_workers
+from faults import NOT_ROUTED, Load, Sampler, Watcher, call, kill_node, node_workers, worker_stats
 from figures import record
 from modelbuild import onnx_add, onnx_slow
-from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, nodes_pb2, worker_pb2, worker_pb2_grpc
+from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, nodes_pb2
 
 S = common_pb2
 H, T, D = 0.2, 1.0, 2.0
@@ -92,7 +91,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 def two_nodes(c: Cluster, cpus: int = 4, args: list[str] | None = None) -> dict[str, str]:
     """node-a and node-b; returns name -> node id."""
     for name in ("node-a", "node-b"):
-        c.start_agent(name, cpus=cpus, args=args)
+        c.start_agent(name, cpus=cpus, extra_args=args or ())
     c.wait_nodes(2)
     return {name: c.node_id(name) for name in ("node-a", "node-b")}
 
@@ -113,7 +112,7 @@ def test_s1_node_crash_routes_fail_within_t_plus_2h_and_fixed_instances_move(clu
     survivor_id = next(n for n in ids.values() if n != victim_id)
     assert node_of(c, "one-2") == survivor_id
     deployments = ("one-1", "one-2", "all")
-    with Load(lambda: [(c.addr, d) for d in deployments], threads=3, deadline=5.0) as load:
+    with Load(lambda: [(c.addr, d) for d in deployments], threads=3, deadline=5.0, token=c.token) as load:
         load.wait_calls(30)
         killed = time.monotonic()
         kill_node(c, victim)
@@ -147,40 +146,28 @@ def test_s1_node_crash_routes_fail_within_t_plus_2h_and_fixed_instances_move(clu
 
 def test_s2_agent_sigterm_drains_queued_calls_then_stops(cluster: Cluster, tmp_path: Path) -> None:
     c = cluster
-    agent = c.start_agent("node-a", cpus=4, args=["--drain-timeout", str(D)])
+    agent = c.start_agent("node-a", cpus=4, extra_args=["--drain-timeout", str(D)])
     c.wait_nodes(1)
     node = c.node_id("node-a")
     c.upload(onnx_slow(tmp_path / "slow.onnx", matmuls=16), "slow")
     (first,) = start(c, "slow", instances=1, queue_capacity=16).allocation.routing_table.values()
     x = np.ones(4, np.float32)
 
-    def call(address: str, timeout: float = 30) -> str:
-        with grpc.insecure_channel(address) as channel:
-            try:
-                v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request("slow", x), timeout=timeout)
-                return "OK"
-            except grpc.RpcError as exc:
-                return f"{exc.code().name}: {exc.details()}"
-
-    def pending() -> int:
-        with grpc.insecure_channel(first.worker_address) as channel:
-            stub = worker_pb2_grpc.WorkerControlStub(channel)
-            return stub.GetWorkerStats(worker_pb2.GetWorkerStatsRequest(), timeout=5).stats.number_of_pending_requests
-
     began = time.monotonic()
-    assert call(first.worker_address) == "OK"
+    assert call(first.worker_address, "slow", x, token=c.token) == "OK"
     queued = max(2, min(6, int(0.8 / (time.monotonic() - began))))
     (pid,) = node_workers(c, "node-a")
     watcher = Watcher(c, "slow")
     try:
         with concurrent.futures.ThreadPoolExecutor(queued) as pool:
-            calls = [pool.submit(call, first.worker_address) for _ in range(queued)]
-            wait_until(lambda: pending() >= queued, timeout=10, what="calls queued at the worker")
+            calls = [pool.submit(call, first.worker_address, "slow", x, token=c.token) for _ in range(queued)]
+            wait_until(lambda: worker_stats(c, first).number_of_pending_requests >= queued, timeout=10,
+                       what="calls queued at the worker")  # fmt: skip
             term = time.monotonic()
             agent.signal(signal.SIGTERM)
             stopping = wait_until(lambda: watcher.first(node, S.ROUTING_STATE_STOPPING, after=term), timeout=10,
                                   what="route STOPPING")  # fmt: skip
-            refused = call(c.addr)  # the gateway no longer routes to it
+            refused = call(c.addr, "slow", x, token=c.token)  # the gateway no longer routes to it
             results = [f.result(timeout=30) for f in calls]
             finished = time.monotonic()
         stopped = wait_until(lambda: watcher.first(node, S.ROUTING_STATE_STOPPED, after=term), timeout=30,
@@ -325,7 +312,8 @@ def _exists(c: Cluster, node_id: str) -> bool:
 
 def cli(c: Cluster, *args: str) -> str:
     out = subprocess.run([sys.executable, "-m", "modelfleet.cli.main", "--addr", c.addr, *args],
-                         capture_output=True, text=True, timeout=60, cwd=ROOT, env={**os.environ})  # fmt: skip
+                         capture_output=True, text=True, timeout=60, cwd=ROOT,
+                         env={**os.environ, "MODELFLEET_TOKEN": c.token})  # fmt: skip
     assert out.returncode == 0, out.stderr
     return out.stdout
 
@@ -339,7 +327,7 @@ def test_drain_moves_allocations_make_before_break_and_uncordon(cluster: Cluster
     victim_id = node_of(c, "one")
     victim = name_of(ids, victim_id)
     survivor_id = next(n for n in ids.values() if n != victim_id)
-    with Sampler(c, ["one", "all"]) as sampler, Load(lambda: [(c.addr, "one"), (c.addr, "all")], threads=2) as load:
+    with Sampler(c, ["one", "all"]) as sampler, Load(lambda: [(c.addr, "one"), (c.addr, "all")], threads=2, token=c.token) as load:
         load.wait_calls(20)
         drained = time.monotonic()
         out = cli(c, "nodes", "drain", victim_id, "--wait", "--timeout", "60s")  # returns once nothing is left on it

@@ -42,7 +42,7 @@ def test_s21_idle_agent_stream_survives_keepalive_with_zero_goaways(tmp_path: Pa
                 cp_args=["--keepalive-time", "30", "--keepalive-timeout", "1", "--keepalive-min-ping-interval", "0.5"])  # fmt: skip
     try:
         c.start_control_plane()
-        agent = c.start_agent("node-a", args=["--keepalive-time", "1", "--keepalive-timeout", "1"], env=KEEPALIVE_TRACE)
+        agent = c.start_agent("node-a", extra_args=["--keepalive-time", "1", "--keepalive-timeout", "1"], env=KEEPALIVE_TRACE)
         c.wait_nodes(1)
         began = time.monotonic()
         pings_before = count(agent.log(), "Finish keepalive ping")
@@ -100,9 +100,10 @@ def test_s22_reconnect_storm_of_50_agents_is_spread_by_jittered_backoff(tmp_path
     results = []
     try:
         c.start_control_plane()
+        # the admin key may act for any node: one key for the 50 agents
         swarm = Proc("swarm", [sys.executable, str(ROOT / "tests" / "tools" / "agent_swarm.py"), "--control-plane",
                                c.addr, "--root", str(tmp_path / "swarm"), "--count", str(agents)],
-                     log_path=tmp_path / "swarm.log")  # fmt: skip
+                     log_path=tmp_path / "swarm.log", env={"MODELFLEET_TOKEN": c.token})  # fmt: skip
         c.wait_nodes(agents, timeout=60)
         for downtime in (0.0, 3.0):
             assert c.cp is not None

@@ -29,7 +29,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from cluster import Cluster, wait_until, worker_processes
+from cluster import Cluster, authed_channel, wait_until, worker_processes
 from faults import Load, infer_once, restart_control_plane
 from figures import record
 from modelbuild import onnx_add
@@ -47,8 +47,8 @@ RETRY = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 class Stubs:
     """Own channel to the control plane (it survives restarts on the same address)."""
 
-    def __init__(self, addr: str) -> None:
-        self.channel = grpc.insecure_channel(addr)
+    def __init__(self, addr: str, token: str) -> None:
+        self.channel = authed_channel(addr, token)
         self.deployments = deployments_pb2_grpc.DeploymentsStub(self.channel)
         self.nodes = nodes_pb2_grpc.NodesStub(self.channel)
         self.inference = v2_grpc.GRPCInferenceServiceStub(self.channel)
@@ -69,9 +69,9 @@ def retry(op: Callable[[], object], stop: threading.Event, *, timeout: float = 1
 class Workload(threading.Thread):
     """Creates, verifies and retires deployments; records what was acknowledged."""
 
-    def __init__(self, addr: str) -> None:
+    def __init__(self, addr: str, token: str) -> None:
         super().__init__(daemon=True, name="soak-workload")
-        self.stubs = Stubs(addr)
+        self.stubs = Stubs(addr, token)
         self.stop = threading.Event()
         self.acked: dict[str, str] = {}  # name -> running | stopped | deleted
         self.verify_s: list[float] = []
@@ -128,9 +128,9 @@ class Workload(threading.Thread):
 class Auditor(threading.Thread):
     """Samples node allocations and worker processes for over-allocation."""
 
-    def __init__(self, addr: str, root: Path) -> None:
+    def __init__(self, addr: str, root: Path, token: str) -> None:
         super().__init__(daemon=True, name="soak-auditor")
-        self.stubs = Stubs(addr)
+        self.stubs = Stubs(addr, token)
         self.root = root
         self.stop = threading.Event()
         self.samples = 0
@@ -185,11 +185,11 @@ def test_s23_chaos_soak(tmp_path: Path) -> None:
     try:
         c.start_control_plane()
         for name in NODES:
-            c.start_agent(name, cpus=3, args=AGENT_ARGS)
+            c.start_agent(name, cpus=3, extra_args=AGENT_ARGS)
         c.wait_nodes(len(NODES))
         c.upload(onnx_add(tmp_path / "add.onnx"), "add")
-        workload, auditor = Workload(c.addr), Auditor(c.addr, c.root)
-        load = Load(lambda: [(c.addr, n) for n in workload.live()], threads=2, deadline=5.0, pace=0.05)
+        workload, auditor = Workload(c.addr, c.token), Auditor(c.addr, c.root, c.token)
+        load = Load(lambda: [(c.addr, n) for n in workload.live()], threads=2, deadline=5.0, pace=0.05, token=c.token)
         workload.start()
         auditor.start()
         with load:
@@ -201,7 +201,7 @@ def test_s23_chaos_soak(tmp_path: Path) -> None:
                 if kind == "agent":
                     name = rng.choice(NODES)
                     c.agents[name].kill()
-                    c.start_agent(name, cpus=3, args=AGENT_ARGS)
+                    c.start_agent(name, cpus=3, extra_args=AGENT_ARGS)
                 elif kind == "worker":
                     pids = list(worker_processes(c.root))
                     if not pids:
@@ -216,7 +216,7 @@ def test_s23_chaos_soak(tmp_path: Path) -> None:
             chaos_ended = time.monotonic()
             workload.stop.set()
             workload.join(60)
-            stubs = Stubs(c.addr)
+            stubs = Stubs(c.addr, c.token)
             try:
                 wait_until(lambda: converged(c, stubs, dict(workload.acked)), timeout=120, interval=0.05,
                            what="convergence after the chaos")  # fmt: skip

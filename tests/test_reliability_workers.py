@@ -31,11 +31,10 @@ import numpy as np
 import pytest
 
 from cluster import Cluster, wait_until, worker_processes
-from faults import Watcher, infer_request
+from faults import Watcher, call, worker_stats
 from figures import record
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
-from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, worker_pb2, worker_pb2_grpc
+from modelfleet.v1 import common_pb2, deployments_pb2 as dpb
 
 S = common_pb2
 DRAIN_S = 2.0
@@ -64,26 +63,12 @@ def entry(c: Cluster, deployment_id: str) -> dpb.RoutingEntry:
     return only
 
 
-def call(address: str, model: str, x: np.ndarray, *, timeout: float) -> str:
-    with grpc.insecure_channel(address) as channel:
-        try:
-            v2_grpc.GRPCInferenceServiceStub(channel).ModelInfer(infer_request(model, x), timeout=timeout)
-            return "OK"
-        except grpc.RpcError as exc:
-            return f"{exc.code().name}: {exc.details()}"
-
-
-def worker_stats(address: str) -> common_pb2.InferenceStats:
-    with grpc.insecure_channel(address) as channel:
-        return worker_pb2_grpc.WorkerControlStub(channel).GetWorkerStats(worker_pb2.GetWorkerStatsRequest(), timeout=5).stats
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c = Cluster(tmp_path_factory.mktemp("workers"))
     try:
         c.start_control_plane()
-        c.start_agent("node-a", cpus=16, args=AGENT_ARGS)
+        c.start_agent("node-a", cpus=16, extra_args=AGENT_ARGS)
         c.wait_nodes(1)
         d = c.root / "models"
         d.mkdir()
@@ -146,23 +131,23 @@ def test_worker_sigterm_drains_then_stops_and_is_started_again(cluster: Cluster)
     first = entry(cluster, "drainy")
     x = np.ones(4, np.float32)
     began = time.monotonic()
-    assert call(first.worker_address, "drainy", x, timeout=30) == "OK"
+    assert call(first.worker_address, "drainy", x, token=cluster.token, timeout=30) == "OK"
     one = time.monotonic() - began
     queued = max(2, min(6, int(0.8 / one)))  # about 0.8 s of work: well within D = 2 s
     (pid,) = pids_of(cluster, "drainy")
     watcher = Watcher(cluster, "drainy")
     try:
         with concurrent.futures.ThreadPoolExecutor(queued) as pool:
-            calls = [pool.submit(call, first.worker_address, "drainy", x, timeout=30) for _ in range(queued)]
-            wait_until(lambda: worker_stats(first.worker_address).number_of_pending_requests >= queued, timeout=10,
+            calls = [pool.submit(call, first.worker_address, "drainy", x, token=cluster.token, timeout=30) for _ in range(queued)]
+            wait_until(lambda: worker_stats(cluster, first).number_of_pending_requests >= queued, timeout=10,
                        what="the calls to be queued")  # fmt: skip
             term = time.monotonic()
             os.kill(pid, signal.SIGTERM)
             stopping = wait_until(lambda: watcher.first(node, S.ROUTING_STATE_STOPPING, after=term), timeout=10,
                                   what="route STOPPING")  # fmt: skip
             assert "worker is draining" in stopping[1], stopping
-            refused_gateway = call(cluster.addr, "drainy", x, timeout=10)
-            refused_direct = call(first.worker_address, "drainy", x, timeout=10)
+            refused_gateway = call(cluster.addr, "drainy", x, token=cluster.token, timeout=10)
+            refused_direct = call(first.worker_address, "drainy", x, token=cluster.token, timeout=10)
             results = [f.result(timeout=30) for f in calls]
             finished = time.monotonic()
         stopped = wait_until(lambda: watcher.first(node, S.ROUTING_STATE_STOPPED, after=term), timeout=30,
@@ -176,7 +161,7 @@ def test_worker_sigterm_drains_then_stops_and_is_started_again(cluster: Cluster)
         wait_until(lambda: entry(cluster, "drainy").routing_state == S.ROUTING_STATE_STARTED
                    and pids_of(cluster, "drainy") - {pid}, timeout=60, what="the worker to be started again")  # fmt: skip
         assert pid not in pids_of(cluster, "drainy") and len(pids_of(cluster, "drainy")) == 1
-        assert call(cluster.addr, "drainy", x, timeout=30) == "OK"
+        assert call(cluster.addr, "drainy", x, token=cluster.token, timeout=30) == "OK"
         back = time.monotonic() - term
     finally:
         watcher.close()
@@ -230,7 +215,7 @@ def test_corrupt_model_files_fail_with_the_loader_error_and_are_not_retried(clus
     assert starts == {"warmup-fails": 1, "ts-add": 1}, starts
     # the other deployment on the node is untouched
     assert pids_of(cluster, "bystander") == {bystander}
-    assert call(cluster.addr, "bystander", x, timeout=10) == "OK"
+    assert call(cluster.addr, "bystander", x, token=cluster.token, timeout=10) == "OK"
     for model_id, took in timings.items():
         record("S11", f"{model_id}: start -> FAILED with the loader's error", took, "s", f"worker starts: {starts[model_id]}")
     record("S11", "other deployment on the node: restarts", 0)
@@ -244,25 +229,25 @@ def test_deadline_passed_while_queued_is_never_run_and_frees_its_slot(cluster: C
     (only,) = resp.allocation.routing_table.values()
     x = np.ones(4, np.float32)
     began = time.monotonic()
-    assert call(cluster.addr, "deadlines", x, timeout=60) == "OK"
+    assert call(cluster.addr, "deadlines", x, token=cluster.token, timeout=60) == "OK"
     one = time.monotonic() - began
-    before = worker_stats(only.worker_address)
+    before = worker_stats(cluster, only)
     short = 0.15  # the first call runs far longer than this (about 1 s on an idle core)
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        running = pool.submit(call, cluster.addr, "deadlines", x, timeout=60)
-        wait_until(lambda: worker_stats(only.worker_address).number_of_pending_requests >= 1, timeout=10,
+        running = pool.submit(call, cluster.addr, "deadlines", x, token=cluster.token, timeout=60)
+        wait_until(lambda: worker_stats(cluster, only).number_of_pending_requests >= 1, timeout=10,
                    what="the first call to run")  # fmt: skip
         sent = time.monotonic()
-        expired = call(cluster.addr, "deadlines", x, timeout=short)  # queued behind it, fills the queue
+        expired = call(cluster.addr, "deadlines", x, token=cluster.token, timeout=short)  # queued behind it, fills the queue
         late = time.monotonic() - (sent + short)
         # the expired call left the queue: the one slot (capacity 1) takes the next call at once
-        pending_after = worker_stats(only.worker_address).number_of_pending_requests
-        next_call = pool.submit(call, cluster.addr, "deadlines", x, timeout=60)
+        pending_after = worker_stats(cluster, only).number_of_pending_requests
+        next_call = pool.submit(call, cluster.addr, "deadlines", x, token=cluster.token, timeout=60)
         results = [running.result(timeout=60), next_call.result(timeout=60)]
     assert expired.startswith("DEADLINE_EXCEEDED"), (expired, one)
     assert pending_after <= 1, pending_after  # only the running call: the expired one left the queue
     assert results == ["OK", "OK"], results
-    after = worker_stats(only.worker_address)
+    after = worker_stats(cluster, only)
     assert after.timeout_count - before.timeout_count == 1
     assert after.inference_count - before.inference_count == 2  # the expired call never ran
     assert after.rejected_execution_count == before.rejected_execution_count  # its slot was free again

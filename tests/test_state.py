@@ -220,6 +220,8 @@ EXPECTED_ALLOWED = {
     (STOPPING, STOPPED),
     (STOPPING, FAILED),
     (FAILED, STARTING),
+    (FAILED, STARTED),
+    (FAILED, STOPPING),
     (FAILED, STOPPED),
     (STOPPED, STARTING),
 } | {(s, s) for s in ALL_ROUTE_STATES}
@@ -238,3 +240,18 @@ def test_route_transition_table(old: RoutingState, new: RoutingState) -> None:
 
 def test_route_transition_table_is_the_documented_one() -> None:
     assert ALLOWED_ROUTE_TRANSITIONS == EXPECTED_ALLOWED
+
+
+def test_a_rolling_update_is_deploying_until_its_old_allocations_are_gone() -> None:
+    done = [VariantView(target_count=1, wanted=1, started=1)]
+    assert deployment_status(desired=RUN, variants=done, ever_served=True)[0] == RUNNING
+    status, reason = deployment_status(desired=RUN, variants=done, ever_served=True, rolling=True, waiting_reason="rolling update: x")
+    assert (status, reason) == (DEPLOYING, "rolling update: x")
+    # new ones still starting while the old ones serve: not a problem, deploying
+    replacing = [VariantView(target_count=1, wanted=1, starting=1, replacing=1)]
+    assert deployment_status(desired=RUN, variants=replacing, ever_served=True, also_serving=1, rolling=True)[0] == DEPLOYING
+    no_room = [VariantView(target_count=0, wanted=0, replacing=2)]
+    assert deployment_status(desired=RUN, variants=no_room, ever_served=True, also_serving=2, rolling=True)[0] == DEPLOYING
+    # a new allocation that failed while the old ones serve is a concern
+    failed = [VariantView(target_count=1, wanted=1, failed=1, replacing=1)]
+    assert deployment_status(desired=RUN, variants=failed, ever_served=True, also_serving=1, rolling=True)[0] == CONCERNING

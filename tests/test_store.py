@@ -28,7 +28,7 @@ from control_plane.errors import DataLoss
 from control_plane.store import MemoryStore, SchemaVersionError, SqliteStore, Store, open_store
 from control_plane.store import sqlite as sqlite_mod
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import agent_pb2, common_pb2, models_pb2
+from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WRITER = REPO_ROOT / "tests" / "tools" / "store_crash_writer.py"
@@ -90,6 +90,19 @@ def request(request_id: str, *, response: bytes = b"resp") -> records_pb2.Reques
     return records_pb2.RequestRecord(request_id=request_id, method="StartDeployment", response=response)
 
 
+def event_log(deployment_id: str, *, events: int = 2) -> records_pb2.EventLogRecord:
+    r = records_pb2.EventLogRecord(deployment_id=deployment_id, last_seq=events)
+    for seq in range(1, events + 1):
+        r.events.add(seq=seq, kind=deployments_pb2.EVENT_KIND_STATUS, reason=f"event {seq}")
+    return r
+
+
+def api_key(key_id: str, *, user: str = "alice") -> records_pb2.ApiKeyRecord:
+    return records_pb2.ApiKeyRecord(
+        key_id=key_id, user=user, roles=["viewer"], salt=b"\x01" * 16, secret_hash=b"\x02" * 32, hash_iterations=10
+    )
+
+
 # kind -> (make, put, get, list); every record built by make() has the same key
 Kind = tuple[
     Callable[[], Any], Callable[[Store, Any], None], Callable[[Store], Any], Callable[[Store], list[Any]] | None
@@ -115,6 +128,13 @@ KINDS: dict[str, Kind] = {
     ),
     "node": (lambda: node("n1"), lambda s, r: s.put_node(r), lambda s: s.get_node("n1"), lambda s: s.list_nodes()),
     "request": (lambda: request("r1"), lambda s, r: s.put_request(r), lambda s: s.get_request("r1"), None),
+    "event_log": (lambda: event_log("d1"), lambda s, r: s.put_event_log(r), lambda s: s.get_event_log("d1"), None),
+    "api_key": (
+        lambda: api_key("k1"),
+        lambda s, r: s.put_api_key(r),
+        lambda s: s.get_api_key("k1"),
+        lambda s: s.list_api_keys(),
+    ),
 }
 
 
@@ -268,6 +288,31 @@ class StoreContract:
         store.put_request(request("r1", response=b"second"))
         got = store.get_request("r1")
         assert got is not None and got.response == b"second"
+
+    # -- event logs ----------------------------------------------------------------
+    def test_event_log_put_get_replace_delete(self, store: Store) -> None:
+        assert store.get_event_log("d1") is None
+        store.put_event_log(event_log("d1", events=1))
+        store.put_event_log(event_log("d2", events=3))
+        assert store.get_event_log("d1") == event_log("d1", events=1)
+        store.put_event_log(event_log("d1", events=4))
+        got = store.get_event_log("d1")
+        assert got is not None and [e.seq for e in got.events] == [1, 2, 3, 4] and got.last_seq == 4
+        assert store.delete_event_log("d1") is True
+        assert store.delete_event_log("d1") is False
+        assert store.get_event_log("d1") is None
+        assert store.get_event_log("d2") == event_log("d2", events=3)
+
+    # -- API keys ----------------------------------------------------------------
+    def test_api_keys_put_get_replace_list(self, store: Store) -> None:
+        assert store.get_api_key("k1") is None
+        for key_id in ["k2", "k1"]:
+            store.put_api_key(api_key(key_id))
+        revoked = api_key("k1")
+        revoked.revoked_at.FromSeconds(1)
+        store.put_api_key(revoked)
+        assert store.get_api_key("k1") == revoked
+        assert [k.key_id for k in store.list_api_keys()] == ["k1", "k2"]
 
     @pytest.mark.parametrize("kind", list(KINDS))
     def test_empty_key_is_refused(self, store: Store, kind: str) -> None:
@@ -458,11 +503,12 @@ class TestSqliteStore(StoreContract):
             assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
     def test_tables_indexes_and_schema_version(self, store: SqliteStore, db_path: Path) -> None:
-        assert store.schema_version() == len(sqlite_mod._MIGRATIONS) == 1
+        latest = len(sqlite_mod._MIGRATIONS)
+        assert store.schema_version() == latest >= 3
         with closing(sqlite3.connect(db_path)) as other:
             names = {row[0] for row in other.execute("SELECT name FROM sqlite_master")}
-            assert other.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
-        tables = "models model_versions deployments allocations nodes requests schema_version"
+            assert other.execute("SELECT version FROM schema_version").fetchall() == [(latest,)]
+        tables = "models model_versions deployments allocations nodes requests event_logs api_keys schema_version"
         assert set(tables.split()) | {"allocations_by_deployment", "allocations_by_node"} <= names
 
     def test_migrates_on_open(self, make_store: StoreFactory, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -473,7 +519,7 @@ class TestSqliteStore(StoreContract):
         monkeypatch.setattr(sqlite_mod, "_MIGRATIONS", (*sqlite_mod._MIGRATIONS, step))
         s = SqliteStore(db_path)
         try:
-            assert s.schema_version() == 2
+            assert s.schema_version() == len(sqlite_mod._MIGRATIONS)
             assert s.get_deployment("d1") == deployment("d1")
         finally:
             s.close()

@@ -61,3 +61,11 @@ def node_key(record: records_pb2.NodeRecord) -> str:
 
 def request_key(record: records_pb2.RequestRecord) -> str:
     return _require("request_id", record.request_id)
+
+
+def event_log_key(record: records_pb2.EventLogRecord) -> str:
+    return _require("deployment_id", record.deployment_id)
+
+
+def api_key_key(record: records_pb2.ApiKeyRecord) -> str:
+    return _require("key_id", record.key_id)

@@ -97,6 +97,30 @@ class Store(abc.ABC):
     def put_request(self, record: records_pb2.RequestRecord) -> None:
         """Insert or replace by request_id."""
 
+    # ---- deployment events --------------------------------------------------
+    @abc.abstractmethod
+    def get_event_log(self, deployment_id: str) -> records_pb2.EventLogRecord | None:
+        """The deployment's recent events, or None if none were recorded."""
+
+    @abc.abstractmethod
+    def put_event_log(self, record: records_pb2.EventLogRecord) -> None:
+        """Insert or replace by deployment_id."""
+
+    @abc.abstractmethod
+    def delete_event_log(self, deployment_id: str) -> bool: ...
+
+    # ---- API keys -------------------------------------------------------------
+    @abc.abstractmethod
+    def put_api_key(self, record: records_pb2.ApiKeyRecord) -> None:
+        """Insert or replace by key_id."""
+
+    @abc.abstractmethod
+    def get_api_key(self, key_id: str) -> records_pb2.ApiKeyRecord | None: ...
+
+    @abc.abstractmethod
+    def list_api_keys(self) -> list[records_pb2.ApiKeyRecord]:
+        """All keys (revoked ones included), by key_id."""
+
     # ---- transactions and lifecycle -----------------------------------------
     @abc.abstractmethod
     def transaction(self) -> contextlib.AbstractContextManager[None]:

@@ -38,6 +38,8 @@ class _Tables:
     allocations: dict[str, bytes] = field(default_factory=dict)
     nodes: dict[str, bytes] = field(default_factory=dict)
     requests: dict[str, bytes] = field(default_factory=dict)
+    events: dict[str, bytes] = field(default_factory=dict)
+    api_keys: dict[str, bytes] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
         return _Tables(
@@ -47,6 +49,8 @@ class _Tables:
             allocations=dict(self.allocations),
             nodes=dict(self.nodes),
             requests=dict(self.requests),
+            events=dict(self.events),
+            api_keys=dict(self.api_keys),
         )
 
 
@@ -191,6 +195,46 @@ class MemoryStore(Store):
         blob = _codec.encode(record)
         with self.transaction():
             self._t.requests[key] = blob
+
+    # ---- deployment events --------------------------------------------------
+    def get_event_log(self, deployment_id: str) -> records_pb2.EventLogRecord | None:
+        with self._lock:
+            self._check_open()
+            blob = self._t.events.get(deployment_id)
+        if blob is None:
+            return None
+        return _codec.decode(records_pb2.EventLogRecord, blob, what=f"events of deployment {deployment_id!r}")
+
+    def put_event_log(self, record: records_pb2.EventLogRecord) -> None:
+        key = _codec.event_log_key(record)
+        blob = _codec.encode(record)
+        with self.transaction():
+            self._t.events[key] = blob
+
+    def delete_event_log(self, deployment_id: str) -> bool:
+        with self.transaction():
+            return self._t.events.pop(deployment_id, None) is not None
+
+    # ---- API keys -------------------------------------------------------------
+    def put_api_key(self, record: records_pb2.ApiKeyRecord) -> None:
+        key = _codec.api_key_key(record)
+        blob = _codec.encode(record)
+        with self.transaction():
+            self._t.api_keys[key] = blob
+
+    def get_api_key(self, key_id: str) -> records_pb2.ApiKeyRecord | None:
+        with self._lock:
+            self._check_open()
+            blob = self._t.api_keys.get(key_id)
+        if blob is None:
+            return None
+        return _codec.decode(records_pb2.ApiKeyRecord, blob, what=f"API key {key_id!r}")
+
+    def list_api_keys(self) -> list[records_pb2.ApiKeyRecord]:
+        with self._lock:
+            self._check_open()
+            items = sorted(self._t.api_keys.items())
+        return [_codec.decode(records_pb2.ApiKeyRecord, b, what=f"API key {k!r}") for k, b in items]
 
     # ---- transactions and lifecycle -----------------------------------------
     @contextlib.contextmanager

@@ -88,6 +88,18 @@ _MIGRATIONS: tuple[tuple[str, ...], ...] = (
             data BLOB NOT NULL
         )""",
     ),
+    (
+        """CREATE TABLE event_logs (
+            deployment_id TEXT PRIMARY KEY,
+            data BLOB NOT NULL
+        )""",
+    ),
+    (
+        """CREATE TABLE api_keys (
+            key_id TEXT PRIMARY KEY,
+            data BLOB NOT NULL
+        )""",
+    ),
 )
 
 
@@ -336,6 +348,37 @@ class SqliteStore(Store):
     def put_request(self, record: records_pb2.RequestRecord) -> None:
         key = _codec.request_key(record)
         self._write("INSERT OR REPLACE INTO requests (request_id, data) VALUES (?, ?)", (key, _codec.encode(record)))
+
+    # ---- deployment events --------------------------------------------------
+    def get_event_log(self, deployment_id: str) -> records_pb2.EventLogRecord | None:
+        row = self._query_one("SELECT data FROM event_logs WHERE deployment_id = ?", (deployment_id,))
+        if row is None:
+            return None
+        return _codec.decode(records_pb2.EventLogRecord, _blob(row[0]), what=f"events of deployment {deployment_id!r}")
+
+    def put_event_log(self, record: records_pb2.EventLogRecord) -> None:
+        key = _codec.event_log_key(record)
+        self._write(
+            "INSERT OR REPLACE INTO event_logs (deployment_id, data) VALUES (?, ?)", (key, _codec.encode(record))
+        )
+
+    def delete_event_log(self, deployment_id: str) -> bool:
+        return self._write("DELETE FROM event_logs WHERE deployment_id = ?", (deployment_id,)) > 0
+
+    # ---- API keys -------------------------------------------------------------
+    def put_api_key(self, record: records_pb2.ApiKeyRecord) -> None:
+        key = _codec.api_key_key(record)
+        self._write("INSERT OR REPLACE INTO api_keys (key_id, data) VALUES (?, ?)", (key, _codec.encode(record)))
+
+    def get_api_key(self, key_id: str) -> records_pb2.ApiKeyRecord | None:
+        row = self._query_one("SELECT data FROM api_keys WHERE key_id = ?", (key_id,))
+        if row is None:
+            return None
+        return _codec.decode(records_pb2.ApiKeyRecord, _blob(row[0]), what=f"API key {key_id!r}")
+
+    def list_api_keys(self) -> list[records_pb2.ApiKeyRecord]:
+        rows = self._query("SELECT key_id, data FROM api_keys ORDER BY key_id", ())
+        return [_codec.decode(records_pb2.ApiKeyRecord, _blob(data), what=f"API key {key!r}") for key, data in rows]
 
     # ---- transactions and lifecycle -----------------------------------------
     @contextlib.contextmanager

@@ -1,22 +1,28 @@
 """The CLI's gRPC client: one channel to the control plane, shared by all stubs.
 
-The channel is synchronous (a CLI runs one call at a time). When
-`MODELFLEET_TOKEN` is set, an interceptor adds `authorization: Bearer <token>`
-to every call, unary and streaming alike, so no command can forget it.
-`format_rpc_error` is the single place that turns a failed call into the
-one line the user sees.
+The channel is synchronous (a CLI runs one call at a time). When a token
+is known (`resolve_token`: MODELFLEET_TOKEN, a token file, or for a
+control plane on this machine the bootstrap admin key it wrote), an
+interceptor adds `authorization: Bearer <token>` to every call, unary and
+streaming alike, so no command can forget it. With `tls` the channel is
+TLS (mTLS with a client certificate). `format_rpc_error` is the single place
+that turns a failed call into the one line the user sees.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
+import ipaddress
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 
 from modelfleet.inference import grpc_service_pb2_grpc
-from modelfleet.v1 import deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
+from modelfleet.v1 import auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:7070"
 # Deadline of quick unary calls (get/list/...); long calls compute their own.
@@ -65,29 +71,89 @@ class _MetadataInterceptor(
         return continuation(self._details(details), request_iterator)
 
 
+# Where a control plane on this machine keeps its bootstrap admin key:
+# `modelfleet up`'s default data dir, then the control plane's own default.
+LOCAL_ADMIN_KEYS = (Path(".modelfleet/control-plane/admin.key"), Path("cp/admin.key"))
+
+
+def _is_local(addr: str) -> bool:
+    host = addr.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_token(addr: str, *, token: str | None = None, token_file: str | None = None) -> str:
+    """The API key to send: token (MODELFLEET_TOKEN), else token_file (MODELFLEET_TOKEN_FILE),
+    else, for a control plane on this machine, its bootstrap admin key
+    ($MODELFLEET_DATA_DIR/admin.key, .modelfleet/control-plane/admin.key, cp/admin.key)
+    when this user can read it. "" = none.
+
+    Raises:
+        OSError: token_file cannot be read.
+    """
+    if token:
+        return token.strip()
+    if token_file:
+        return Path(token_file).read_text().strip()
+    if not _is_local(addr):
+        return ""
+    data_dir = os.environ.get("MODELFLEET_DATA_DIR")
+    for path in ([Path(data_dir) / "admin.key"] if data_dir else []) + list(LOCAL_ADMIN_KEYS):
+        try:
+            return path.read_text().strip()
+        except OSError:
+            continue
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Tls:
+    """TLS for the CLI's channel: PEM paths ("" = unset)."""
+
+    ca: str = ""  # trust this CA (default: the system roots)
+    cert: str = ""  # client certificate for mTLS
+    key: str = ""
+    server_name: str = ""  # check the server certificate for this name instead of the address's host
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(path: str) -> bytes | None:
+            return Path(path).read_bytes() if path else None
+
+        return grpc.ssl_channel_credentials(read(self.ca), read(self.key), read(self.cert))
+
+
 class Client:
     """Lazily opened channel plus the stubs of every public service.
 
     Args:
         addr: HOST:PORT of the control plane (or any server of the API).
         token: bearer token; sent as `authorization` metadata when non-empty.
+        tls: TLS settings; None = plaintext.
     """
 
-    def __init__(self, addr: str, token: str | None = None) -> None:
+    def __init__(self, addr: str, token: str | None = None, tls: Tls | None = None) -> None:
         self.addr = addr
         self.token = token or ""
+        self.tls = tls
         self._channel: grpc.Channel | None = None
 
     @property
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            channel = grpc.insecure_channel(
-                self.addr,
-                options=[
-                    ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                    ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ],
-            )
+            options: list[tuple[str, Any]] = [
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+            ]
+            if self.tls is not None:
+                if self.tls.server_name:
+                    options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+                channel = grpc.secure_channel(self.addr, self.tls.credentials(), options=options)
+            else:
+                channel = grpc.insecure_channel(self.addr, options=options)
             if self.token:
                 channel = grpc.intercept_channel(
                     channel, _MetadataInterceptor([("authorization", f"Bearer {self.token}")])
@@ -106,6 +172,10 @@ class Client:
     @property
     def nodes(self) -> nodes_pb2_grpc.NodesStub:
         return nodes_pb2_grpc.NodesStub(self.channel)
+
+    @property
+    def auth(self) -> auth_pb2_grpc.AuthStub:
+        return auth_pb2_grpc.AuthStub(self.channel)
 
     @property
     def inference(self) -> grpc_service_pb2_grpc.GRPCInferenceServiceStub:
@@ -142,4 +212,6 @@ def format_rpc_error(err: grpc.RpcError, addr: str) -> str:
     details = " ".join(details.split())
     if is_connect_failure(err):
         details = f"cannot reach the control plane at {addr} (is it running? set --addr or MODELFLEET_ADDR): {details}"
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        details += " (set MODELFLEET_TOKEN or --token-file to an API key)"
     return f"error: {name}: {details}"

@@ -1,4 +1,4 @@
-"""`modelfleet deployments start|stop|update|delete|list|get|stats|watch`.
+"""`modelfleet deployments start|stop|update|delete|list|get|stats|events|watch`.
 
 `start` prints the allocation in the Elasticsearch seed's shape (JSON on
 stdout); `--json` prints the whole StartDeploymentResponse instead. Calls
@@ -15,12 +15,12 @@ import sys
 from collections.abc import Iterator
 
 import grpc
-from google.protobuf import duration_pb2
 
-from modelfleet.cli import render
+from modelfleet.cli import render, specflags
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
 from modelfleet.cli.errors import CliError
-from modelfleet.cli.parsing import arg_type, parse_bytes, parse_duration, parse_key_value, positive_int
+from modelfleet.cli.parsing import arg_type, parse_duration
+from modelfleet.cli.specflags import duration
 from modelfleet.v1 import common_pb2, deployments_pb2
 
 SERVER_DEFAULT_TIMEOUT = 20.0
@@ -32,51 +32,43 @@ WAIT_FOR = {
     "fully_allocated": deployments_pb2.WAIT_FOR_FULLY_ALLOCATED,
 }
 _DURATION = arg_type(parse_duration, "duration")
-_COUNT = arg_type(positive_int, "count")
-
-
-def duration(seconds: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(round(seconds * 1e9)))
-    return d
-
-
-def _spec_flags(p: argparse.ArgumentParser) -> None:
-    """Flags shared by start and update (default None = not given)."""
-    p.add_argument("--model-version", type=_COUNT, help="0 = newest NORMAL version")
-    p.add_argument("--inference-threads", type=_COUNT, help="threads per inference (default 1)")
-    p.add_argument("--model-threads", type=_COUNT, help="inferences run at once per node (default 1)")
-    p.add_argument("--queue-capacity", type=_COUNT, help="waiting requests per node before rejecting (default 1024)")
-    p.add_argument("--instances", type=_COUNT, help="number of nodes; 0 = every eligible node (default)")
-    p.add_argument("--description")
-    p.add_argument("--cpus", type=float, help="CPUs per node (default inference_threads x model_threads)")
-    p.add_argument("--memory", type=arg_type(parse_bytes, "size"), help="memory per node, e.g. 2Gi")
-    p.add_argument("--gpus", type=_COUNT)
-    p.add_argument("--pool", help="only nodes labelled pool=POOL")
-    p.add_argument("--env", action="append", type=arg_type(parse_key_value, "KEY=VALUE"), metavar="KEY=VALUE",
-                   help="environment variable of the worker (repeatable)")
-    p.add_argument("--auto-stop", type=_DURATION, metavar="DURATION", help="stop after 1h..24h")
-    p.add_argument("--traffic-limit-qps", type=float, help="calls per second; 0 = none")
-    p.add_argument("--request-id", help="idempotency key for retries")
-    p.add_argument("--dry-run", action="store_true", default=None, help="validate and place, change nothing")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
     dep = sub.add_parser("deployments", help="start, stop and inspect deployments", parents=parents)
     dsub = dep.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-    start = dsub.add_parser("start", help="start a deployment of a model", parents=parents)
-    start.add_argument("model_id", metavar="MODEL")
-    start.add_argument("--deployment-id", default="", help="default: the model id")
-    _spec_flags(start)
+    start = dsub.add_parser(
+        "start", help="start a deployment of a model (or restart a stopped one)", parents=parents,
+        description="Start MODEL, or several model versions with --variant MODEL[:VERSION]=WEIGHT (repeatable), "
+                    "as one deployment. With neither, --deployment-id ID restarts that stopped deployment "
+                    "with its saved settings.",
+    )
+    start.add_argument("model_id", metavar="MODEL", nargs="?", default="")
+    start.add_argument("--deployment-id", default="", help="default: the (first) model id")
+    specflags.add_flags(start, update=False)
     start.add_argument("--wait-for", choices=tuple(WAIT_FOR), default="started")
     start.add_argument("--timeout", type=_DURATION, metavar="DURATION", help="wait_for timeout (server default 20s)")
     start.set_defaults(func=start_deployment)
 
-    update = dsub.add_parser("update", help="change a running deployment", parents=parents)
+    update = dsub.add_parser(
+        "update", help="change a deployment (gated launch: make-before-break)", parents=parents,
+        description="Change weights (--variant, the complete new list), add or remove variants, threads, queue, "
+                    "instances, resources, env, traffic limit, auto stop or description. A variant whose worker "
+                    "settings change gets new workers, started before the old ones drain and stop.",
+    )
     update.add_argument("deployment_id", metavar="ID")
-    _spec_flags(update)
+    specflags.add_flags(update, update=True)
+    update.add_argument("--wait-for", choices=tuple(WAIT_FOR),
+                        help="wait until every variant reached this and the rolling update is done")
+    update.add_argument("--timeout", type=_DURATION, metavar="DURATION", help="with --wait-for (server default 20s)")
     update.set_defaults(func=update_deployment)
+
+    events = dsub.add_parser("events", help="routing-state transitions, status and spec changes", parents=parents)
+    events.add_argument("deployment_id", metavar="ID")
+    events.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events until Ctrl-C")
+    events.set_defaults(func=deployment_events)
 
     stop = dsub.add_parser("stop", help="stop a deployment (restartable)", parents=parents)
     stop.add_argument("deployment_id", metavar="ID")
@@ -106,38 +98,26 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     watch.set_defaults(func=watch_deployment)
 
 
-_MASKABLE = ("model_version", "inference_threads", "model_threads", "queue_capacity", "instances", "description",
-             "traffic_limit_qps")
+build_spec = specflags.build_spec
 
 
-def build_spec(args: argparse.Namespace) -> tuple[deployments_pb2.StartDeploymentRequest, list[str]]:
-    """The request fields from the flags, and the field names that were given."""
-    req = deployments_pb2.StartDeploymentRequest()
-    given: list[str] = []
-    for name in _MASKABLE:
-        value = getattr(args, name, None)
-        if value is not None:
-            setattr(req, name, value)
-            given.append(name)
-    res_given = False
-    for flag, field in (("cpus", "cpus"), ("memory", "memory_bytes"), ("gpus", "gpus"), ("pool", "pool")):
-        value = getattr(args, flag, None)
-        if value is not None:
-            setattr(req.resources, field, value)
-            res_given = True
-    if res_given:
-        given.append("resources")
-    if args.env:
-        req.env.update(dict(args.env))
-        given.append("env")
-    if args.auto_stop is not None:
-        req.auto_stop.CopyFrom(duration(args.auto_stop))
-        given.append("auto_stop")
-    return req, given
+def _spec(args: argparse.Namespace, *, update: bool = False) -> tuple[deployments_pb2.StartDeploymentRequest, list[str]]:
+    try:
+        return build_spec(args, update=update)
+    except ValueError as exc:
+        raise CliError(str(exc), code=2) from None
 
 
 def start_deployment(args: argparse.Namespace, client: Client) -> int:
-    req, _ = build_spec(args)
+    req, given = _spec(args)
+    if args.model_id and req.variants:
+        raise CliError("give either MODEL or --variant, not both", code=2)
+    if not args.model_id and not req.variants:
+        if not args.deployment_id:
+            raise CliError("give MODEL, --variant MODEL[:VERSION]=WEIGHT, or --deployment-id ID to restart", code=2)
+        if given:
+            raise CliError("to restart a stopped deployment give only --deployment-id; "
+                           "use `modelfleet deployments update` to change it", code=2)
     req.model_id = args.model_id
     req.deployment_id = args.deployment_id
     req.wait_for = WAIT_FOR[args.wait_for]
@@ -149,23 +129,75 @@ def start_deployment(args: argparse.Namespace, client: Client) -> int:
     resp = client.deployments.StartDeployment(req, timeout=wait + DEADLINE_MARGIN)
     if args.json:
         render.print_proto(resp)
+    elif resp.dry_run:
+        print_plan(resp.deployment)
     else:
         print(render.dumps(render.start_response_seed(resp)))
     return 0
 
 
 def update_deployment(args: argparse.Namespace, client: Client) -> int:
-    spec, given = build_spec(args)
-    if not given and args.dry_run is None:
+    spec, given = _spec(args, update=True)
+    if not given:
         raise CliError("nothing to update: pass at least one field flag (see --help)", code=2)
     req = deployments_pb2.UpdateDeploymentRequest(deployment_id=args.deployment_id, spec=spec,
                                                   request_id=args.request_id or "", dry_run=bool(args.dry_run))
     req.update_mask.paths.extend(given)
-    resp = client.deployments.UpdateDeployment(req, timeout=DEFAULT_RPC_TIMEOUT)
+    wait = 0.0
+    if args.wait_for:
+        req.wait_for = WAIT_FOR[args.wait_for]
+        wait = SERVER_DEFAULT_TIMEOUT if args.timeout is None else args.timeout
+        if args.timeout is not None:
+            req.timeout.CopyFrom(duration(args.timeout))
+    resp = client.deployments.UpdateDeployment(req, timeout=max(DEFAULT_RPC_TIMEOUT, wait + DEADLINE_MARGIN))
     if args.json:
         render.print_proto(resp)
+    elif resp.dry_run:
+        print_plan(resp.deployment)
     else:
         print_deployment(resp.deployment)
+    return 0
+
+
+def print_plan(dep: deployments_pb2.Deployment) -> None:
+    """A dry run's answer: the routing table it would produce; nothing was changed."""
+    print("DRY RUN: nothing was changed. The routing table it would produce:")
+    print()
+    print_deployment(dep)
+
+
+def event_line(event: deployments_pb2.DeploymentEvent) -> str:
+    """`SEQ TIME KIND what (reason)` for one event."""
+    when = render.timestamp(event.time)
+    if event.kind == deployments_pb2.EVENT_KIND_ROUTING:
+        what = (f"route {event.node_id} [{event.variant}] {event.allocation_id}: "
+                f"{render.routing_state(event.from_routing_state)} -> {render.routing_state(event.routing_state)}")
+    elif event.kind == deployments_pb2.EVENT_KIND_STATUS:
+        what = f"status {render.deployment_status(event.from_status)} -> {render.deployment_status(event.status)}"
+    else:
+        what = f"spec revision {event.revision}"
+    return f"{event.seq:>5}  {when}  {what}" + (f"  ({event.reason})" if event.reason else "")
+
+
+def deployment_events(args: argparse.Namespace, client: Client) -> int:
+    resp = client.deployments.ListDeploymentEvents(
+        deployments_pb2.ListDeploymentEventsRequest(deployment_id=args.deployment_id, after_seq=args.after),
+        timeout=DEFAULT_RPC_TIMEOUT)
+    last = args.after
+    for event in resp.events:
+        print(render.proto_json(event, indent=None) if args.json else event_line(event), flush=True)
+        last = event.seq
+    if not args.follow:
+        return 0
+    stream = client.deployments.WatchDeployment(deployments_pb2.WatchDeploymentRequest(deployment_id=args.deployment_id))
+    try:
+        for snap in stream:
+            for event in snap.events:
+                if event.seq > last:
+                    print(render.proto_json(event, indent=None) if args.json else event_line(event), flush=True)
+                    last = event.seq
+    finally:
+        stream.cancel()
     return 0
 
 
@@ -239,25 +271,42 @@ def print_deployment(dep: deployments_pb2.Deployment) -> None:
         ("traffic_limit", f"{dep.traffic_limit_qps:g} qps" if dep.traffic_limit_qps else "none"),
         ("revision", dep.revision),
     ]
+    if dep.rollout:
+        rows.append(("rollout", dep.rollout))
     for key, value in rows:
         print(f"{key + ':':<15}{value}")
     if dep.variants:
         print()
         render.table(
-            ("variant", "model", "version", "weight", "threads", "queue", "instances"),
-            [(v.name or "-", v.model_id, v.model_version or "newest", f"{v.weight}%" if v.weight else "-",
+            ("variant", "model", "version", "weight", "threads", "queue", "instances", "resources", "env"),
+            [(v.name or "-", v.model_id, v.model_version or "newest", f"{v.weight}%",
               f"{v.inference_threads or 1}x{v.model_threads or 1}", v.queue_capacity or "default",
-              v.instances or "all") for v in dep.variants],
-        )
-    for alloc in dep.allocations:
+              v.instances or "all", _resources(v.resources), ",".join(sorted(v.env)) or "-") for v in dep.variants],
+        )  # env: names only, values may be secrets
+    for alloc in list(dep.allocations) + list(dep.retiring):
         print()
         label = alloc.variant or dep.deployment_id
         target = alloc.target_nodes or len(alloc.routing_table)
-        print(f"allocation {label} (weight {alloc.weight or 100}%, {render.started_count(alloc)}/{target} started):")
+        removed = alloc in dep.retiring
+        what = "removed by an update, retiring" if removed else f"weight {alloc.weight}%"
+        print(f"allocation {label} ({what}, {render.started_count(alloc)}/{target} started):")
         data = {"allocation": render.allocation_seed(alloc)}
         if alloc.not_chosen:
             data["not_chosen"] = dict(sorted(alloc.not_chosen.items()))
         print(render.dumps(data))
+
+
+def _resources(res: common_pb2.Resources) -> str:
+    parts = []
+    if res.cpus:
+        parts.append(f"{res.cpus:g} cpu")
+    if res.memory_bytes:
+        parts.append(render.size(res.memory_bytes))
+    if res.gpus:
+        parts.append(f"{res.gpus} gpu")
+    if res.pool:
+        parts.append(f"pool={res.pool}")
+    return ",".join(parts) or "-"
 
 
 def get_deployment(args: argparse.Namespace, client: Client) -> int:
@@ -271,14 +320,14 @@ def get_deployment(args: argparse.Namespace, client: Client) -> int:
 
 
 STATS_HEADERS = ("node", "routing_state", "inference_count", "average_inference_time_ms", "error_count",
-                 "rejected_execution_count", "timeout_count", "pending", "throughput_last_minute",
+                 "rejected_execution_count", "timeout_count", "cancelled_count", "pending", "throughput_last_minute",
                  "peak_throughput_per_minute", "last_access")
 
 
 def _stats_row(node: str, state: str, s: common_pb2.InferenceStats) -> tuple[object, ...]:
     return (node, state, s.inference_count, f"{s.average_inference_time_ms:.3f}", s.error_count,
-            s.rejected_execution_count, s.timeout_count, s.number_of_pending_requests, s.throughput_last_minute,
-            s.peak_throughput_per_minute, render.timestamp(s.last_access))
+            s.rejected_execution_count, s.timeout_count, s.cancelled_count, s.number_of_pending_requests,
+            s.throughput_last_minute, s.peak_throughput_per_minute, render.timestamp(s.last_access))
 
 
 def deployment_stats(args: argparse.Namespace, client: Client) -> int:
@@ -298,6 +347,8 @@ def deployment_stats(args: argparse.Namespace, client: Client) -> int:
         rows.append(_stats_row(node, state, n.stats))
     if len(resp.nodes) > 1:
         rows.append(_stats_row("(total)", "", resp.total))
+    if resp.HasField("gateway"):
+        rows.append(_stats_row("(gateway)", "", resp.gateway))
     render.table(STATS_HEADERS, rows)
     return 0
 

@@ -3,9 +3,15 @@
 Steps: take a lock on the data dir; start the control plane
 (`python -m control_plane.main --listen L --data-dir DIR/control-plane`);
 wait for it to write `DIR/control-plane/endpoint` (HOST:PORT it bound — the
-contract with the control plane, so `--listen 127.0.0.1:0` works); start N
-agents (`python -m node_agent.main --control-plane HOST:PORT --data-dir
-DIR/node-<i>`, i = 1..N); wait until ListNodes shows N READY nodes; then,
+contract with the control plane, so `--listen 127.0.0.1:0` works); with
+authentication on (the default) read the bootstrap admin key it wrote to
+`DIR/control-plane/admin.key` and give each agent its own key of role
+`agent`, kept in `DIR/control-plane/agent-keys/node-<i>.key` (0600; minted
+once, by running `modelfleet keys create` as a child process, so this
+process opens no gRPC channel before its children start); start N agents
+(`python -m node_agent.main --control-plane HOST:PORT --data-dir
+DIR/node-<i> --token-file ...`, i = 1..N); wait until ListNodes shows N
+READY nodes (calling with the admin key); then,
 unless --no-demo, build the demo ONNX model, upload it (reused when the
 newest `demo` version has the same sha256), start deployment `demo` (or wait
 for an existing one), print its allocation, run one inference and check it
@@ -23,8 +29,10 @@ import fcntl
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import IO, Any
@@ -62,6 +70,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     p.add_argument("--listen", default="127.0.0.1:7070", help="control plane address; 127.0.0.1:0 picks a free port")
     p.add_argument("--agents", type=arg_type(positive_int, "count"), default=1, help="local node agents (default 1)")
     p.add_argument("--no-demo", action="store_true", help="do not upload and deploy the demo model")
+    p.add_argument("--auth", choices=["on", "off"], default="on",
+                   help="API keys (default on: the admin key is in DATA_DIR/control-plane/admin.key)")
     p.add_argument("--start-timeout", type=arg_type(parse_duration, "duration"), default=120.0, metavar="DURATION",
                    help="limit of each startup step (default 2m)")
     p.add_argument("--shutdown-timeout", type=arg_type(parse_duration, "duration"), default=30.0, metavar="DURATION",
@@ -88,13 +98,39 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
+Minter = Callable[[str, str, str], str]
+
+
+def mint_agent_key(addr: str, admin_token: str, name: str) -> str:
+    """A new API key of role agent, made by `modelfleet keys create` in a child process."""
+    argv = [sys.executable, "-m", "modelfleet.cli.main", "--addr", addr, "keys", "create", "--role", "agent",
+            "--name", f"modelfleet up {name}", "--token-only"]  # fmt: skip
+    env = dict(os.environ, MODELFLEET_TOKEN=admin_token)
+    done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=60, stdin=subprocess.DEVNULL)
+    if done.returncode != 0:
+        raise CliError(f"cannot create the API key of agent {name}: {done.stderr.strip() or done.returncode}")
+    return done.stdout.strip()
+
+
+def _write_private(path: Path, text: str) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 class LocalFleet:
     """The control plane and agents of one `up` run (see the module docstring)."""
 
     def __init__(self, data_dir: Path, *, listen: str, agents: int, start_timeout: float,
-                 shutdown_timeout: float) -> None:
+                 shutdown_timeout: float, auth: bool = True, mint: Minter = mint_agent_key) -> None:
         self.data_dir = data_dir
         self.listen = listen
+        self.auth = auth
+        self.mint = mint
+        self.token = ""  # the admin key (auth on)
         self.n_agents = agents
         self.start_timeout = start_timeout
         self.shutdown_timeout = shutdown_timeout
@@ -137,7 +173,7 @@ class LocalFleet:
         self.control_plane = Child(
             "control-plane",
             (cp_argv or [sys.executable, "-m", "control_plane.main"])
-            + ["--listen", self.listen, "--data-dir", str(cp_dir)],
+            + ["--listen", self.listen, "--data-dir", str(cp_dir), *([] if self.auth else ["--auth", "off"])],
             self.logs / "control-plane.log",
         )
         say(f"starting the control plane (--listen {self.listen}) ...")
@@ -145,13 +181,26 @@ class LocalFleet:
         bound = wait_for_file(endpoint, timeout=self.start_timeout, watch=[self.control_plane], parse=parse_endpoint)
         self.addr = client_address(bound)
         say(f"control plane listening on {bound} (pid {self.control_plane.pid})")
+        if self.auth:
+            try:
+                self.token = (cp_dir / "admin.key").read_text().strip()
+            except OSError as exc:
+                raise CliError(f"authentication is on but the admin key {cp_dir / 'admin.key'} cannot be read "
+                               f"({exc.strerror}); it is written on the first start only") from None
+            say(f"admin API key: {cp_dir / 'admin.key'} (the CLI uses it for a control plane on this machine)")
         for i in range(1, self.n_agents + 1):
             name = f"node-{i}"
             (self.data_dir / name).mkdir(parents=True, exist_ok=True)
+            token_args: list[str] = []
+            if self.auth:
+                key_file = cp_dir / "agent-keys" / f"{name}.key"
+                if not key_file.exists():
+                    _write_private(key_file, self.mint(self.addr, self.token, name) + "\n")
+                token_args = ["--token-file", str(key_file)]
             child = Child(
                 name,
                 (agent_argv or [sys.executable, "-m", "node_agent.main"])
-                + ["--control-plane", self.addr, "--data-dir", str(self.data_dir / name)],
+                + ["--control-plane", self.addr, "--data-dir", str(self.data_dir / name), *token_args],
                 self.logs / f"{name}.log",
             )
             child.start()
@@ -309,6 +358,8 @@ def run_demo(client: Client, fleet: LocalFleet, as_json: bool) -> None:
     say()
     say("try it:")
     say(f"  export MODELFLEET_ADDR={fleet.addr}")
+    if fleet.auth:
+        say(f"  export MODELFLEET_TOKEN_FILE={fleet.data_dir / 'control-plane' / 'admin.key'}")
     say(f"  modelfleet infer {demo.MODEL_ID} --input '{demo.INPUT_NAME}=[[1.0, 2.0, 3.0, 4.0]]'")
     say(f"  modelfleet deployments stats {demo.MODEL_ID}")
     say("  modelfleet nodes list")
@@ -321,7 +372,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def up_command(args: argparse.Namespace, client: Client) -> int:
     data_dir = args.data_dir.resolve()
     fleet = LocalFleet(data_dir, listen=args.listen, agents=args.agents, start_timeout=args.start_timeout,
-                       shutdown_timeout=args.shutdown_timeout)
+                       shutdown_timeout=args.shutdown_timeout, auth=args.auth == "on")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     # Ctrl-C must stop `up` even when it was started with SIGINT ignored
     # (a background job of a non-interactive shell).
@@ -330,7 +381,7 @@ def up_command(args: argparse.Namespace, client: Client) -> int:
     try:
         fleet.lock()
         fleet.start()
-        with Client(fleet.addr, client.token) as local:
+        with Client(fleet.addr, fleet.token or client.token) as local:
             say(f"waiting for {args.agents} node(s) to be ready ...")
             nodes = fleet.wait_nodes_ready(local)
             say("nodes ready: " + ", ".join(n.node_id for n in nodes))

@@ -97,12 +97,14 @@ class AllocationStats(_message.Message):
     def __init__(self, allocation_id: _Optional[str] = ..., stats: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
 
 class ControlMessage(_message.Message):
-    __slots__ = ("welcome", "assignment")
+    __slots__ = ("welcome", "assignment", "credentials")
     WELCOME_FIELD_NUMBER: _ClassVar[int]
     ASSIGNMENT_FIELD_NUMBER: _ClassVar[int]
+    CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     welcome: Welcome
     assignment: Assignment
-    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ...) -> None: ...
+    credentials: InferenceCredentials
+    def __init__(self, welcome: _Optional[_Union[Welcome, _Mapping]] = ..., assignment: _Optional[_Union[Assignment, _Mapping]] = ..., credentials: _Optional[_Union[InferenceCredentials, _Mapping]] = ...) -> None: ...
 
 class Welcome(_message.Message):
     __slots__ = ("node_id", "heartbeat_interval", "node_timeout")
@@ -123,7 +125,7 @@ class Assignment(_message.Message):
     def __init__(self, generation: _Optional[int] = ..., allocations: _Optional[_Iterable[_Union[AllocationSpec, _Mapping]]] = ...) -> None: ...
 
 class AllocationSpec(_message.Message):
-    __slots__ = ("allocation_id", "deployment_id", "variant", "model_id", "model_version", "model_sha256", "model_bytes", "format", "inference_threads", "model_threads", "queue_capacity", "env", "resources", "max_batch_size", "max_queue_delay_us", "inputs", "outputs")
+    __slots__ = ("allocation_id", "deployment_id", "variant", "model_id", "model_version", "model_sha256", "model_bytes", "format", "inference_threads", "model_threads", "queue_capacity", "env", "resources", "max_batch_size", "max_queue_delay_us", "inputs", "outputs", "worker_token")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -148,6 +150,7 @@ class AllocationSpec(_message.Message):
     MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_TOKEN_FIELD_NUMBER: _ClassVar[int]
     allocation_id: str
     deployment_id: str
     variant: str
@@ -165,4 +168,29 @@ class AllocationSpec(_message.Message):
     max_queue_delay_us: int
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
-    def __init__(self, allocation_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., variant: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ...) -> None: ...
+    worker_token: str
+    def __init__(self, allocation_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., variant: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., model_sha256: _Optional[str] = ..., model_bytes: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., env: _Optional[_Mapping[str, str]] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., worker_token: _Optional[str] = ...) -> None: ...
+
+class InferenceCredentials(_message.Message):
+    __slots__ = ("version", "keys")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    KEYS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    keys: _containers.RepeatedCompositeFieldContainer[KeyVerifier]
+    def __init__(self, version: _Optional[int] = ..., keys: _Optional[_Iterable[_Union[KeyVerifier, _Mapping]]] = ...) -> None: ...
+
+class KeyVerifier(_message.Message):
+    __slots__ = ("key_id", "salt", "secret_hash", "iterations", "expires_at", "user")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_HASH_FIELD_NUMBER: _ClassVar[int]
+    ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    salt: bytes
+    secret_hash: bytes
+    iterations: int
+    expires_at: _timestamp_pb2.Timestamp
+    user: str
+    def __init__(self, key_id: _Optional[str] = ..., salt: _Optional[bytes] = ..., secret_hash: _Optional[bytes] = ..., iterations: _Optional[int] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., user: _Optional[str] = ...) -> None: ...

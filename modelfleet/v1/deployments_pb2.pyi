@@ -19,10 +19,21 @@ class WaitFor(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     WAIT_FOR_STARTING: _ClassVar[WaitFor]
     WAIT_FOR_STARTED: _ClassVar[WaitFor]
     WAIT_FOR_FULLY_ALLOCATED: _ClassVar[WaitFor]
+
+class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EVENT_KIND_UNSPECIFIED: _ClassVar[EventKind]
+    EVENT_KIND_STATUS: _ClassVar[EventKind]
+    EVENT_KIND_ROUTING: _ClassVar[EventKind]
+    EVENT_KIND_SPEC: _ClassVar[EventKind]
 WAIT_FOR_UNSPECIFIED: WaitFor
 WAIT_FOR_STARTING: WaitFor
 WAIT_FOR_STARTED: WaitFor
 WAIT_FOR_FULLY_ALLOCATED: WaitFor
+EVENT_KIND_UNSPECIFIED: EventKind
+EVENT_KIND_STATUS: EventKind
+EVENT_KIND_ROUTING: EventKind
+EVENT_KIND_SPEC: EventKind
 
 class VariantSpec(_message.Message):
     __slots__ = ("name", "model_id", "model_version", "weight", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env", "max_batch_size", "max_queue_delay_us")
@@ -171,7 +182,7 @@ class Allocation(_message.Message):
     def __init__(self, task_parameters: _Optional[_Union[TaskParameters, _Mapping]] = ..., routing_table: _Optional[_Mapping[str, RoutingEntry]] = ..., allocation_state: _Optional[_Union[_common_pb2.AllocationState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variant: _Optional[str] = ..., weight: _Optional[int] = ..., target_nodes: _Optional[int] = ..., not_chosen: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Deployment(_message.Message):
-    __slots__ = ("deployment_id", "status", "status_reason", "description", "variants", "allocations", "owner", "created_at", "start_time", "stopped_at", "auto_stop", "auto_stop_at", "traffic_limit_qps", "revision")
+    __slots__ = ("deployment_id", "status", "status_reason", "description", "variants", "allocations", "owner", "created_at", "start_time", "stopped_at", "auto_stop", "auto_stop_at", "traffic_limit_qps", "revision", "retiring", "rollout")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -186,6 +197,8 @@ class Deployment(_message.Message):
     AUTO_STOP_AT_FIELD_NUMBER: _ClassVar[int]
     TRAFFIC_LIMIT_QPS_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    RETIRING_FIELD_NUMBER: _ClassVar[int]
+    ROLLOUT_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     status: _common_pb2.DeploymentStatus
     status_reason: str
@@ -200,15 +213,19 @@ class Deployment(_message.Message):
     auto_stop_at: _timestamp_pb2.Timestamp
     traffic_limit_qps: float
     revision: int
-    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., description: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stopped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_stop_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., revision: _Optional[int] = ...) -> None: ...
+    retiring: _containers.RepeatedCompositeFieldContainer[Allocation]
+    rollout: str
+    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., description: _Optional[str] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., allocations: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stopped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., auto_stop_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., revision: _Optional[int] = ..., retiring: _Optional[_Iterable[_Union[Allocation, _Mapping]]] = ..., rollout: _Optional[str] = ...) -> None: ...
 
 class StartDeploymentResponse(_message.Message):
-    __slots__ = ("allocation", "deployment")
+    __slots__ = ("allocation", "deployment", "dry_run")
     ALLOCATION_FIELD_NUMBER: _ClassVar[int]
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     allocation: Allocation
     deployment: Deployment
-    def __init__(self, allocation: _Optional[_Union[Allocation, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, allocation: _Optional[_Union[Allocation, _Mapping]] = ..., deployment: _Optional[_Union[Deployment, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class StopDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id", "request_id", "wait", "timeout")
@@ -229,24 +246,30 @@ class StopDeploymentResponse(_message.Message):
     def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
 
 class UpdateDeploymentRequest(_message.Message):
-    __slots__ = ("deployment_id", "spec", "update_mask", "request_id", "dry_run")
+    __slots__ = ("deployment_id", "spec", "update_mask", "request_id", "dry_run", "wait_for", "timeout")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    WAIT_FOR_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     spec: StartDeploymentRequest
     update_mask: _field_mask_pb2.FieldMask
     request_id: str
     dry_run: bool
-    def __init__(self, deployment_id: _Optional[str] = ..., spec: _Optional[_Union[StartDeploymentRequest, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    wait_for: WaitFor
+    timeout: _duration_pb2.Duration
+    def __init__(self, deployment_id: _Optional[str] = ..., spec: _Optional[_Union[StartDeploymentRequest, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class UpdateDeploymentResponse(_message.Message):
-    __slots__ = ("deployment",)
+    __slots__ = ("deployment", "dry_run")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     deployment: Deployment
-    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+    dry_run: bool
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., dry_run: _Optional[bool] = ...) -> None: ...
 
 class DeleteDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id", "request_id")
@@ -301,16 +324,18 @@ class NodeStats(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., stats: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
 
 class GetDeploymentStatsResponse(_message.Message):
-    __slots__ = ("deployment_id", "status", "nodes", "total")
+    __slots__ = ("deployment_id", "status", "nodes", "total", "gateway")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     status: _common_pb2.DeploymentStatus
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
     total: _common_pb2.InferenceStats
-    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
+    gateway: _common_pb2.InferenceStats
+    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateway: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
 
 class WatchDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id",)
@@ -319,7 +344,51 @@ class WatchDeploymentRequest(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
 
 class WatchDeploymentResponse(_message.Message):
-    __slots__ = ("deployment",)
+    __slots__ = ("deployment", "events")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
     deployment: Deployment
-    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
+    events: _containers.RepeatedCompositeFieldContainer[DeploymentEvent]
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DeploymentEvent, _Mapping]]] = ...) -> None: ...
+
+class DeploymentEvent(_message.Message):
+    __slots__ = ("seq", "time", "kind", "reason", "from_status", "status", "node_id", "variant", "allocation_id", "from_routing_state", "routing_state", "revision")
+    SEQ_FIELD_NUMBER: _ClassVar[int]
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    FROM_STATUS_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATION_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_ROUTING_STATE_FIELD_NUMBER: _ClassVar[int]
+    ROUTING_STATE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    seq: int
+    time: _timestamp_pb2.Timestamp
+    kind: EventKind
+    reason: str
+    from_status: _common_pb2.DeploymentStatus
+    status: _common_pb2.DeploymentStatus
+    node_id: str
+    variant: str
+    allocation_id: str
+    from_routing_state: _common_pb2.RoutingState
+    routing_state: _common_pb2.RoutingState
+    revision: int
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., reason: _Optional[str] = ..., from_status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., from_routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ListDeploymentEventsRequest(_message.Message):
+    __slots__ = ("deployment_id", "after_seq")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    after_seq: int
+    def __init__(self, deployment_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+
+class ListDeploymentEventsResponse(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[DeploymentEvent]
+    def __init__(self, events: _Optional[_Iterable[_Union[DeploymentEvent, _Mapping]]] = ...) -> None: ...

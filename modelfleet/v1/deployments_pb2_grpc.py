@@ -74,6 +74,11 @@ class DeploymentsStub:
                 request_serializer=modelfleet_dot_v1_dot_deployments__pb2.WatchDeploymentRequest.SerializeToString,
                 response_deserializer=modelfleet_dot_v1_dot_deployments__pb2.WatchDeploymentResponse.FromString,
                 _registered_method=True)
+        self.ListDeploymentEvents = channel.unary_unary(
+                '/modelfleet.v1.Deployments/ListDeploymentEvents',
+                request_serializer=modelfleet_dot_v1_dot_deployments__pb2.ListDeploymentEventsRequest.SerializeToString,
+                response_deserializer=modelfleet_dot_v1_dot_deployments__pb2.ListDeploymentEventsResponse.FromString,
+                _registered_method=True)
 
 
 class DeploymentsServicer:
@@ -122,7 +127,16 @@ class DeploymentsServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchDeployment(self, request, context):
-        """A snapshot at once, then one on every change.
+        """A snapshot at once, then one on every change, each with the events
+        recorded since the previous message.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDeploymentEvents(self, request, context):
+        """The deployment's recent events (routing-state transitions, status
+        changes, spec changes), oldest first; bounded per deployment.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -170,6 +184,11 @@ def add_DeploymentsServicer_to_server(servicer, server):
                     servicer.WatchDeployment,
                     request_deserializer=modelfleet_dot_v1_dot_deployments__pb2.WatchDeploymentRequest.FromString,
                     response_serializer=modelfleet_dot_v1_dot_deployments__pb2.WatchDeploymentResponse.SerializeToString,
+            ),
+            'ListDeploymentEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDeploymentEvents,
+                    request_deserializer=modelfleet_dot_v1_dot_deployments__pb2.ListDeploymentEventsRequest.FromString,
+                    response_serializer=modelfleet_dot_v1_dot_deployments__pb2.ListDeploymentEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -388,6 +407,33 @@ class Deployments:
             '/modelfleet.v1.Deployments/WatchDeployment',
             modelfleet_dot_v1_dot_deployments__pb2.WatchDeploymentRequest.SerializeToString,
             modelfleet_dot_v1_dot_deployments__pb2.WatchDeploymentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDeploymentEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelfleet.v1.Deployments/ListDeploymentEvents',
+            modelfleet_dot_v1_dot_deployments__pb2.ListDeploymentEventsRequest.SerializeToString,
+            modelfleet_dot_v1_dot_deployments__pb2.ListDeploymentEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,

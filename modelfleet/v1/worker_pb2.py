@@ -26,13 +26,15 @@ from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb
 from modelfleet.v1 import common_pb2 as modelfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelfleet/v1/worker.proto\x12\rmodelfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1amodelfleet/v1/common.proto\"\x17\n\x15GetWorkerStatsRequest\"Y\n\x16GetWorkerStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.modelfleet.v1.InferenceStats\x12\x11\n\trss_bytes\x18\x02 \x01(\x03\":\n\x0c\x44rainRequest\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\rDrainResponse\x12\x11\n\tcompleted\x18\x01 \x01(\x03\x12\x11\n\tabandoned\x18\x02 \x01(\x03\x32\xb2\x01\n\rWorkerControl\x12]\n\x0eGetWorkerStats\x12$.modelfleet.v1.GetWorkerStatsRequest\x1a%.modelfleet.v1.GetWorkerStatsResponse\x12\x42\n\x05\x44rain\x12\x1b.modelfleet.v1.DrainRequest\x1a\x1c.modelfleet.v1.DrainResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelfleet/v1/worker.proto\x12\rmodelfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1amodelfleet/v1/common.proto\"\x17\n\x15GetWorkerStatsRequest\"Y\n\x16GetWorkerStatsResponse\x12,\n\x05stats\x18\x01 \x01(\x0b\x32\x1d.modelfleet.v1.InferenceStats\x12\x11\n\trss_bytes\x18\x02 \x01(\x03\":\n\x0c\x44rainRequest\x12*\n\x07timeout\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\"5\n\rDrainResponse\x12\x11\n\tcompleted\x18\x01 \x01(\x03\x12\x11\n\tabandoned\x18\x02 \x01(\x03\x32\xb7\x01\n\rWorkerControl\x12\x62\n\x0eGetWorkerStats\x12$.modelfleet.v1.GetWorkerStatsRequest\x1a%.modelfleet.v1.GetWorkerStatsResponse\"\x03\x90\x02\x01\x12\x42\n\x05\x44rain\x12\x1b.modelfleet.v1.DrainRequest\x1a\x1c.modelfleet.v1.DrainResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelfleet.v1.worker_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_WORKERCONTROL'].methods_by_name['GetWorkerStats']._loaded_options = None
+  _globals['_WORKERCONTROL'].methods_by_name['GetWorkerStats']._serialized_options = b'\220\002\001'
   _globals['_GETWORKERSTATSREQUEST']._serialized_start=105
   _globals['_GETWORKERSTATSREQUEST']._serialized_end=128
   _globals['_GETWORKERSTATSRESPONSE']._serialized_start=130
@@ -42,5 +44,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAINRESPONSE']._serialized_start=281
   _globals['_DRAINRESPONSE']._serialized_end=334
   _globals['_WORKERCONTROL']._serialized_start=337
-  _globals['_WORKERCONTROL']._serialized_end=515
+  _globals['_WORKERCONTROL']._serialized_end=520
 # @@protoc_insertion_point(module_scope)

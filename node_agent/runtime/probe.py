@@ -6,11 +6,14 @@
 prints exactly one JSON line on stdout:
 `{"ok": true, "format": F, "inputs": [...], "outputs": [...]}` and exits 0,
 or `{"ok": false, "error": "<loader message>"}` and exits 1 (unloadable file
-or malformed spec JSON). Bad command-line syntax exits 2 (argparse).
+or malformed spec JSON); `"refused": true` is added for a file that must not
+be kept at all (a zip bomb, ONNX external data: see filecheck). Bad command-line syntax exits 2 (argparse).
 
-Loaders may write to stdout themselves, so while the model loads fd 1 points
-at stderr and the answer is written to the saved stdout afterwards. Single
-threaded; the model is loaded with one inference thread and never run.
+Before any loader runs, node_agent.runtime.filecheck refuses files that must
+not be loaded (zip bombs, ONNX external data). Loaders may write to stdout
+themselves, so while the model loads fd 1 points at stderr and the answer is
+written to the saved stdout afterwards. Single threaded; the model is loaded
+with one inference thread and never run.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import sys
 from typing import Any
 
 from node_agent.runtime.base import FORMATS, LoadError, load_runtime, one_line, parse_specs_json
+from node_agent.runtime.filecheck import check_model_file
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,6 +45,10 @@ def probe(args: argparse.Namespace) -> dict[str, Any]:
         declared_out = parse_specs_json(args.outputs_json, empty_shape_is_any=torchscript) if args.outputs_json else None
     except ValueError as exc:
         return {"ok": False, "error": one_line(f"bad declared specs: {exc}")}
+    try:
+        check_model_file(args.path, args.format)
+    except LoadError as exc:
+        return {"ok": False, "refused": True, "error": str(exc)}
     try:
         runtime = load_runtime(
             args.path,

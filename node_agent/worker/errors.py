@@ -56,3 +56,15 @@ class ModelExecutionFailed(WorkerError):
     """The model raised while running; the message carries the runtime's."""
 
     code = "INTERNAL"
+
+
+class Unauthenticated(WorkerError):
+    """No, malformed, unknown, revoked or expired credentials."""
+
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(WorkerError):
+    """Valid credentials that may not call this method."""
+
+    code = "PERMISSION_DENIED"

@@ -4,7 +4,8 @@
         --name DEPLOYMENT_ID --version VARIANT \
         --inference-threads N --model-threads N --queue-capacity N \
         --host 127.0.0.1 --port 0 --ready-file PATH [--drain-timeout 30] \
-        [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864]
+        [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864] \
+        [--token-file PATH --credentials-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
 
 Order of events: parse arguments (bad ones: exit 2) -> load the model and,
 when every input shape is static, run one warm-up inference with zeros
@@ -14,6 +15,10 @@ treats as permanent) -> bind and start the grpc.aio server -> health SERVING
 {"port", "pid", "inputs", "outputs"}. SIGTERM/SIGINT then drain: refuse new
 calls (UNAVAILABLE "worker is draining"), finish queued ones within
 --drain-timeout, stop the server, exit 0. Any other non-zero exit is a crash.
+
+With --token-file only the gateway and the agent (the token) and API keys
+with `infer` (verifiers in --credentials-file) may call; --tls-* serve TLS
+(mTLS with --tls-client-ca). See node_agent/worker/access.py.
 
 Concurrency: the main thread runs the asyncio loop (server, admission,
 signals); the work queue's model threads run the model.
@@ -31,7 +36,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from node_agent.runtime.base import FORMATS, LoadError, Runtime, TensorSpec, load_runtime, one_line, parse_specs_json
+from node_agent.worker.access import WorkerAccess
 from node_agent.worker.server import DEFAULT_MAX_MESSAGE_BYTES, build_server
 from node_agent.worker.service import WorkerService, warm_up
 
@@ -61,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs-json", default=None, help="declared input specs (JSON list)")
     p.add_argument("--outputs-json", default=None, help="declared output specs (JSON list)")
     p.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES)
+    p.add_argument("--token-file", type=Path, default=None, help="the allocation's worker token: callers must present it or a key")
+    p.add_argument("--credentials-file", type=Path, default=None, help="verifiers of API keys that may call (reread on change)")
+    p.add_argument("--tls-cert", default="", help="serve TLS with this certificate (PEM)")
+    p.add_argument("--tls-key", default="", help="the private key of --tls-cert (PEM)")
+    p.add_argument("--tls-client-ca", default="", help="demand client certificates signed by this CA (mTLS)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -78,9 +91,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (args.drain_timeout >= 0, "--drain-timeout must be >= 0"),
         (1024 <= args.max_message_bytes <= 2**31 - 1, "--max-message-bytes must be 1024..2147483647"),
     ]
+    checks += [
+        (bool(args.tls_cert) == bool(args.tls_key), "--tls-cert and --tls-key go together"),
+        (not args.tls_client_ca or bool(args.tls_cert), "--tls-client-ca needs --tls-cert and --tls-key"),
+        (args.credentials_file is None or args.token_file is not None, "--credentials-file needs --token-file"),
+    ]
     for ok, message in checks:
         if not ok:
             parser.error(message)
+    try:
+        args.worker_token = args.token_file.read_text().strip() if args.token_file else ""
+        args.server_credentials = _server_credentials(args)
+    except OSError as exc:
+        parser.error(f"cannot read {exc.filename}: {exc.strerror}")
+    if args.token_file is not None and not args.worker_token:
+        parser.error(f"--token-file {args.token_file} is empty")
     any_shape = args.format == "torchscript"
     try:
         args.declared_inputs = parse_specs_json(args.inputs_json, empty_shape_is_any=any_shape) if args.inputs_json else None
@@ -90,6 +115,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError as exc:
         parser.error(f"bad declared specs: {exc}")
     return args
+
+
+def _server_credentials(args: argparse.Namespace) -> grpc.ServerCredentials | None:
+    if not args.tls_cert:
+        return None
+    pair = (Path(args.tls_key).read_bytes(), Path(args.tls_cert).read_bytes())
+    root = Path(args.tls_client_ca).read_bytes() if args.tls_client_ca else None
+    return grpc.ssl_server_credentials([pair], root_certificates=root, require_client_auth=root is not None)
 
 
 def load(args: argparse.Namespace) -> Runtime:
@@ -147,6 +180,10 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
             port=args.port,
             max_message_bytes=args.max_message_bytes,
             drain_timeout=args.drain_timeout,
+            access=WorkerAccess(worker_token=args.worker_token, credentials_file=args.credentials_file)
+            if args.worker_token
+            else None,
+            credentials=args.server_credentials,
         )
     except RuntimeError as exc:
         logger.error("%s", exc)

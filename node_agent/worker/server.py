@@ -1,10 +1,12 @@
 """The worker's grpc.aio server: services, options, health, reflection, and
 the one place where domain errors become gRPC status codes.
 
-`ErrorMapping` wraps every unary-unary handler: a `WorkerError` aborts with
+`ErrorMapping` wraps every handler (outermost): a `WorkerError` aborts with
 the status its `code` names, its message and its trailers; any other
 exception is logged with its traceback and answered INTERNAL "internal
-error". Health reports SERVING for "", the inference service and
+error"; an undecodable request message is INVALID_ARGUMENT. `WorkerAccess` (node_agent.worker.access), when the worker runs
+with a token, refuses callers that are neither the gateway/agent nor an
+API key with `infer`. Health reports SERVING for "", the inference service and
 WorkerControl while the worker serves, NOT_SERVING from the moment it drains
 (`enter_graceful_shutdown`, so nothing flips it back). Runs on the asyncio
 loop; the server is bound before anyone learns the port.
@@ -12,8 +14,9 @@ loop; the server is bound before anyone learns the port.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -23,7 +26,8 @@ from grpc_reflection.v1alpha import reflection
 
 from modelfleet.inference import grpc_service_pb2, grpc_service_pb2_grpc
 from modelfleet.v1 import worker_pb2, worker_pb2_grpc
-from node_agent.worker.errors import WorkerError
+from node_agent.worker.access import WorkerAccess
+from node_agent.worker.errors import InvalidArgument, WorkerError
 from node_agent.worker.service import WorkerService, WorkerState
 from node_agent.worker.servicer import InferenceServicer, WorkerControlServicer
 
@@ -37,7 +41,7 @@ DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
 class ErrorMapping(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes for every unary-unary method."""
+    """Maps domain errors to status codes for every method, whatever its kind."""
 
     async def intercept_service(
         self,
@@ -45,29 +49,82 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # streaming methods (health Watch, reflection) are not ours
-        inner = handler.unary_unary
+        if handler is None:
+            return handler
         method = handler_call_details.method
+        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
+        for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
+            inner = getattr(handler, kind)
+            if inner is not None:
+                return safe._replace(**{kind: _mapped(inner, method, streamed_requests=kind.startswith("stream"))})  # type: ignore[no-any-return]
+        return handler
 
-        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+
+class _Undecodable:
+    """A request message that did not parse: INVALID_ARGUMENT, not grpc's UNKNOWN."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = InvalidArgument(f"malformed request message: {error}")
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as exc:
+            return _Undecodable(exc)
+
+    return parse
+
+
+async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        if isinstance(request, _Undecodable):
+            raise request.error
+        yield request
+
+
+async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+    if isinstance(exc, WorkerError):
+        if exc.trailers:
+            context.set_trailing_metadata(tuple(exc.trailers.items()))
+        await context.abort(grpc.StatusCode[exc.code], exc.message)
+    logger.error("unexpected error in %s", method, exc_info=exc)
+    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+def _mapped(inner: Callable[..., Any], method: str, *, streamed_requests: bool) -> Callable[..., Any]:
+    """inner with errors mapped, keeping its kind: async generator or coroutine
+    (grpc.aio treats the two differently; health Watch is a coroutine)."""
+    if inspect.isasyncgenfunction(inner):
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             try:
-                return await inner(request, context)
-            except WorkerError as exc:
-                if exc.trailers:
-                    context.set_trailing_metadata(tuple(exc.trailers.items()))
-                await context.abort(grpc.StatusCode[exc.code], exc.message)
+                if isinstance(request, _Undecodable):
+                    raise request.error
+                async for item in inner(_checked(request) if streamed_requests else request, context):
+                    yield item
             except grpc.aio.AbortError:
                 raise
-            except Exception:
-                logger.exception("unexpected error in %s", method)
-                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
+            except Exception as exc:
+                await _abort(context, exc, method)
 
-        return grpc.unary_unary_rpc_method_handler(
-            mapped,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )
+        return stream
+
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            if isinstance(request, _Undecodable):
+                raise request.error
+            return await inner(_checked(request) if streamed_requests else request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _abort(context, exc, method)
+
+    return call
 
 
 def _address(host: str, port: int) -> str:
@@ -81,6 +138,8 @@ async def build_server(
     port: int,
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
     drain_timeout: float,
+    access: WorkerAccess | None = None,
+    credentials: grpc.ServerCredentials | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Create and bind (not start) the worker's server.
 
@@ -89,6 +148,8 @@ async def build_server(
         host, port: where to listen; port 0 = any free port.
         max_message_bytes: receive and send limit of one message.
         drain_timeout: the Drain RPC's timeout when the request gives none.
+        access: who may call (None: anyone; see node_agent.worker.access).
+        credentials: TLS server credentials (None: plaintext).
 
     Returns:
         The server and the port it bound.
@@ -97,7 +158,7 @@ async def build_server(
         RuntimeError: the address cannot be bound.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMapping()],
+        interceptors=[ErrorMapping(), *([access] if access is not None else [])],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -122,7 +183,8 @@ async def build_server(
             await health.enter_graceful_shutdown()  # every name NOT_SERVING, for good
 
     service.add_listener(report_health)
-    bound = server.add_insecure_port(_address(host, port))
+    address = _address(host, port)
+    bound = server.add_secure_port(address, credentials) if credentials is not None else server.add_insecure_port(address)
     if not bound:
         raise RuntimeError(f"cannot listen on {_address(host, port)}")
     return server, bound

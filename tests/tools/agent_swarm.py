@@ -7,7 +7,9 @@ reconnect loop and its `Backoff`), only without a process of its own: 50
 Python processes would not fit a 2-core machine. They run no workers. Every
 connection attempt and every welcome is printed as one JSON line
 {"event": "attempt" | "welcome", "node": ID, "t": UNIX_TIME} on stdout, so
-the test can measure how the reconnects spread. SIGTERM stops them all.
+the test can measure how the reconnects spread. They present the API key in
+$MODELFLEET_TOKEN (the test passes its admin key, which may act for any
+node). SIGTERM stops them all.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import signal
 import sys
 import time
@@ -60,7 +63,8 @@ async def main() -> None:
             node_id=node_id, hostname="swarm", capacity=common_pb2.NodeCapacity(cpus=1, memory_bytes=1 << 30)
         )
         config = AgentConfig(control_plane=args.control_plane, data_dir=data_dir, node=node,
-                             supervisor=SupervisorConfig(data_dir=data_dir))  # fmt: skip
+                             supervisor=SupervisorConfig(data_dir=data_dir),
+                             token=os.environ.get("MODELFLEET_TOKEN", ""))  # fmt: skip
         agents.append(RecordingAgent(config))
     await asyncio.gather(*(agent.run(stop) for agent in agents))
 

@@ -6,6 +6,7 @@ so tests never import tritonclient themselves; they run this script.
     python tests/tools/triton_call.py infer --url H:P --model NAME --input x=FILE.npy [--output y] --out-dir DIR
         -> prints {"outputs": {"y": "DIR/y.npy"}} or {"error": {"status": "...", "message": "..."}}
     python tests/tools/triton_call.py metadata --url H:P --model NAME
+        (both take --token KEY, sent as `authorization: Bearer KEY`, and --ca PEM for TLS)
     python tests/tools/triton_call.py descriptor --out FILE
         -> writes tritonclient's serialized FileDescriptorProto of grpc_service.proto
 """
@@ -24,8 +25,18 @@ from tritonclient.grpc import service_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 
+def _client(args: argparse.Namespace) -> tc.InferenceServerClient:
+    if args.ca:
+        return tc.InferenceServerClient(url=args.url, ssl=True, root_certificates=args.ca)
+    return tc.InferenceServerClient(url=args.url)
+
+
+def _headers(args: argparse.Namespace) -> dict[str, str] | None:
+    return {"authorization": f"Bearer {args.token}"} if args.token else None
+
+
 def infer(args: argparse.Namespace) -> dict[str, object]:
-    client = tc.InferenceServerClient(url=args.url)
+    client = _client(args)
     inputs = []
     for item in args.input:
         name, path = item.split("=", 1)
@@ -35,7 +46,10 @@ def infer(args: argparse.Namespace) -> dict[str, object]:
         inputs.append(tensor)
     outputs = [tc.InferRequestedOutput(name) for name in args.output] or None
     try:
-        result = client.infer(args.model, inputs, outputs=outputs, model_version=args.model_version, client_timeout=args.timeout)
+        result = client.infer(
+            args.model, inputs, outputs=outputs, model_version=args.model_version, client_timeout=args.timeout,
+            headers=_headers(args),
+        )
     except InferenceServerException as exc:
         return {"error": {"status": exc.status(), "message": exc.message()}}
     out_dir = pathlib.Path(args.out_dir)
@@ -48,11 +62,11 @@ def infer(args: argparse.Namespace) -> dict[str, object]:
 
 
 def metadata(args: argparse.Namespace) -> dict[str, object]:
-    client = tc.InferenceServerClient(url=args.url)
+    client = _client(args)
     try:
-        meta = client.get_model_metadata(args.model)
-        ready = client.is_model_ready(args.model)
-        live = client.is_server_live()
+        meta = client.get_model_metadata(args.model, headers=_headers(args))
+        ready = client.is_model_ready(args.model, headers=_headers(args))
+        live = client.is_server_live(headers=_headers(args))
     except InferenceServerException as exc:
         return {"error": {"status": exc.status(), "message": exc.message()}}
     return {"metadata": json_format.MessageToDict(meta, preserving_proto_field_name=True), "ready": ready, "live": live}
@@ -76,10 +90,14 @@ def main() -> int:
     p.add_argument("--output", action="append", default=[])
     p.add_argument("--out-dir", required=True)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--token", default="")
+    p.add_argument("--ca", default="")
     p.set_defaults(fn=infer)
     p = sub.add_parser("metadata")
     p.add_argument("--url", required=True)
     p.add_argument("--model", required=True)
+    p.add_argument("--token", default="")
+    p.add_argument("--ca", default="")
     p.set_defaults(fn=metadata)
     p = sub.add_parser("descriptor")
     p.add_argument("--out", required=True)

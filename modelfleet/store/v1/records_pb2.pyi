@@ -4,10 +4,11 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from modelfleet.v1 import agent_pb2 as _agent_pb2
 from modelfleet.v1 import common_pb2 as _common_pb2
 from modelfleet.v1 import deployments_pb2 as _deployments_pb2
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -76,16 +77,18 @@ class AllocationRecord(_message.Message):
     def __init__(self, allocation_id: _Optional[str] = ..., deployment_id: _Optional[str] = ..., variant: _Optional[str] = ..., node_id: _Optional[str] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., worker_address: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., spec: _Optional[_Union[_agent_pb2.AllocationSpec, _Mapping]] = ...) -> None: ...
 
 class NodeRecord(_message.Message):
-    __slots__ = ("info", "schedulable", "registered_at", "generation")
+    __slots__ = ("info", "schedulable", "registered_at", "generation", "agent_key_id")
     INFO_FIELD_NUMBER: _ClassVar[int]
     SCHEDULABLE_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     info: _agent_pb2.NodeInfo
     schedulable: bool
     registered_at: _timestamp_pb2.Timestamp
     generation: int
-    def __init__(self, info: _Optional[_Union[_agent_pb2.NodeInfo, _Mapping]] = ..., schedulable: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ...) -> None: ...
+    agent_key_id: str
+    def __init__(self, info: _Optional[_Union[_agent_pb2.NodeInfo, _Mapping]] = ..., schedulable: _Optional[bool] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., agent_key_id: _Optional[str] = ...) -> None: ...
 
 class RequestRecord(_message.Message):
     __slots__ = ("request_id", "method", "response", "created_at", "request_digest")
@@ -100,3 +103,43 @@ class RequestRecord(_message.Message):
     created_at: _timestamp_pb2.Timestamp
     request_digest: str
     def __init__(self, request_id: _Optional[str] = ..., method: _Optional[str] = ..., response: _Optional[bytes] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_digest: _Optional[str] = ...) -> None: ...
+
+class EventLogRecord(_message.Message):
+    __slots__ = ("deployment_id", "events", "last_seq")
+    DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEQ_FIELD_NUMBER: _ClassVar[int]
+    deployment_id: str
+    events: _containers.RepeatedCompositeFieldContainer[_deployments_pb2.DeploymentEvent]
+    last_seq: int
+    def __init__(self, deployment_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_deployments_pb2.DeploymentEvent, _Mapping]]] = ..., last_seq: _Optional[int] = ...) -> None: ...
+
+class ApiKeyRecord(_message.Message):
+    __slots__ = ("key_id", "user", "roles", "privileges", "name", "salt", "secret_hash", "hash_iterations", "created_at", "expires_at", "revoked_at", "created_by", "node_id")
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    USER_FIELD_NUMBER: _ClassVar[int]
+    ROLES_FIELD_NUMBER: _ClassVar[int]
+    PRIVILEGES_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SALT_FIELD_NUMBER: _ClassVar[int]
+    SECRET_HASH_FIELD_NUMBER: _ClassVar[int]
+    HASH_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_BY_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    key_id: str
+    user: str
+    roles: _containers.RepeatedScalarFieldContainer[str]
+    privileges: _containers.RepeatedScalarFieldContainer[str]
+    name: str
+    salt: bytes
+    secret_hash: bytes
+    hash_iterations: int
+    created_at: _timestamp_pb2.Timestamp
+    expires_at: _timestamp_pb2.Timestamp
+    revoked_at: _timestamp_pb2.Timestamp
+    created_by: str
+    node_id: str
+    def __init__(self, key_id: _Optional[str] = ..., user: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., privileges: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., salt: _Optional[bytes] = ..., secret_hash: _Optional[bytes] = ..., hash_iterations: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...

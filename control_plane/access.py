@@ -1,0 +1,277 @@
+"""Who may call what: privileges, built-in roles, the access table and the
+one server interceptor that enforces it.
+
+Every RPC the control plane serves has exactly one entry in
+`METHOD_ACCESS`, keyed by its full method name ("/package.Service/Method").
+An entry is public (health checks, reflection, V2 liveness: no credentials),
+"any valid key" (WhoAmI), or a set of privileges of which the caller needs
+one. A method missing from the table is denied, so a new RPC stays closed
+until someone decides who may call it (tests/test_security.py checks that
+every method of every served service descriptor has an entry).
+
+`AccessInterceptor` runs inside the error-mapping interceptor: it raises
+the domain errors `Unauthenticated` / `PermissionDenied` from a stand-in
+handler of the method's own kind, and the error mapping turns them into
+status codes like every other domain error. For an allowed call it records
+the caller's `Principal` in a context variable for the handler (`caller()`,
+`current_principal()`): grpc.aio runs each RPC in its own task, and the
+handler runs inside the wrapper that set it.
+
+With authentication off (`--auth off`, loopback only) every call passes and
+the caller's identity is the `x-modelfleet-user` metadata value (else
+"default"), as before keys existed.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import dataclasses
+import inspect
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+import grpc
+
+from control_plane.errors import PermissionDenied, Unauthenticated
+
+# ---- privileges and roles ---------------------------------------------------------------
+MANAGE_DEPLOYMENTS = "manage_deployments"
+MANAGE_MODELS = "manage_models"
+MONITOR = "monitor"
+INFER = "infer"
+MANAGE_NODES = "manage_nodes"
+MANAGE_SECURITY = "manage_security"
+AGENT = "agent"
+
+PRIVILEGES: frozenset[str] = frozenset(
+    {MANAGE_DEPLOYMENTS, MANAGE_MODELS, MONITOR, INFER, MANAGE_NODES, MANAGE_SECURITY, AGENT}
+)
+ROLES: dict[str, frozenset[str]] = {
+    "admin": PRIVILEGES,
+    "deployer": frozenset({MANAGE_DEPLOYMENTS, MANAGE_MODELS, MONITOR, INFER}),
+    "viewer": frozenset({MONITOR}),
+    "inference": frozenset({INFER}),
+    "agent": frozenset({AGENT}),
+}
+
+DEFAULT_USER = "default"
+ANONYMOUS = "anonymous"
+
+
+def privileges_of(roles: Iterable[str], extra: Iterable[str] = ()) -> frozenset[str]:
+    """The effective privileges of roles plus extra privileges (unknown names count for nothing)."""
+    out: set[str] = set()
+    for role in roles:
+        out |= ROLES.get(role, frozenset())
+    return frozenset(out | (set(extra) & PRIVILEGES))
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    """An authenticated caller: the API key and what it may do."""
+
+    user: str
+    key_id: str
+    roles: tuple[str, ...]
+    privileges: frozenset[str]
+    node_id: str = ""  # agent keys: the node it is bound to ("" = not yet)
+    expires_at: float | None = None  # Unix seconds; None = never
+
+    def describe(self) -> str:
+        return f"API key {self.key_id} (user {self.user}, roles {', '.join(self.roles) or 'none'})"
+
+
+# ---- the table ----------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """public: no credentials; else a valid key holding one of any_of (empty = any valid key)."""
+
+    public: bool = False
+    any_of: frozenset[str] = frozenset()
+
+
+PUBLIC = Rule(public=True)
+AUTHENTICATED = Rule()
+
+
+def needs(*privileges: str) -> Rule:
+    return Rule(any_of=frozenset(privileges))
+
+
+_V1 = "/modelfleet.v1"
+_V2 = "/inference.GRPCInferenceService"
+METHOD_ACCESS: dict[str, Rule] = {
+    f"{_V1}.ModelRegistry/UploadModel": needs(MANAGE_MODELS),
+    f"{_V1}.ModelRegistry/GetModel": needs(MONITOR),
+    f"{_V1}.ModelRegistry/ListModels": needs(MONITOR),
+    f"{_V1}.ModelRegistry/DeleteModel": needs(MANAGE_MODELS),
+    # agents fetch the model files they run; model bytes are not for viewers
+    f"{_V1}.ModelRegistry/DownloadModel": needs(MANAGE_MODELS, AGENT),
+    f"{_V1}.Deployments/StartDeployment": needs(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/StopDeployment": needs(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/UpdateDeployment": needs(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/DeleteDeployment": needs(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/GetDeployment": needs(MONITOR),
+    f"{_V1}.Deployments/ListDeployments": needs(MONITOR),
+    f"{_V1}.Deployments/GetDeploymentStats": needs(MONITOR),
+    f"{_V1}.Deployments/WatchDeployment": needs(MONITOR),
+    f"{_V1}.Deployments/ListDeploymentEvents": needs(MONITOR),
+    f"{_V1}.Nodes/ListNodes": needs(MONITOR),
+    f"{_V1}.Nodes/GetNode": needs(MONITOR),
+    f"{_V1}.Nodes/DrainNode": needs(MANAGE_NODES),
+    f"{_V1}.Nodes/UncordonNode": needs(MANAGE_NODES),
+    f"{_V1}.AgentControl/Connect": needs(AGENT),
+    f"{_V1}.Auth/CreateApiKey": needs(MANAGE_SECURITY),
+    f"{_V1}.Auth/ListApiKeys": needs(MANAGE_SECURITY),
+    f"{_V1}.Auth/RevokeApiKey": needs(MANAGE_SECURITY),
+    f"{_V1}.Auth/WhoAmI": AUTHENTICATED,
+    # KServe V2: liveness and readiness are probes (like grpc.health.v1)
+    f"{_V2}/ServerLive": PUBLIC,
+    f"{_V2}/ServerReady": PUBLIC,
+    f"{_V2}/ServerMetadata": PUBLIC,
+    f"{_V2}/ModelReady": needs(INFER, MONITOR),
+    f"{_V2}/ModelMetadata": needs(INFER, MONITOR),
+    f"{_V2}/ModelInfer": needs(INFER),
+    f"{_V2}/ModelStatistics": needs(INFER, MONITOR),
+    f"{_V2}/RepositoryIndex": needs(INFER, MONITOR),
+    "/grpc.health.v1.Health/Check": PUBLIC,
+    "/grpc.health.v1.Health/Watch": PUBLIC,
+    # the schema is public (the protos are); reflection reveals no data
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
+}
+
+# ---- the caller of the current RPC ----------------------------------------------------------
+_PRINCIPAL: contextvars.ContextVar[Principal | None] = contextvars.ContextVar("modelfleet_principal", default=None)
+_ANON_USER: contextvars.ContextVar[str] = contextvars.ContextVar("modelfleet_anonymous_user", default=DEFAULT_USER)
+
+
+def current_principal() -> Principal | None:
+    """The authenticated caller of the RPC being handled (None: auth off, or a public method)."""
+    return _PRINCIPAL.get()
+
+
+def caller(context: object = None) -> str:
+    """The caller's user: the API key's user, or with auth off the x-modelfleet-user value ("default").
+
+    The quota owner of deployments. `context` is accepted for the servicers'
+    convenience; the identity was settled by the interceptor.
+    """
+    principal = _PRINCIPAL.get()
+    return principal.user if principal is not None else _ANON_USER.get()
+
+
+class Authenticator(Protocol):
+    async def authenticate(self, token: str) -> Principal:
+        """The key's principal; raises Unauthenticated (missing, malformed, unknown, revoked, expired)."""
+
+
+def bearer_token(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    """The token of `authorization: Bearer <token>` ("" when absent)."""
+    for key, value in metadata or ():
+        if key == "authorization":
+            text = value.decode() if isinstance(value, bytes) else str(value)
+            scheme, _, token = text.strip().partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise Unauthenticated("malformed authorization metadata: expected 'Bearer <api key>'")
+            return token.strip()
+    return ""
+
+
+def _metadata_user(metadata: Iterable[tuple[str, Any]] | None) -> str:
+    for key, value in metadata or ():
+        if key == "x-modelfleet-user" and value:
+            return value.decode() if isinstance(value, bytes) else str(value)
+    return DEFAULT_USER
+
+
+def check(rule: Rule | None, method: str, principal: Principal) -> None:
+    """Raise PermissionDenied unless principal may call method under rule."""
+    if rule is None:
+        raise PermissionDenied(f"method {method} is not in the access table; denied")
+    if rule.any_of and not principal.privileges & rule.any_of:
+        need = " or ".join(sorted(rule.any_of))
+        raise PermissionDenied(f"{principal.describe()} lacks the privilege {need} required by {method}")
+
+
+class AccessInterceptor(grpc.aio.ServerInterceptor):
+    """Authenticates and authorizes every call against the access table.
+
+    Args:
+        authenticator: verifies bearer tokens; None turns authentication off.
+        table: full method name -> Rule (tests may pass their own).
+    """
+
+    def __init__(self, authenticator: Authenticator | None, table: dict[str, Rule] | None = None) -> None:
+        self._auth = authenticator
+        self._table = METHOD_ACCESS if table is None else table
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return handler
+        method = details.method
+        metadata = details.invocation_metadata
+        if self._auth is None:
+            return _wrap(handler, principal=None, anon_user=_metadata_user(metadata))
+        rule = self._table.get(method)
+        try:
+            if rule is not None and rule.public:
+                return _wrap(handler, principal=None, anon_user=ANONYMOUS)
+            token = bearer_token(metadata)
+            if not token:
+                raise Unauthenticated(f"{method} needs credentials: send 'authorization: Bearer <api key>'")
+            principal = await self._auth.authenticate(token)
+            check(rule, method, principal)
+        except (Unauthenticated, PermissionDenied) as exc:
+            return _wrap(handler, error=exc)
+        return _wrap(handler, principal=principal, anon_user=ANONYMOUS)
+
+
+def _wrap(
+    handler: grpc.RpcMethodHandler,
+    *,
+    principal: Principal | None = None,
+    anon_user: str = DEFAULT_USER,
+    error: Exception | None = None,
+) -> grpc.RpcMethodHandler:
+    """The handler with the caller recorded, or a stand-in of the same kind that raises `error`."""
+
+    def unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if error is not None:
+                raise error
+            _PRINCIPAL.set(principal)
+            _ANON_USER.set(anon_user)
+            return await fn(request, context)
+
+        return call
+
+    def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
+        # grpc.aio takes a streaming handler as an async generator or as a
+        # coroutine writing with context.write (health Watch): keep its kind.
+        if not inspect.isasyncgenfunction(fn):
+            return unary(fn)
+
+        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if error is not None:
+                raise error
+            _PRINCIPAL.set(principal)
+            _ANON_USER.set(anon_user)
+            async for item in fn(request, context):
+                yield item
+
+        return call
+
+    if handler.unary_unary:
+        return handler._replace(unary_unary=unary(handler.unary_unary))  # type: ignore[attr-defined,no-any-return]
+    if handler.stream_unary:
+        return handler._replace(stream_unary=unary(handler.stream_unary))  # type: ignore[attr-defined,no-any-return]
+    if handler.unary_stream:
+        return handler._replace(unary_stream=streaming(handler.unary_stream))  # type: ignore[attr-defined,no-any-return]
+    if handler.stream_stream:
+        return handler._replace(stream_stream=streaming(handler.stream_stream))  # type: ignore[attr-defined,no-any-return]
+    return handler
