@@ -18,18 +18,11 @@ per node, move through:
     desired STOPPED (STOPPING) -> deleted once the agent, having applied a
         generation without it, no longer reports it, or the node is lost.
 
-Node loss: a LOST node's routes become FAILED "node lost" (a route its agent
-already reported STOPPED, on a graceful shutdown, stays STOPPED); a variant
-with a fixed instance count is placed on other nodes where it fits and the
-lost node's allocation is marked to stop (its agent stops the worker if it
-ever returns: it is absent from the desired set, fenced by generation).
-
-Drain (a cordoned node, `schedulable` false in its durable record) is
-make-before-break by the same rules as a rolling update: an allocation on a
-cordoned node counts as stale (control_plane.rollout), so the scheduler
-places a replacement on an eligible node and the drained one stops only
-once every target has a STARTED allocation. With nowhere to go, it keeps
-serving on the cordoned node.
+A LOST node's routes become FAILED "node lost" (STOPPED ones, from a
+graceful shutdown, stay STOPPED); fixed-instance variants are placed
+elsewhere and the lost copy leaves the desired set (fenced by generation).
+A drained (cordoned) node's allocations count as stale, so the rolling
+update rules replace them make-before-break.
 
 An allocation never changes what it runs: an update that changes a
 variant's worker settings creates new allocations (new ids) and stops the
@@ -306,12 +299,9 @@ class Reconciler:
         demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
         mine = [a for a in allocs if a.variant == variant.name]
         running = [a for a in mine if a.desired == RUNNING]
-        # an allocation on a drained (cordoned) node is replaced like a stale one: make-before-break
-        members = [
-            _member(a, fresh=rollout.is_fresh(a.spec, template) and a.node_id not in cordoned,
-                    lost=self.fleet.state(a.node_id) == Liveness.LOST)
-            for a in running
-        ]  # fmt: skip
+        # on a drained (cordoned) node an allocation is stale: replaced make-before-break like an old spec
+        up_to_date = {a.allocation_id for a in running if rollout.is_fresh(a.spec, template) and a.node_id not in cordoned}
+        members = [_member(a, fresh=a.allocation_id in up_to_date, lost=self.fleet.state(a.node_id) == Liveness.LOST) for a in running]
         draining = [
             a for a in mine
             if a.desired == STOPPED and a.routing_state != RS.ROUTING_STATE_FAILED
@@ -346,10 +336,8 @@ class Reconciler:
                 self._stop_allocation(alloc, dirty_nodes, reason=reason)
             elif member.lost and alloc.node_id not in targets:
                 before = alloc.routing_state
-                # a route its agent reported STOPPED (a graceful shutdown) stays STOPPED
-                changed = alloc.routing_state != RS.ROUTING_STATE_STOPPED and _set_route(
-                    alloc, RS.ROUTING_STATE_FAILED, "node lost"
-                )
+                graceful = alloc.routing_state == RS.ROUTING_STATE_STOPPED  # it said so: it stays STOPPED
+                changed = not graceful and _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
                 if variant.instances > 0 or not member.fresh:
                     # replaced elsewhere; the lost node stops it when it returns
                     alloc.desired = STOPPED
