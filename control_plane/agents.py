@@ -15,7 +15,10 @@ One stream per node. Lifecycle of a stream (each step owned here):
    and a reconcile tick queues the node's complete desired set
    (`assignment`). Revoking the stream's key closes the stream.
 3. A reader task folds every later `report` / `heartbeat` in while the
-   response side drains the session's outbox.
+   response side drains the session's outbox. Messages are fenced by
+   session: once a stream was replaced or closed (a newer registration of
+   the node, or the node was declared LOST), whatever still arrives on it
+   changes nothing; the agent's next registration carries the truth.
 4. However the stream ends (agent gone, cancelled, replaced), `finally`
    detaches the session: the node is SUSPECT at once and the gateway stops
    routing to it; the liveness sweep makes it LOST after the node timeout.
@@ -32,11 +35,12 @@ from collections.abc import AsyncIterator
 
 from control_plane import errors, views
 from control_plane.access import Principal
+from control_plane.fleet import AgentSession
 from control_plane.ids import check_id
 from control_plane.keys import KeyService
 from control_plane.reconciler import Reconciler, now_ts
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import agent_pb2, common_pb2, nodes_pb2
+from modelfleet.v1 import agent_pb2, nodes_pb2
 
 log = logging.getLogger(__name__)
 
@@ -112,9 +116,12 @@ class AgentStreams:
                 log.warning("node %s disconnected", node_id)
                 self.reconciler.on_liveness_change([node_id])
 
-    async def _read(self, node_id: str, session: object, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
+    async def _read(self, node_id: str, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         try:
             async for message in requests:
+                if session.closed or self.fleet.session(node_id) is not session:
+                    log.info("node %s: a message on a replaced or closed stream; ignored", node_id)
+                    return
                 kind = message.WhichOneof("kind")
                 if kind == "heartbeat":
                     self.fleet.touch(node_id, applied_generation=message.heartbeat.applied_generation)
@@ -128,7 +135,7 @@ class AgentStreams:
         except Exception as exc:  # a broken stream ends the session; the agent reconnects
             log.info("stream of node %s ended: %s", node_id, exc)
         finally:
-            session.close()  # type: ignore[attr-defined]
+            session.close()
 
 
 class NodeService:
@@ -151,26 +158,25 @@ class NodeService:
         return views.node_view(self._record(node_id), reconciler=self.reconciler)
 
     def drain(self, node_id: str) -> nodes_pb2.Node:
-        """Cordon the node and stop its allocations; they are placed elsewhere where they fit."""
-        record = self._record(node_id)
-        with self.store.transaction():
-            record.schedulable = False
-            self.store.put_node(record)
-            for alloc in self.store.list_allocations(node_id=node_id):
-                if alloc.desired == records_pb2.DESIRED_STATE_RUNNING:
-                    before = alloc.routing_state
-                    alloc.desired = records_pb2.DESIRED_STATE_STOPPED
-                    alloc.routing_state = common_pb2.ROUTING_STATE_STOPPING
-                    alloc.reason = "node drained"
-                    self.reconciler.save_allocation(alloc, before=before)
-        self.reconciler.reconcile()
-        for deployment_id in {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}:
-            self.reconciler.hub.notify(deployment_id)
+        """Cordon the node; the reconciler moves its allocations elsewhere,
+        make-before-break: a replacement is placed where it fits and each
+        allocation on the drained node is stopped only once enough
+        replacements are STARTED (see Reconciler._place_variant). The cordon
+        is durable, so a drain in progress resumes after a restart."""
+        self._set_schedulable(node_id, False)
         return self.get(node_id)
 
     def uncordon(self, node_id: str) -> nodes_pb2.Node:
-        record = self._record(node_id)
-        record.schedulable = True
-        self.store.put_node(record)
-        self.reconciler.reconcile()
+        """Make the node schedulable again; allocations still on it stay there."""
+        self._set_schedulable(node_id, True)
         return self.get(node_id)
+
+    def _set_schedulable(self, node_id: str, schedulable: bool) -> None:
+        record = self._record(node_id)
+        if record.schedulable != schedulable:
+            record.schedulable = schedulable
+            self.store.put_node(record)
+            log.info("node %s %s", node_id, "uncordoned" if schedulable else "drained (cordoned)")
+        self.reconciler.reconcile()
+        for deployment_id in {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}:
+            self.reconciler.hub.notify(deployment_id)

@@ -19,9 +19,14 @@ Quota: at most `max_deployments_per_user` deployments (stopped ones
 included: they keep their name and can be restarted) per owner, the
 caller's identity.
 
-Mutations with a `request_id` are idempotent: the id and a digest of the
-request are stored in the same transaction as the intent; a retry returns
-the same deployment and creates nothing twice.
+Mutations (start, stop, update, delete) with a `request_id` are idempotent:
+the id and a digest of the request are stored in the same transaction as
+the intent, so after an ambiguous failure (a timeout, a connection lost, the
+control plane killed after its commit) a retry with the same id returns the
+same deployment and changes nothing again: no second revision, no second
+allocation, no "already exists". Delete stores the view it returned, so a
+retried delete answers the same deployment although it is gone. A reused id
+with a different request is INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -112,13 +117,15 @@ class DeploymentService:
             raise errors.InvalidArgument(f"request_id {request_id!r} was already used for a different request")
         return record
 
-    def _remember(self, request_id: str, digest: str, method: str, deployment_id: str) -> None:
+    def _remember(self, request_id: str, digest: str, method: str, response: bytes) -> None:
+        """Record the request (call inside the intent's transaction). `response`
+        is the deployment id, or for delete the serialized Deployment view."""
         if request_id:
             self.store.put_request(
                 records_pb2.RequestRecord(
                     request_id=request_id,
                     method=method,
-                    response=deployment_id.encode(),
+                    response=response,
                     request_digest=digest,
                     created_at=now_ts(),
                 )
@@ -165,7 +172,11 @@ class DeploymentService:
         replay = None if req.dry_run else self._replay(req.request_id, digest)
         if replay is not None:
             deployment_id = replay.response.decode()
-            spec = self.store.get_deployment(deployment_id).spec  # type: ignore[union-attr]
+            replayed = self._get_record(deployment_id)
+            if replayed.desired != RUNNING:  # stopped since: the same deployment, as it is now
+                deployment = self.get(deployment_id)
+                return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment)
+            spec = replayed.spec
         else:
             spec, existing, owner, what = self._start_spec(req, owner=owner)
             deployment_id = spec.deployment_id
@@ -187,7 +198,7 @@ class DeploymentService:
                 return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment, dry_run=True)
             with self.store.transaction():
                 self.store.put_deployment(record)
-                self._remember(req.request_id, digest, "StartDeployment", deployment_id)
+                self._remember(req.request_id, digest, "StartDeployment", deployment_id.encode())
                 self.events.spec(deployment_id, revision=record.revision, reason=f"{what} by '{owner}': {_describe(spec)}")
             self.hub.notify(deployment_id)
             self.reconciler.reconcile([deployment_id])  # scoped: nothing else changed
@@ -240,7 +251,7 @@ class DeploymentService:
             rec.revision += 1
             with self.store.transaction():
                 self.store.put_deployment(rec)
-                self._remember(req.request_id, digest, "StopDeployment", rec.deployment_id)
+                self._remember(req.request_id, digest, "StopDeployment", rec.deployment_id.encode())
                 self.events.spec(rec.deployment_id, revision=rec.revision, reason="stopped by user")
             self.hub.notify(rec.deployment_id)
             self.reconciler.reconcile([rec.deployment_id])  # scoped: nothing else changed
@@ -260,12 +271,17 @@ class DeploymentService:
             seen = await self.hub.wait_change(deployment_id, seen, remaining)
 
     def delete(self, req: deployments_pb2.DeleteDeploymentRequest) -> deployments_pb2.DeleteDeploymentResponse:
+        digest = _digest(req, method="DeleteDeployment")
+        replay = self._replay(req.request_id, digest)
+        if replay is not None:
+            return deployments_pb2.DeleteDeploymentResponse(deployment=deployments_pb2.Deployment.FromString(replay.response))
         rec = self._get_record(req.deployment_id)
         if rec.desired == RUNNING or rec.status != common_pb2.DEPLOYMENT_STATUS_STOPPED:
             raise errors.FailedPrecondition(f"deployment '{rec.deployment_id}' is not stopped; stop it before deleting it")
         view = self.get(rec.deployment_id)
         with self.store.transaction():
             self.store.delete_deployment(rec.deployment_id)
+            self._remember(req.request_id, digest, "DeleteDeployment", view.SerializeToString(deterministic=True))
             self.events.forget(rec.deployment_id)
         self.reconciler.forget(rec.deployment_id)
         self.hub.notify(rec.deployment_id)
@@ -290,7 +306,7 @@ class DeploymentService:
                     self.store.put_deployment(new)
                     paths = ", ".join(dict.fromkeys(req.update_mask.paths))
                     self.events.spec(rec.deployment_id, revision=new.revision, reason=f"updated {paths}: {_describe(spec)}")
-                self._remember(req.request_id, digest, "UpdateDeployment", rec.deployment_id)
+                self._remember(req.request_id, digest, "UpdateDeployment", rec.deployment_id.encode())
             self.hub.notify(rec.deployment_id)
             self.reconciler.reconcile([rec.deployment_id])  # scoped: nothing else changed
         if req.wait_for != deployments_pb2.WAIT_FOR_UNSPECIFIED:

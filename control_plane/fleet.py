@@ -14,6 +14,14 @@ Liveness lifecycle (one `_transition` validates every change):
     READY --(no message for the node timeout)----------------> LOST
     LOST --(agent registers again)---------------------------> READY
 
+After a control-plane restart the recovered nodes are SUSPECT and become
+LOST only after the recovery grace (default: the node timeout plus the
+longest reconnect backoff an agent can be in, 36 s), not after the node
+timeout: an agent that has been backing off while the control plane was
+down needs that long to notice it is back, and declaring its node lost
+before then would move (restart) its fixed-instance deployments for
+nothing. A node whose agent registers again leaves the grace at once.
+
 Concurrency: used only from the control plane's event loop. Each agent
 session owns an outbox queue; `Connect` drains it into the stream. A new
 session for the same node closes the old one (one stream per node).
@@ -47,6 +55,9 @@ _TRANSITIONS: frozenset[tuple[Liveness, Liveness]] = frozenset(
 )
 
 SUSPECT_AFTER_HEARTBEATS = 3
+# The longest delay between two reconnect attempts of an agent: the 30 s
+# backoff cap plus its 20 % jitter (node_agent.agent.Backoff).
+MAX_RECONNECT_DELAY_S = 36.0
 
 
 class AgentSession:
@@ -76,6 +87,7 @@ class NodeLive:
     last_message: float  # clock() of the last message from the agent
     last_heartbeat_wall: float = 0.0  # time.time(), for display
     session: AgentSession | None = None
+    grace_until: float = 0.0  # clock() before which a recovered node is not LOST
     applied_generation: int = 0
     stats: dict[str, common_pb2.InferenceStats] = field(default_factory=dict)
 
@@ -106,11 +118,17 @@ class Fleet:
         self.version += 1
         return True
 
-    def recover(self, node_ids: Iterable[str]) -> None:
-        """After a restart: every stored node is SUSPECT until it reconnects."""
+    def recover(self, node_ids: Iterable[str], *, grace: float | None = None) -> None:
+        """After a restart: every stored node is SUSPECT until it reconnects,
+        and LOST only once `grace` seconds (default: node timeout + the longest
+        reconnect backoff) pass without it."""
         now = self._clock()
+        if grace is None:
+            grace = self.node_timeout + MAX_RECONNECT_DELAY_S
         for node_id in node_ids:
-            self._nodes.setdefault(node_id, NodeLive(state=Liveness.SUSPECT, since=now, last_message=now))
+            self._nodes.setdefault(
+                node_id, NodeLive(state=Liveness.SUSPECT, since=now, last_message=now, grace_until=now + grace)
+            )
 
     def attach(self, node_id: str) -> AgentSession:
         """A registered stream: the node is READY; an older stream is closed."""
@@ -123,6 +141,7 @@ class Fleet:
             if live.session is not None:
                 live.session.close()
         live.session = AgentSession(node_id)
+        live.grace_until = 0.0
         live.last_message = now
         live.last_heartbeat_wall = time.time()
         return live.session
@@ -159,23 +178,28 @@ class Fleet:
         for node_id, live in self._nodes.items():
             silent = now - live.last_message
             if live.state == Liveness.READY and silent > self.node_timeout:
-                # (the sweep itself was late, e.g. a busy loop) as below: a lost
-                # node's stream is closed, so its agent registers again
-                self._transition(node_id, Liveness.LOST)
-                if live.session is not None:
-                    live.session.close()
-                    live.session = None
+                self._lose(node_id, live)
             elif live.state == Liveness.READY and silent > SUSPECT_AFTER_HEARTBEATS * self.heartbeat_interval:
                 self._transition(node_id, Liveness.SUSPECT)
-            elif live.state == Liveness.SUSPECT and now - min(live.since, live.last_message) > self.node_timeout:
-                self._transition(node_id, Liveness.LOST)
-                if live.session is not None:
-                    live.session.close()
-                    live.session = None
+            elif (
+                live.state == Liveness.SUSPECT
+                and now - min(live.since, live.last_message) > self.node_timeout
+                and now >= live.grace_until
+            ):
+                self._lose(node_id, live)
             else:
                 continue
             changed.append(node_id)
         return changed
+
+    def _lose(self, node_id: str, live: NodeLive) -> None:
+        """LOST, and its stream (if one is still open) is closed: a LOST node comes
+        back only by registering again with its complete report, never by a
+        late heartbeat on the old stream (what it ran meanwhile must be fenced)."""
+        self._transition(node_id, Liveness.LOST)
+        if live.session is not None:
+            live.session.close()
+            live.session = None
 
     # ---- queries --------------------------------------------------------------
     def state(self, node_id: str) -> Liveness:

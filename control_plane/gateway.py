@@ -16,8 +16,14 @@ deadline travels on.
 Routing: the deployment's traffic limit (token bucket) first, then a variant
 by weight (or the variant named by model_version), then the started worker
 of that variant with the fewest calls in flight. A call the worker never
-accepted (connection refused, worker draining) is retried once on another
-worker; one that may have run is never retried.
+accepted is retried once on another worker: the connection could not be
+made ("failed to connect to all addresses": the request never left), or the
+worker answered UNAVAILABLE "worker is draining" / "worker is not serving"
+(refused, or given up while still queued: never run). One that may have run
+(the connection broke mid-call, a reset, any other status) is never
+retried. The client's deadline travels on as the worker call's timeout, so
+a call whose deadline passes while it waits in the worker's queue is never
+run and frees its slot.
 
 Every call is counted per deployment (GatewayStats): answered, rejected
 (traffic limit, or a worker's full queue), timed out, cancelled by its
@@ -103,6 +109,18 @@ def scan_model_name(buf: bytes) -> tuple[str, str]:
         else:
             raise errors.InvalidArgument(f"malformed ModelInferRequest: wire type {wire}")
     return name, version
+
+
+# UNAVAILABLE details that prove the worker never ran the call.
+_NOT_ACCEPTED_PREFIXES = ("worker is draining", "worker is not serving")
+_NOT_CONNECTED = "failed to connect to all addresses"
+
+
+def never_accepted(code: grpc.StatusCode, details: str) -> bool:
+    """True only when the call certainly never ran, so a retry elsewhere is safe."""
+    if code != grpc.StatusCode.UNAVAILABLE:
+        return False
+    return details.startswith(_NOT_ACCEPTED_PREFIXES) or _NOT_CONNECTED in details
 
 
 class TokenBucket:
@@ -384,8 +402,7 @@ class Gateway:
                 return await self._call(route.address)(request, timeout=context.time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
-                never_accepted = exc.code() == grpc.StatusCode.UNAVAILABLE and ("draining" in details or "connect" in details.lower())
-                if never_accepted and not tried:
+                if never_accepted(exc.code(), details) and not tried:
                     tried.add(route.allocation_id)
                     log.info("worker %s did not accept a call (%s); retrying elsewhere", route.address, details)
                     continue

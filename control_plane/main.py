@@ -1,6 +1,11 @@
 """`modelfleet-control-plane`: wires the store, registry, fleet, reconciler,
 services and gateway into one grpc.aio server and runs its background loops.
 
+Failure detection flags: --heartbeat-interval H and --node-timeout T (the
+agent learns H from `welcome`), --recovery-grace (how long nodes known from
+the store have to reconnect after a restart before they are lost), and the
+HTTP/2 keepalive of every connection (--keepalive-*, RELIABILITY.md).
+
 Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
 - a reconcile tick every second (`Reconciler.tick`: auto stop, placements
@@ -53,7 +58,7 @@ from control_plane.hub import ChangeHub
 from control_plane.keys import ADMIN_KEY_FILE, KeyService
 from control_plane.reconciler import Reconciler
 from control_plane.registry import ModelRegistry
-from control_plane.server import build_server, channel_credentials, server_credentials, set_serving
+from control_plane.server import Keepalive, build_server, channel_credentials, server_credentials, set_serving
 from control_plane.servicers import (
     AgentControlServicer,
     AuthServicer,
@@ -110,13 +115,15 @@ class ControlPlane:
         max_deployments_per_user: int = DEFAULT_MAX_DEPLOYMENTS_PER_USER,
         wall_clock: Callable[[], float] = time.time,
         security: Security = Security(),
+        recovery_grace: float | None = None,
+        keepalive: Keepalive | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.store = store
         self.security = security
         self.hub = ChangeHub()
         self.fleet = Fleet(heartbeat_interval=heartbeat_interval, node_timeout=node_timeout)
-        self.fleet.recover(n.info.node_id for n in store.list_nodes())
+        self.fleet.recover((n.info.node_id for n in store.list_nodes()), grace=recovery_grace)
         self.reconciler = Reconciler(
             store=store, fleet=self.fleet, hub=self.hub, wall_clock=wall_clock, worker_tokens=security.auth
         )
@@ -141,7 +148,7 @@ class ControlPlane:
             stats=self.gateway_stats,
             worker_credentials=security.worker_credentials(),
         )
-        self.server, self.health = build_server(max_message_bytes=max_message_bytes, authenticator=self.keys)
+        self.server, self.health = build_server(max_message_bytes=max_message_bytes, authenticator=self.keys, keepalive=keepalive)
         self.agent_streams = AgentStreams(reconciler=self.reconciler, keys=self.keys)
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
@@ -255,6 +262,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", default="", help="store URL (default: SQLite file in --data-dir; memory:// for tests)")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (fractions allowed)")
     p.add_argument("--node-timeout", type=float, default=30.0, help="seconds without an agent before its node is lost")
+    p.add_argument("--recovery-grace", type=float, default=None, metavar="S",
+                   help="after a restart, seconds a known node has to reconnect before it is lost "
+                        "(default: node timeout + 36 s, the longest agent reconnect backoff)")
+    p.add_argument("--keepalive-time", type=float, default=10.0, metavar="S", help="ping idle connections every S seconds")
+    p.add_argument("--keepalive-timeout", type=float, default=10.0, metavar="S", help="drop a connection whose ping is unanswered for S seconds")
+    p.add_argument("--keepalive-min-ping-interval", type=float, default=5.0, metavar="S",
+                   help="tolerate client pings down to S seconds apart; faster ones draw a GOAWAY after 2 strikes")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
     p.add_argument("--default-auto-stop", type=_auto_stop_hours, default=0, metavar="HOURS",
                    help="auto stop of new deployments that set none: 1 to 24 whole hours (e.g. 2 or 2h); "
@@ -285,6 +299,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-deployments-per-user must be >= 0")
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
         p.error("--node-timeout must exceed --heartbeat-interval, and both must be positive")
+    if args.recovery_grace is not None and args.recovery_grace < 0:
+        p.error("--recovery-grace must be >= 0")
+    if min(args.keepalive_time, args.keepalive_timeout, args.keepalive_min_ping_interval) <= 0:
+        p.error("--keepalive-time, --keepalive-timeout and --keepalive-min-ping-interval must be positive")
     if args.auth == "off" and not is_loopback(args.listen):
         p.error(f"--auth off is refused on a non-loopback address ({args.listen}): anyone who can reach it could "
                 "control the fleet; keep authentication on, or listen on 127.0.0.1")
@@ -314,6 +332,12 @@ async def _serve(args: argparse.Namespace) -> None:
             tls_key=args.tls_key,
             tls_client_ca=args.tls_client_ca,
             worker_tls_ca=args.worker_tls_ca,
+        ),
+        recovery_grace=args.recovery_grace,
+        keepalive=Keepalive(
+            time_s=args.keepalive_time,
+            timeout_s=args.keepalive_timeout,
+            min_ping_interval_s=args.keepalive_min_ping_interval,
         ),
     )
     plane.reconciler.full_every = args.full_reconcile_every

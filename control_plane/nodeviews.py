@@ -35,6 +35,7 @@ class NodeViews:
         self._store = store
         self._fleet = fleet
         self._views: dict[str, scheduler.NodeView] | None = None
+        self._cordoned: set[str] = set()  # nodes drained by an operator (record.schedulable false)
         self._fingerprint: int | None = None
         self.epoch = 0
 
@@ -56,6 +57,11 @@ class NodeViews:
             self.epoch += 1
         return views
 
+    def cordoned(self) -> frozenset[str]:
+        """Nodes whose record is not schedulable (drained), as of the views."""
+        self.get()
+        return frozenset(self._cordoned)
+
     def invalidate(self) -> None:
         """Anything may have changed (e.g. liveness): rebuild on next use."""
         self._views = None
@@ -69,7 +75,12 @@ class NodeViews:
         node = self._store.get_node(node_id)
         if node is None:
             self._views.pop(node_id, None)
+            self._cordoned.discard(node_id)
             return
+        if node.schedulable:
+            self._cordoned.discard(node_id)
+        else:
+            self._cordoned.add(node_id)
         used: dict[str, list[float]] = {}
         for alloc in self._store.list_allocations(node_id=node_id):
             _add_usage(used, alloc)
@@ -79,7 +90,9 @@ class NodeViews:
         used: dict[str, list[float]] = {}
         for alloc in self._store.list_allocations():
             _add_usage(used, alloc)
-        return {node.info.node_id: self._view(node, used) for node in self._store.list_nodes()}
+        nodes = self._store.list_nodes()
+        self._cordoned = {n.info.node_id for n in nodes if not n.schedulable}
+        return {node.info.node_id: self._view(node, used) for node in nodes}
 
     def _view(self, node: records_pb2.NodeRecord, used: dict[str, list[float]]) -> scheduler.NodeView:
         node_id = node.info.node_id
@@ -104,7 +117,9 @@ def _add_usage(used: dict[str, list[float]], alloc: records_pb2.AllocationRecord
     """Count what alloc holds on its node, by its own spec (old allocations of a
     rolling update included): used[node] = [cpus, memory, gpus]."""
     if alloc.routing_state == common_pb2.ROUTING_STATE_FAILED:
-        return  # a failed worker holds nothing
+        return  # a failed worker holds nothing (and is not restarted)
+    if alloc.desired == records_pb2.DESIRED_STATE_STOPPED and alloc.routing_state == common_pb2.ROUTING_STATE_STOPPED:
+        return  # stopped for good (a wanted one that stopped is started again: still counted)
     demand = scheduler.demand_of_allocation(alloc.spec)
     u = used.setdefault(alloc.node_id, [0.0, 0, 0])
     u[0] += demand.cpus

@@ -53,6 +53,7 @@ def preview(
     progress: list[rollout.Progress] = []
     waits: list[str] = []
     names = {v.name for v in rec.spec.variants}
+    cordoned = {n.info.node_id for n in reconciler.store.list_nodes() if not n.schedulable}
     for variant in rec.spec.variants:
         model = reconciler.model_for(variant)
         if model is None:
@@ -65,7 +66,7 @@ def preview(
                 allocation_id=a.allocation_id,
                 node_id=a.node_id,
                 routing_state=a.routing_state,
-                fresh=rollout.is_fresh(a.spec, template),
+                fresh=rollout.is_fresh(a.spec, template) and a.node_id not in cordoned,  # drained: replaced
                 lost=reconciler.fleet.state(a.node_id) == Liveness.LOST,
             )
             for a in running

@@ -18,6 +18,12 @@ per node, move through:
     desired STOPPED (STOPPING) -> deleted once the agent, having applied a
         generation without it, no longer reports it, or the node is lost.
 
+A LOST node's routes become FAILED "node lost" (STOPPED ones, from a
+graceful shutdown, stay STOPPED); fixed-instance variants are placed
+elsewhere and the lost copy leaves the desired set (fenced by generation).
+A drained (cordoned) node's allocations count as stale, so the rolling
+update rules replace them make-before-break.
+
 An allocation never changes what it runs: an update that changes a
 variant's worker settings creates new allocations (new ids) and stops the
 old ones once the new ones are STARTED (make-before-break, see
@@ -233,6 +239,7 @@ class Reconciler:
             views = self.views.get()
             wanted = set(deployment_ids or ())
             records = [r for r in map(self.store.get_deployment, sorted(wanted)) if r is not None]
+        cordoned = self.views.cordoned()
         dirty_nodes: set[str] = set()
         notify: list[str] = []
         # One commit for the tick, and only then is anything pushed (intent is durable before
@@ -242,7 +249,7 @@ class Reconciler:
             for rec in records:
                 mine: set[str] = set()
                 try:
-                    self._reconcile_deployment(rec, views, mine)
+                    self._reconcile_deployment(rec, views, mine, cordoned=cordoned)
                 except Exception:  # one bad deployment must not stop the others
                     log.exception("reconcile of deployment %s failed", rec.deployment_id)
                 if mine:
@@ -278,6 +285,8 @@ class Reconciler:
         rec: records_pb2.DeploymentRecord,
         views: dict[str, scheduler.NodeView],
         dirty_nodes: set[str],
+        *,
+        cordoned: frozenset[str] = frozenset(),
     ) -> None:
         self._auto_stop_at.pop(rec.deployment_id, None)
         self._auto_stop(rec)
@@ -297,7 +306,7 @@ class Reconciler:
             else:
                 progress: list[rollout.Progress] = []
                 for variant in rec.spec.variants:
-                    plan, prog = self._place_variant(rec, variant, allocs, views, dirty_nodes)
+                    plan, prog = self._place_variant(rec, variant, allocs, views, dirty_nodes, cordoned=cordoned)
                     progress.append(prog)
                     if plan is not None and plan.rollout:
                         reasons.append(plan.rollout)
@@ -322,6 +331,8 @@ class Reconciler:
         allocs: list[records_pb2.AllocationRecord],
         views: dict[str, scheduler.NodeView],
         dirty_nodes: set[str],
+        *,
+        cordoned: frozenset[str] = frozenset(),
     ) -> tuple[rollout.VariantPlan | None, rollout.Progress]:
         model = self.model_for(variant)
         if model is None:
@@ -330,16 +341,20 @@ class Reconciler:
         mine = [a for a in allocs if a.variant == variant.name]
         key = (rec.deployment_id, variant.name)
         lost = {a.node_id for a in mine if self.fleet.state(a.node_id) == Liveness.LOST}
-        inputs = (rec.revision, tuple((a.allocation_id, a.node_id, a.desired, a.routing_state, a.node_id in lost) for a in mine))
+        inputs = (rec.revision, tuple(
+            (a.allocation_id, a.node_id, a.desired, a.routing_state, a.node_id in lost, a.node_id in cordoned) for a in mine
+        ))  # fmt: skip
         done = self._planned.get(key)
-        if done is not None and done.inputs == inputs and (not _is_open(variant, done.plan) or done.epoch == self.views.epoch):
-            if _is_open(variant, done.plan):
+        if done is not None and done.inputs == inputs and (not done.waiting or done.epoch == self.views.epoch):
+            if done.waiting:
                 self._open.add(rec.deployment_id)
             return done.plan, done.progress  # nothing it depends on changed (see the module docstring)
         template = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model)
         demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
         running = [a for a in mine if a.desired == RUNNING]
-        members = [_member(a, fresh=rollout.is_fresh(a.spec, template), lost=self.fleet.state(a.node_id) == Liveness.LOST) for a in running]
+        # on a drained (cordoned) node an allocation is stale: replaced make-before-break like an old spec
+        up_to_date = {a.allocation_id for a in running if rollout.is_fresh(a.spec, template) and a.node_id not in cordoned}
+        members = [_member(a, fresh=a.allocation_id in up_to_date, lost=self.fleet.state(a.node_id) == Liveness.LOST) for a in running]
         draining = [
             a for a in mine
             if a.desired == STOPPED and a.routing_state != RS.ROUTING_STATE_FAILED
@@ -369,10 +384,13 @@ class Reconciler:
         for alloc, member in zip(running, members):
             reason = plan.stop.get(alloc.allocation_id)
             if reason is not None:
+                if alloc.node_id in cordoned and not member.lost:
+                    reason = "node drained; moved to another node"
                 self._stop_allocation(alloc, dirty_nodes, reason=reason)
             elif member.lost and alloc.node_id not in targets:
                 before = alloc.routing_state
-                changed = _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
+                graceful = alloc.routing_state == RS.ROUTING_STATE_STOPPED  # it said so: it stays STOPPED
+                changed = not graceful and _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
                 if variant.instances > 0 or not member.fresh:
                     # replaced elsewhere; the lost node stops it when it returns
                     alloc.desired = STOPPED
@@ -389,10 +407,12 @@ class Reconciler:
                 if not m.fresh and not m.lost and m.routing_state == RS.ROUTING_STATE_STARTED and m.allocation_id not in plan.stop
             ),
         )  # fmt: skip
-        if _is_open(variant, plan):
+        # waiting: it may take more nodes, or a rolling update or drain waits for capacity
+        waiting = _is_open(variant, plan) or bool(plan.rollout) or len(up_to_date) < len(running)
+        if waiting:
             self._open.add(rec.deployment_id)
         if not plan.start_on and not plan.stop and not lost:
-            self._planned[key] = _Planned(inputs, plan, progress, self.views.epoch)
+            self._planned[key] = _Planned(inputs, plan, progress, self.views.epoch, waiting)
         else:
             self._planned.pop(key, None)  # it acted: plan again next time
         return plan, progress
@@ -600,10 +620,11 @@ class Reconciler:
 class _Planned(NamedTuple):
     """A plan that changed nothing, and what it was computed from."""
 
-    inputs: object  # the revision and (id, node, desired, routing state, lost) of each allocation
+    inputs: object  # the revision and (id, node, desired, routing state, lost, cordoned) of each allocation
     plan: rollout.VariantPlan
     progress: rollout.Progress
-    epoch: int  # the node views' epoch (open variants are planned again when it moves)
+    epoch: int  # the node views' epoch (waiting variants are planned again when it moves)
+    waiting: bool  # open, or a rolling update or drain waits for capacity
 
 
 def _is_open(variant: deployments_pb2.VariantSpec, plan: rollout.VariantPlan) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -140,15 +141,33 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         return handler
 
 
-def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+@dataclass(frozen=True)
+class Keepalive:
+    """HTTP/2 keepalive of the control plane's connections (RELIABILITY.md
+    defaults): it pings every `time_s` and drops a connection whose ping is
+    not answered within `timeout_s`, so a vanished agent's stream ends even
+    when no packet says so; it tolerates client pings down to
+    `min_ping_interval_s` apart (agents ping every 10 s) and sends GOAWAY
+    after `max_ping_strikes` pings that come faster."""
+
+    time_s: float = 10.0
+    timeout_s: float = 10.0
+    min_ping_interval_s: float = 5.0
+    max_ping_strikes: int = 2
+
+
+def server_options(max_message_bytes: int, keepalive: Keepalive | None = None) -> list[tuple[str, int]]:
+    ka = keepalive or Keepalive()
     return [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
-        # agents ping every 10 s; tolerate pings down to 5 s, 2 strikes
-        ("grpc.http2.min_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
-        ("grpc.http2.max_ping_strikes", 2),
+        ("grpc.keepalive_time_ms", int(ka.time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(ka.timeout_s * 1000)),
         ("grpc.keepalive_permit_without_calls", 1),
+        # gRPC core's GRPC_ARG_HTTP2_MIN_RECV_PING_INTERVAL_WITHOUT_DATA_MS: the fastest
+        # client pings a server tolerates (the name says "min_ping", not "min_recv_ping")
+        ("grpc.http2.min_ping_interval_without_data_ms", int(ka.min_ping_interval_s * 1000)),
+        ("grpc.http2.max_ping_strikes", ka.max_ping_strikes),
         ("grpc.so_reuseport", 0),
     ]
 
@@ -177,7 +196,7 @@ def _read(path: str) -> bytes:
 
 
 def build_server(
-    *, max_message_bytes: int, authenticator: Authenticator | None = None
+    *, max_message_bytes: int, authenticator: Authenticator | None = None, keepalive: Keepalive | None = None
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with every interceptor; authenticator None = authentication off.
 
@@ -186,7 +205,7 @@ def build_server(
     """
     server = grpc.aio.server(
         interceptors=[ErrorMappingInterceptor(), AccessInterceptor(authenticator)],
-        options=server_options(max_message_bytes),
+        options=server_options(max_message_bytes, keepalive),
     )
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

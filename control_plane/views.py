@@ -76,6 +76,7 @@ def allocation_view(
 def _fill_routing_table(
     out: deployments_pb2.Allocation, allocs: Sequence[records_pb2.AllocationRecord], *, reconciler: Reconciler
 ) -> None:
+    cordoned = {n.info.node_id for n in reconciler.store.list_nodes() if not n.schedulable} if allocs else set()
     for alloc in allocs:  # later ones win on the same node
         entry = out.routing_table[alloc.node_id]
         entry.Clear()
@@ -83,6 +84,8 @@ def _fill_routing_table(
         entry.reason = alloc.reason
         if alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and reconciler.fleet.state(alloc.node_id) != Liveness.READY:
             entry.reason = "node is not responding; not routed to"
+        elif alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and alloc.desired == RUNNING and alloc.node_id in cordoned:
+            entry.reason = "node drained; serving until a replacement has started"
         entry.allocation_id = alloc.allocation_id
         entry.worker_address = alloc.worker_address
         if alloc.HasField("start_time"):

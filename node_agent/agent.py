@@ -66,13 +66,25 @@ REPORT_COALESCE = 0.05  # seconds a report waits for more changes to join it
 DEFAULT_HEARTBEAT = 5.0
 HEARTBEAT_JITTER = 0.10
 STATS_TIMEOUT = 1.0  # at most, per heartbeat
-KEEPALIVE_OPTIONS: list[tuple[str, int]] = [
-    ("grpc.keepalive_time_ms", 10_000),
-    ("grpc.keepalive_timeout_ms", 10_000),
-    ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.http2.max_pings_without_data", 0),
-]
-DOWNLOAD_OPTIONS: list[tuple[str, int]] = [*KEEPALIVE_OPTIONS, ("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+KEEPALIVE_TIME = 10.0  # RELIABILITY.md: keepalive on the agent stream, 10 s time, 10 s timeout
+KEEPALIVE_TIMEOUT = 10.0
+MAX_DOWNLOAD_MESSAGE = 64 * 1024 * 1024
+
+
+def keepalive_options(time_s: float = KEEPALIVE_TIME, timeout_s: float = KEEPALIVE_TIMEOUT) -> list[tuple[str, int]]:
+    """Channel options: ping every time_s even without calls, give up after timeout_s.
+
+    The control plane tolerates pings down to 5 s apart (2 strikes), so the
+    10 s default never draws a GOAWAY."""
+    return [
+        ("grpc.keepalive_time_ms", int(time_s * 1000)),
+        ("grpc.keepalive_timeout_ms", int(timeout_s * 1000)),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+KEEPALIVE_OPTIONS = keepalive_options()
 # Codes for which a download retry cannot help.
 _PERMANENT_DOWNLOAD_CODES = frozenset(
     {
@@ -138,8 +150,9 @@ class ModelCache:
     once however many allocations need it.
     """
 
-    def __init__(self, *, link: ControlPlaneLink, models_dir: Path) -> None:
+    def __init__(self, *, link: ControlPlaneLink, models_dir: Path, options: list[tuple[str, int]] | None = None) -> None:
         self._link = link
+        self._options = [*(options or KEEPALIVE_OPTIONS), ("grpc.max_receive_message_length", MAX_DOWNLOAD_MESSAGE)]
         self._dir = models_dir
         self._tmp = models_dir / "tmp"
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -171,7 +184,7 @@ class ModelCache:
         started = time.monotonic()
         log.info("downloading model %s version %d (%s)", spec.model_id, spec.model_version, sha)
         try:
-            async with self._link.channel(DOWNLOAD_OPTIONS) as channel:
+            async with self._link.channel(self._options) as channel:
                 stub = models_pb2_grpc.ModelRegistryStub(channel)
                 request = models_pb2.DownloadModelRequest(model_id=spec.model_id, version=spec.model_version)
                 with open(part, "wb") as out:
@@ -213,6 +226,12 @@ class AgentConfig:
     @property
     def link(self) -> ControlPlaneLink:
         return ControlPlaneLink(self.control_plane, self.credentials, self.token, self.token_file)
+    keepalive_time: float = KEEPALIVE_TIME
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT
+
+    @property
+    def channel_options(self) -> list[tuple[str, int]]:
+        return keepalive_options(self.keepalive_time, self.keepalive_timeout)
 
 
 class Agent:
@@ -221,7 +240,7 @@ class Agent:
     def __init__(self, config: AgentConfig) -> None:
         self._config = config
         self._link = config.link
-        self.models = ModelCache(link=self._link, models_dir=config.data_dir / "models")
+        self.models = ModelCache(link=self._link, models_dir=config.data_dir / "models", options=config.channel_options)
         self.allocations = Allocations(
             config=config.supervisor, fetch_model=self.models.fetch, on_change=self._mark_dirty
         )
@@ -304,7 +323,7 @@ class Agent:
 
     async def _session(self) -> None:
         """One stream, from register to its end (an RPC error ends it too)."""
-        async with self._link.channel(KEEPALIVE_OPTIONS) as channel:
+        async with self._link.channel(self._config.channel_options) as channel:
             call = agent_pb2_grpc.AgentControlStub(channel).Connect(metadata=self._link.metadata())
             reports = self._take_reports()
             await call.write(

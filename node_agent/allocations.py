@@ -10,7 +10,11 @@ restarted, and a FAILED one stays FAILED (no retry loop through
 re-assignment). An allocation wanted again while it is still STOPPING is
 started afresh once it is STOPPED. A STOPPED handle stays in the list until
 ``forget_reported()`` confirms a report carried it, so the control plane sees
-STOPPED once and then absence.
+STOPPED once and then absence. A worker that stopped on its own (someone
+sent it SIGTERM: it drained and exited 0) while its allocation is still in
+the applied desired set is started again ``restart_backoff[0]`` after a
+report carried its STOPPED (or after ``UNREPORTED_RESTART_S`` with no
+stream): the control plane sees STOPPING, STOPPED, then STARTING and STARTED.
 
 Adoption (``adopt_existing``, once at agent start): every
 ``DIR/workers/<id>.json`` left by a previous agent names a worker pid and
@@ -53,6 +57,7 @@ from node_agent.supervisor import AdoptedWorker, ModelFetcher, SupervisorConfig,
 log = logging.getLogger(__name__)
 
 ADOPT_HEALTH_TIMEOUT = 2.0
+UNREPORTED_RESTART_S = 5.0  # a self-stopped worker is started again after this even with no stream to report on
 
 
 def gpu_devices(count: int, visible: str | None) -> tuple[str, ...]:
@@ -75,6 +80,7 @@ class Allocations:
         self._notify = on_change
         self._handles: dict[str, WorkerHandle] = {}
         self._pending: dict[str, agent_pb2.AllocationSpec] = {}  # wanted again while STOPPING
+        self._wanted: dict[str, agent_pb2.AllocationSpec] = {}  # the last applied desired set
         self._closing = False
 
     @property
@@ -85,7 +91,24 @@ class Allocations:
         aid = handle.allocation_id
         if handle.state is WorkerState.STOPPED and aid in self._pending and self._handles.get(aid) is handle:
             asyncio.get_running_loop().call_soon(self._start, self._pending.pop(aid))
+        elif handle.state is WorkerState.STOPPED and not handle.stop_requested and aid in self._wanted:
+            # started again once a report carried STOPPED (forget_reported), or without a stream after a while
+            log.info("allocation %s: its worker stopped on its own; it is started again once that is reported", aid)
+            fallback = max(UNREPORTED_RESTART_S, self._restart_delay)
+            asyncio.get_running_loop().call_later(fallback, self._restart_stopped, handle)
         self._notify()
+
+    @property
+    def _restart_delay(self) -> float:
+        return self._config.restart_backoff[0] if self._config.restart_backoff else 1.0
+
+    def _restart_stopped(self, handle: WorkerHandle) -> None:
+        """Start a still-wanted allocation whose worker was stopped outside the agent."""
+        aid = handle.allocation_id
+        current = self._handles.get(aid)
+        if self._closing or aid not in self._wanted or current not in (None, handle):
+            return  # shutting down, no longer wanted, or already started again by an assignment
+        self._start(self._wanted[aid])
 
     def _gpus_for(self, spec: agent_pb2.AllocationSpec) -> tuple[tuple[str, ...], str]:
         """(device ids, problem): the first free devices for spec, or why there are not enough."""
@@ -121,6 +144,7 @@ class Allocations:
         if self._closing:
             return
         wanted = {spec.allocation_id: spec for spec in specs}
+        self._wanted = dict(wanted)
         for aid, handle in list(self._handles.items()):
             if aid not in wanted:
                 self._pending.pop(aid, None)
@@ -143,6 +167,8 @@ class Allocations:
             handle = self._handles.get(rep.allocation_id)
             if rep.routing_state == common_pb2.ROUTING_STATE_STOPPED and handle and handle.state is WorkerState.STOPPED:
                 del self._handles[rep.allocation_id]
+                if not handle.stop_requested and rep.allocation_id in self._wanted:
+                    asyncio.get_running_loop().call_later(self._restart_delay, self._restart_stopped, handle)
 
     async def stats(self, *, timeout: float) -> list[agent_pb2.AllocationStats]:
         """Statistics of every STARTED worker that answers within timeout."""

@@ -46,7 +46,7 @@ from pathlib import Path
 from modelfleet.v1 import agent_pb2, common_pb2
 import grpc
 
-from node_agent.agent import Agent, AgentConfig
+from node_agent.agent import KEEPALIVE_TIME, KEEPALIVE_TIMEOUT, Agent, AgentConfig
 from node_agent.allocations import gpu_devices
 from node_agent.supervisor import SupervisorConfig
 from node_agent.worker_security import WorkerSecurity, read_pem
@@ -136,6 +136,23 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be a number > 0")
+    return value
+
+
+def _backoff_list(text: str) -> tuple[float, ...]:
+    try:
+        delays = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds separated by commas, e.g. 1,2,4") from None
+    if any(not d >= 0 for d in delays):
+        raise argparse.ArgumentTypeError(f"{text!r}: delays must be >= 0")
+    return delays
+
+
 def _non_negative_int(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -155,6 +172,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-host", default="127.0.0.1", help="address inference workers bind (default 127.0.0.1)")
     p.add_argument("--drain-timeout", type=_non_negative_float, default=30.0, metavar="S",
                    help="seconds a stopping worker may drain before SIGKILL (default 30)")  # fmt: skip
+    p.add_argument("--restart-backoff", type=_backoff_list, default=(1.0, 2.0, 4.0), metavar="S,S,...",
+                   help="seconds before each restart of a crashed worker; their number is the restart budget "
+                        "(default 1,2,4: 3 restarts, then FAILED)")  # fmt: skip
+    p.add_argument("--restart-reset-after", type=_non_negative_float, default=600.0, metavar="S",
+                   help="a worker serving this long gets its full restart budget back (default 600)")  # fmt: skip
+    p.add_argument("--keepalive-time", type=_positive_float, default=KEEPALIVE_TIME, metavar="S",
+                   help="ping the control plane every S seconds (default 10)")  # fmt: skip
+    p.add_argument("--keepalive-timeout", type=_positive_float, default=KEEPALIVE_TIMEOUT, metavar="S",
+                   help="reconnect when a ping is unanswered for S seconds (default 10)")  # fmt: skip
     p.add_argument("--metrics-port", type=int, default=-1, metavar="PORT",
                    help="serve Prometheus /metrics (with every worker's) on PORT; 0 = any free port, written to "
                         "DIR/metrics_endpoint; default off")  # fmt: skip
@@ -284,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             data_dir=data_dir,
             worker_host=args.worker_host,
             drain_timeout=args.drain_timeout,
+            restart_backoff=args.restart_backoff,
+            restart_reset_after=args.restart_reset_after,
             gpu_devices=gpu_devices(node.capacity.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")),
             security=security,
             worker_metrics=args.metrics_port >= 0,
@@ -291,6 +319,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials=channel_credentials(args),
         token=os.environ.get("MODELFLEET_TOKEN", ""),
         token_file=args.token_file.resolve() if args.token_file else None,
+        keepalive_time=args.keepalive_time,
+        keepalive_timeout=args.keepalive_timeout,
     )
     if config.token_file is None and not config.token:
         log.warning("no API key (--token-file or MODELFLEET_TOKEN): a control plane with authentication on refuses this agent")

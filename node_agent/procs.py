@@ -8,7 +8,8 @@ status and no zombie is left), and workers adopted from a previous agent,
 which are not our children: their exit can only be observed by polling, and
 a zombie of theirs (waiting for init to reap it) counts as gone.
 :class:`WorkerProcess` hides the difference. Health is the standard
-``grpc.health.v1`` Check of the whole server (service "").
+``grpc.health.v1`` Check of the whole server (service ""), and its Watch
+stream tells the moment a worker starts draining.
 
 Concurrency model
 -----------------
@@ -117,3 +118,19 @@ async def probe_health(
     """check_health over a throwaway channel (made by `channel`: plaintext or TLS)."""
     async with channel(address) as opened:
         return await check_health(opened, timeout=timeout)
+
+
+async def wait_not_serving(channel: grpc.aio.Channel) -> bool:
+    """Watch the whole server's health; True once it reports NOT_SERVING (a
+    worker does the moment it starts to drain). False when the stream ends
+    first (the worker went away, or it does not serve Watch)."""
+    call = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest())
+    try:
+        async for reply in call:
+            if reply.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+                return True
+    except grpc.aio.AioRpcError:
+        return False
+    finally:
+        call.cancel()
+    return False

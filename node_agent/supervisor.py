@@ -19,7 +19,14 @@ Any other exit, and ``health_failures`` failed health checks in a row, is a
 crash: the worker is restarted after ``restart_backoff[i]`` (RESTARTING,
 reported as STARTING) until the backoff list is spent, then FAILED with the
 exit summary and the last stderr lines. The crash budget refills after
-``restart_reset_after`` seconds of uninterrupted service.
+``restart_reset_after`` seconds of uninterrupted service (node_agent.exits
+classifies exits).
+
+A worker that someone else sends SIGTERM drains: it turns its health
+NOT_SERVING at once, which a ``Health.Watch`` stream tells the handle, so the
+route is STOPPING (the gateway stops routing) while queued calls finish; its
+clean exit (code 0) is then STOPPED, not a crash. Whether to run it again
+is the caller's decision (node_agent.allocations restarts a wanted one).
 
 While a process exists it is described in ``DIR/workers/<id>.json`` (spec,
 pid, port, started_at, log offset; mode 0600, as the spec holds the worker
@@ -64,16 +71,21 @@ import grpc
 from google.protobuf import json_format
 
 from modelfleet.v1 import agent_pb2, common_pb2, worker_pb2, worker_pb2_grpc
-from node_agent.procs import WorkerProcess, advertised_address, check_health, connect_address, kill, pid_alive
+from node_agent.exits import MAX_REASON_CHARS, Exit, exit_outcome
+from node_agent.procs import (
+    WorkerProcess,
+    advertised_address,
+    check_health,
+    connect_address,
+    kill,
+    pid_alive,
+    wait_not_serving,
+)
 from node_agent.worker_security import WorkerSecurity, batching_flags, declared_specs, token_metadata, write_private
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-EXIT_BAD_ARGUMENTS = 2
-EXIT_LOAD_ERROR = 3
-STDERR_TAIL_LINES = 20
-MAX_REASON_CHARS = 2000
 MAX_LOG_BYTES = 10 * 1024 * 1024
 _ALLOCATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])  # the directory that holds node_agent/
@@ -153,21 +165,6 @@ class SupervisorConfig:
 
 
 @dataclass(frozen=True)
-class _Exit:
-    """How one worker process ended."""
-
-    summary: str = ""
-    stderr: str = ""
-    permanent: bool = False
-    stopped: bool = False  # ended by our stop request
-    uptime: float = 0.0
-
-    @property
-    def reason(self) -> str:
-        return f"{self.summary}; stderr: {self.stderr}" if self.stderr else self.summary
-
-
-@dataclass(frozen=True)
 class AdoptedWorker:
     """A running worker found at start-up, described by its state file."""
 
@@ -210,6 +207,7 @@ class WorkerHandle:
         self.spawns = 0
         self._log_offset = adopted.log_offset if adopted else 0
         self._stop = asyncio.Event()
+        self._stopped_reason = "stopped"  # the STOPPED reason once the process is gone
         self._hold: asyncio.Event | None = None  # see stop()
         self._channel: grpc.aio.Channel | None = None
         self._task: asyncio.Task[None] | None = None
@@ -241,10 +239,16 @@ class WorkerHandle:
             return
         self._hold = hold
         self._stop.set()
+        self._stopped_reason = "stopped"
         if self.state is WorkerState.FAILED:
             self._transition(WorkerState.STOPPED, self.reason)
-        else:
+        elif self.state is not WorkerState.STOPPING:  # it may be draining on its own already
             self._transition(WorkerState.STOPPING, "stopping")
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once stop() was called (False for a worker that stopped on its own)."""
+        return self._stop.is_set()
 
     async def wait(self) -> None:
         """Wait until the lifecycle task has ended (STOPPED or FAILED)."""
@@ -311,7 +315,7 @@ class WorkerHandle:
             self._fail(f"agent error: {exc!r}")
         self._process_gone()
         if self.state is WorkerState.STOPPING:
-            self._transition(WorkerState.STOPPED, "stopped")
+            self._transition(WorkerState.STOPPED, self._stopped_reason)
 
     async def _supervise(self) -> None:
         problem = self._check_spec()
@@ -330,7 +334,12 @@ class WorkerHandle:
                     return
                 outcome = await self._run_once(model)
             self._process_gone()
-            if outcome.stopped or self._stop.is_set():
+            if self._stop.is_set():
+                return
+            if outcome.stopped:  # a clean exit after someone else's SIGTERM: stopped, not crashed
+                self._stopped_reason = outcome.reason
+                if self.state is not WorkerState.STOPPING:
+                    self._transition(WorkerState.STOPPING, outcome.reason)
                 return
             if outcome.permanent:
                 self._fail(outcome.reason)
@@ -340,7 +349,7 @@ class WorkerHandle:
             backoff = self._config.restart_backoff
             if consecutive > len(backoff):
                 gave_up = f" (gave up after {len(backoff)} restarts)" if backoff else ""
-                self._fail(_Exit(outcome.summary + gave_up, outcome.stderr).reason)
+                self._fail(Exit(outcome.summary + gave_up, outcome.stderr).reason)
                 return
             delay = backoff[consecutive - 1]
             self.restarts += 1
@@ -431,7 +440,7 @@ class WorkerHandle:
         env["PYTHONUNBUFFERED"] = "1"  # keep stdout and stderr lines in order in the log
         return env
 
-    async def _run_once(self, model: Path) -> _Exit:
+    async def _run_once(self, model: Path) -> Exit:
         """Spawn one worker process, wait until it is ready, then serve until it ends."""
         self._config.workers_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
@@ -456,7 +465,7 @@ class WorkerHandle:
                     start_new_session=True,  # survives the agent; own process group to kill
                 )
             except OSError as exc:
-                return _Exit(f"cannot start worker: {exc}", permanent=True)
+                return Exit(f"cannot start worker: {exc}", permanent=True)
         proc = WorkerProcess(child.pid, child)
         self.pid, self.port, self.started_at = child.pid, 0, None
         self._write_state()
@@ -474,12 +483,12 @@ class WorkerHandle:
                 if time.monotonic() - spawned > self._config.start_timeout:
                     proc.signal(signal.SIGKILL, group=True)
                     await exit_task
-                    return _Exit(f"worker did not become ready within {self._config.start_timeout:g} s")
+                    return Exit(f"worker did not become ready within {self._config.start_timeout:g} s")
                 await asyncio.wait({exit_task}, timeout=0.05)
             if self._stop.is_set() and not exit_task.done():
                 await self._terminate(proc, exit_task)
-                return _Exit(stopped=True)
-            return self._exit_outcome(exit_task.result(), uptime=0.0)
+                return Exit(stopped=True)
+            return exit_outcome(exit_task.result(), log_file=self.log_file, log_offset=self._log_offset, uptime=0.0)
         finally:
             exit_task.cancel()
 
@@ -494,27 +503,47 @@ class WorkerHandle:
 
     async def _serve(
         self, proc: WorkerProcess, *, started: float, exit_task: asyncio.Future[int | None] | None = None
-    ) -> _Exit:
-        """Health-check a STARTED worker until it exits, fails its checks or is stopped."""
+    ) -> Exit:
+        """Health-check a STARTED worker until it exits, fails its checks or is stopped.
+
+        A Health.Watch stream reports the moment the worker starts draining on
+        its own (someone sent it SIGTERM): the route goes STOPPING and health
+        checks stop (a draining worker is NOT_SERVING by design)."""
         cfg = self._config
         if exit_task is None:
             exit_task = asyncio.ensure_future(proc.wait())
         stop_task = asyncio.ensure_future(self._stop.wait())
         self._channel = cfg.security.channel(connect_address(cfg.worker_host, self.port))
+        drain_task: asyncio.Future[bool] | None = asyncio.ensure_future(wait_not_serving(self._channel))
+        draining = False
         check: asyncio.Future[str | None] | None = None
         next_check, failures = time.monotonic() + cfg.health_interval, 0
         try:
             while True:
                 waiters: set[asyncio.Future[Any]] = {exit_task, stop_task}
-                if check is not None:
-                    waiters.add(check)
-                timeout = None if check else max(0.0, next_check - time.monotonic())
+                waiters |= {t for t in (check, drain_task) if t is not None}
+                timeout = None if check or draining else max(0.0, next_check - time.monotonic())
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if exit_task in done:
-                    return self._exit_outcome(exit_task.result(), uptime=time.monotonic() - started)
+                    return exit_outcome(
+                        exit_task.result(), log_file=self.log_file, log_offset=self._log_offset,
+                        uptime=time.monotonic() - started, draining=draining,
+                    )  # fmt: skip
                 if stop_task in done:
                     await self._terminate(proc, exit_task)
-                    return _Exit(stopped=True)
+                    return Exit(stopped=True)
+                if drain_task is not None and drain_task in done:
+                    seen = not drain_task.cancelled() and drain_task.exception() is None and drain_task.result()
+                    drain_task = None
+                    if seen and self.state is WorkerState.STARTED:
+                        draining = True
+                        if check is not None:
+                            check.cancel()
+                            check = None
+                        self._transition(WorkerState.STOPPING, "worker is draining: stopped outside the agent")
+                    continue
+                if draining:
+                    continue
                 if check is None:
                     check = asyncio.ensure_future(check_health(self._channel, timeout=cfg.health_timeout))
                     continue
@@ -528,12 +557,12 @@ class WorkerHandle:
                 if failures >= cfg.health_failures:
                     proc.signal(signal.SIGKILL, group=True)
                     await exit_task
-                    return _Exit(
+                    return Exit(
                         f"worker failed {failures} health checks in a row ({error})",
                         uptime=time.monotonic() - started,
                     )
         finally:
-            for task in (exit_task, stop_task, check):
+            for task in (exit_task, stop_task, check, drain_task):
                 if task is not None:
                     task.cancel()
             channel, self._channel = self._channel, None
@@ -549,36 +578,6 @@ class WorkerHandle:
             log.warning("allocation %s: worker %d did not exit after SIGTERM; killing it", self.allocation_id, proc.pid)
             proc.signal(signal.SIGKILL, group=True)
             await exit_task
-
-    def _exit_outcome(self, code: int | None, *, uptime: float) -> _Exit:
-        lines = self._stderr_tail()
-        stderr = " | ".join(lines)[-MAX_REASON_CHARS:]
-        if code == EXIT_LOAD_ERROR:
-            line = next((ln for ln in reversed(lines) if ln.startswith("load error")), "")
-            return _Exit(line or f"load error: {lines[-1] if lines else 'worker exited with code 3'}", permanent=True)
-        if code == EXIT_BAD_ARGUMENTS:
-            return _Exit("worker rejected its arguments (exit code 2)", stderr, permanent=True)
-        if code is None:
-            summary = "worker exited (adopted process; exit status unknown)"
-        elif code < 0:
-            try:
-                name = signal.Signals(-code).name
-            except ValueError:
-                name = str(-code)
-            summary = f"worker killed by signal {name}"
-        else:
-            summary = f"worker exited with code {code}"
-        return _Exit(summary, stderr, uptime=uptime)
-
-    def _stderr_tail(self) -> list[str]:
-        try:
-            with open(self.log_file, "rb") as fh:
-                size = fh.seek(0, os.SEEK_END)
-                fh.seek(max(self._log_offset if self._log_offset <= size else 0, size - 64 * 1024))
-                text = fh.read().decode(errors="replace")
-        except OSError:
-            return []
-        return [ln.strip() for ln in text.splitlines() if ln.strip()][-STDERR_TAIL_LINES:]
 
     def _write_state(self) -> None:
         """Describe the running process in DIR/workers/<id>.json (atomically) for adoption."""

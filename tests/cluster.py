@@ -78,6 +78,41 @@ def wait_until(predicate: Callable[[], T], *, timeout: float = 30.0, interval: f
         time.sleep(interval)
 
 
+def worker_processes(root: Path | None = None) -> dict[int, tuple[str, str]]:
+    """Live inference workers, from /proc: pid -> (deployment id, allocation id),
+    only those whose ready file lies under `root` when given."""
+    found: dict[int, tuple[str, str]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            status = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if b"node_agent.worker" not in args or b"--ready-file" not in args or status in ("Z", "X"):
+            continue
+        ready = Path(args[args.index(b"--ready-file") + 1].decode())
+        if root is not None and not ready.is_relative_to(root):
+            continue
+        name = args[args.index(b"--name") + 1].decode() if b"--name" in args else ""
+        found[int(entry.name)] = (name, ready.stem)
+    return found
+
+
+def kill_orphan_workers(root: Path) -> list[int]:
+    """SIGKILL every worker process group whose ready file lies under root."""
+    pids = sorted(worker_processes(root))
+    for pid in pids:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if pids:
+        wait_until(lambda: not worker_processes(root), timeout=10, what="orphan workers to die")
+    return pids
+
+
 class Proc:
     """One child process with its output in a log file."""
 
@@ -128,8 +163,12 @@ class Cluster:
         node_timeout: float = 1.0,
         auth: bool = True,
         credentials: grpc.ChannelCredentials | None = None,
+        recovery_grace: float = 10.0,
+        cp_args: Sequence[str] = (),
     ) -> None:
         self.root = root
+        self.recovery_grace = recovery_grace  # after a control-plane restart, time for agents to reconnect
+        self.cp_args = list(cp_args)  # extra flags of every control-plane start
         self.credentials = credentials  # TLS for the test's own channel (the control plane runs with --tls-*)
         self.heartbeat = heartbeat
         self.node_timeout = node_timeout
@@ -150,14 +189,18 @@ class Cluster:
             "control-plane",
             [sys.executable, "-m", "control_plane.main", "--listen", listen, "--data-dir", str(data),
              "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout),
-             *([] if self.auth else ["--auth", "off"]), *extra_args],
+             "--recovery-grace", str(self.recovery_grace),
+             *([] if self.auth else ["--auth", "off"]), *self.cp_args, *extra_args],
             log_path=self.root / "cp.log",
         )
+        previous, previous_token = self.addr, self.token
         self.addr = wait_until(lambda: self._read_endpoint(endpoint), timeout=30, what="the control plane's endpoint file")
         self.token = (data / "admin.key").read_text().strip() if self.auth else ""
-        if self.channel is not None:
-            self.channel.close()
-        self.channel = authed_channel(self.addr, self.token, credentials=self.credentials)
+        # a channel reconnects to the same address by itself: threads of a test may be using it
+        if self.channel is None or (self.addr, self.token) != (previous, previous_token):
+            if self.channel is not None:
+                self.channel.close()
+            self.channel = authed_channel(self.addr, self.token, credentials=self.credentials)
         return self.addr
 
     @property
@@ -204,7 +247,9 @@ class Cluster:
         labels: dict[str, str] | None = None,
         gpus: int | None = None,
         extra_args: Sequence[str] = (),
+        env: dict[str, str] | None = None,
     ) -> Proc:
+        """Start (or restart: the same data dir, so the same node id and key) agent `name`."""
         args = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
                 "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5", *extra_args]
         if gpus is not None:
@@ -213,7 +258,7 @@ class Cluster:
             args += ["--token-file", str(self.agent_token_file(name))]
         for key, value in (labels or {}).items():
             args += ["--label", f"{key}={value}"]
-        proc = Proc(name, args, log_path=self.root / f"{name}.log")
+        proc = Proc(name, args, log_path=self.root / f"{name}.log", env=env)
         self.agents[name] = proc
         return proc
 
@@ -221,7 +266,10 @@ class Cluster:
         path = self.root / name / "node_id"
         return wait_until(lambda: path.exists() and path.read_text().strip(), timeout=30, what=f"{name}'s node id")
 
-    def close(self) -> None:
+    def close(self) -> list[int]:
+        """Stop agents, then the control plane; kill any worker still running
+        from this cluster's data dirs (agents killed by a test leave theirs).
+        Returns the pids of the orphans it had to kill."""
         for channel in self.__dict__.get("_user_channels", {}).values():
             channel.close()
         for proc in self.agents.values():
@@ -230,6 +278,7 @@ class Cluster:
             self.cp.stop()
         if self.channel is not None:
             self.channel.close()
+        return kill_orphan_workers(self.root)
 
     # ---- clients ----------------------------------------------------------------------
     @property

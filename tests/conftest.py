@@ -19,3 +19,13 @@ def _no_tritonclient_in_process() -> None:
     assert "tritonclient" not in sys.modules, (
         "tritonclient was imported in the pytest process; use tests/tools/triton_call.py in a subprocess"
     )
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the reliability figures measured in this run (tests/figures.py)."""
+    figures = sys.modules.get("figures")
+    lines = figures.summary_lines() if figures is not None else []
+    if lines:
+        terminalreporter.section("measured reliability figures (machine: see docs/reliability.md)")
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -1,15 +1,21 @@
 """`modelfleet nodes list|get|drain|uncordon`: the fleet as the control plane sees it.
 
-Draining cordons a node (no new allocations are placed on it); uncordon
-makes it schedulable again.
+Draining cordons a node (nothing new is placed on it) and moves its
+allocations to other nodes make-before-break: each replacement reaches
+STARTED before the drained allocation stops (with nowhere to go, it keeps
+serving). `--wait` returns once the node holds no allocation. Uncordon makes
+it schedulable again; what moved away stays where it went.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
 from modelfleet.cli import render
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
+from modelfleet.cli.parsing import parse_duration
 from modelfleet.v1 import nodes_pb2
 
 
@@ -19,11 +25,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     nsub.add_parser("list", help="list nodes", parents=parents).set_defaults(func=list_nodes)
     for name, func, text in (
         ("get", get_node, "show one node"),
-        ("drain", drain_node, "cordon a node: place nothing new on it"),
+        ("drain", drain_node, "cordon a node and move its allocations elsewhere (make-before-break)"),
         ("uncordon", uncordon_node, "make a drained node schedulable again"),
     ):
         p = nsub.add_parser(name, help=text, parents=parents)
         p.add_argument("node_id", metavar="NODE_ID")
+        if name == "drain":
+            p.add_argument("--wait", action="store_true", help="return once the node holds no allocation")
+            p.add_argument("--timeout", type=parse_duration, default=300.0, metavar="DURATION",
+                           help="with --wait: give up after this long (default 5m)")  # fmt: skip
         p.set_defaults(func=func)
 
 
@@ -91,8 +101,17 @@ def get_node(args: argparse.Namespace, client: Client) -> int:
 
 
 def drain_node(args: argparse.Namespace, client: Client) -> int:
-    return _show(args, client.nodes.DrainNode(nodes_pb2.DrainNodeRequest(node_id=args.node_id),
-                                              timeout=DEFAULT_RPC_TIMEOUT))
+    node = client.nodes.DrainNode(nodes_pb2.DrainNodeRequest(node_id=args.node_id), timeout=DEFAULT_RPC_TIMEOUT)
+    if getattr(args, "wait", False):
+        deadline = time.monotonic() + args.timeout
+        while node.allocation_ids:
+            if time.monotonic() > deadline:
+                print(f"error: node {args.node_id} still holds {len(node.allocation_ids)} allocation(s) after "
+                      f"{args.timeout:g}s: {', '.join(node.allocation_ids)}", file=sys.stderr)  # fmt: skip
+                return 1
+            time.sleep(0.5)  # polling the node's state for the user
+            node = client.nodes.GetNode(nodes_pb2.GetNodeRequest(node_id=args.node_id), timeout=DEFAULT_RPC_TIMEOUT)
+    return _show(args, node)
 
 
 def uncordon_node(args: argparse.Namespace, client: Client) -> int:
