@@ -76,7 +76,7 @@ def allocation_view(
 def _fill_routing_table(
     out: deployments_pb2.Allocation, allocs: Sequence[records_pb2.AllocationRecord], *, reconciler: Reconciler
 ) -> None:
-    cordoned = {n.info.node_id for n in reconciler.store.list_nodes() if not n.schedulable} if allocs else set()
+    cordoned = reconciler.views.cordoned() if allocs else frozenset()  # cached: not a scan of every node per view
     for alloc in allocs:  # later ones win on the same node
         entry = out.routing_table[alloc.node_id]
         entry.Clear()
