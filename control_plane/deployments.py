@@ -201,7 +201,7 @@ class DeploymentService:
                 self._remember(req.request_id, digest, "StartDeployment", deployment_id.encode())
                 self.events.spec(deployment_id, revision=record.revision, reason=f"{what} by '{owner}': {_describe(spec)}")
             self.hub.notify(deployment_id)
-            self.reconciler.reconcile()
+            self.reconciler.reconcile([deployment_id])  # scoped: nothing else changed
         await self._wait(deployment_id, spec.wait_for, seconds(spec.timeout))
         deployment = self.get(deployment_id)
         return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment)
@@ -254,7 +254,7 @@ class DeploymentService:
                 self._remember(req.request_id, digest, "StopDeployment", rec.deployment_id.encode())
                 self.events.spec(rec.deployment_id, revision=rec.revision, reason="stopped by user")
             self.hub.notify(rec.deployment_id)
-            self.reconciler.reconcile()
+            self.reconciler.reconcile([rec.deployment_id])  # scoped: nothing else changed
         if req.wait:
             timeout = seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S
             await self._wait_stopped(rec.deployment_id, timeout)
@@ -308,7 +308,7 @@ class DeploymentService:
                     self.events.spec(rec.deployment_id, revision=new.revision, reason=f"updated {paths}: {_describe(spec)}")
                 self._remember(req.request_id, digest, "UpdateDeployment", rec.deployment_id.encode())
             self.hub.notify(rec.deployment_id)
-            self.reconciler.reconcile()
+            self.reconciler.reconcile([rec.deployment_id])  # scoped: nothing else changed
         if req.wait_for != deployments_pb2.WAIT_FOR_UNSPECIFIED:
             timeout = seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S
             await self._wait(rec.deployment_id, req.wait_for, timeout, settled=True)
@@ -327,9 +327,11 @@ class DeploymentService:
         return views.deployment_view(self._get_record(deployment_id), reconciler=self.reconciler)
 
     def list(self) -> deployments_pb2.ListDeploymentsResponse:
-        return deployments_pb2.ListDeploymentsResponse(
-            deployments=[views.deployment_view(r, reconciler=self.reconciler) for r in self.store.list_deployments()]
-        )
+        # one view at a time into the response: building them all first doubled the peak memory
+        out = deployments_pb2.ListDeploymentsResponse()
+        for rec in self.store.list_deployments():
+            out.deployments.append(views.deployment_view(rec, reconciler=self.reconciler))
+        return out
 
     def stats(self, deployment_id: str) -> deployments_pb2.GetDeploymentStatsResponse:
         return views.stats_view(self._get_record(deployment_id), reconciler=self.reconciler, gateway_stats=self.gateway_stats)

@@ -104,6 +104,7 @@ class Fleet:
         self.node_timeout = node_timeout
         self._clock = clock
         self._nodes: dict[str, NodeLive] = {}
+        self.version = 0  # grows on every liveness transition (the reconciler's periodic tick watches it)
 
     # ---- lifecycle ------------------------------------------------------------
     def _transition(self, node_id: str, new: Liveness) -> bool:
@@ -114,6 +115,7 @@ class Fleet:
             raise ValueError(f"node {node_id}: invalid liveness transition {live.state.value} -> {new.value}")
         live.state = new
         live.since = self._clock()
+        self.version += 1
         return True
 
     def recover(self, node_ids: Iterable[str], *, grace: float | None = None) -> None:

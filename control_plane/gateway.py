@@ -32,7 +32,12 @@ counters. Channels to workers that left the routing table are closed by
 `prune_channels` (called by the control plane's reconcile loop).
 
 Event-loop only. The routing table is the reconciler's `routes`, rebuilt
-after every tick.
+after every tick. Deployment records are read from the store once and then
+kept with the change hub's version of that deployment: every change of a
+deployment's spec (start, update, stop, delete) notifies the hub, so the
+data path reads the store only after a change. For /metrics, `calls` counts
+every call by (deployment, final gRPC status) and `limited` the traffic
+limit's refusals.
 """
 
 from __future__ import annotations
@@ -42,7 +47,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 
@@ -57,6 +62,7 @@ log = logging.getLogger(__name__)
 SERVICE = "inference.GRPCInferenceService"
 _PLATFORMS = {1: "onnxruntime_onnx", 2: "pytorch_libtorch"}
 _IDENTITY: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
+UNKNOWN_DEPLOYMENT = "(unknown)"
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -209,6 +215,10 @@ class Gateway:
         self._inflight_by_address: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
         self.stats = stats or GatewayStats()
+        self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.limited: collections.Counter[str] = collections.Counter()
+        # deployment_id -> (hub version when read, the record); see the module docstring
+        self._records: dict[str, tuple[int, records_pb2.DeploymentRecord]] = {}
 
     async def close(self) -> None:
         for channel, _ in self._channels.values():
@@ -217,11 +227,20 @@ class Gateway:
 
     # ---- routing -------------------------------------------------------------------
     def _record(self, name: str) -> records_pb2.DeploymentRecord:
+        """The deployment's record, from the cache while the hub saw no change of it.
+
+        Callers must not mutate it (it is shared between calls)."""
         if not name:
             raise errors.InvalidArgument("model_name is required: the deployment id")
+        version = self.reconciler.hub.version(name)
+        cached = self._records.get(name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
         rec = self.store.get_deployment(name)
         if rec is None:
+            self._records.pop(name, None)
             raise errors.NotFound(f"deployment '{name}' not found")
+        self._records[name] = (version, rec)
         return rec
 
     def _limit(self, rec: records_pb2.DeploymentRecord) -> None:
@@ -240,13 +259,15 @@ class Gateway:
             )
 
     def pick(self, rec: records_pb2.DeploymentRecord, version: str, *, exclude: frozenset[str] = frozenset()) -> Route:
-        routes = [r for r in self.reconciler.routes.get(rec.deployment_id, []) if r.allocation_id not in exclude]
+        routes: Sequence[Route] = self.reconciler.routes.get(rec.deployment_id, ())
+        if exclude:
+            routes = [r for r in routes if r.allocation_id not in exclude]
         if version:
             names = {v.name for v in rec.spec.variants}
             if version not in names:
                 raise errors.NotFound(f"deployment '{rec.deployment_id}' has no variant '{version}' (variants: {', '.join(sorted(names))})")
             routes = [r for r in routes if r.variant == version]
-        else:
+        elif len(rec.spec.variants) > 1 or any(r.variant != rec.spec.variants[0].name for r in routes):
             by_variant: dict[str, list[Route]] = collections.defaultdict(list)
             for r in routes:
                 by_variant[r.variant].append(r)
@@ -256,6 +277,8 @@ class Gateway:
                 routes = by_variant[chosen]
         if not routes:
             raise errors.Unavailable(f"deployment '{rec.deployment_id}' has no started worker to serve the call")
+        if len(routes) == 1:
+            return routes[0]
         low = min(self._inflight[r.allocation_id] for r in routes)
         return random.choice([r for r in routes if self._inflight[r.allocation_id] == low])
 
@@ -311,36 +334,49 @@ class Gateway:
 
     # ---- RPCs -----------------------------------------------------------------------
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
-        name, version = scan_model_name(request)
-        rec = self._record(name)
-        # Validate before routing when the model is known, so a bad request is
-        # refused even while no worker serves; else once the route is chosen.
-        checked = self.model_before_routing(rec, version)
-        if checked is not None:
-            self.validate(request, checked)
+        label, status = UNKNOWN_DEPLOYMENT, "OK"  # for /metrics; unknown names share one label
         try:
-            self._limit(rec)
-        except errors.ResourceExhausted:
-            self.stats.count(rec.deployment_id, "rejected_execution_count")
+            name, version = scan_model_name(request)
+            rec = self._record(name)
+            label = rec.deployment_id
+            # Validate before routing when the model is known, so a bad request is
+            # refused even while no worker serves; else once the route is chosen.
+            checked = self.model_before_routing(rec, version)
+            if checked is not None:
+                self.validate(request, checked)
+            try:
+                self._limit(rec)
+            except errors.ResourceExhausted:
+                self.stats.count(rec.deployment_id, "rejected_execution_count")
+                self.limited[rec.deployment_id] += 1
+                raise
+            field = "error_count"
+            try:
+                reply = await self._forward(rec, version, request, context, checked=checked)
+                field = "inference_count"
+                return reply
+            except grpc.aio.AbortError:
+                raise
+            except _Relayed as relayed:
+                field = _CODE_FIELDS.get(relayed.code, "error_count")
+                status = relayed.code.name
+                await context.abort(relayed.code, relayed.details, relayed.trailers)
+                raise AssertionError("unreachable") from None
+            except asyncio.CancelledError:
+                # gRPC cancels the handler when the client cancels, and when the deadline passes
+                remaining = context.time_remaining()
+                field = "timeout_count" if remaining is not None and remaining <= _DEADLINE_SLACK_S else "cancelled_count"
+                raise
+            finally:
+                self.stats.count(rec.deployment_id, field)
+        except errors.ModelfleetError as exc:
+            status = exc.code
             raise
-        field = "error_count"
-        try:
-            reply = await self._forward(rec, version, request, context, checked=checked)
-            field = "inference_count"
-            return reply
-        except grpc.aio.AbortError:
-            raise
-        except _Relayed as relayed:
-            field = _CODE_FIELDS.get(relayed.code, "error_count")
-            await context.abort(relayed.code, relayed.details, relayed.trailers)
-            raise AssertionError("unreachable") from None
         except asyncio.CancelledError:
-            # gRPC cancels the handler when the client cancels, and when the deadline passes
-            remaining = context.time_remaining()
-            field = "timeout_count" if remaining is not None and remaining <= _DEADLINE_SLACK_S else "cancelled_count"
+            status = "CANCELLED"
             raise
         finally:
-            self.stats.count(rec.deployment_id, field)
+            self.calls[(label, status)] += 1
 
     async def _forward(
         self,

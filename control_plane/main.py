@@ -8,8 +8,13 @@ HTTP/2 keepalive of every connection (--keepalive-*, RELIABILITY.md).
 
 Loops (each phase wrapped so that an error is logged and the loop goes on):
 - liveness sweep every min(heartbeat, 1 s) / 2: READY -> SUSPECT -> LOST;
-- a reconcile tick every second (auto stop, placements waiting for capacity);
+- a reconcile tick every second (`Reconciler.tick`: auto stop, placements
+  waiting for capacity; a full tick when a node's liveness changed and every
+  --full-reconcile-every seconds, 30 by default);
 - every 30 s the gateway closes channels to workers no longer routed to.
+
+With --metrics-port it serves Prometheus /metrics (control_plane.metrics)
+and writes DATA_DIR/metrics_endpoint (HOST:PORT bound).
 
 Flags of issue 3: --default-auto-stop (hours), --max-deployments-per-user
 (the quota), and the hidden --test-clock-offset-file (tests only: seconds
@@ -62,6 +67,7 @@ from control_plane.servicers import (
     NodesServicer,
 )
 from control_plane.store import Store, open_store
+from control_plane.store.cached import CachedStore
 from modelfleet.v1 import agent_pb2_grpc, auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
 log = logging.getLogger("control_plane")
@@ -177,7 +183,7 @@ class ControlPlane:
         await set_serving(self.health, True)
         self._tasks = [
             asyncio.create_task(self._loop("liveness sweep", min(self.fleet.heartbeat_interval, 1.0) / 2, self._sweep)),
-            asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.reconcile)),
+            asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.tick)),
             asyncio.create_task(self._prune_loop()),
         ]
         tmp = self.data_dir / "endpoint.tmp"
@@ -280,8 +286,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="demand client certificates signed by this CA (mTLS; agents present theirs)")
     p.add_argument("--worker-tls-ca", default="", metavar="PEM",
                    help="the gateway reaches workers over TLS, trusting this CA (agents run them with --worker-tls-cert)")
+    p.add_argument("--full-reconcile-every", type=float, default=30.0, metavar="S",
+                   help="seconds between full reconcile ticks, the safety net behind event-driven ticks (default 30)")
+    p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics on this port (0 = any free "
+                   "port, written to DATA_DIR/metrics_endpoint; default off)")
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server (default 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
+    if args.full_reconcile_every <= 0:
+        p.error("--full-reconcile-every must be positive")
     if args.max_deployments_per_user < 0:
         p.error("--max-deployments-per-user must be >= 0")
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
@@ -303,7 +316,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def _serve(args: argparse.Namespace) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys' hashes and worker tokens live here
-    store = open_store(args.store or data_dir)
+    store = CachedStore(open_store(args.store or data_dir))  # reads from memory, writes through (store/cached.py)
     plane = ControlPlane(
         data_dir=data_dir,
         store=store,
@@ -327,6 +340,7 @@ async def _serve(args: argparse.Namespace) -> None:
             min_ping_interval_s=args.keepalive_min_ping_interval,
         ),
     )
+    plane.reconciler.full_every = args.full_reconcile_every
     token = plane.bootstrap()
     if token is not None:
         # Printed this once (never logged); the file keeps it for local use.
@@ -338,6 +352,18 @@ async def _serve(args: argparse.Namespace) -> None:
     elif args.auth == "off":
         log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
     await plane.start(args.listen)
+    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
+    if args.metrics_port >= 0:
+        from control_plane.metrics import serve_metrics
+
+        port = serve_metrics(
+            reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
+            host=args.metrics_host, port=args.metrics_port,
+        )  # fmt: skip
+        tmp = data_dir / "metrics_endpoint.tmp"
+        tmp.write_text(f"{args.metrics_host}:{port}")
+        os.replace(tmp, data_dir / "metrics_endpoint")
+        log.info("serving /metrics on %s:%d", args.metrics_host, port)
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

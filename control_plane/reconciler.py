@@ -40,8 +40,21 @@ random worker token: the agent hands it to the worker, and the gateway
 presents it with each call it forwards there (docs/security.md, "Workers").
 
 Auto stop compares the wall clock (`wall_clock`, injectable: tests move it)
-with start_time + auto_stop. Event-loop only; the store is synchronous and
-fast (SQLite WAL).
+with start_time + auto_stop.
+
+Scale (docs/performance.md: 1,000 nodes x 1,000 deployments): a tick is
+*full* (`reconcile()`: the periodic safety net, liveness changes, drain) or
+*scoped* (`reconcile(ids)`: what one event touched: a start, stop or
+update, a report, a registration), so nothing per event is O(nodes x
+deployments). A scoped tick reconciles, re-routes and pushes only those
+deployments and the nodes whose desired set changed; node views are cached
+(control_plane.nodeviews); a variant is planned again only when its inputs
+changed: its revision, its allocations, or, for *open* variants (every
+eligible node, or fewer targets than instances), the views' epoch. The
+periodic `tick()` covers due auto stops and open variants after the epoch
+moved, with a full tick when a node's liveness changed and every
+`full_every` seconds. Event-loop only; the store is synchronous and fast
+(SQLite WAL behind the control plane's in-memory CachedStore).
 """
 
 from __future__ import annotations
@@ -54,6 +67,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 
@@ -61,6 +75,7 @@ from control_plane import rollout, scheduler, state
 from control_plane.events import EventLog
 from control_plane.fleet import Fleet, Liveness
 from control_plane.hub import ChangeHub
+from control_plane.nodeviews import NodeViews
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
@@ -70,6 +85,7 @@ log = logging.getLogger(__name__)
 RS = common_pb2
 RUNNING = records_pb2.DESIRED_STATE_RUNNING
 STOPPED = records_pb2.DESIRED_STATE_STOPPED
+FULL_TICK_EVERY_S = 30.0  # the periodic safety net; events and tick() handle everything sooner
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,16 @@ class Reconciler:
         self.rollouts: dict[str, str] = {}
         self.routes: dict[str, list[Route]] = {}
         self.last_duration_s = 0.0
+        # called after every tick with (seconds, "full" | "scoped"); control_plane.metrics sets it
+        self.on_tick: Callable[[float, str], None] | None = None
+        self.views = NodeViews(store=store, fleet=fleet)
+        self._planned: dict[tuple[str, str], _Planned] = {}  # (deployment_id, variant) -> its last quiet plan
+        self._open: set[str] = set()  # deployments with a variant that may take more nodes
+        self._auto_stop_at: dict[str, float] = {}  # running deployments with auto stop -> wall time it is due
+        self._fleet_version = -1  # Fleet.version at the last full tick
+        self._open_epoch = -1  # the views' epoch when tick() last retried the open variants
+        self._last_full = float("-inf")
+        self.full_every = FULL_TICK_EVERY_S
 
     def now(self) -> timestamp_pb2.Timestamp:
         """The control plane's wall clock as a Timestamp (start times, events)."""
@@ -136,47 +162,26 @@ class Reconciler:
         return rollout.allocation_spec(deployment_id=deployment_id, variant=variant, model=model)
 
     def node_views(self) -> dict[str, scheduler.NodeView]:
-        """Capacity, usage and eligibility of every known node.
+        """Capacity, usage and eligibility of every known node (a copy of the cache:
+        registration, drain and uncordon refresh it; a node record written to the
+        store any other way is seen at the next full tick).
 
         Usage counts every allocation that holds its node (all but FAILED
-        ones), by its own spec: old allocations of a rolling update included.
+        ones and desired-STOPPED ones that already STOPPED), by its own spec:
+        old allocations of a rolling update included. A SUSPECT node keeps what
+        it has but is not schedulable (control_plane.nodeviews).
         """
-        used: dict[str, list[float]] = {}
-        for alloc in self.store.list_allocations():
-            if alloc.routing_state == RS.ROUTING_STATE_FAILED:
-                continue  # a failed worker holds nothing (and is not restarted)
-            if alloc.desired == STOPPED and alloc.routing_state == RS.ROUTING_STATE_STOPPED:
-                continue  # stopped for good (a wanted one that stopped is started again: still counted)
-            demand = scheduler.demand_of_allocation(alloc.spec)
-            u = used.setdefault(alloc.node_id, [0.0, 0, 0])
-            u[0] += demand.cpus
-            u[1] += demand.memory_bytes
-            u[2] += demand.gpus
-        views: dict[str, scheduler.NodeView] = {}
-        for node in self.store.list_nodes():
-            node_id = node.info.node_id
-            liveness = self.fleet.state(node_id)
-            u = used.get(node_id, [0.0, 0, 0])
-            views[node_id] = scheduler.NodeView(
-                node_id=node_id,
-                cpus=node.info.capacity.cpus,
-                memory_bytes=node.info.capacity.memory_bytes,
-                gpus=node.info.capacity.gpus,
-                labels=dict(node.info.labels),
-                # a suspect node keeps what it has but gets nothing new
-                ready=liveness != Liveness.LOST,
-                schedulable=node.schedulable and liveness == Liveness.READY,
-                used_cpus=u[0],
-                used_memory=int(u[1]),
-                used_gpus=int(u[2]),
-            )
-        return views
+        return dict(self.views.get())
 
     def forget(self, deployment_id: str) -> None:
         """The deployment was deleted: drop what was kept in memory for it."""
         self.rollouts.pop(deployment_id, None)
+        self._open.discard(deployment_id)
+        self._auto_stop_at.pop(deployment_id, None)
         for key in [k for k in self.placements if k[0] == deployment_id]:
             del self.placements[key]
+        for key in [k for k in self._planned if k[0] == deployment_id]:
+            del self._planned[key]
 
     # ---- allocation records (the one place routing states change) --------------
     def save_allocation(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
@@ -191,11 +196,16 @@ class Reconciler:
         self.store.put_allocation(alloc)
         if before != alloc.routing_state:
             self.events.routing(alloc, old=before, new=alloc.routing_state, reason=alloc.reason)
+            if alloc.routing_state == RS.ROUTING_STATE_FAILED:
+                self.views.refresh(alloc.node_id)  # a failed worker holds nothing
+        if alloc.desired == STOPPED and alloc.routing_state == RS.ROUTING_STATE_STOPPED:
+            self.views.refresh(alloc.node_id)  # stopped for good: it holds nothing any more
 
     def remove_allocation(self, alloc: records_pb2.AllocationRecord, *, reason: str) -> None:
         """Delete alloc (nothing runs any more); record STOPPED unless it already was."""
         self.store.delete_allocation(alloc.allocation_id)
         self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
+        self.views.refresh(alloc.node_id)  # capacity freed
         if alloc.routing_state != RS.ROUTING_STATE_STOPPED:
             self.events.routing(alloc, old=alloc.routing_state, new=RS.ROUTING_STATE_STOPPED, reason=reason)
 
@@ -208,24 +218,58 @@ class Reconciler:
         return True
 
     # ---- the tick ----------------------------------------------------------------
-    def reconcile(self) -> None:
+    def tick(self) -> None:
+        """The periodic loop's step (see the module docstring)."""
+        if self.fleet.version != self._fleet_version or self._clock() - self._last_full >= self.full_every:
+            self.reconcile()
+            return
+        wall = self._wall_clock()
+        due = {d for d, at in self._auto_stop_at.items() if wall >= at}
+        retry = self._open if self.views.epoch != self._open_epoch else set()
+        self._open_epoch = self.views.epoch
+        if due or retry:
+            self.reconcile(due | retry)
+
+    def reconcile(self, deployment_ids: Iterable[str] | None = None) -> None:
+        """One tick: every deployment (None), or only `deployment_ids` (scoped)."""
         started = time.perf_counter()
-        views = self.node_views()
-        cordoned = frozenset(n.info.node_id for n in self.store.list_nodes() if not n.schedulable)
+        full = deployment_ids is None
+        if full:
+            self._fleet_version, self._last_full = self.fleet.version, self._clock()
+            views = self.views.rebuild()
+            records = self.store.list_deployments()
+            wanted = {r.deployment_id for r in records}
+        else:
+            views = self.views.get()
+            wanted = set(deployment_ids or ())
+            records = [r for r in map(self.store.get_deployment, sorted(wanted)) if r is not None]
+        # drained nodes: their allocations count as stale (replaced make-before-break)
+        cordoned = self.views.cordoned()
         dirty_nodes: set[str] = set()
-        for rec in self.store.list_deployments():
-            mine: set[str] = set()
-            try:
-                self._reconcile_deployment(rec, views, mine, cordoned=cordoned)
-            except Exception:  # one bad deployment must not stop the others
-                log.exception("reconcile of deployment %s failed", rec.deployment_id)
-            if mine:
-                dirty_nodes |= mine
-                self.hub.notify(rec.deployment_id)
-        for node_id in dirty_nodes | {n for n in views if self.fleet.session(n) is not None}:
+        notify: list[str] = []
+        # One commit for the tick, and only then is anything pushed (intent is durable before
+        # agents act on it). A deployment whose reconcile raises keeps the writes it made
+        # before the error (the store joins nested blocks); the next tick converges it.
+        with self.store.transaction():
+            for rec in records:
+                mine: set[str] = set()
+                try:
+                    self._reconcile_deployment(rec, views, mine, cordoned=cordoned)
+                except Exception:  # one bad deployment must not stop the others
+                    log.exception("reconcile of deployment %s failed", rec.deployment_id)
+                if mine:
+                    dirty_nodes |= mine
+                    notify.append(rec.deployment_id)
+        for deployment_id in notify:
+            self.hub.notify(deployment_id)
+        if full:
+            dirty_nodes |= {n for n in views if self.fleet.session(n) is not None}
+        for node_id in sorted(dirty_nodes):
             self.push(node_id)
-        self._rebuild_routes()
+        self._rebuild_routes(None if full else wanted)
         self.last_duration_s = time.perf_counter() - started
+        if self.on_tick is not None:
+            self.on_tick(self.last_duration_s, "full" if full else "scoped")
 
     def _auto_stop(self, rec: records_pb2.DeploymentRecord) -> None:
         if rec.desired != RUNNING or not rec.spec.HasField("auto_stop") or not rec.HasField("start_time"):
@@ -249,7 +293,11 @@ class Reconciler:
         *,
         cordoned: frozenset[str] = frozenset(),
     ) -> None:
+        self._auto_stop_at.pop(rec.deployment_id, None)
         self._auto_stop(rec)
+        if rec.desired == RUNNING and rec.spec.HasField("auto_stop") and rec.HasField("start_time"):
+            self._auto_stop_at[rec.deployment_id] = rec.start_time.seconds + rec.spec.auto_stop.seconds
+        self._open.discard(rec.deployment_id)  # _place_variant adds it back while a variant is open
         allocs = self.store.list_allocations(deployment_id=rec.deployment_id)
         names = {v.name for v in rec.spec.variants}
         reasons: list[str] = []
@@ -295,9 +343,24 @@ class Reconciler:
         if model is None:
             log.error("deployment %s: model %s v%d is gone", rec.deployment_id, variant.model_id, variant.model_version)
             return None, rollout.Progress(weight=variant.weight, started=0, starting=0)
+        mine = [a for a in allocs if a.variant == variant.name]
+        key = (rec.deployment_id, variant.name)
+        lost = {a.node_id for a in mine if self.fleet.state(a.node_id) == Liveness.LOST}
+        # everything the plan reads about each allocation: a drain (cordon) or a liveness change plans again
+        inputs = (
+            rec.revision,
+            tuple(
+                (a.allocation_id, a.node_id, a.desired, a.routing_state, self.fleet.state(a.node_id), a.node_id in cordoned)
+                for a in mine
+            ),
+        )
+        done = self._planned.get(key)
+        if done is not None and done.inputs == inputs and (not _is_open(variant, done.plan) or done.epoch == self.views.epoch):
+            if _is_open(variant, done.plan):
+                self._open.add(rec.deployment_id)
+            return done.plan, done.progress  # nothing it depends on changed (see the module docstring)
         template = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model)
         demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
-        mine = [a for a in allocs if a.variant == variant.name]
         running = [a for a in mine if a.desired == RUNNING]
         # on a drained (cordoned) node an allocation is stale: replaced make-before-break like an old spec
         up_to_date = {a.allocation_id for a in running if rollout.is_fresh(a.spec, template) and a.node_id not in cordoned}
@@ -354,6 +417,12 @@ class Reconciler:
                 if not m.fresh and not m.lost and m.routing_state == RS.ROUTING_STATE_STARTED and m.allocation_id not in plan.stop
             ),
         )  # fmt: skip
+        if _is_open(variant, plan):
+            self._open.add(rec.deployment_id)
+        if not plan.start_on and not plan.stop and not lost:
+            self._planned[key] = _Planned(inputs, plan, progress, self.views.epoch)
+        else:
+            self._planned.pop(key, None)  # it acted: plan again next time
         return plan, progress
 
     def _new_allocation(
@@ -492,6 +561,7 @@ class Reconciler:
         caught_up = full_registration or (node is not None and applied_generation >= node.generation)
         by_id = {r.allocation_id: r for r in reports}
         touched: set[str] = set()
+        epoch = self.views.epoch
         with self.store.transaction():
             for alloc in self.store.list_allocations(node_id=node_id):
                 report = by_id.pop(alloc.allocation_id, None)
@@ -507,24 +577,40 @@ class Reconciler:
                     touched.add(alloc.deployment_id)
         for stale in by_id:
             log.info("node %s reports allocation %s that is not its own; ignored", node_id, stale)
-        if touched or full_registration:
-            self.reconcile()
-            for deployment_id in touched:
-                self.hub.notify(deployment_id)
+        if full_registration:
+            # the node may be new or changed: reconcile what runs there and what may take it,
+            # and send it its desired set
+            self.views.refresh(node_id)
+            on_node = {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}
+            self.reconcile(touched | on_node | self._open)
+            self.push(node_id)
+        elif touched:
+            freed = self.views.epoch != epoch  # a deletion or a failure: open variants may fit now
+            self.reconcile(touched | self._open if freed else touched)
+        for deployment_id in touched:
+            self.hub.notify(deployment_id)
 
     def on_liveness_change(self, node_ids: list[str]) -> None:
         affected = {a.deployment_id for n in node_ids for a in self.store.list_allocations(node_id=n)}
         for node_id in node_ids:
             log.warning("node %s is now %s", node_id, self.fleet.state(node_id).value)
+        self.views.invalidate()
         self.reconcile()
         for deployment_id in affected:
             self.hub.notify(deployment_id)
 
     # ---- routing ----------------------------------------------------------------------
-    def _rebuild_routes(self) -> None:
-        routes: dict[str, list[Route]] = {}
-        running = {d.deployment_id for d in self.store.list_deployments() if d.desired == RUNNING}
-        for alloc in self.store.list_allocations():
+    def _rebuild_routes(self, deployment_ids: set[str] | None = None) -> None:
+        """Routes of every deployment (None) or of the given ones only."""
+        if deployment_ids is None:
+            running = {d.deployment_id for d in self.store.list_deployments() if d.desired == RUNNING}
+            allocs = self.store.list_allocations()
+            routes: dict[str, list[Route]] = {}
+        else:
+            running = {d for d in deployment_ids if (r := self.store.get_deployment(d)) and r.desired == RUNNING}
+            allocs = [a for d in running for a in self.store.list_allocations(deployment_id=d)]
+            routes = {k: v for k, v in self.routes.items() if k not in deployment_ids}
+        for alloc in allocs:
             if (
                 alloc.deployment_id in running
                 and alloc.desired == RUNNING
@@ -537,6 +623,20 @@ class Reconciler:
                           (alloc.spec.model_id, alloc.spec.model_version))
                 )
         self.routes = routes
+
+
+class _Planned(NamedTuple):
+    """A plan that changed nothing, and what it was computed from."""
+
+    inputs: object  # the revision and (id, node, desired, routing state, lost) of each allocation
+    plan: rollout.VariantPlan
+    progress: rollout.Progress
+    epoch: int  # the node views' epoch (open variants are planned again when it moves)
+
+
+def _is_open(variant: deployments_pb2.VariantSpec, plan: rollout.VariantPlan) -> bool:
+    """The variant may take more nodes: every eligible node, or fewer targets than instances."""
+    return variant.instances == 0 or len(plan.placement.targets) < variant.instances
 
 
 def _member(alloc: records_pb2.AllocationRecord, *, fresh: bool, lost: bool) -> rollout.Member:

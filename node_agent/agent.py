@@ -255,6 +255,15 @@ class Agent:
         self._closing = False
         self._closed = asyncio.Event()  # the stream must be half-closed and not reopened
 
+    @property
+    def node_id(self) -> str:
+        return self._config.node.node_id
+
+    @property
+    def connected(self) -> bool:
+        """A welcomed stream to the control plane is open."""
+        return self._session_live
+
     def _mark_dirty(self) -> None:
         self._change_seq += 1
         self._dirty = True

@@ -181,6 +181,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ping the control plane every S seconds (default 10)")  # fmt: skip
     p.add_argument("--keepalive-timeout", type=_positive_float, default=KEEPALIVE_TIMEOUT, metavar="S",
                    help="reconnect when a ping is unanswered for S seconds (default 10)")  # fmt: skip
+    p.add_argument("--metrics-port", type=int, default=-1, metavar="PORT",
+                   help="serve Prometheus /metrics (with every worker's) on PORT; 0 = any free port, written to "
+                        "DIR/metrics_endpoint; default off")  # fmt: skip
+    p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server (default 127.0.0.1)")
     p.add_argument("--token-file", type=Path, metavar="PATH",
                    help="the agent's API key (role agent); default: $MODELFLEET_TOKEN")
     p.add_argument("--tls-ca", default="", metavar="PEM", help="reach the control plane over TLS, trusting this CA")
@@ -241,9 +245,28 @@ def node_info(args: argparse.Namespace, node_id: str) -> agent_pb2.NodeInfo:
     )
 
 
-async def serve(agent: Agent) -> None:
-    """Run agent until SIGTERM or SIGINT, then shut it down gracefully."""
+def write_endpoint(path: Path, endpoint: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(endpoint + "\n")
+    os.replace(tmp, path)
+
+
+async def serve(agent: Agent, *, metrics: tuple[str, int] | None = None, data_dir: Path | None = None,
+                worker_host: str = "127.0.0.1") -> None:
+    """Run agent until SIGTERM or SIGINT, then shut it down gracefully.
+
+    Args:
+        metrics: (host, port) of the /metrics server to start, or None.
+        data_dir: where metrics_endpoint is written (HOST:PORT bound).
+    """
     loop = asyncio.get_running_loop()
+    if metrics is not None:
+        from node_agent.metrics import serve_metrics
+
+        port = serve_metrics(agent, loop=loop, host=metrics[0], port=metrics[1], worker_host=worker_host)
+        log.info("serving /metrics on %s:%d", metrics[0], port)
+        if data_dir is not None:
+            write_endpoint(data_dir / "metrics_endpoint", f"{metrics[0]}:{port}")
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, stop, sig)
@@ -291,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             restart_reset_after=args.restart_reset_after,
             gpu_devices=gpu_devices(node.capacity.gpus, os.environ.get("CUDA_VISIBLE_DEVICES")),
             security=security,
+            worker_metrics=args.metrics_port >= 0,
         ),
         credentials=channel_credentials(args),
         token=os.environ.get("MODELFLEET_TOKEN", ""),
@@ -300,7 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if config.token_file is None and not config.token:
         log.warning("no API key (--token-file or MODELFLEET_TOKEN): a control plane with authentication on refuses this agent")
-    asyncio.run(serve(Agent(config)))
+    metrics = (args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
+    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
+    asyncio.run(serve(Agent(config), metrics=metrics, data_dir=data_dir, worker_host=args.worker_host))
     return 0
 
 

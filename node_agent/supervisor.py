@@ -81,7 +81,7 @@ from node_agent.procs import (
     pid_alive,
     wait_not_serving,
 )
-from node_agent.worker_security import WorkerSecurity, declared_specs, token_metadata, write_private
+from node_agent.worker_security import WorkerSecurity, batching_flags, declared_specs, token_metadata, write_private
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -152,6 +152,7 @@ class SupervisorConfig:
     # node_agent.allocations.gpu_devices
     gpu_devices: tuple[str, ...] = ()
     security: WorkerSecurity = WorkerSecurity()
+    worker_metrics: bool = False  # workers serve /metrics on a free port (the agent federates it)
 
     @property
     def workers_dir(self) -> Path:
@@ -422,6 +423,8 @@ class WorkerHandle:
             "--drain-timeout", f"{cfg.drain_timeout:g}",
             *declared_specs(spec),
             *cfg.security.argv(spec, token_file=self.token_file, credentials_file=cfg.credentials_file),
+            *batching_flags(spec),
+            *(["--metrics-port", "0"] if cfg.worker_metrics else []),
         ]  # fmt: skip
 
     def _env(self) -> dict[str, str]:

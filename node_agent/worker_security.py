@@ -1,7 +1,7 @@
 """How the agent secures its inference workers: the worker token, the key
 verifiers, TLS — everything a worker's command line and the agent's own
-channel to it need, in one place (with `declared_specs`, the rest of the
-command line that comes from the allocation's spec).
+channel to it need, in one place (with `declared_specs` and `batching_flags`,
+the rest of the command line that comes from the allocation's spec).
 
 Who may call a worker (docs/security.md, "Workers"):
 - the control plane's gateway and this agent, presenting the allocation's
@@ -100,6 +100,13 @@ def declared_specs(spec: agent_pb2.AllocationSpec) -> list[str]:
     if spec.outputs:
         argv += ["--outputs-json", as_json(spec.outputs)]
     return argv
+
+
+def batching_flags(spec: agent_pb2.AllocationSpec) -> list[str]:
+    """Dynamic batching flags, when the variant asks for it."""
+    if spec.max_batch_size <= 0:
+        return []
+    return ["--max-batch-size", str(spec.max_batch_size), "--max-queue-delay-us", str(max(0, spec.max_queue_delay_us))]
 
 
 def token_metadata(spec: agent_pb2.AllocationSpec) -> tuple[tuple[str, str], ...] | None:

@@ -362,6 +362,7 @@ def _scenario_waits_then_stops(w: World) -> str:
     w.join("a", cpus=1)
     w.join("b", cpus=1)
     w.store.put_node(records_pb2.NodeRecord(info=agent_pb2.NodeInfo(node_id="c", capacity=common_pb2.NodeCapacity(cpus=8, memory_bytes=8 << 30)), schedulable=False))
+    w.rec.reconcile()  # a node written to the store outside registration: the next full tick sees it
     w.start("d", model_version=1, inference_threads=4, instances=1)  # waits for capacity (c is cordoned)
     w.stop("d")  # DEPLOYING -> STOPPED (nothing ran)
     return "d"

@@ -233,3 +233,72 @@ def test_liveness_transitions_are_explicit() -> None:
     assert fleet.sweep() == ["n"] and fleet.state("n") == Liveness.LOST
     fleet.recover(["other"])
     assert fleet.state("other") == Liveness.SUSPECT
+
+
+# ---- scale: events reconcile only what they touched -------------------------------
+
+
+def test_events_reconcile_only_what_they_touch_and_settled_placements_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    from control_plane import scheduler
+
+    w = World()
+    for node in ("a", "b", "c"):
+        w.join(node)
+    w.deploy("one", instances=1)
+    w.deploy("two", instances=1)
+    for node in ("a", "b", "c"):
+        w.report_all(node, S.ROUTING_STATE_STARTED)
+        w.assignments(node)
+    calls: list[str] = []
+    real_place = scheduler.place
+    monkeypatch.setattr(scheduler, "place", lambda *a, **k: calls.append("place") or real_place(*a, **k))
+    # a third deployment starts: only it is placed, only its node hears about it
+    w.store.put_deployment(records_pb2.DeploymentRecord(
+        deployment_id="three", spec=w.store.get_deployment("one").spec, desired=RUNNING, start_time=now_ts()))  # fmt: skip
+    w.rec.reconcile(["three"])
+    assert calls == ["place"]
+    (target,) = [a.node_id for a in w.store.list_allocations(deployment_id="three")]
+    assert [n for n in ("a", "b", "c") if w.assignments(n)] == [target]
+    # its own report plans it once more (its allocations changed); full ticks then leave it alone
+    w.report_all(target, S.ROUTING_STATE_STARTED)
+    calls.clear()
+    w.rec.reconcile()
+    w.rec.reconcile()
+    assert calls == [] and w.store.get_deployment("three").status == S.DEPLOYMENT_STATUS_RUNNING
+    assert {r.node_id for r in w.rec.routes["three"]} == {target}
+
+
+def test_freed_capacity_places_a_waiting_deployment_at_once() -> None:
+    w = World()
+    w.join("only", cpus=2)
+    w.deploy("first", threads=2, instances=1)
+    w.report_all("only", S.ROUTING_STATE_STARTED)
+    w.deploy("waiting", threads=2, instances=1)
+    assert w.store.list_allocations(deployment_id="waiting") == []
+    # stopping the first frees the node once the agent confirms; the waiting one is placed in that same event
+    rec = w.store.get_deployment("first")
+    rec.desired = STOPPED
+    w.store.put_deployment(rec)
+    w.rec.reconcile(["first"])
+    (assignment,) = w.assignments("only")[-1:]
+    w.rec.observe("only", [], applied_generation=assignment.generation)
+    assert [a.node_id for a in w.store.list_allocations(deployment_id="waiting")] == ["only"]
+
+
+def test_periodic_tick_runs_due_auto_stops_and_a_full_tick_after_liveness_changes() -> None:
+    w = World()
+    w.join("a")
+    w.deploy("d", auto_stop_s=3600)
+    w.report_all("a", S.ROUTING_STATE_STARTED)
+    w.rec.tick()
+    assert w.store.get_deployment("d").desired == RUNNING
+    w.wall.now += 3600
+    w.rec.tick()
+    assert w.store.get_deployment("d").stop_reason == "auto stop"
+    ticks: list[str] = []
+    w.rec.on_tick = lambda seconds, scope: ticks.append(scope)
+    w.rec.tick()
+    assert ticks == []  # nothing due, nothing open, no liveness change: nothing to do
+    w.fleet.detach(w.sessions["a"])  # READY -> SUSPECT without the reconciler being told
+    w.rec.tick()
+    assert ticks == ["full"]

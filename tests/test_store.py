@@ -26,6 +26,7 @@ import pytest
 
 from control_plane.errors import DataLoss
 from control_plane.store import MemoryStore, SchemaVersionError, SqliteStore, Store, open_store
+from control_plane.store.cached import CachedStore
 from control_plane.store import sqlite as sqlite_mod
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
@@ -449,6 +450,40 @@ class TestMemoryStore(StoreContract):
     @pytest.fixture
     def make_store(self, tmp_path: Path) -> StoreFactory:
         return MemoryStore
+
+
+class TestCachedMemoryStore(StoreContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> StoreFactory:
+        return lambda: CachedStore(MemoryStore())
+
+
+class TestCachedSqliteStore(StoreContract):
+    @pytest.fixture
+    def make_store(self, tmp_path: Path) -> StoreFactory:
+        return lambda: CachedStore(SqliteStore(tmp_path / "state" / "modelfleet.db"))
+
+    def test_cache_loads_what_the_file_holds_and_stays_equal_to_it(self, make_store: StoreFactory) -> None:
+        s = make_store()
+        s.put_model(model("m", 1))
+        s.put_deployment(deployment("d1"))
+        s.put_allocation(allocation("a1", deployment_id="d1", node_id="n1"))
+        s.put_allocation(allocation("a2", deployment_id="d1", node_id="n2"))
+        s.put_node(node("n1"))
+        with pytest.raises(RuntimeError), s.transaction():
+            s.put_allocation(allocation("a2", deployment_id="d2", node_id="n3"))  # moved, then rolled back
+            s.delete_allocation("a1")
+            s.delete_deployment("d1")
+            raise RuntimeError
+        assert [a.allocation_id for a in s.list_allocations(deployment_id="d1")] == ["a1", "a2"]
+        assert s.list_allocations(node_id="n3") == [] and s.list_allocations(deployment_id="d2") == []
+        s.close()
+        s = make_store()  # a fresh cache, loaded from the file
+        try:
+            assert [a.allocation_id for a in s.list_allocations(node_id="n2")] == ["a2"]
+            assert s.get_deployment("d1") == deployment("d1") and s.get_model("m") == model("m", 1)
+        finally:
+            s.close()
 
 
 class TestSqliteStore(StoreContract):

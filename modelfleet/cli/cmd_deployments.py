@@ -19,7 +19,7 @@ import grpc
 from modelfleet.cli import render, specflags
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
 from modelfleet.cli.errors import CliError
-from modelfleet.cli.parsing import arg_type, parse_duration
+from modelfleet.cli.parsing import arg_type, parse_duration, positive_int
 from modelfleet.cli.specflags import duration
 from modelfleet.v1 import common_pb2, deployments_pb2
 
@@ -32,6 +32,7 @@ WAIT_FOR = {
     "fully_allocated": deployments_pb2.WAIT_FOR_FULLY_ALLOCATED,
 }
 _DURATION = arg_type(parse_duration, "duration")
+_COUNT = arg_type(positive_int, "count")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
@@ -47,6 +48,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     start.add_argument("model_id", metavar="MODEL", nargs="?", default="")
     start.add_argument("--deployment-id", default="", help="default: the (first) model id")
     specflags.add_flags(start, update=False)
+    start.add_argument("--max-batch-size", type=_COUNT, help="dynamic batching: rows per model run (default 0 = off)")
+    start.add_argument("--max-queue-delay", type=_DURATION, metavar="DURATION",
+                       help="dynamic batching: how long a call waits for its batch to fill, e.g. 500us")
     start.add_argument("--wait-for", choices=tuple(WAIT_FOR), default="started")
     start.add_argument("--timeout", type=_DURATION, metavar="DURATION", help="wait_for timeout (server default 20s)")
     start.set_defaults(func=start_deployment)
@@ -108,17 +112,46 @@ def _spec(args: argparse.Namespace, *, update: bool = False) -> tuple[deployment
         raise CliError(str(exc), code=2) from None
 
 
+_VARIANT_FIELDS = ("model_id", *specflags.PER_VARIANT)
+
+
+def as_variant(req: deployments_pb2.StartDeploymentRequest) -> None:
+    """Move the single-model fields into one variant of weight 100 (the form the
+    API takes for per-variant settings such as dynamic batching)."""
+    variant = req.variants.add(weight=100)
+    for name in _VARIANT_FIELDS:
+        setattr(variant, name, getattr(req, name))
+        req.ClearField(name)
+    if req.HasField("resources"):
+        variant.resources.CopyFrom(req.resources)
+        req.ClearField("resources")
+    variant.env.update(dict(req.env))
+    req.ClearField("env")
+
+
+def add_batching(req: deployments_pb2.StartDeploymentRequest, args: argparse.Namespace) -> None:
+    """--max-batch-size / --max-queue-delay into every variant (a single model becomes one variant)."""
+    if not req.variants:
+        as_variant(req)
+    for variant in req.variants:
+        variant.max_batch_size = args.max_batch_size or 0
+        variant.max_queue_delay_us = int(round((args.max_queue_delay or 0.0) * 1e6))
+
+
 def start_deployment(args: argparse.Namespace, client: Client) -> int:
     req, given = _spec(args)
+    batching = args.max_batch_size is not None or args.max_queue_delay is not None
     if args.model_id and req.variants:
         raise CliError("give either MODEL or --variant, not both", code=2)
     if not args.model_id and not req.variants:
         if not args.deployment_id:
             raise CliError("give MODEL, --variant MODEL[:VERSION]=WEIGHT, or --deployment-id ID to restart", code=2)
-        if given:
+        if given or batching:
             raise CliError("to restart a stopped deployment give only --deployment-id; "
                            "use `modelfleet deployments update` to change it", code=2)
     req.model_id = args.model_id
+    if batching:
+        add_batching(req, args)
     req.deployment_id = args.deployment_id
     req.wait_for = WAIT_FOR[args.wait_for]
     req.request_id = args.request_id or ""

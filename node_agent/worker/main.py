@@ -5,7 +5,8 @@
         --inference-threads N --model-threads N --queue-capacity N \
         --host 127.0.0.1 --port 0 --ready-file PATH [--drain-timeout 30] \
         [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864] \
-        [--token-file PATH --credentials-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]]
+        [--token-file PATH --credentials-file PATH] [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] \
+        [--max-batch-size N --max-queue-delay-us US] [--metrics-port P]
 
 Order of events: parse arguments (bad ones: exit 2) -> load the model and,
 when every input shape is static, run one warm-up inference with zeros
@@ -19,6 +20,13 @@ calls (UNAVAILABLE "worker is draining"), finish queued ones within
 With --token-file only the gateway and the agent (the token) and API keys
 with `infer` (verifiers in --credentials-file) may call; --tls-* serve TLS
 (mTLS with --tls-client-ca). See node_agent/worker/access.py.
+
+--metrics-port P serves Prometheus /metrics on --host:P (0 = any free port,
+written to the ready file as "metrics_port"; default off: the agent turns
+it on and federates it). --max-batch-size N > 0 turns dynamic batching on (see service.py): the
+model must have a dynamic first dimension on every input and output, else
+the load fails (exit 3); --max-queue-delay-us is how long the oldest queued
+call waits for others to join its batch.
 
 Concurrency: the main thread runs the asyncio loop (server, admission,
 signals); the work queue's model threads run the model.
@@ -41,7 +49,8 @@ import grpc
 from node_agent.runtime.base import FORMATS, LoadError, Runtime, TensorSpec, load_runtime, one_line, parse_specs_json
 from node_agent.worker.access import WorkerAccess
 from node_agent.worker.server import DEFAULT_MAX_MESSAGE_BYTES, build_server
-from node_agent.worker.service import WorkerService, warm_up
+from node_agent.worker.service import WorkerService, check_batchable, warm_up
+from node_agent.worker.workqueue import Batching
 
 logger = logging.getLogger("node_agent.worker")
 
@@ -50,6 +59,8 @@ EXIT_CRASH = 1
 EXIT_BAD_ARGS = 2  # argparse's own code
 EXIT_LOAD_ERROR = 3
 MAX_QUEUE_CAPACITY = 1_000_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_QUEUE_DELAY_US = 60_000_000
 _SERVER_STOP_GRACE_S = 1.0
 
 
@@ -74,6 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tls-cert", default="", help="serve TLS with this certificate (PEM)")
     p.add_argument("--tls-key", default="", help="the private key of --tls-cert (PEM)")
     p.add_argument("--tls-client-ca", default="", help="demand client certificates signed by this CA (mTLS)")
+    p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics here (0 = any free port; default off)")
+    p.add_argument("--inline-max-us", type=int, default=300,
+                   help="run calls on the event loop while the model's average run time is below this (0 = never)")
+    p.add_argument("--max-batch-size", type=int, default=0, help="rows per model run; 0 = no dynamic batching")
+    p.add_argument("--max-queue-delay-us", type=int, default=0, help="how long a call waits for a batch to fill")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -90,6 +106,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         (0 <= args.port <= 65535, "--port must be 0..65535"),
         (args.drain_timeout >= 0, "--drain-timeout must be >= 0"),
         (1024 <= args.max_message_bytes <= 2**31 - 1, "--max-message-bytes must be 1024..2147483647"),
+        (0 <= args.inline_max_us <= 100_000, "--inline-max-us must be 0..100000"),
+        (-1 <= args.metrics_port <= 65535, "--metrics-port must be -1 (off) or 0..65535"),
+        (0 <= args.max_batch_size <= MAX_BATCH_SIZE, f"--max-batch-size must be 0..{MAX_BATCH_SIZE}"),
+        (0 <= args.max_queue_delay_us <= MAX_QUEUE_DELAY_US, f"--max-queue-delay-us must be 0..{MAX_QUEUE_DELAY_US}"),
     ]
     checks += [
         (bool(args.tls_cert) == bool(args.tls_key), "--tls-cert and --tls-key go together"),
@@ -138,6 +158,8 @@ def load(args: argparse.Namespace) -> Runtime:
         declared_inputs=args.declared_inputs,
         declared_outputs=args.declared_outputs,
     )
+    if args.max_batch_size > 0:
+        check_batchable(runtime)
     try:
         warmed = warm_up(runtime)
     except Exception as exc:  # the runtime's ExecutionError/InputError, or anything else it raised
@@ -146,10 +168,20 @@ def load(args: argparse.Namespace) -> Runtime:
     return runtime
 
 
-def write_ready_file(path: Path, *, port: int, inputs: list[TensorSpec], outputs: list[TensorSpec]) -> None:
+def batching(args: argparse.Namespace) -> Batching | None:
+    """The dynamic batching the flags ask for (None: off)."""
+    if args.max_batch_size <= 0:
+        return None
+    return Batching(max_batch_size=args.max_batch_size, max_queue_delay_s=args.max_queue_delay_us / 1e6)
+
+
+def write_ready_file(
+    path: Path, *, port: int, inputs: list[TensorSpec], outputs: list[TensorSpec], metrics_port: int | None = None
+) -> None:
     """Write the ready file atomically: a reader sees all of it or nothing."""
     body: dict[str, Any] = {
         "port": port,
+        **({"metrics_port": metrics_port} if metrics_port is not None else {}),
         "pid": os.getpid(),
         "inputs": [s.to_json() for s in inputs],
         "outputs": [s.to_json() for s in outputs],
@@ -172,6 +204,8 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
         model_threads=args.model_threads,
         queue_capacity=args.queue_capacity,
         loop=loop,
+        batching=batching(args),
+        inline_max_s=args.inline_max_us / 1e6,
     )
     try:
         server, port = await build_server(
@@ -191,10 +225,25 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    metrics_port = None
+    if args.metrics_port >= 0:
+        from node_agent.worker.metrics import serve_metrics
+
+        try:
+            metrics_port = serve_metrics(service, host=args.host, port=args.metrics_port)
+        except OSError as exc:
+            logger.error("cannot serve metrics on %s:%d: %s", args.host, args.metrics_port, exc)
+            return EXIT_CRASH
     await server.start()
     await service.start()
-    write_ready_file(Path(args.ready_file), port=port, inputs=runtime.inputs, outputs=runtime.outputs)
-    logger.info("serving %s version %s on %s:%d (pid %d)", args.name, args.version, args.host, port, os.getpid())
+    write_ready_file(
+        Path(args.ready_file), port=port, inputs=runtime.inputs, outputs=runtime.outputs, metrics_port=metrics_port
+    )
+    logger.info(
+        "serving %s version %s on %s:%d (pid %d)%s", args.name, args.version, args.host, port, os.getpid(),
+        f", dynamic batching up to {args.max_batch_size} rows, {args.max_queue_delay_us} us delay"
+        if args.max_batch_size else "",
+    )
     await stop.wait()
     logger.info("signal received: draining for up to %.1f s", args.drain_timeout)
     outcome = await service.drain(args.drain_timeout)

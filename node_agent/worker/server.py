@@ -14,6 +14,7 @@ loop; the server is bound before anyone learns the port.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -40,8 +41,18 @@ _HEALTH_NAMES = ("", INFERENCE_SERVICE, CONTROL_SERVICE)
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
+INFER_METHOD = f"/{INFERENCE_SERVICE}/ModelInfer"
+
+
 class ErrorMapping(grpc.aio.ServerInterceptor):
-    """Maps domain errors to status codes for every method, whatever its kind."""
+    """Maps domain errors to status codes for every method, whatever its kind,
+    and reports the final status of each ModelInfer call to `on_infer_status`
+    (the per-status request counter). Wrappers are built once per method and
+    handler, not per call (the profile showed the per-call rebuild)."""
+
+    def __init__(self, on_infer_status: Callable[[str], None] | None = None) -> None:
+        self._on_infer_status = on_infer_status
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -52,11 +63,21 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
+        cached = self._wrapped.get(method)
+        if cached is not None and cached[0] is handler:
+            return cached[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        report = self._on_infer_status if method == INFER_METHOD else None
         safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             inner = getattr(handler, kind)
             if inner is not None:
-                return safe._replace(**{kind: _mapped(inner, method, streamed_requests=kind.startswith("stream"))})  # type: ignore[no-any-return]
+                mapped = _mapped(inner, method, streamed_requests=kind.startswith("stream"), report=report)
+                return safe._replace(**{kind: mapped})  # type: ignore[no-any-return]
         return handler
 
 
@@ -96,9 +117,12 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
-def _mapped(inner: Callable[..., Any], method: str, *, streamed_requests: bool) -> Callable[..., Any]:
+def _mapped(
+    inner: Callable[..., Any], method: str, *, streamed_requests: bool, report: Callable[[str], None] | None = None
+) -> Callable[..., Any]:
     """inner with errors mapped, keeping its kind: async generator or coroutine
-    (grpc.aio treats the two differently; health Watch is a coroutine)."""
+    (grpc.aio treats the two differently; health Watch is a coroutine). A
+    coroutine's final status goes to `report` (when given)."""
     if inspect.isasyncgenfunction(inner):
 
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
@@ -118,11 +142,20 @@ def _mapped(inner: Callable[..., Any], method: str, *, streamed_requests: bool) 
         try:
             if isinstance(request, _Undecodable):
                 raise request.error
-            return await inner(_checked(request) if streamed_requests else request, context)
+            reply = await inner(_checked(request) if streamed_requests else request, context)
         except grpc.aio.AbortError:
             raise
+        except asyncio.CancelledError:
+            if report is not None:
+                report("CANCELLED")  # the client went away or its deadline passed
+            raise
         except Exception as exc:
+            if report is not None:
+                report(exc.code if isinstance(exc, WorkerError) else "INTERNAL")
             await _abort(context, exc, method)
+        if report is not None:
+            report("OK")
+        return reply
 
     return call
 
@@ -158,7 +191,10 @@ async def build_server(
         RuntimeError: the address cannot be bound.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMapping(), *([access] if access is not None else [])],
+        interceptors=[
+            ErrorMapping(on_infer_status=service.stats.record_status),
+            *([access] if access is not None else []),
+        ],
         options=[
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),

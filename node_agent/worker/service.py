@@ -6,10 +6,30 @@ against `_TRANSITIONS`). Servicers call it with decoded requests; it raises
 `node_agent.worker.errors` only. `warm_up` runs one inference with zeros at
 load when every input shape is static.
 
-Concurrency: all methods except the job closures run on the asyncio loop
-thread; jobs run on the queue's model threads and touch only the runtime
-(thread-safe) and `Stats` (locked). State listeners (health reporting) are
-awaited on the loop after each transition.
+Dynamic batching (opt-in, `batching=Batching(...)`): a request whose inputs
+all share one first dimension gets a batch key (input names, dtypes and the
+dimensions after the first, plus the requested outputs) and that dimension
+as its rows; the queue hands compatible requests to `_run_batch` together,
+which concatenates each input along dimension 0, runs the model once, checks
+that every output has the batch's total rows as its first dimension, and
+splits the outputs back by each request's offset. A failure anywhere fails
+every request of that batch with the same error; a request never sees
+another's rows. `check_batchable` refuses (at load) a model whose inputs or
+outputs lack a dynamic first dimension.
+
+Inline execution: when the model is fast (a moving average of its run time
+below `inline_max_s`, 300 us by default) and nothing is queued, the event
+loop thread runs the call itself instead of handing it to a model thread
+and back: two thread wake-ups and a self-pipe write cost as much as such a
+model's run (the profile in docs/performance.md). It counts as one of the
+`model_threads` running calls, so the queue's bounds hold. A run that turns
+out slow raises the average and sends the next calls to the model threads.
+Off with batching (batches form in the queue) and with `inline_max_s=0`.
+
+Concurrency: all methods except `_run_batch` / `_execute` run on the asyncio
+loop thread; those run on the queue's model threads (or inline, on the
+loop) and touch only the runtime (thread-safe) and `Stats` (locked). State listeners (health
+reporting) are awaited on the loop after each transition.
 """
 
 from __future__ import annotations
@@ -24,16 +44,18 @@ from collections.abc import Awaitable, Callable
 
 import numpy as np
 
-from node_agent.runtime.base import ExecutionError, InputError, Runtime, TensorSpec
+from node_agent.runtime.base import ExecutionError, InputError, LoadError, Runtime, TensorSpec
 from node_agent.runtime.dtypes import BYTES, numpy_dtype, wire_array
 from node_agent.worker.codec import InferRequest
 from node_agent.worker.errors import DeadlineExceeded, InvalidArgument, ModelExecutionFailed, NotFound, Unavailable
 from node_agent.worker.stats import Stats, StatsSnapshot
-from node_agent.worker.workqueue import WorkQueue
+from node_agent.worker.workqueue import Batching, WorkQueue
 
 logger = logging.getLogger(__name__)
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "torchscript": "pytorch_libtorch"}
+DEFAULT_INLINE_MAX_S = 300e-6
+_AVERAGE_WEIGHT = 0.1  # of the newest run in the moving average
 
 
 class WorkerState(str, enum.Enum):
@@ -82,6 +104,50 @@ def warm_up(runtime: Runtime) -> bool:
     return True
 
 
+def check_batchable(runtime: Runtime) -> None:
+    """Dynamic batching needs a dynamic first dimension on every input and output.
+
+    Raises:
+        LoadError: naming the first tensor that has none.
+    """
+    for kind, specs in (("input", runtime.inputs), ("output", runtime.outputs)):
+        for spec in specs:
+            if spec.any_shape:
+                continue  # undeclared TorchScript tensors: checked per batch
+            if not spec.shape or spec.shape[0] != -1:
+                raise LoadError(
+                    f"dynamic batching needs a dynamic first (batch) dimension on every input and output; "
+                    f"{kind} '{spec.name}' has shape {list(spec.shape)}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pending:
+    """One admitted request on its way to a model thread."""
+
+    request: InferRequest
+    admitted: int  # perf_counter_ns() at admission
+
+
+def batch_key(request: InferRequest) -> tuple[object, int] | None:
+    """(key, rows) when `request` may share a model run with others, else None.
+
+    Requests are compatible when they name the same inputs with the same
+    dtypes and the same dimensions after the first, and ask for the same
+    outputs; rows is the first dimension, which every input must share.
+    """
+    rows = -1
+    parts = []
+    for name, array in request.inputs.items():
+        if array.ndim == 0 or (rows >= 0 and array.shape[0] != rows):
+            return None
+        rows = array.shape[0]
+        parts.append((name, array.dtype.str, array.shape[1:]))
+    if rows <= 0:
+        return None
+    return (tuple(sorted(parts)), request.outputs), rows
+
+
 def _wire_output(name: str, array: np.ndarray) -> np.ndarray:
     """An output as the wire wants it; a dtype V2 cannot name is the model's fault."""
     try:
@@ -111,13 +177,25 @@ class WorkerService:
         queue_capacity: int,
         loop: asyncio.AbstractEventLoop,
         stats: Stats | None = None,
+        batching: Batching | None = None,
+        inline_max_s: float = DEFAULT_INLINE_MAX_S,
     ) -> None:
         self.runtime = runtime
         self.name = name
         self.version = version
         self.platform = PLATFORMS.get(runtime.format, runtime.format)
         self.stats = stats or Stats()
-        self.queue = WorkQueue(threads=model_threads, capacity=queue_capacity, stats=self.stats, loop=loop)
+        self.batching = batching
+        self.inline_max_s = 0.0 if batching is not None else inline_max_s
+        self._run_avg_s = float("inf")  # moving average of one run's time; inf until measured
+        self.queue = WorkQueue(
+            threads=model_threads,
+            capacity=queue_capacity,
+            stats=self.stats,
+            loop=loop,
+            batching=batching,
+            run_batch=self._run_batch,
+        )
         self.state = WorkerState.LOADING
         self._listeners: list[StateListener] = []
 
@@ -202,10 +280,71 @@ class WorkerService:
         if deadline is not None and time.monotonic() >= deadline:
             self.stats.record_timeout()
             raise DeadlineExceeded("deadline exceeded before the call was queued")
-        return await self.queue.run(lambda: self._execute(request, admitted), deadline=deadline)
+        pending = _Pending(request, admitted)
+        if self._run_avg_s < self.inline_max_s:
+            ran, outputs = self.queue.try_inline(pending)
+            if ran:
+                return outputs  # type: ignore[no-any-return]
+        batchable = batch_key(request) if self.batching is not None else None
+        if batchable is None:
+            return await self.queue.submit(pending, deadline=deadline)  # type: ignore[no-any-return]
+        key, rows = batchable
+        return await self.queue.submit(pending, deadline=deadline, key=key, rows=rows)  # type: ignore[no-any-return]
+
+    def _run_batch(self, items: list[_Pending]) -> list[dict[str, np.ndarray]]:
+        """Runs on a model thread: one request alone, or a batch (see the module docstring)."""
+        if len(items) == 1:
+            result = self._execute(items[0].request, items[0].admitted)
+            self.stats.record_batch(1)
+            return [result]
+        started = time.perf_counter_ns()
+        names = items[0].request.outputs
+        sizes = [next(iter(p.request.inputs.values())).shape[0] for p in items]
+        total = sum(sizes)
+        try:
+            inputs = {
+                name: np.concatenate([p.request.inputs[name] for p in items]) for name in items[0].request.inputs
+            }
+            produced = self.runtime.run(inputs, names)
+            for name in names:
+                shape = produced[name].shape
+                if not shape or shape[0] != total:
+                    raise ExecutionError(
+                        f"output '{name}' has shape {list(shape)}: its first dimension is not the batch size "
+                        f"{total}, so the batch cannot be split back (disable dynamic batching for this model)"
+                    )
+            ran = time.perf_counter_ns()
+            wire = {name: _wire_output(name, produced[name]) for name in names}
+        except (InputError, ExecutionError) as exc:
+            failed = time.perf_counter_ns()
+            for p in items:
+                self.stats.record_failure(total_ns=failed - p.admitted, model_error=isinstance(exc, ExecutionError))
+            if isinstance(exc, InputError):
+                raise InvalidArgument(str(exc)) from exc
+            raise ModelExecutionFailed(f"model execution failed: {exc}") from exc
+        except Exception:
+            failed = time.perf_counter_ns()
+            for p in items:
+                self.stats.record_failure(total_ns=failed - p.admitted, model_error=True)
+            raise
+        done = time.perf_counter_ns()
+        self.stats.record_batch(len(items))
+        results: list[dict[str, np.ndarray]] = []
+        offset = 0
+        for p, rows in zip(items, sizes, strict=True):
+            results.append({name: wire[name][offset : offset + rows] for name in names})
+            offset += rows
+            self.stats.record_success(
+                queue_ns=started - p.admitted,
+                input_ns=p.request.decode_ns,
+                infer_ns=ran - started,
+                output_ns=done - ran,
+                total_ns=done - p.admitted + p.request.decode_ns,
+            )
+        return results
 
     def _execute(self, request: InferRequest, admitted: int) -> dict[str, np.ndarray]:
-        """Runs on a model thread."""
+        """Runs on a model thread: one request."""
         started = time.perf_counter_ns()
         try:
             produced = self.runtime.run(request.inputs, request.outputs)
@@ -221,6 +360,9 @@ class WorkerService:
             self.stats.record_failure(total_ns=time.perf_counter_ns() - admitted, model_error=True)
             raise
         done = time.perf_counter_ns()
+        seconds = (ran - started) / 1e9
+        average = self._run_avg_s
+        self._run_avg_s = seconds if average == float("inf") else average + _AVERAGE_WEIGHT * (seconds - average)
         self.stats.record_success(
             queue_ns=started - admitted,
             input_ns=request.decode_ns,

@@ -20,7 +20,7 @@ from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from node_agent.runtime.base import TensorSpec
-from node_agent.worker.codec import decode_infer_request, encode_infer_response
+from node_agent.worker.codec import RequestDecoder, encode_infer_response
 from node_agent.worker.service import WorkerService, rss_bytes
 from node_agent.worker.stats import Duration, StatsSnapshot
 
@@ -73,14 +73,23 @@ def inference_stats_pb(snap: StatsSnapshot) -> common_pb2.InferenceStats:
     )
 
 
-def model_statistics_pb(snap: StatsSnapshot, *, name: str, version: str) -> pb.ModelStatistics:
-    """The same counters as a KServe V2 ModelStatistics entry."""
+def model_statistics_pb(
+    snap: StatsSnapshot, *, name: str, version: str, batch_sizes: dict[int, int] | None = None
+) -> pb.ModelStatistics:
+    """The same counters as a KServe V2 ModelStatistics entry. With
+    `batch_sizes` (model runs by calls served), execution_count counts model
+    runs and batch_stats lists them by size, as Triton does."""
+    runs = sum(batch_sizes.values()) if batch_sizes else snap.inference_count
     return pb.ModelStatistics(
         name=name,
         version=version,
         last_inference=int(snap.last_inference * 1000) if snap.last_inference else 0,
         inference_count=snap.inference_count,
-        execution_count=snap.inference_count,
+        execution_count=runs,
+        batch_stats=[
+            pb.InferBatchStatistics(batch_size=size, compute_infer=pb.StatisticDuration(count=count))
+            for size, count in sorted((batch_sizes or {}).items())
+        ],
         inference_stats=pb.InferStatistics(
             success=_duration(snap.success),
             fail=_duration(snap.fail),
@@ -97,6 +106,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     def __init__(self, service: WorkerService) -> None:
         self._service = service
+        self._decoder = RequestDecoder(inputs=service.inputs, outputs=service.outputs)
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: Any) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -125,7 +135,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         service = self._service
         service.check_model(request.model_name, request.model_version)
-        decoded = decode_infer_request(request, inputs=service.inputs, outputs=service.outputs)
+        decoded = self._decoder.decode(request)
         outputs = await service.infer(decoded, deadline=_deadline(context))
         return encode_infer_response(outputs, model_name=service.name, model_version=service.version, request_id=decoded.id)
 
@@ -133,7 +143,9 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         service = self._service
         if request.name:  # "" asks for every model, as in Triton
             service.check_model(request.name, request.version)
-        stats = model_statistics_pb(service.snapshot(), name=service.name, version=service.version)
+        stats = model_statistics_pb(
+            service.snapshot(), name=service.name, version=service.version, batch_sizes=service.stats.batch_sizes()
+        )
         return pb.ModelStatisticsResponse(model_stats=[stats])
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: Any) -> pb.RepositoryIndexResponse:

@@ -8,16 +8,60 @@ while it is held (the queue may call in here under its own lock: lock order
 is queue -> stats). Throughput counts successful inferences in a ring of 60
 one-second buckets; the peak is the largest 60-second total ever seen.
 `clock` is injectable (wall seconds) so tests can drive time.
+
+For Prometheus (node_agent.worker.metrics) it also keeps cumulative
+histograms of queue time and compute time per request and of the batch size
+per model run, and the count of ModelInfer calls by final gRPC status; the
+exporter reads them at scrape time (`histograms()`, `status_counts()`), so
+serving a call costs a few additions under the lock and nothing more.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 _WINDOW_S = 60
+# Upper bounds (seconds) of the latency buckets: from 50 us (a small MLP) to 10 s.
+LATENCY_BUCKETS_S: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistogramSnapshot:
+    """Cumulative bucket counts (one per bound, then +Inf), the sum and the count."""
+
+    bounds: tuple[float, ...]
+    cumulative: tuple[int, ...]
+    sum: float
+    count: int
+
+
+class _Histogram:
+    __slots__ = ("bounds", "counts", "total", "count")
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.total += value
+        self.count += 1
+
+    def frozen(self) -> HistogramSnapshot:
+        running, cumulative = 0, []
+        for n in self.counts:
+            running += n
+            cumulative.append(running)
+        return HistogramSnapshot(self.bounds, tuple(cumulative), self.total, self.count)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +127,11 @@ class Stats:
         self._cancelled = 0
         self._success, self._fail, self._queue = _Sum(), _Sum(), _Sum()
         self._input, self._infer, self._output = _Sum(), _Sum(), _Sum()
+        self._queue_hist = _Histogram(LATENCY_BUCKETS_S)
+        self._compute_hist = _Histogram(LATENCY_BUCKETS_S)
+        self._batch_hist = _Histogram(BATCH_BUCKETS)
+        self._status: dict[str, int] = {}
+        self._batch_sizes: dict[int, int] = {}
         self._bucket_second = [-1] * _WINDOW_S  # which unix second each bucket holds
         self._bucket_count = [0] * _WINDOW_S
         self._peak = 0
@@ -105,6 +154,8 @@ class Stats:
             self._input.add(input_ns)
             self._infer.add(infer_ns)
             self._output.add(output_ns)
+            self._queue_hist.observe(max(0, queue_ns) / 1e9)
+            self._compute_hist.observe(max(0, infer_ns) / 1e9)
             slot = second % _WINDOW_S
             if self._bucket_second[slot] != second:
                 self._bucket_second[slot] = second
@@ -118,6 +169,36 @@ class Stats:
             self._fail.add(total_ns)
             if model_error:
                 self._error_count += 1
+
+    def record_batch(self, size: int) -> None:
+        """The model ran once for `size` calls (1 without batching)."""
+        with self._lock:
+            self._batch_hist.observe(size)
+            self._batch_sizes[size] = self._batch_sizes.get(size, 0) + 1
+
+    def batch_sizes(self) -> dict[int, int]:
+        """Model runs by the number of calls they served (Triton's batch_stats)."""
+        with self._lock:
+            return dict(self._batch_sizes)
+
+    def record_status(self, code: str) -> None:
+        """A ModelInfer call ended with gRPC status `code` (e.g. "OK")."""
+        with self._lock:
+            self._status[code] = self._status.get(code, 0) + 1
+
+    def status_counts(self) -> dict[str, int]:
+        """ModelInfer calls by final status name."""
+        with self._lock:
+            return dict(self._status)
+
+    def histograms(self) -> dict[str, HistogramSnapshot]:
+        """{"queue", "compute"} seconds per call and "batch" size per model run."""
+        with self._lock:
+            return {
+                "queue": self._queue_hist.frozen(),
+                "compute": self._compute_hist.frozen(),
+                "batch": self._batch_hist.frozen(),
+            }
 
     def record_rejected(self) -> None:
         """A call was refused because the queue was full."""

@@ -1,0 +1,148 @@
+"""One load-generator process: a closed loop of `--concurrency` callers for a
+fixed duration, printing one JSON line with the completed calls, errors,
+req/s and latency percentiles.
+
+    python benchmarks/loadgen.py grpc --target HOST:PORT --model NAME --shape 784 ...
+    python benchmarks/loadgen.py raw --onnx MODEL.onnx --threads 1 --model-threads 2 ...
+
+`grpc`: V2 ModelInfer over one grpc.aio channel; the request is serialized
+once and sent as raw bytes, and replies are not decoded (one is, before the
+clock starts, to check the answer), so the generator spends as little CPU as
+a Python client can. `raw`: onnxruntime in this process, the limit:
+`--concurrency` threads call session.run, at most `--model-threads` at once
+(the same bounded concurrency the worker's model threads give), on one
+session with `--threads` intra-op threads. Calls that complete in the
+warm-up are not counted; the measured window is `--duration` seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+
+def _summary(latencies: list[float], errors: int, elapsed: float, first_error: str = "") -> dict[str, object]:
+    lat = np.array(latencies) if latencies else np.array([0.0])
+    return {
+        "count": len(latencies),
+        "errors": errors,
+        "first_error": first_error,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)) * 1e3,
+        "p99_ms": float(np.percentile(lat, 99)) * 1e3,
+        "seconds": elapsed,
+    }
+
+
+def _input(shape: list[int]) -> np.ndarray:
+    return np.random.default_rng(0).random((1, *shape), dtype=np.float32)
+
+
+async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
+    import grpc
+
+    from modelfleet.inference import grpc_service_pb2 as pb
+
+    x = _input(args.shape)
+    req = pb.ModelInferRequest(model_name=args.model)
+    req.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    req.raw_input_contents.append(x.tobytes())
+    body = req.SerializeToString()
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(args.target, options=options) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
+        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+        reply = pb.ModelInferResponse.FromString(await call(body, timeout=60, metadata=metadata))
+        if not reply.raw_output_contents:
+            raise SystemExit(f"unexpected reply: {reply}")
+        start = time.perf_counter()
+        measure_from = start + args.warmup
+        stop_at = measure_from + args.duration
+        latencies: list[float] = []
+        errors = [0]
+        first_error = [""]
+
+        async def caller() -> None:
+            while True:
+                t0 = time.perf_counter()
+                if t0 >= stop_at:
+                    return
+                try:
+                    await call(body, timeout=30, metadata=metadata)
+                except grpc.aio.AioRpcError as exc:
+                    errors[0] += 1
+                    first_error[0] = first_error[0] or f"{exc.code().name}: {exc.details()}"
+                    continue
+                t1 = time.perf_counter()
+                if t0 >= measure_from and t1 <= stop_at:
+                    latencies.append(t1 - t0)
+
+        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
+    return _summary(latencies, errors[0], args.duration, first_error[0])
+
+
+def run_raw(args: argparse.Namespace) -> dict[str, object]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = args.threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(args.onnx, sess_options=options, providers=["CPUExecutionProvider"])
+    x = _input(args.shape)
+    for _ in range(3):
+        session.run(None, {"x": x})
+    slots = threading.BoundedSemaphore(args.model_threads)
+    start = time.perf_counter()
+    measure_from = start + args.warmup
+    stop_at = measure_from + args.duration
+    per_thread: list[list[float]] = [[] for _ in range(args.concurrency)]
+
+    def caller(out: list[float]) -> None:
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= stop_at:
+                return
+            with slots:
+                session.run(None, {"x": x})
+            t1 = time.perf_counter()
+            if t0 >= measure_from and t1 <= stop_at:
+                out.append(t1 - t0)
+
+    threads = [threading.Thread(target=caller, args=(out,)) for out in per_thread]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _summary([v for out in per_thread for v in out], 0, args.duration)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=("grpc", "raw"))
+    p.add_argument("--target", default="")
+    p.add_argument("--model", default="")
+    p.add_argument("--onnx", default="")
+    p.add_argument("--token", default="", help="an API key, sent as authorization: Bearer")
+    p.add_argument("--shape", type=lambda s: [int(d) for d in s.split(",")], required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--model-threads", type=int, default=1)
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    args = p.parse_args()
+    result = run_raw(args) if args.mode == "raw" else asyncio.run(run_grpc(args))
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,49 @@
+"""Smoke tests of the benchmark scripts (docs/benchmarks.md): their quickest
+paths run end to end and write JSON with a figure for every point. No speed
+is asserted here: targets live in the benchmarks, never in tests."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from cluster import ROOT
+
+
+def run(argv: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    return out
+
+
+def test_serving_benchmark_quick_path(tmp_path: Path) -> None:
+    report_file = tmp_path / "serving.json"
+    out = run(
+        ["benchmarks/serving.py", "--quick", "--models", "mlp", "--concurrency", "2", "--batched-concurrency", "2",
+         "--duration", "0.3", "--warmup", "0.1", "--workdir", str(tmp_path / "work"), "--json", str(report_file)],
+        timeout=120,
+    )  # fmt: skip
+    report = json.loads(report_file.read_text())
+    paths = {r["path"]: r for r in report["results"]}
+    assert set(paths) == {"raw", "reference", "direct", "gateway", "batched-direct", "batched-gateway"}
+    for row in report["results"]:
+        assert row["count"] > 0 and row["errors"] == 0, row
+        assert row["p99_ms"] >= row["p50_ms"] > 0
+    assert report["machine_at_start"]["cores"] >= 1
+    assert "| conc | raw req/s |" in out.stdout and "b/a" in out.stdout and "cores" in out.stdout
+
+
+def test_control_plane_scale_benchmark_small(tmp_path: Path) -> None:
+    report_file = tmp_path / "scale.json"
+    run(
+        ["benchmarks/controlplane_scale.py", "--nodes", "20", "--deployments", "20", "--steady", "0.5",
+         "--full-every", "0.5", "--workdir", str(tmp_path / "work"), "--json", str(report_file)],
+        timeout=120,
+    )  # fmt: skip
+    report = json.loads(report_file.read_text())
+    assert report["deployments_with_a_started_route"] == 20
+    assert report["routing_entries_started"] == 20
+    assert report["reports_sent"] >= 20 and report["rss_mb"] > 0
+    assert report["reconcile_scoped_ticks"] > 0
