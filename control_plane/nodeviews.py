@@ -11,6 +11,10 @@ a thousand of each (docs/performance.md). `NodeViews` keeps them instead:
   of each new allocation), so it stays current as allocations are added.
 - `refresh(node_id)` recomputes one node (its record, liveness and usage:
   O(its allocations)) when capacity was freed there or it registered.
+- Usage counts every allocation but FAILED ones and desired-STOPPED ones
+  that already STOPPED (scheduler.demand_of_allocation of its own spec); a
+  SUSPECT node stays ready (keeps what it has) but is not schedulable;
+  `cordoned()` are the drained nodes (record not schedulable).
 - `invalidate()` drops the cache (liveness changes); `rebuild()` (every full
   tick) rebuilds it and compares a fingerprint of every node's readiness,
   cordon, capacity and labels with the last one.
@@ -35,8 +39,8 @@ class NodeViews:
         self._store = store
         self._fleet = fleet
         self._views: dict[str, scheduler.NodeView] | None = None
-        self._cordoned: set[str] = set()  # nodes drained by an operator (record.schedulable false)
         self._fingerprint: int | None = None
+        self._cordoned: set[str] = set()  # nodes whose record is not schedulable (drained)
         self.epoch = 0
 
     def get(self) -> dict[str, scheduler.NodeView]:
@@ -44,6 +48,12 @@ class NodeViews:
         if self._views is None:
             self._views = self._build()
         return self._views
+
+    def cordoned(self) -> frozenset[str]:
+        """Drained nodes (record not schedulable, whatever their liveness): their
+        allocations are replaced make-before-break. Kept with the views."""
+        self.get()
+        return frozenset(self._cordoned)
 
     def rebuild(self) -> dict[str, scheduler.NodeView]:
         """Fresh views (a full tick); the epoch grows if any node's eligibility changed."""
@@ -56,11 +66,6 @@ class NodeViews:
             self._fingerprint = fingerprint
             self.epoch += 1
         return views
-
-    def cordoned(self) -> frozenset[str]:
-        """Nodes whose record is not schedulable (drained), as of the views."""
-        self.get()
-        return frozenset(self._cordoned)
 
     def invalidate(self) -> None:
         """Anything may have changed (e.g. liveness): rebuild on next use."""
@@ -77,10 +82,6 @@ class NodeViews:
             self._views.pop(node_id, None)
             self._cordoned.discard(node_id)
             return
-        if node.schedulable:
-            self._cordoned.discard(node_id)
-        else:
-            self._cordoned.add(node_id)
         used: dict[str, list[float]] = {}
         for alloc in self._store.list_allocations(node_id=node_id):
             _add_usage(used, alloc)
@@ -90,13 +91,16 @@ class NodeViews:
         used: dict[str, list[float]] = {}
         for alloc in self._store.list_allocations():
             _add_usage(used, alloc)
-        nodes = self._store.list_nodes()
-        self._cordoned = {n.info.node_id for n in nodes if not n.schedulable}
-        return {node.info.node_id: self._view(node, used) for node in nodes}
+        self._cordoned = set()
+        return {node.info.node_id: self._view(node, used) for node in self._store.list_nodes()}
 
     def _view(self, node: records_pb2.NodeRecord, used: dict[str, list[float]]) -> scheduler.NodeView:
         node_id = node.info.node_id
         liveness = self._fleet.state(node_id)
+        if node.schedulable:
+            self._cordoned.discard(node_id)
+        else:
+            self._cordoned.add(node_id)
         u = used.get(node_id, [0.0, 0, 0])
         return scheduler.NodeView(
             node_id=node_id,

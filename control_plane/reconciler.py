@@ -167,7 +167,9 @@ class Reconciler:
         store any other way is seen at the next full tick).
 
         Usage counts every allocation that holds its node (all but FAILED
-        ones), by its own spec: old allocations of a rolling update included.
+        ones and desired-STOPPED ones that already STOPPED), by its own spec:
+        old allocations of a rolling update included. A SUSPECT node keeps what
+        it has but is not schedulable (control_plane.nodeviews).
         """
         return dict(self.views.get())
 
@@ -196,6 +198,8 @@ class Reconciler:
             self.events.routing(alloc, old=before, new=alloc.routing_state, reason=alloc.reason)
             if alloc.routing_state == RS.ROUTING_STATE_FAILED:
                 self.views.refresh(alloc.node_id)  # a failed worker holds nothing
+        if alloc.desired == STOPPED and alloc.routing_state == RS.ROUTING_STATE_STOPPED:
+            self.views.refresh(alloc.node_id)  # stopped for good: it holds nothing any more
 
     def remove_allocation(self, alloc: records_pb2.AllocationRecord, *, reason: str) -> None:
         """Delete alloc (nothing runs any more); record STOPPED unless it already was."""
@@ -239,6 +243,7 @@ class Reconciler:
             views = self.views.get()
             wanted = set(deployment_ids or ())
             records = [r for r in map(self.store.get_deployment, sorted(wanted)) if r is not None]
+        # drained nodes: their allocations count as stale (replaced make-before-break)
         cordoned = self.views.cordoned()
         dirty_nodes: set[str] = set()
         notify: list[str] = []
@@ -341,9 +346,14 @@ class Reconciler:
         mine = [a for a in allocs if a.variant == variant.name]
         key = (rec.deployment_id, variant.name)
         lost = {a.node_id for a in mine if self.fleet.state(a.node_id) == Liveness.LOST}
-        inputs = (rec.revision, tuple(
-            (a.allocation_id, a.node_id, a.desired, a.routing_state, a.node_id in lost, a.node_id in cordoned) for a in mine
-        ))  # fmt: skip
+        # everything the plan reads about each allocation: a drain (cordon) or a liveness change plans again
+        inputs = (
+            rec.revision,
+            tuple(
+                (a.allocation_id, a.node_id, a.desired, a.routing_state, self.fleet.state(a.node_id), a.node_id in cordoned)
+                for a in mine
+            ),
+        )
         done = self._planned.get(key)
         if done is not None and done.inputs == inputs and (not done.waiting or done.epoch == self.views.epoch):
             if done.waiting:
@@ -620,7 +630,7 @@ class Reconciler:
 class _Planned(NamedTuple):
     """A plan that changed nothing, and what it was computed from."""
 
-    inputs: object  # the revision and (id, node, desired, routing state, lost, cordoned) of each allocation
+    inputs: object  # the revision and (id, node, desired, routing state, liveness, cordoned) of each allocation
     plan: rollout.VariantPlan
     progress: rollout.Progress
     epoch: int  # the node views' epoch (waiting variants are planned again when it moves)

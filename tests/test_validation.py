@@ -223,12 +223,15 @@ def test_scenario_15_oversized_messages_are_resource_exhausted_with_bounded_memo
     with channel:
         stub.ModelInfer(small, timeout=10)
         rss = [_rss(c.cp.pid)]
-        for i in range(20):  # bounded: after a warm-up the resident size no longer grows with the count
+        # bounded: after a warm-up, the resident size must not follow the bytes sent. The
+        # allocator may keep a few freed 16 MiB buffers (seen up to ~56 MiB under heavy
+        # load), so the bound is a quarter of what was sent: keeping the calls would use it all.
+        for i in range(36):
             with pytest.raises(grpc.RpcError) as err:
                 stub.ModelInfer(huge, timeout=30)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "larger than max" in (err.value.details() or "")
-            if i in (3, 19):
+            if i in (3, 35):
                 rss.append(_rss(c.cp.pid))
         growth = rss[2] - rss[1]
         assert stub.ModelInfer(small, timeout=10).raw_output_contents  # the next call works
@@ -244,10 +247,11 @@ def test_scenario_15_oversized_messages_are_resource_exhausted_with_bounded_memo
             worker.ModelInfer(medium, timeout=30)
         assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert worker.ModelInfer(small, timeout=10).raw_output_contents
-    print(f"scenario 15: 20 x 16 MiB refused (limit 1 MiB); control plane RSS {rss[0] / 2**20:.0f} MiB -> "
-          f"{rss[1] / 2**20:.0f} MiB after 4 -> {rss[2] / 2**20:.0f} MiB after 20")
+    print(f"scenario 15: 36 x 16 MiB refused (limit 1 MiB); control plane RSS {rss[0] / 2**20:.0f} MiB -> "
+          f"{rss[1] / 2**20:.0f} MiB after 4 -> {rss[2] / 2**20:.0f} MiB after 36")
     # 16 calls sent 256 MiB; HTTP/2 buffers wobble by a few MiB, a kept message would add 16 MiB each
-    assert growth < 32 << 20, f"RSS grew by {growth} bytes over 16 oversized calls: they are being kept"
+    sent = 32 * len(huge.SerializeToString())
+    assert growth < sent // 4, f"RSS grew by {growth} bytes over 32 oversized calls ({sent} bytes sent): they are being kept"
 
 
 # ---- uploads ------------------------------------------------------------------------------------
