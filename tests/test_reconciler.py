@@ -302,3 +302,21 @@ def test_periodic_tick_runs_due_auto_stops_and_a_full_tick_after_liveness_change
     w.fleet.detach(w.sessions["a"])  # READY -> SUSPECT without the reconciler being told
     w.rec.tick()
     assert ticks == ["full"]
+
+
+def test_a_drain_with_nowhere_to_go_moves_once_a_node_joins() -> None:
+    w = World()
+    w.join("a")
+    w.deploy("d", instances=1)
+    w.report_all("a", S.ROUTING_STATE_STARTED)
+    node = w.store.get_node("a")
+    node.schedulable = False  # drained, as NodeService does, then a full tick
+    w.store.put_node(node)
+    w.rec.reconcile()
+    w.rec.reconcile()  # nowhere to go: it keeps serving on a, and the quiet plan is kept
+    assert [(a.node_id, a.desired) for a in w.store.list_allocations(deployment_id="d")] == [("a", RUNNING)]
+    w.join("b")  # capacity appears: the waiting drain is planned again and moves (make-before-break)
+    placed = {a.node_id: a.desired for a in w.store.list_allocations(deployment_id="d")}
+    assert placed == {"a": RUNNING, "b": RUNNING}
+    w.report_all("b", S.ROUTING_STATE_STARTED)
+    assert {a.node_id: a.desired for a in w.store.list_allocations(deployment_id="d")} == {"a": STOPPED, "b": RUNNING}
