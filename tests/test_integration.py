@@ -22,7 +22,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from cluster import ROOT, Cluster, authed_channel, wait_until
+from cluster import ROOT, Cluster, authed_channel, wait_until, worker_processes
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
@@ -55,26 +55,10 @@ def _this_sessions_workers(tmp_path_factory: pytest.TempPathFactory) -> None:
 
 
 def worker_pids(deployment_id: str, under: Path | None = None) -> set[int]:
-    """Live inference worker processes serving deployment_id, from /proc (this session's only;
+    """Live inference worker processes serving deployment_id (this session's only;
     with `under`, only those whose ready file lies below that directory: one fleet's)."""
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            status = (entry / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if b"node_agent.worker" in args and b"--name" in args and status != "Z":
-            ready = args[args.index(b"--ready-file") + 1] if b"--ready-file" in args else b""
-            if _BASETEMP and not ready.startswith(_BASETEMP[0]):
-                continue
-            if under is not None and not ready.startswith(str(under).encode()):
-                continue
-            if args[args.index(b"--name") + 1].decode() == deployment_id:
-                pids.add(int(entry.name))
-    return pids
+    root = under if under is not None else (Path(_BASETEMP[0].decode()) if _BASETEMP else None)
+    return {pid for pid, (name, _) in worker_processes(root).items() if name == deployment_id}
 
 
 def triton_infer(url: str, model: str, inputs: dict[str, np.ndarray], tmp: Path, *, token: str = "") -> dict[str, object]:

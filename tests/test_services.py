@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 from google.protobuf import field_mask_pb2
 
-from cluster import ROOT, Cluster, authed_channel, wait_until
+from cluster import ROOT, Cluster, authed_channel, wait_until, worker_processes
 from modelbuild import onnx_add, onnx_slow, onnx_warmup_fails
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
@@ -121,24 +121,11 @@ _ROOT: list[bytes] = []  # the module cluster's directory: workers of other clus
 _TOKEN: list[str] = []  # the module cluster's admin key, for the load generator
 
 
-def worker_pids(deployment_id: str | None) -> dict[int, list[bytes]]:
-    """Live inference workers of deployment_id (None: any) in this module's cluster: pid -> command line."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            args = (entry / "cmdline").read_bytes().split(b"\0")
-            status = (entry / "stat").read_text().split(")")[-1].split()[0]
-        except OSError:
-            continue
-        if b"node_agent.worker" in args and b"--name" in args and status != "Z":
-            ready = args[args.index(b"--ready-file") + 1] if b"--ready-file" in args else b""
-            if _ROOT and not ready.startswith(_ROOT[0]):
-                continue
-            if deployment_id is None or args[args.index(b"--name") + 1].decode() == deployment_id:
-                found[int(entry.name)] = args
-    return found
+def worker_pids(deployment_id: str | None) -> dict[int, tuple[str, str]]:
+    """Live inference workers of deployment_id (None: any) in this module's cluster:
+    pid -> (deployment id, allocation id)."""
+    root = Path(_ROOT[0].decode()) if _ROOT else None
+    return {pid: w for pid, w in worker_processes(root).items() if deployment_id is None or w[0] == deployment_id}
 
 
 def environ(pid: int) -> dict[str, str]:
