@@ -52,7 +52,8 @@ from collections.abc import Callable, Sequence
 import grpc
 
 from control_plane import errors, v2check
-from control_plane.reconciler import Reconciler, Route
+from control_plane.reconciler import Reconciler
+from control_plane.routing import Route
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, models_pb2

@@ -11,6 +11,13 @@ statuses and publishes changes to the hub. Agent reports (`observe`) only
 record observations and trigger a tick; they never command anything
 themselves.
 
+This module owns the ticks and the planning: placement, rolling updates,
+drains, lost nodes and auto stop. The Reconciler gets the rest from its
+bases: the agent-facing side from control_plane.reports (`push`, `observe`,
+`on_liveness_change`), and the allocation record writes (`save_allocation` /
+`remove_allocation`, the one place routing states change), the gateway's
+`routes` and the deployment statuses from control_plane.routing.
+
 Allocation records (modelfleet.store.v1.AllocationRecord), one per variant
 per node, move through:
 
@@ -27,13 +34,7 @@ update rules replace them make-before-break.
 An allocation never changes what it runs: an update that changes a
 variant's worker settings creates new allocations (new ids) and stops the
 old ones once the new ones are STARTED (make-before-break, see
-control_plane.rollout). Every routing-state change goes through
-`save_allocation` / `remove_allocation`, which record it as an event
-(control_plane.events); every status change is recorded by `_derive_status`.
-
-Routing for the gateway (`routes`) is rebuilt from the records after every
-tick: started allocations (desired RUNNING) of running deployments on READY
-nodes, old and new ones alike during a rolling update.
+control_plane.rollout).
 
 With authentication on (`worker_tokens`), every new allocation's spec gets a
 random worker token: the agent hands it to the worker, and the gateway
@@ -60,44 +61,29 @@ moved, with a full tick when a node's liveness changed and every
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 
-from control_plane import rollout, scheduler, state
+from control_plane import rollout, scheduler
 from control_plane.events import EventLog
 from control_plane.fleet import Fleet, Liveness
 from control_plane.hub import ChangeHub
 from control_plane.nodeviews import NodeViews
+from control_plane.reports import AgentReports
+from control_plane.routing import RS, RUNNING, STOPPED, Route, set_route
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
+from modelfleet.v1 import agent_pb2, deployments_pb2, models_pb2
 
 log = logging.getLogger(__name__)
 
-RS = common_pb2
-RUNNING = records_pb2.DESIRED_STATE_RUNNING
-STOPPED = records_pb2.DESIRED_STATE_STOPPED
 FULL_TICK_EVERY_S = 30.0  # the periodic safety net; events and tick() handle everything sooner
-
-
-@dataclass(frozen=True)
-class Route:
-    """A started worker the gateway may send calls to."""
-
-    allocation_id: str
-    node_id: str
-    variant: str
-    address: str
-    token: str = ""  # the worker token the gateway presents ("" = auth off)
-    model: tuple[str, int] = ("", 0)  # (model_id, version) the worker serves: what requests are checked against
 
 
 def now_ts() -> timestamp_pb2.Timestamp:
@@ -106,7 +92,9 @@ def now_ts() -> timestamp_pb2.Timestamp:
     return ts
 
 
-class Reconciler:
+class Reconciler(AgentReports):
+    """Ticks and planning (see the module docstring); records, routes and reports come from its bases."""
+
     def __init__(
         self,
         *,
@@ -182,40 +170,6 @@ class Reconciler:
             del self.placements[key]
         for key in [k for k in self._planned if k[0] == deployment_id]:
             del self._planned[key]
-
-    # ---- allocation records (the one place routing states change) --------------
-    def save_allocation(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
-        """Write alloc; record an event if its routing state differs from before."""
-        if before != alloc.routing_state and not state.check_route_transition(before, alloc.routing_state):
-            log.warning(
-                "allocation %s: unexpected routing transition %s -> %s",
-                alloc.allocation_id,
-                RS.RoutingState.Name(before),
-                RS.RoutingState.Name(alloc.routing_state),
-            )
-        self.store.put_allocation(alloc)
-        if before != alloc.routing_state:
-            self.events.routing(alloc, old=before, new=alloc.routing_state, reason=alloc.reason)
-            if alloc.routing_state == RS.ROUTING_STATE_FAILED:
-                self.views.refresh(alloc.node_id)  # a failed worker holds nothing
-        if alloc.desired == STOPPED and alloc.routing_state == RS.ROUTING_STATE_STOPPED:
-            self.views.refresh(alloc.node_id)  # stopped for good: it holds nothing any more
-
-    def remove_allocation(self, alloc: records_pb2.AllocationRecord, *, reason: str) -> None:
-        """Delete alloc (nothing runs any more); record STOPPED unless it already was."""
-        self.store.delete_allocation(alloc.allocation_id)
-        self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
-        self.views.refresh(alloc.node_id)  # capacity freed
-        if alloc.routing_state != RS.ROUTING_STATE_STOPPED:
-            self.events.routing(alloc, old=alloc.routing_state, new=RS.ROUTING_STATE_STOPPED, reason=reason)
-
-    def _route(self, alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
-        """Set alloc's route and save it (with its event). True if it changed."""
-        before = alloc.routing_state
-        if not _set_route(alloc, routing_state, reason):
-            return False
-        self.save_allocation(alloc, before=before)
-        return True
 
     # ---- the tick ----------------------------------------------------------------
     def tick(self) -> None:
@@ -400,7 +354,7 @@ class Reconciler:
             elif member.lost and alloc.node_id not in targets:
                 before = alloc.routing_state
                 graceful = alloc.routing_state == RS.ROUTING_STATE_STOPPED  # it said so: it stays STOPPED
-                changed = not graceful and _set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
+                changed = not graceful and set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
                 if variant.instances > 0 or not member.fresh:
                     # replaced elsewhere; the lost node stops it when it returns
                     alloc.desired = STOPPED
@@ -457,174 +411,9 @@ class Reconciler:
         before = alloc.routing_state
         alloc.desired = STOPPED
         if alloc.routing_state != RS.ROUTING_STATE_FAILED:
-            _set_route(alloc, RS.ROUTING_STATE_STOPPING, reason)
+            set_route(alloc, RS.ROUTING_STATE_STOPPING, reason)
         self.save_allocation(alloc, before=before)
         dirty_nodes.add(alloc.node_id)
-
-    # ---- statuses -----------------------------------------------------------------
-    def _derive_status(self, deployment_id: str) -> None:
-        rec = self.store.get_deployment(deployment_id)
-        if rec is None:
-            return
-        allocs = self.store.list_allocations(deployment_id=deployment_id)
-        names = {v.name for v in rec.spec.variants}
-        views: list[state.VariantView] = []
-        waiting: list[str] = []
-        failures: list[str] = []
-        also_serving = 0
-        for variant in rec.spec.variants:
-            mine = [a for a in allocs if a.variant == variant.name]
-            template = self.template(deployment_id, variant)
-            fresh = [a for a in mine if a.desired == RUNNING and (template is None or rollout.is_fresh(a.spec, template))]
-            stale = [a for a in mine if a.desired == RUNNING and a not in fresh]
-            old_serving = sum(1 for a in stale if a.routing_state == RS.ROUTING_STATE_STARTED)
-            also_serving += old_serving
-            placement = self.placements.get((deployment_id, variant.name))
-            routes = [a.routing_state for a in fresh]
-            view = state.variant_view(routes, target_count=len(placement.targets) if placement else 0, instances=variant.instances, name=variant.name)
-            views.append(dataclasses.replace(
-                view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED), replacing=old_serving
-            ))
-            failures += [a.reason for a in fresh if a.routing_state == RS.ROUTING_STATE_FAILED]
-            if placement and not placement.targets and not stale:
-                waiting.append(placement.shortfall or _summarize(placement.not_chosen))
-        retiring = [a for a in allocs if a.variant not in names]
-        also_serving += sum(1 for a in retiring if a.desired == RUNNING and a.routing_state == RS.ROUTING_STATE_STARTED)
-        stopping_elsewhere = sum(1 for a in retiring if a.routing_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED, RS.ROUTING_STATE_STOPPING))
-        if stopping_elsewhere and views:
-            views[0] = dataclasses.replace(views[0], stopping=views[0].stopping + stopping_elsewhere)
-        ever_served = rec.ever_served or any(v.started for v in views) or also_serving > 0
-        waiting_reason = ("waiting for capacity: " + "; ".join(waiting)) if waiting else ""
-        rollout_reason = self.rollouts.get(deployment_id, "")
-        if rollout_reason and not waiting_reason:
-            waiting_reason = "rolling update: " + rollout_reason
-        status, reason = state.deployment_status(
-            desired=rec.desired,
-            variants=views,
-            ever_served=ever_served,
-            waiting_reason=waiting_reason,
-            failure_reasons=failures,
-            also_serving=also_serving,
-            rolling=bool(rollout_reason),
-        )
-        if rec.desired == STOPPED and rec.stop_reason and status == common_pb2.DEPLOYMENT_STATUS_STOPPED:
-            reason = rec.stop_reason
-        if (status, reason, ever_served) != (rec.status, rec.status_reason, rec.ever_served):
-            old = rec.status
-            rec.status, rec.status_reason, rec.ever_served = status, reason, ever_served
-            if status == common_pb2.DEPLOYMENT_STATUS_STOPPED and not rec.HasField("stopped_at"):
-                rec.stopped_at.CopyFrom(self.now())
-            with self.store.transaction():
-                self.store.put_deployment(rec)
-                if old != status:
-                    if not state.check_status_transition(old, status):
-                        log.warning(
-                            "deployment %s: unexpected status transition %s -> %s",
-                            deployment_id,
-                            common_pb2.DeploymentStatus.Name(old),
-                            common_pb2.DeploymentStatus.Name(status),
-                        )
-                    self.events.status(deployment_id, old=old, new=status, reason=reason)
-            self.hub.notify(deployment_id)
-
-    # ---- agents -----------------------------------------------------------------------
-    def push(self, node_id: str) -> None:
-        """Send the node its complete desired set if it changed on this stream."""
-        session = self.fleet.session(node_id)
-        node = self.store.get_node(node_id)
-        if session is None or node is None:
-            return
-        specs = sorted(
-            (a.spec for a in self.store.list_allocations(node_id=node_id) if a.desired == RUNNING),
-            key=lambda s: s.allocation_id,
-        )
-        digest = hashlib.sha256(b"".join(s.SerializeToString(deterministic=True) for s in specs)).digest()
-        if digest == session.sent_digest:
-            return
-        node.generation += 1
-        self.store.put_node(node)
-        session.sent_digest = digest
-        session.send(agent_pb2.ControlMessage(assignment=agent_pb2.Assignment(generation=node.generation, allocations=specs)))
-
-    def observe(
-        self,
-        node_id: str,
-        reports: Iterable[agent_pb2.AllocationReport],
-        *,
-        applied_generation: int,
-        full_registration: bool = False,
-    ) -> None:
-        """Record what an agent runs (its complete list), then reconcile.
-
-        Reports for allocations of other nodes or unknown ids change nothing:
-        the agent stops those itself, as they are not in its desired set."""
-        self.fleet.touch(node_id, applied_generation=applied_generation)
-        node = self.store.get_node(node_id)
-        caught_up = full_registration or (node is not None and applied_generation >= node.generation)
-        by_id = {r.allocation_id: r for r in reports}
-        touched: set[str] = set()
-        epoch = self.views.epoch
-        with self.store.transaction():
-            for alloc in self.store.list_allocations(node_id=node_id):
-                report = by_id.pop(alloc.allocation_id, None)
-                if alloc.desired == STOPPED and caught_up and (report is None or report.routing_state in _DONE):
-                    # the agent applied the stop and nothing runs any more
-                    reason = "worker stopped" if report is None or not report.reason else report.reason
-                    self.remove_allocation(alloc, reason=reason)
-                    touched.add(alloc.deployment_id)
-                    continue
-                before = alloc.routing_state
-                if _apply_report(alloc, report, registration=full_registration):
-                    self.save_allocation(alloc, before=before)
-                    touched.add(alloc.deployment_id)
-        for stale in by_id:
-            log.info("node %s reports allocation %s that is not its own; ignored", node_id, stale)
-        if full_registration:
-            # the node may be new or changed: reconcile what runs there and what may take it,
-            # and send it its desired set
-            self.views.refresh(node_id)
-            on_node = {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}
-            self.reconcile(touched | on_node | self._open)
-            self.push(node_id)
-        elif touched:
-            freed = self.views.epoch != epoch  # a deletion or a failure: open variants may fit now
-            self.reconcile(touched | self._open if freed else touched)
-        for deployment_id in touched:
-            self.hub.notify(deployment_id)
-
-    def on_liveness_change(self, node_ids: list[str]) -> None:
-        affected = {a.deployment_id for n in node_ids for a in self.store.list_allocations(node_id=n)}
-        for node_id in node_ids:
-            log.warning("node %s is now %s", node_id, self.fleet.state(node_id).value)
-        self.views.invalidate()
-        self.reconcile()
-        for deployment_id in affected:
-            self.hub.notify(deployment_id)
-
-    # ---- routing ----------------------------------------------------------------------
-    def _rebuild_routes(self, deployment_ids: set[str] | None = None) -> None:
-        """Routes of every deployment (None) or of the given ones only."""
-        if deployment_ids is None:
-            running = {d.deployment_id for d in self.store.list_deployments() if d.desired == RUNNING}
-            allocs = self.store.list_allocations()
-            routes: dict[str, list[Route]] = {}
-        else:
-            running = {d for d in deployment_ids if (r := self.store.get_deployment(d)) and r.desired == RUNNING}
-            allocs = [a for d in running for a in self.store.list_allocations(deployment_id=d)]
-            routes = {k: v for k, v in self.routes.items() if k not in deployment_ids}
-        for alloc in allocs:
-            if (
-                alloc.deployment_id in running
-                and alloc.desired == RUNNING
-                and alloc.routing_state == RS.ROUTING_STATE_STARTED
-                and alloc.worker_address
-                and self.fleet.state(alloc.node_id) == Liveness.READY
-            ):
-                routes.setdefault(alloc.deployment_id, []).append(
-                    Route(alloc.allocation_id, alloc.node_id, alloc.variant, alloc.worker_address, alloc.spec.worker_token,
-                          (alloc.spec.model_id, alloc.spec.model_version))
-                )
-        self.routes = routes
 
 
 class _Planned(NamedTuple):
@@ -654,54 +443,3 @@ def _member(alloc: records_pb2.AllocationRecord, *, fresh: bool, lost: bool) -> 
         used_memory=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.memory_bytes,
         used_gpus=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.gpus,
     )
-
-
-def _set_route(alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
-    if alloc.routing_state == routing_state and alloc.reason == reason:
-        return False
-    alloc.routing_state = routing_state  # type: ignore[assignment]
-    alloc.reason = reason
-    return True
-
-
-_DONE = (RS.ROUTING_STATE_STOPPED, RS.ROUTING_STATE_FAILED)
-
-
-def _apply_report(
-    alloc: records_pb2.AllocationRecord,
-    report: agent_pb2.AllocationReport | None,
-    *,
-    registration: bool,
-) -> bool:
-    """Fold one observation into the record. True if the record changed."""
-    if report is None:
-        if alloc.desired == STOPPED:
-            return False  # not applied yet (see observe)
-        if registration and alloc.routing_state in (RS.ROUTING_STATE_STARTED, RS.ROUTING_STATE_FAILED):
-            # the node came back without this worker: it is started again
-            return _set_route(alloc, RS.ROUTING_STATE_STARTING, "restarting on the node")
-        return False
-    changed = False
-    new_state = report.routing_state
-    if alloc.desired == STOPPED and new_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED):
-        new_state = RS.ROUTING_STATE_STOPPING
-    if new_state != RS.ROUTING_STATE_UNSPECIFIED:
-        reason = report.reason
-        if alloc.desired == STOPPED and new_state == RS.ROUTING_STATE_STOPPING and alloc.reason:
-            reason = alloc.reason  # the control plane's reason for the stop says more than "stopping"
-        changed |= _set_route(alloc, new_state, reason)
-    if report.worker_address != alloc.worker_address:
-        alloc.worker_address = report.worker_address
-        changed = True
-    if new_state == RS.ROUTING_STATE_STARTED and report.HasField("started_at"):
-        if alloc.start_time != report.started_at:
-            alloc.start_time.CopyFrom(report.started_at)
-            changed = True
-    return changed
-
-
-def _summarize(not_chosen: dict[str, str] | object) -> str:
-    items = dict(not_chosen)  # type: ignore[call-overload]
-    if not items:
-        return "no nodes have joined the fleet"
-    return ", ".join(f"{node}: {why}" for node, why in sorted(items.items()))

@@ -1,142 +1,27 @@
-"""Contract tests for every Store implementation (STYLE practice 6).
+"""Contract tests for every Store implementation (STYLE practice 6), and
+open_store.
 
 StoreContract holds every test of the Store ABC's documented constraints; it
 is subclassed once per backend, and each subclass only provides the
 `make_store` fixture: a factory that opens the backend (for SQLite, the same
 file every call, so a second call is a reopen). SQLite-only tests (durability
 across reopen, schema versions, the pragmas, crash consistency under
-SIGKILL) live on TestSqliteStore.
+SIGKILL) live on TestSqliteStore in tests/test_store_sqlite.py. The records
+the tests write come from tests/storerecords.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import os
-import signal
-import sqlite3
-import subprocess
-import sys
-from collections.abc import Callable, Iterator
-from contextlib import closing
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from control_plane.errors import DataLoss
-from control_plane.store import MemoryStore, SchemaVersionError, SqliteStore, Store, open_store
+from control_plane.store import MemoryStore, SqliteStore, Store, open_store
 from control_plane.store.cached import CachedStore
-from control_plane.store import sqlite as sqlite_mod
-from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-WRITER = REPO_ROOT / "tests" / "tools" / "store_crash_writer.py"
-
-StoreFactory = Callable[[], Store]
-
-
-# ---- record builders --------------------------------------------------------------
-def model(model_id: str, version: int, *, description: str = "") -> models_pb2.Model:
-    m = models_pb2.Model(
-        model_id=model_id,
-        version=version,
-        format=common_pb2.MODEL_FORMAT_ONNX,
-        model_bytes=1000 + version,
-        sha256=hashlib.sha256(f"{model_id}:{version}".encode()).hexdigest(),
-        state=common_pb2.MODEL_STATE_NORMAL,
-        description=description,
-    )
-    m.inputs.add(name="x", datatype="FP32", shape=[-1, 4])
-    m.created_at.FromSeconds(1_700_000_000 + version)
-    return m
-
-
-def deployment(deployment_id: str, *, revision: int = 1) -> records_pb2.DeploymentRecord:
-    r = records_pb2.DeploymentRecord(
-        deployment_id=deployment_id,
-        desired=records_pb2.DESIRED_STATE_RUNNING,
-        owner="alice",
-        revision=revision,
-        status=common_pb2.DEPLOYMENT_STATUS_DEPLOYING,
-    )
-    r.spec.model_id = "m"
-    r.spec.variants.add(name="m-v1", model_id="m", model_version=1, weight=100, env={"A": "1"})
-    return r
-
-
-def allocation(allocation_id: str, *, deployment_id: str = "d1", node_id: str = "n1") -> records_pb2.AllocationRecord:
-    r = records_pb2.AllocationRecord(
-        allocation_id=allocation_id,
-        deployment_id=deployment_id,
-        variant="m-v1",
-        node_id=node_id,
-        desired=records_pb2.DESIRED_STATE_RUNNING,
-        routing_state=common_pb2.ROUTING_STATE_STARTING,
-    )
-    r.spec.CopyFrom(agent_pb2.AllocationSpec(allocation_id=allocation_id, deployment_id=deployment_id, model_id="m"))
-    return r
-
-
-def node(node_id: str, *, cpus: float = 8.0) -> records_pb2.NodeRecord:
-    r = records_pb2.NodeRecord(schedulable=True, generation=3)
-    r.info.node_id = node_id
-    r.info.capacity.cpus = cpus
-    r.info.labels["pool"] = "cpu"
-    return r
-
-
-def request(request_id: str, *, response: bytes = b"resp") -> records_pb2.RequestRecord:
-    return records_pb2.RequestRecord(request_id=request_id, method="StartDeployment", response=response)
-
-
-def event_log(deployment_id: str, *, events: int = 2) -> records_pb2.EventLogRecord:
-    r = records_pb2.EventLogRecord(deployment_id=deployment_id, last_seq=events)
-    for seq in range(1, events + 1):
-        r.events.add(seq=seq, kind=deployments_pb2.EVENT_KIND_STATUS, reason=f"event {seq}")
-    return r
-
-
-def api_key(key_id: str, *, user: str = "alice") -> records_pb2.ApiKeyRecord:
-    return records_pb2.ApiKeyRecord(
-        key_id=key_id, user=user, roles=["viewer"], salt=b"\x01" * 16, secret_hash=b"\x02" * 32, hash_iterations=10
-    )
-
-
-# kind -> (make, put, get, list); every record built by make() has the same key
-Kind = tuple[
-    Callable[[], Any], Callable[[Store, Any], None], Callable[[Store], Any], Callable[[Store], list[Any]] | None
-]
-KINDS: dict[str, Kind] = {
-    "model": (
-        lambda: model("m", 1),
-        lambda s, r: s.put_model(r),
-        lambda s: s.get_model("m", 1),
-        lambda s: s.list_models(),
-    ),
-    "deployment": (
-        lambda: deployment("d1"),
-        lambda s, r: s.put_deployment(r),
-        lambda s: s.get_deployment("d1"),
-        lambda s: s.list_deployments(),
-    ),
-    "allocation": (
-        lambda: allocation("a1"),
-        lambda s, r: s.put_allocation(r),
-        lambda s: s.get_allocation("a1"),
-        lambda s: s.list_allocations(),
-    ),
-    "node": (lambda: node("n1"), lambda s, r: s.put_node(r), lambda s: s.get_node("n1"), lambda s: s.list_nodes()),
-    "request": (lambda: request("r1"), lambda s, r: s.put_request(r), lambda s: s.get_request("r1"), None),
-    "event_log": (lambda: event_log("d1"), lambda s, r: s.put_event_log(r), lambda s: s.get_event_log("d1"), None),
-    "api_key": (
-        lambda: api_key("k1"),
-        lambda s, r: s.put_api_key(r),
-        lambda s: s.get_api_key("k1"),
-        lambda s: s.list_api_keys(),
-    ),
-}
+from modelfleet.v1 import models_pb2
+from storerecords import KINDS, StoreFactory, allocation, api_key, deployment, event_log, model, node, request
 
 
 # ---- the contract -----------------------------------------------------------------
@@ -484,159 +369,6 @@ class TestCachedSqliteStore(StoreContract):
             assert s.get_deployment("d1") == deployment("d1") and s.get_model("m") == model("m", 1)
         finally:
             s.close()
-
-
-class TestSqliteStore(StoreContract):
-    @pytest.fixture
-    def db_path(self, tmp_path: Path) -> Path:
-        return tmp_path / "state" / "modelfleet.db"
-
-    @pytest.fixture
-    def make_store(self, db_path: Path) -> StoreFactory:
-        return lambda: SqliteStore(db_path)
-
-    # -- durability ------------------------------------------------------------------
-    def test_everything_survives_close_and_reopen(self, make_store: StoreFactory) -> None:
-        s = make_store()
-        for v in (1, 2, 3):
-            s.put_model(model("m", v))
-        s.delete_model("m", 3)
-        s.put_deployment(deployment("d1", revision=4))
-        s.put_allocation(allocation("a1", deployment_id="d1", node_id="n1"))
-        s.put_allocation(allocation("a2", deployment_id="d1", node_id="n2"))
-        s.put_node(node("n1"))
-        s.put_request(request("r1"))
-        with s.transaction():
-            s.put_deployment(deployment("d2"))
-        s.close()
-
-        s = make_store()
-        try:
-            assert [(m.model_id, m.version) for m in s.list_models()] == [("m", 1), ("m", 2)]
-            assert s.max_model_version("m") == 3
-            assert s.get_deployment("d1") == deployment("d1", revision=4)
-            assert [d.deployment_id for d in s.list_deployments()] == ["d1", "d2"]
-            assert [a.allocation_id for a in s.list_allocations(node_id="n2")] == ["a2"]
-            assert s.get_node("n1") == node("n1")
-            assert s.get_request("r1") == request("r1")
-        finally:
-            s.close()
-
-    def test_write_is_committed_before_return(self, store: SqliteStore, db_path: Path) -> None:
-        with closing(sqlite3.connect(db_path)) as other:
-            store.put_deployment(deployment("d1"))
-            assert other.execute("SELECT count(*) FROM deployments").fetchone() == (1,)
-            with store.transaction():
-                store.put_deployment(deployment("d2"))
-                # another connection sees nothing of an open transaction
-                assert other.execute("SELECT count(*) FROM deployments").fetchone() == (1,)
-            assert other.execute("SELECT count(*) FROM deployments").fetchone() == (2,)
-
-    def test_wal_and_synchronous_full(self, store: SqliteStore, db_path: Path) -> None:
-        assert store._conn.execute("PRAGMA synchronous").fetchone() == (2,)
-        with closing(sqlite3.connect(db_path)) as other:
-            assert other.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-
-    def test_tables_indexes_and_schema_version(self, store: SqliteStore, db_path: Path) -> None:
-        latest = len(sqlite_mod._MIGRATIONS)
-        assert store.schema_version() == latest >= 3
-        with closing(sqlite3.connect(db_path)) as other:
-            names = {row[0] for row in other.execute("SELECT name FROM sqlite_master")}
-            assert other.execute("SELECT version FROM schema_version").fetchall() == [(latest,)]
-        tables = "models model_versions deployments allocations nodes requests event_logs api_keys schema_version"
-        assert set(tables.split()) | {"allocations_by_deployment", "allocations_by_node"} <= names
-
-    def test_migrates_on_open(self, make_store: StoreFactory, db_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        s = make_store()
-        s.put_deployment(deployment("d1"))
-        s.close()
-        step = ("CREATE TABLE extra (k TEXT PRIMARY KEY)", "INSERT INTO extra (k) VALUES ('migrated')")
-        monkeypatch.setattr(sqlite_mod, "_MIGRATIONS", (*sqlite_mod._MIGRATIONS, step))
-        s = SqliteStore(db_path)
-        try:
-            assert s.schema_version() == len(sqlite_mod._MIGRATIONS)
-            assert s.get_deployment("d1") == deployment("d1")
-        finally:
-            s.close()
-        s = make_store()  # reopening does not run the step again (it would fail: table exists)
-        s.close()
-        with closing(sqlite3.connect(db_path)) as other:
-            assert other.execute("SELECT k FROM extra").fetchall() == [("migrated",)]
-
-    def test_refuses_a_newer_schema(self, make_store: StoreFactory, db_path: Path) -> None:
-        make_store().close()
-        with closing(sqlite3.connect(db_path)) as other, other:
-            other.execute("UPDATE schema_version SET version = 99")
-        with pytest.raises(SchemaVersionError, match="99"):
-            make_store()
-
-    def test_corrupt_blob_is_data_loss(self, store: SqliteStore, db_path: Path) -> None:
-        store.put_deployment(deployment("d1"))
-        with closing(sqlite3.connect(db_path)) as other, other:  # inner `other`: commit on exit
-            other.execute("UPDATE deployments SET data = ? WHERE deployment_id = 'd1'", (b"\xff\xff\xff\xff",))
-        with pytest.raises(DataLoss, match="d1"):
-            store.get_deployment("d1")
-
-    # -- crash consistency ---------------------------------------------------------------
-    @pytest.mark.parametrize("kill_after", [1, 150, 600])
-    def test_sigkill_loses_no_acknowledged_write(self, tmp_path: Path, kill_after: int) -> None:
-        db = tmp_path / "crash.db"
-        stderr_path = tmp_path / "writer.stderr"
-        with open(stderr_path, "wb") as stderr:
-            proc = subprocess.Popen(
-                [sys.executable, str(WRITER), str(db), "1000000"],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-                cwd=REPO_ROOT,
-            )
-            assert proc.stdout is not None
-            acked: list[str] = []
-            try:
-                while len(acked) < kill_after:
-                    line = proc.stdout.readline()
-                    if not line:
-                        break
-                    acked.append(line.strip())
-                os.kill(proc.pid, signal.SIGKILL)
-                acked += proc.stdout.read().split()  # acknowledged before the kill landed
-            finally:
-                proc.kill()
-                proc.wait(timeout=30)
-        assert proc.returncode == -signal.SIGKILL, stderr_path.read_text()
-        assert len(acked) >= kill_after, stderr_path.read_text()
-        assert acked == [_key(i) for i in range(len(acked))]
-
-        store = SqliteStore(db)
-        try:
-            recovered = [d.deployment_id for d in store.list_deployments()]
-            n = len(recovered)
-            # a prefix of the write sequence, holding every acknowledged write
-            # (plus at most the one committed just before its ack was printed)
-            assert recovered == [_key(i) for i in range(n)]
-            assert len(acked) <= n <= len(acked) + 1
-            torn = 0
-            for i, rec in enumerate(store.list_deployments()):
-                alloc = store.get_allocation("a" + _key(i))
-                if rec.revision != i or rec.stop_reason != _payload(i) or alloc is None or alloc.reason != _payload(i):
-                    torn += 1
-            assert torn == 0
-            # the two writes of each step were one transaction: no orphan allocation
-            assert len(store.list_allocations()) == n
-            assert store.max_model_version("m") == n
-        finally:
-            store.close()
-        with closing(sqlite3.connect(db)) as check:
-            assert check.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-
-
-def _key(i: int) -> str:
-    return f"d{i:07d}"
-
-
-def _payload(i: int) -> str:
-    # ~12 KiB per record, so one record spans several 4 KiB pages
-    return hashlib.sha256(_key(i).encode()).hexdigest() * 192
 
 
 # ---- open_store ---------------------------------------------------------------------
