@@ -1,7 +1,7 @@
 """The serving benchmark: modelfleet against the physical limit (onnxruntime
 called in-process) and against a minimal grpcio server, in one run.
 
-    python benchmarks/serving.py                 # full run (~6 minutes on 2 cores)
+    python benchmarks/serving.py                 # full run (~12 minutes on 2 cores)
     python benchmarks/serving.py --quick         # 1 s per point, concurrency 1 and 4
     python benchmarks/serving.py --json out.json --models mlp --concurrency 16,64
 
@@ -21,8 +21,10 @@ each concurrency it measures, for a fixed duration after a warm-up:
 - batched:   direct and gateway again with dynamic batching on (`--paths`).
 
 Every server is started first; then, concurrency by concurrency, each path
-is measured in turn, so the ratios at one concurrency compare figures taken
-within seconds of each other (the load of a shared machine drifts).
+is measured in turn, `--rounds` times over (default 3), so the ratios at one
+concurrency compare figures taken within seconds of each other (the load of
+a shared machine drifts). A table cell is the round of median req/s; a
+ratio is the median of the per-round ratios.
 
 Load generation runs in its own process (benchmarks/loadgen.py), never in a
 server's. It prints req/s, p50 and p99 per point and the ratios b/a, c/a
@@ -305,18 +307,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     targets["gateway"] = (gateway, model)
                     targets["batched-gateway"] = (gateway, f"{model}-batched")
                 for c in sorted(set(args.concurrency) | set(args.batched_concurrency)):
-                    for key in PATHS:
-                        batched = key.startswith("batched")
-                        if key not in paths or c not in (args.batched_concurrency if batched else args.concurrency):
-                            continue
-                        if key == "raw":
-                            result = loadgen(args, "raw", model, c, onnx=path, threads=args.inference_threads,
-                                             model_threads=args.model_threads)  # fmt: skip
-                        else:
-                            address, name = targets[key]
-                            auth = {"token": token} if key.endswith("gateway") else {}
-                            result = loadgen(args, "grpc", model, c, target=address, model=name, **auth)
-                        record(model, key, c, result)
+                    for round_ in range(args.rounds):
+                        for key in PATHS:
+                            batched = key.startswith("batched")
+                            if key not in paths or c not in (args.batched_concurrency if batched else args.concurrency):
+                                continue
+                            if key == "raw":
+                                result = loadgen(args, "raw", model, c, onnx=path, threads=args.inference_threads,
+                                                 model_threads=args.model_threads)  # fmt: skip
+                            else:
+                                address, name = targets[key]
+                                auth = {"token": token} if key.endswith("gateway") else {}
+                                result = loadgen(args, "grpc", model, c, target=address, model=name, **auth)
+                            record(model, key, c, result | {"round": round_})
     report["results"] = results
     report["machine_at_end"] = machine()
     return report
@@ -331,14 +334,49 @@ def _cell(row: dict[str, Any] | None) -> str:
     return f"{row['rps']:.0f} | {row['p50_ms']:.2f} | {row['p99_ms']:.2f}"
 
 
-def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
-    return f"{a['rps'] / b['rps']:.2f}" if a and b and b["rps"] else "–"
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[tuple[str, str, int], dict[str, Any]]:
+    """One row per (model, path, concurrency): with several rounds, the round of the
+    median req/s (its p50 and p99 with it), and `rounds_rps` listing every round."""
+    groups: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["path"], r["concurrency"]), []).append(r)
+    out = {}
+    for key, group in groups.items():
+        ordered = sorted(group, key=lambda r: r["rps"])
+        out[key] = ordered[(len(ordered) - 1) // 2] | {"rounds_rps": [r["rps"] for r in group]}
+    return out
+
+
+def paired_ratio(rows: list[dict[str, Any]], a: dict[str, Any] | None, b: dict[str, Any] | None) -> float | None:
+    """a / b in req/s: the median of the per-round ratios (each round's paths ran
+    seconds apart, so a round compares like with like on a drifting machine)."""
+    if not a or not b:
+        return None
+    by_round = {(r["path"], r.get("round", 0)): r["rps"] for r in rows if r["model"] == a["model"] and r["concurrency"] == a["concurrency"]}
+    ratios = [
+        by_round[(a["path"], n)] / by_round[(b["path"], n)]
+        for (path, n) in by_round
+        if path == b["path"] and (a["path"], n) in by_round and by_round[(path, n)]
+    ]
+    return _median(ratios) if ratios else None
 
 
 def tables(report: dict[str, Any]) -> str:
-    """Markdown tables; `load` is the 1-minute load average when the row's points were taken."""
+    """Markdown tables; `load` is the 1-minute load average when the row's points were taken.
+    With `--rounds` > 1 a cell is the round of median req/s and a ratio the median of the
+    per-round ratios."""
     rows = report["results"]
-    find = {(r["model"], r["path"], r["concurrency"]): r for r in rows}
+    find = summarize(rows)
+
+    def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+        value = paired_ratio(rows, a, b)
+        return "–" if value is None else f"{value:.2f}"
     cfg = report["config"]
     m = report["machine_at_start"]
     end = report["machine_at_end"]
@@ -347,6 +385,7 @@ def tables(report: dict[str, Any]) -> str:
         f"{m['cpus_usable']} cores; load average {m['load_avg'][0]:.2f} at start, {end['load_avg'][0]:.2f} at end; "
         f"inference_threads={cfg['inference_threads']}, model_threads={cfg['model_threads']}, "
         f"{cfg['duration']:g} s per point after {cfg['warmup']:g} s warm-up"
+        + (f", {cfg['rounds']} rounds (medians)" if cfg.get("rounds", 1) > 1 else "")
     )
     for model in cfg["models"]:
         raw1 = find.get((model, "raw", 1))
@@ -369,7 +408,7 @@ def tables(report: dict[str, Any]) -> str:
                 f"| {c} | {_cell(a)} | {_cell(ref)} | {_cell(b)} | {_cell(g)} | {_ratio(b, a)} | {_ratio(g, a)} "
                 f"| {_ratio(b, ref)} | {_ratio(g, ref)} | {load} |"
             )
-        batched = [r for r in rows if r["model"] == model and r["path"].startswith("batched")]
+        batched = [r for (m, path, _), r in sorted(find.items()) if m == model and path.startswith("batched")]
         if batched:
             lines += [
                 "",
@@ -398,8 +437,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--paths", type=names, default=list(DEFAULT_PATHS), help=f"comma list of {', '.join(PATHS)}")
     p.add_argument("--concurrency", type=ints, default=None, help="default 1,4,16,64 (quick: 1,4)")
     p.add_argument("--batched-concurrency", type=ints, default=None, help="for the batched paths (default 64; quick: 4)")
-    p.add_argument("--duration", type=float, default=None, help="seconds measured per point (default 5; quick: 1)")
+    p.add_argument("--duration", type=float, default=None, help="seconds measured per point (default 3; quick: 1)")
     p.add_argument("--warmup", type=float, default=None, help="seconds before measuring (default 1; quick: 0.3)")
+    p.add_argument("--rounds", type=int, default=None,
+                   help="measure every path this many times per concurrency, interleaved; tables show medians (default 3; quick: 1)")
     p.add_argument("--inference-threads", type=int, default=1)
     p.add_argument("--model-threads", type=int, default=min(2, os.cpu_count() or 1))
     p.add_argument("--max-batch-size", type=int, default=64)
@@ -410,8 +451,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     args.concurrency = args.concurrency or ([1, 4] if args.quick else [1, 4, 16, 64])
     args.batched_concurrency = args.batched_concurrency or ([4] if args.quick else [64])
-    args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 5.0)
+    args.duration = args.duration if args.duration is not None else (1.0 if args.quick else 3.0)
     args.warmup = args.warmup if args.warmup is not None else (0.3 if args.quick else 1.0)
+    args.rounds = args.rounds if args.rounds is not None else (1 if args.quick else 3)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     bad = [m for m in args.models if m not in models.MODELS] + [q for q in args.paths if q not in PATHS]
     if bad:
         p.error(f"unknown model or path: {', '.join(bad)}")

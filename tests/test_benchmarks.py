@@ -22,12 +22,17 @@ def test_serving_benchmark_quick_path(tmp_path: Path) -> None:
     report_file = tmp_path / "serving.json"
     out = run(
         ["benchmarks/serving.py", "--quick", "--models", "mlp", "--concurrency", "2", "--batched-concurrency", "2",
-         "--duration", "0.3", "--warmup", "0.1", "--workdir", str(tmp_path / "work"), "--json", str(report_file)],
+         "--duration", "0.3", "--warmup", "0.1", "--rounds", "2", "--workdir", str(tmp_path / "work"),
+         "--json", str(report_file)],
         timeout=120,
     )  # fmt: skip
     report = json.loads(report_file.read_text())
     paths = {r["path"]: r for r in report["results"]}
     assert set(paths) == {"raw", "reference", "direct", "gateway", "batched-direct", "batched-gateway"}
+    # every path measured once per round; the tables show one median row per path
+    assert sorted(r["round"] for r in report["results"] if r["path"] == "direct") == [0, 1]
+    batching_rows = [line for line in out.stdout.splitlines() if line.startswith(("| direct | 2 |", "| gateway | 2 |"))]
+    assert len(batching_rows) == 2, out.stdout
     for row in report["results"]:
         assert row["count"] > 0 and row["errors"] == 0, row
         assert row["p99_ms"] >= row["p50_ms"] > 0
