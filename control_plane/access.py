@@ -17,6 +17,11 @@ the caller's `Principal` in a context variable for the handler (`caller()`,
 `current_principal()`): grpc.aio runs each RPC in its own task, and the
 handler runs inside the wrapper that set it.
 
+A call that can outlive its key (any with a request or response stream:
+WatchDeployment, an upload, an agent's stream) is registered in `OpenCalls`
+under the key that opened it; revoking that key ends each of them with
+UNAUTHENTICATED "API key ... was revoked", as a new call would be refused.
+
 With authentication off (`--auth off`, loopback only) every call passes and
 the caller's identity is the `x-modelfleet-user` metadata value (else
 "default"), as before keys existed.
@@ -24,10 +29,12 @@ the caller's identity is the `x-modelfleet-user` metadata value (else
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import inspect
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import grpc
@@ -193,17 +200,61 @@ def check(rule: Rule | None, method: str, principal: Principal) -> None:
         raise PermissionDenied(f"{principal.describe()} lacks the privilege {need} required by {method}")
 
 
+class OpenCalls:
+    """The open streaming calls of each API key, so that revoking the key ends them.
+
+    Event-loop only. `track` registers the running task for the length of a
+    call; `end_key` cancels every task of a key and remembers why, and the
+    call's wrapper turns that cancellation into Unauthenticated(why)."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, dict[asyncio.Task[Any], list[str]]] = {}
+
+    @contextlib.contextmanager
+    def track(self, key_id: str) -> Iterator[list[str]]:
+        """Registers the current task under key_id; yields a list that holds the reason once ended."""
+        task = asyncio.current_task()
+        if task is None or not key_id:
+            yield []
+            return
+        reason: list[str] = []
+        self._tasks.setdefault(key_id, {})[task] = reason
+        try:
+            yield reason
+        finally:
+            tasks = self._tasks.get(key_id, {})
+            tasks.pop(task, None)
+            if not tasks:
+                self._tasks.pop(key_id, None)
+
+    def count(self, key_id: str) -> int:
+        return len(self._tasks.get(key_id, ()))
+
+    def end_key(self, key_id: str, why: str) -> int:
+        """Ends every open call of key_id with Unauthenticated(why); returns how many."""
+        tasks = self._tasks.get(key_id, {})
+        for task, reason in tasks.items():
+            if not reason:
+                reason.append(why)
+                task.cancel()
+        return len(tasks)
+
+
 class AccessInterceptor(grpc.aio.ServerInterceptor):
     """Authenticates and authorizes every call against the access table.
 
     Args:
         authenticator: verifies bearer tokens; None turns authentication off.
         table: full method name -> Rule (tests may pass their own).
+        open_calls: where streaming calls are registered by key (see OpenCalls).
     """
 
-    def __init__(self, authenticator: Authenticator | None, table: dict[str, Rule] | None = None) -> None:
+    def __init__(
+        self, authenticator: Authenticator | None, table: dict[str, Rule] | None = None, open_calls: OpenCalls | None = None
+    ) -> None:
         self._auth = authenticator
         self._table = METHOD_ACCESS if table is None else table
+        self.open_calls = open_calls if open_calls is not None else OpenCalls()
 
     async def intercept_service(
         self,
@@ -228,7 +279,7 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             check(rule, method, principal)
         except (Unauthenticated, PermissionDenied) as exc:
             return _wrap(handler, error=exc)
-        return _wrap(handler, principal=principal, anon_user=ANONYMOUS)
+        return _wrap(handler, principal=principal, anon_user=ANONYMOUS, open_calls=self.open_calls)
 
 
 def _wrap(
@@ -237,16 +288,27 @@ def _wrap(
     principal: Principal | None = None,
     anon_user: str = DEFAULT_USER,
     error: Exception | None = None,
+    open_calls: OpenCalls | None = None,
 ) -> grpc.RpcMethodHandler:
-    """The handler with the caller recorded, or a stand-in of the same kind that raises `error`."""
+    """The handler with the caller recorded, or a stand-in of the same kind that raises `error`.
+    With open_calls, a streaming call is tracked under its key (see OpenCalls)."""
+    key_id = principal.key_id if principal is not None and open_calls is not None else ""
 
-    def unary(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    def unary(fn: Callable[..., Awaitable[Any]], *, tracked: bool = False) -> Callable[..., Awaitable[Any]]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if error is not None:
                 raise error
             _PRINCIPAL.set(principal)
             _ANON_USER.set(anon_user)
-            return await fn(request, context)
+            if not (tracked and key_id and open_calls is not None):
+                return await fn(request, context)
+            with open_calls.track(key_id) as ended:
+                try:
+                    return await fn(request, context)
+                except asyncio.CancelledError:
+                    if ended:
+                        raise Unauthenticated(ended[0]) from None
+                    raise
 
         return call
 
@@ -254,22 +316,28 @@ def _wrap(
         # grpc.aio takes a streaming handler as an async generator or as a
         # coroutine writing with context.write (health Watch): keep its kind.
         if not inspect.isasyncgenfunction(fn):
-            return unary(fn)
+            return unary(fn, tracked=True)
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if error is not None:
                 raise error
             _PRINCIPAL.set(principal)
             _ANON_USER.set(anon_user)
-            async for item in fn(request, context):
-                yield item
+            with open_calls.track(key_id) if open_calls is not None else contextlib.nullcontext([]) as ended:
+                try:
+                    async for item in fn(request, context):
+                        yield item
+                except asyncio.CancelledError:
+                    if ended:
+                        raise Unauthenticated(ended[0]) from None
+                    raise
 
         return call
 
     if handler.unary_unary:
         return handler._replace(unary_unary=unary(handler.unary_unary))  # type: ignore[attr-defined,no-any-return]
     if handler.stream_unary:
-        return handler._replace(stream_unary=unary(handler.stream_unary))  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(stream_unary=unary(handler.stream_unary, tracked=True))  # type: ignore[attr-defined,no-any-return]
     if handler.unary_stream:
         return handler._replace(unary_stream=streaming(handler.unary_stream))  # type: ignore[attr-defined,no-any-return]
     if handler.stream_stream:

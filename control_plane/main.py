@@ -49,6 +49,7 @@ from pathlib import Path
 
 import grpc
 
+from control_plane.access import OpenCalls
 from control_plane.agents import AgentStreams, NodeService
 from control_plane.blobs import BlobStore
 from control_plane.deployments import DEFAULT_MAX_DEPLOYMENTS_PER_USER, DeploymentService
@@ -148,7 +149,10 @@ class ControlPlane:
             stats=self.gateway_stats,
             worker_credentials=security.worker_credentials(),
         )
-        self.server, self.health = build_server(max_message_bytes=max_message_bytes, authenticator=self.keys, keepalive=keepalive)
+        self.open_calls = OpenCalls()
+        self.server, self.health = build_server(
+            max_message_bytes=max_message_bytes, authenticator=self.keys, keepalive=keepalive, open_calls=self.open_calls
+        )
         self.agent_streams = AgentStreams(reconciler=self.reconciler, keys=self.keys)
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
@@ -158,8 +162,16 @@ class ControlPlane:
         auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
         add_gateway_to_server(self.gateway, self.server)
         if self.keys is not None:
-            self.keys.on_change = self.agent_streams.credentials_changed
+            self.keys.on_change = self._keys_changed
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _keys_changed(self, revoked_key_id: str) -> None:
+        """A key was created or revoked: agents get new verifiers; a revoked key's open calls end."""
+        self.agent_streams.credentials_changed(revoked_key_id)
+        if revoked_key_id:
+            ended = self.open_calls.end_key(revoked_key_id, f"API key {revoked_key_id} was revoked")
+            if ended:
+                log.warning("ended %d open streaming call(s) of revoked API key %s", ended, revoked_key_id)
 
     def bootstrap(self) -> str | None:
         """Create the admin key if the store has no key yet (auth on); returns its token to print."""

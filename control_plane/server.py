@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control_plane.access import AccessInterceptor, Authenticator
+from control_plane.access import AccessInterceptor, Authenticator, OpenCalls
 from control_plane.errors import InvalidArgument, ModelfleetError
 from modelfleet.inference import grpc_service_pb2
 from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
@@ -196,15 +196,20 @@ def _read(path: str) -> bytes:
 
 
 def build_server(
-    *, max_message_bytes: int, authenticator: Authenticator | None = None, keepalive: Keepalive | None = None
+    *,
+    max_message_bytes: int,
+    authenticator: Authenticator | None = None,
+    keepalive: Keepalive | None = None,
+    open_calls: OpenCalls | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with every interceptor; authenticator None = authentication off.
 
     ErrorMappingInterceptor is outermost, so the access interceptor's
     Unauthenticated / PermissionDenied become status codes like any domain error.
+    Streaming calls are registered in `open_calls` by key (revocation ends them).
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(), AccessInterceptor(authenticator)],
+        interceptors=[ErrorMappingInterceptor(), AccessInterceptor(authenticator, open_calls=open_calls)],
         options=server_options(max_message_bytes, keepalive),
     )
     health_servicer = health.aio.HealthServicer()
