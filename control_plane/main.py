@@ -59,7 +59,14 @@ from control_plane.hub import ChangeHub
 from control_plane.keys import ADMIN_KEY_FILE, KeyService
 from control_plane.reconciler import Reconciler
 from control_plane.registry import ModelRegistry
-from control_plane.server import Keepalive, build_server, channel_credentials, server_credentials, set_serving
+from control_plane.server import (
+    DEFAULT_MANAGEMENT_MESSAGE_BYTES,
+    Keepalive,
+    build_server,
+    channel_credentials,
+    server_credentials,
+    set_serving,
+)
 from control_plane.servicers import (
     AgentControlServicer,
     AuthServicer,
@@ -112,6 +119,7 @@ class ControlPlane:
         heartbeat_interval: float = 5.0,
         node_timeout: float = 30.0,
         max_message_bytes: int = 64 << 20,
+        max_management_message_bytes: int = DEFAULT_MANAGEMENT_MESSAGE_BYTES,
         default_auto_stop_s: int = 0,
         max_deployments_per_user: int = DEFAULT_MAX_DEPLOYMENTS_PER_USER,
         wall_clock: Callable[[], float] = time.time,
@@ -151,7 +159,11 @@ class ControlPlane:
         )
         self.open_calls = OpenCalls()
         self.server, self.health = build_server(
-            max_message_bytes=max_message_bytes, authenticator=self.keys, keepalive=keepalive, open_calls=self.open_calls
+            max_message_bytes=max_message_bytes,
+            max_management_message_bytes=max_management_message_bytes,
+            authenticator=self.keys,
+            keepalive=keepalive,
+            open_calls=self.open_calls,
         )
         self.agent_streams = AgentStreams(reconciler=self.reconciler, keys=self.keys)
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
@@ -281,7 +293,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--keepalive-timeout", type=float, default=10.0, metavar="S", help="drop a connection whose ping is unanswered for S seconds")
     p.add_argument("--keepalive-min-ping-interval", type=float, default=5.0, metavar="S",
                    help="tolerate client pings down to S seconds apart; faster ones draw a GOAWAY after 2 strikes")
-    p.add_argument("--max-message-bytes", type=int, default=64 << 20, help="largest gRPC message accepted or sent")
+    p.add_argument("--max-message-bytes", type=int, default=64 << 20,
+                   help="largest gRPC message accepted or sent: V2 inference requests through the gateway (default 64 MiB)")
+    p.add_argument("--max-management-message-bytes", type=int, default=DEFAULT_MANAGEMENT_MESSAGE_BYTES,
+                   help="largest request message of every other method, each message of a stream (default 4 MiB; "
+                        "uploads are chunked)")
     p.add_argument("--default-auto-stop", type=_auto_stop_hours, default=0, metavar="HOURS",
                    help="auto stop of new deployments that set none: 1 to 24 whole hours (e.g. 2 or 2h); "
                         "default: none")
@@ -309,6 +325,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--full-reconcile-every must be positive")
     if args.max_deployments_per_user < 0:
         p.error("--max-deployments-per-user must be >= 0")
+    if args.max_message_bytes < 1024 or args.max_management_message_bytes < 1024:
+        p.error("--max-message-bytes and --max-management-message-bytes must be at least 1024")
     if args.heartbeat_interval <= 0 or args.node_timeout <= args.heartbeat_interval:
         p.error("--node-timeout must exceed --heartbeat-interval, and both must be positive")
     if args.recovery_grace is not None and args.recovery_grace < 0:
@@ -335,6 +353,7 @@ async def _serve(args: argparse.Namespace) -> None:
         heartbeat_interval=args.heartbeat_interval,
         node_timeout=args.node_timeout,
         max_message_bytes=args.max_message_bytes,
+        max_management_message_bytes=args.max_management_message_bytes,
         default_auto_stop_s=args.default_auto_stop * 3600,
         max_deployments_per_user=args.max_deployments_per_user,
         wall_clock=offset_clock(Path(args.test_clock_offset_file)) if args.test_clock_offset_file else time.time,

@@ -10,6 +10,13 @@ anything else becomes INTERNAL "internal error" and its traceback is logged.
 A request message that does not parse is INVALID_ARGUMENT (grpc itself would
 answer UNKNOWN): the deserializer hands the wrapper a marker instead of
 raising, for every message of a request stream too.
+
+Message sizes (RELIABILITY.md: 4 MiB for management, more for inference):
+the transport accepts up to `--max-message-bytes` (64 MiB) so that V2
+inference requests through the gateway fit; every other method's request
+messages (each message of a stream: uploads are chunked) are refused above
+`--max-management-message-bytes` (4 MiB) with RESOURCE_EXHAUSTED naming the
+limit, before they are parsed.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control_plane.access import AccessInterceptor, Authenticator, OpenCalls
-from control_plane.errors import InvalidArgument, ModelfleetError
+from control_plane.errors import InvalidArgument, ModelfleetError, ResourceExhausted
 from modelfleet.inference import grpc_service_pb2
 from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
 
@@ -50,22 +57,37 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
     await context.abort(grpc.StatusCode.INTERNAL, "internal error")
 
 
+DEFAULT_MANAGEMENT_MESSAGE_BYTES = 4 << 20
+# methods whose requests may be as large as the transport allows (--max-message-bytes)
+INFERENCE_METHODS = frozenset({"/inference.GRPCInferenceService/ModelInfer"})
+
+
 class _Undecodable:
-    """A request message that did not parse; the handler's wrapper refuses it."""
+    """A request message that did not parse (or is over the limit); the handler's wrapper refuses it."""
 
     def __init__(self, error: Exception) -> None:
         self.error = error
 
-    def refuse(self) -> InvalidArgument:
+    def refuse(self) -> ModelfleetError:
+        if isinstance(self.error, ModelfleetError):
+            return self.error
         return InvalidArgument(f"malformed request message: {self.error}")
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
-    """deserializer, answering _Undecodable instead of raising (grpc would say UNKNOWN)."""
+def _tolerant(deserializer: Callable[[bytes], Any] | None, *, limit: int = 0) -> Callable[[bytes], Any] | None:
+    """deserializer, answering _Undecodable instead of raising (grpc would say UNKNOWN),
+    and for a message over `limit` bytes (0: none) without parsing it."""
     if deserializer is None:
         return None
 
     def parse(data: bytes) -> Any:
+        if limit and len(data) > limit:
+            return _Undecodable(
+                ResourceExhausted(
+                    f"request message of {len(data)} bytes is larger than the {limit}-byte limit of management "
+                    "calls (--max-management-message-bytes); uploads are sent in chunks"
+                )
+            )
         try:
             return deserializer(data)
         except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
@@ -118,7 +140,11 @@ def _wrap_stream(fn: Callable[..., Any], method: str, *, streamed_requests: bool
 
 class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
     """The one place where errors become status codes; also turns an
-    undecodable request message into INVALID_ARGUMENT (not UNKNOWN)."""
+    undecodable request message into INVALID_ARGUMENT (not UNKNOWN), and one
+    of a management method over `management_limit` bytes into RESOURCE_EXHAUSTED."""
+
+    def __init__(self, management_limit: int = DEFAULT_MANAGEMENT_MESSAGE_BYTES) -> None:
+        self._management_limit = management_limit
 
     async def intercept_service(
         self,
@@ -129,7 +155,8 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return handler
         method = handler_call_details.method
-        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
+        limit = 0 if method in INFERENCE_METHODS else self._management_limit
+        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer, limit=limit))  # type: ignore[attr-defined]
         if handler.unary_unary:
             return safe._replace(unary_unary=_wrap_unary(handler.unary_unary, method, streamed_requests=False))  # type: ignore[no-any-return]
         if handler.stream_unary:
@@ -201,15 +228,21 @@ def build_server(
     authenticator: Authenticator | None = None,
     keepalive: Keepalive | None = None,
     open_calls: OpenCalls | None = None,
+    max_management_message_bytes: int = DEFAULT_MANAGEMENT_MESSAGE_BYTES,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with every interceptor; authenticator None = authentication off.
 
     ErrorMappingInterceptor is outermost, so the access interceptor's
     Unauthenticated / PermissionDenied become status codes like any domain error.
     Streaming calls are registered in `open_calls` by key (revocation ends them).
+    Requests of methods other than ModelInfer are limited to
+    max_management_message_bytes (at most max_message_bytes, the transport's limit).
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor(), AccessInterceptor(authenticator, open_calls=open_calls)],
+        interceptors=[
+            ErrorMappingInterceptor(management_limit=min(max_management_message_bytes, max_message_bytes)),
+            AccessInterceptor(authenticator, open_calls=open_calls),
+        ],
         options=server_options(max_message_bytes, keepalive),
     )
     health_servicer = health.aio.HealthServicer()

@@ -8,7 +8,9 @@
   answer is bit-exact.
 - 15: oversized messages -> RESOURCE_EXHAUSTED at the control plane
   (`--max-message-bytes`) and at the worker (`--worker-max-message-bytes`),
-  the control plane's memory stays bounded, and the next call works.
+  the control plane's memory stays bounded, and the next call works;
+  management requests have their own, smaller limit
+  (`--max-management-message-bytes`) that inference requests do not.
 - uploads: a truncated stream, a sha256 mismatch, an unknown format, a zip
   bomb and an ONNX file pointing at external data are refused with a clear
   error and leave no blob behind; a file that is no model is kept as
@@ -252,6 +254,34 @@ def test_scenario_15_oversized_messages_are_resource_exhausted_with_bounded_memo
     # 16 calls sent 256 MiB; HTTP/2 buffers wobble by a few MiB, a kept message would add 16 MiB each
     sent = 32 * len(huge.SerializeToString())
     assert growth < sent // 4, f"RSS grew by {growth} bytes over 32 oversized calls ({sent} bytes sent): they are being kept"
+
+
+def test_management_requests_have_their_own_limit_and_inference_requests_do_not(tmp_path: Path) -> None:
+    limit = 64 << 10
+    c = Cluster(tmp_path)
+    try:
+        c.start_control_plane(extra_args=["--max-management-message-bytes", str(limit)])
+        big = dpb.StartDeploymentRequest(model_id="add", deployment_id="big", description="x" * (100 << 10))
+        with pytest.raises(grpc.RpcError) as err:
+            c.deployments.StartDeployment(big, timeout=10)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"than the {limit}-byte limit of management calls (--max-management-message-bytes)" in err.value.details()
+        assert not c.deployments.ListDeployments(dpb.ListDeploymentsRequest(), timeout=10).deployments
+        # each message of a stream counts: one oversized upload chunk is refused, smaller chunks pass
+        model = mb.onnx_add(tmp_path / "add.onnx").read_bytes()
+        meta = models_pb2.UploadModelMetadata(model_id="add", format=common_pb2.MODEL_FORMAT_ONNX)
+        with pytest.raises(grpc.RpcError) as err:
+            c.models.UploadModel(iter([models_pb2.UploadModelRequest(metadata=meta),
+                                       models_pb2.UploadModelRequest(chunk=bytes(100 << 10))]), timeout=30)  # fmt: skip
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "management calls" in err.value.details()
+        assert _upload(c, meta, model).state == common_pb2.MODEL_STATE_NORMAL  # a small chunk passes
+        # a V2 request of the same size reaches the gateway (limited by --max-message-bytes only)
+        channel, stub = _stub(c.addr, c.token)
+        with channel, pytest.raises(grpc.RpcError) as err:
+            stub.ModelInfer(add_request(np.ones((25 << 10, 4), np.float32), model="nowhere"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND and "deployment 'nowhere' not found" in err.value.details()
+    finally:
+        c.close()
 
 
 # ---- uploads ------------------------------------------------------------------------------------
