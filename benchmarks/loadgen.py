@@ -3,12 +3,16 @@ fixed duration, printing one JSON line with the completed calls, errors,
 req/s and latency percentiles.
 
     python benchmarks/loadgen.py grpc --target HOST:PORT --model NAME --shape 784 ...
+    python benchmarks/loadgen.py stream --target HOST:PORT --model NAME --shape 784 ...
     python benchmarks/loadgen.py raw --onnx MODEL.onnx --threads 1 --model-threads 2 ...
 
 `grpc`: V2 ModelInfer over one grpc.aio channel; the request is serialized
 once and sent as raw bytes, and replies are not decoded (one is, before the
 clock starts, to check the answer), so the generator spends as little CPU as
-a Python client can. `raw`: onnxruntime in this process, the limit:
+a Python client can. `stream`: the same requests on one ModelStreamInfer
+stream (Triton's bidirectional stream), `--concurrency` of them in flight:
+each answer sends the next request of its slot (a request per slot,
+serialized once, its id naming the slot). `raw`: onnxruntime in this process, the limit:
 `--concurrency` threads call session.run, at most `--model-threads` at once
 (the same bounded concurrency the worker's model threads give), on one
 session with `--threads` intra-op threads. Calls that complete in the
@@ -126,9 +130,65 @@ def run_raw(args: argparse.Namespace) -> dict[str, object]:
     return _summary([v for out in per_thread for v in out], 0, args.duration)
 
 
+async def run_stream(args: argparse.Namespace) -> dict[str, object]:
+    import grpc
+
+    from modelfleet.inference import grpc_service_pb2 as pb
+
+    x = _input(args.shape)
+    bodies = []
+    for slot in range(args.concurrency):
+        req = pb.ModelInferRequest(model_name=args.model, id=str(slot))
+        req.inputs.add(name="x", datatype="FP32", shape=x.shape)
+        req.raw_input_contents.append(x.tobytes())
+        bodies.append(req.SerializeToString())
+    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    latencies: list[float] = []
+    errors = [0]
+    first_error = [""]
+    async with grpc.aio.insecure_channel(args.target, options=options) as channel:
+        method = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
+        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+        call = method(metadata=metadata, timeout=args.warmup + args.duration + 60)
+        start = time.perf_counter()
+        measure_from = start + args.warmup
+        stop_at = measure_from + args.duration
+        sent = [0.0] * args.concurrency
+        ready: asyncio.Queue[int] = asyncio.Queue()
+        for slot in range(args.concurrency):
+            ready.put_nowait(slot)
+
+        async def writer() -> None:  # one writer: a stream takes one write at a time
+            while True:
+                slot = await ready.get()
+                sent[slot] = time.perf_counter()
+                await call.write(bodies[slot])
+
+        writing = asyncio.create_task(writer())
+        open_slots = args.concurrency
+        async for raw in call:
+            answer = pb.ModelStreamInferResponse.FromString(raw)
+            slot = int(answer.infer_response.id)
+            t1 = time.perf_counter()
+            if answer.error_message:
+                errors[0] += 1
+                first_error[0] = first_error[0] or answer.error_message
+            elif sent[slot] >= measure_from and t1 <= stop_at:
+                latencies.append(t1 - sent[slot])
+            if t1 < stop_at:
+                ready.put_nowait(slot)
+                continue
+            open_slots -= 1
+            if not open_slots:
+                break
+        writing.cancel()
+        call.cancel()
+    return _summary(latencies, errors[0], args.duration, first_error[0])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=("grpc", "raw"))
+    p.add_argument("mode", choices=("grpc", "stream", "raw"))
     p.add_argument("--target", default="")
     p.add_argument("--model", default="")
     p.add_argument("--onnx", default="")
@@ -140,7 +200,10 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     args = p.parse_args()
-    result = run_raw(args) if args.mode == "raw" else asyncio.run(run_grpc(args))
+    if args.mode == "raw":
+        result = run_raw(args)
+    else:
+        result = asyncio.run(run_stream(args) if args.mode == "stream" else run_grpc(args))
     print(json.dumps(result), flush=True)
 
 

@@ -139,6 +139,7 @@ METHOD_ACCESS: dict[str, Rule] = {
     f"{_V2}/ModelReady": needs(INFER, MONITOR),
     f"{_V2}/ModelMetadata": needs(INFER, MONITOR),
     f"{_V2}/ModelInfer": needs(INFER),
+    f"{_V2}/ModelStreamInfer": needs(INFER),
     f"{_V2}/ModelStatistics": needs(INFER, MONITOR),
     f"{_V2}/RepositoryIndex": needs(INFER, MONITOR),
     "/grpc.health.v1.Health/Check": PUBLIC,

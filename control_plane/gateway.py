@@ -13,6 +13,12 @@ configured, over TLS. The worker's reply bytes (or its status, details and
 trailers such as grpc-retry-pushback-ms) go back unchanged. The call's
 deadline travels on.
 
+ModelStreamInfer (Triton's bidirectional stream, as `tritonclient`'s
+start_stream / async_stream_infer use it) takes each request through the
+same path as a ModelInfer call, concurrently, and answers in completion
+order; a refused request gets a ModelStreamInferResponse with
+`error_message` and its id, and the stream goes on.
+
 Routing: the deployment's traffic limit (token bucket) first, then a variant
 by weight (or the variant named by model_version), then the started worker
 of that variant with the fewest calls in flight. A call the worker never
@@ -47,7 +53,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
@@ -335,6 +341,58 @@ class Gateway:
 
     # ---- RPCs -----------------------------------------------------------------------
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        try:
+            return await self.infer(request, context.time_remaining)
+        except _Relayed as relayed:
+            await context.abort(relayed.code, relayed.details, relayed.trailers)
+            raise AssertionError("unreachable") from None
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        """Triton's bidirectional stream: each request is routed and forwarded like a ModelInfer
+        call, concurrently; answers come back in completion order as ModelStreamInferResponse
+        (the worker's reply bytes wrapped without re-encoding), and a refused request gets
+        `error_message` while the stream goes on."""
+        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: bytes) -> None:
+            try:
+                reply = await self.infer(request, context.time_remaining)
+                answers.put_nowait(_STREAM_REPLY_TAG + _encode_varint(len(reply)) + reply)
+            except (errors.ModelfleetError, _Relayed) as exc:
+                message = exc.message if isinstance(exc, errors.ModelfleetError) else exc.details
+                answers.put_nowait(_stream_error(request, message))
+            except Exception:
+                log.exception("unexpected error in ModelStreamInfer")
+                answers.put_nowait(_stream_error(request, "internal error"))
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.wait(set(running))
+            finally:
+                answers.put_nowait(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # re-raises what ended the request stream
+        finally:
+            for task in (reader, *running):
+                task.cancel()
+
+    async def infer(self, request: bytes, time_remaining: Callable[[], float | None]) -> bytes:
+        """One V2 request (serialized) -> the worker's reply bytes; counted for stats and /metrics.
+
+        Raises:
+            ModelfleetError: refused here (unknown deployment, bad request, traffic limit, no worker).
+            _Relayed: the worker's error status, to pass on unchanged.
+        """
         label, status = UNKNOWN_DEPLOYMENT, "OK"  # for /metrics; unknown names share one label
         try:
             name, version = scan_model_name(request)
@@ -353,19 +411,16 @@ class Gateway:
                 raise
             field = "error_count"
             try:
-                reply = await self._forward(rec, version, request, context, checked=checked)
+                reply = await self._forward(rec, version, request, time_remaining, checked=checked)
                 field = "inference_count"
                 return reply
-            except grpc.aio.AbortError:
-                raise
             except _Relayed as relayed:
                 field = _CODE_FIELDS.get(relayed.code, "error_count")
                 status = relayed.code.name
-                await context.abort(relayed.code, relayed.details, relayed.trailers)
-                raise AssertionError("unreachable") from None
+                raise
             except asyncio.CancelledError:
                 # gRPC cancels the handler when the client cancels, and when the deadline passes
-                remaining = context.time_remaining()
+                remaining = time_remaining()
                 field = "timeout_count" if remaining is not None and remaining <= _DEADLINE_SLACK_S else "cancelled_count"
                 raise
             finally:
@@ -384,7 +439,7 @@ class Gateway:
         rec: records_pb2.DeploymentRecord,
         version: str,
         request: bytes,
-        context: grpc.aio.ServicerContext,
+        time_remaining: Callable[[], float | None],
         *,
         checked: tuple[str, int] | None,
     ) -> bytes:
@@ -400,7 +455,7 @@ class Gateway:
             self._inflight_by_address[route.address] += 1
             metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
             try:
-                return await self._call(route.address)(request, timeout=context.time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
+                return await self._call(route.address)(request, timeout=time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
                 if never_accepted(exc.code(), details) and not tried:
@@ -475,6 +530,32 @@ class Gateway:
         return out
 
 
+_STREAM_REPLY_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _stream_error(request: bytes, message: str) -> bytes:
+    """A ModelStreamInferResponse refusing `request`, naming it by model and id when they can be read."""
+    named = pb.ModelInferResponse()
+    try:
+        parsed = pb.ModelInferRequest.FromString(request)
+        named.model_name, named.model_version, named.id = parsed.model_name, parsed.model_version, parsed.id
+    except Exception:  # noqa: BLE001 - a malformed request is answered without its names
+        pass
+    return pb.ModelStreamInferResponse(error_message=message, infer_response=named).SerializeToString()
+
+
 class _Relayed(Exception):
     """A worker's error status, to be passed on to the client unchanged."""
 
@@ -493,6 +574,9 @@ def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:
 
     handlers = {
         "ModelInfer": grpc.unary_unary_rpc_method_handler(gateway.ModelInfer, request_deserializer=_IDENTITY, response_serializer=_IDENTITY),
+        "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
+            gateway.ModelStreamInfer, request_deserializer=_IDENTITY, response_serializer=_IDENTITY
+        ),
         "ServerLive": unary(gateway.ServerLive, pb.ServerLiveRequest),
         "ServerReady": unary(gateway.ServerReady, pb.ServerReadyRequest),
         "ModelReady": unary(gateway.ModelReady, pb.ModelReadyRequest),

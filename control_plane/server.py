@@ -59,7 +59,7 @@ async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str)
 
 DEFAULT_MANAGEMENT_MESSAGE_BYTES = 4 << 20
 # methods whose requests may be as large as the transport allows (--max-message-bytes)
-INFERENCE_METHODS = frozenset({"/inference.GRPCInferenceService/ModelInfer"})
+INFERENCE_METHODS = frozenset({"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"})
 
 
 class _Undecodable:

@@ -76,7 +76,7 @@ def test_every_method_matches_triton(triton_file: descriptor_pb2.FileDescriptorP
     ours = {m.name: (m.input_type, m.output_type, m.client_streaming, m.server_streaming) for m in our_service.method}
     assert set(ours) == {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
-        "ModelMetadata", "ModelInfer", "ModelStatistics", "RepositoryIndex",
+        "ModelMetadata", "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex",
     }
     for name, signature in ours.items():
         assert theirs[name] == signature, name

@@ -55,6 +55,7 @@ WORKER_ACCESS: dict[str, str] = {
     f"{_V2}/ModelReady": CALLERS,
     f"{_V2}/ModelMetadata": CALLERS,
     f"{_V2}/ModelInfer": CALLERS,
+    f"{_V2}/ModelStreamInfer": CALLERS,
     f"{_V2}/ModelStatistics": CALLERS,
     f"{_V2}/RepositoryIndex": CALLERS,
     "/modelfleet.v1.WorkerControl/GetWorkerStats": AGENT,

@@ -5,13 +5,21 @@ wire-identical to Triton) and `WorkerControlServicer` serves
 modelfleet.v1.WorkerControl. Each method converts, awaits the service and
 converts back; domain errors propagate to the server's one interceptor,
 which maps them to status codes. Everything runs on the asyncio loop.
+
+ModelStreamInfer (Triton's bidirectional stream) runs each request as it
+arrives, concurrently, and answers in completion order; a request that
+fails gets a ModelStreamInferResponse with `error_message` (and its id in
+`infer_response`) and the stream goes on, as in Triton. Each request is
+counted in the status counters like a ModelInfer call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
+import logging
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from google.protobuf import timestamp_pb2
@@ -21,10 +29,12 @@ from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from node_agent.runtime.base import TensorSpec
 from node_agent.worker.codec import RequestDecoder, encode_infer_response
+from node_agent.worker.errors import WorkerError
 from node_agent.worker.service import WorkerService, rss_bytes
 from node_agent.worker.stats import Duration, StatsSnapshot
 
 SERVER_NAME = "modelfleet-worker"
+logger = logging.getLogger(__name__)
 
 
 def _server_version() -> str:
@@ -133,11 +143,56 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         )
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
+        return await self._infer(request, _deadline(context))
+
+    async def _infer(self, request: pb.ModelInferRequest, deadline: float | None) -> pb.ModelInferResponse:
         service = self._service
         service.check_model(request.model_name, request.model_version)
         decoded = self._decoder.decode(request)
-        outputs = await service.infer(decoded, deadline=_deadline(context))
+        outputs = await service.infer(decoded, deadline=deadline)
         return encode_infer_response(outputs, model_name=service.name, model_version=service.version, request_id=decoded.id)
+
+    async def ModelStreamInfer(
+        self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
+    ) -> AsyncIterator[pb.ModelStreamInferResponse]:
+        deadline = _deadline(context)
+        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(request: pb.ModelInferRequest) -> None:
+            try:
+                reply = pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
+                code = "OK"
+            except WorkerError as exc:
+                code, message = exc.code, exc.message
+            except Exception:
+                logger.exception("unexpected error in ModelStreamInfer")
+                code, message = "INTERNAL", "internal error"
+            if code != "OK":
+                named = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+                reply = pb.ModelStreamInferResponse(error_message=message, infer_response=named)
+            self._service.stats.record_status(code)
+            answers.put_nowait(reply)
+
+        async def read() -> None:
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(one(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                while running:
+                    await asyncio.wait(set(running))
+            finally:
+                answers.put_nowait(None)  # end of the answers (a bad message ends the stream too)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (answer := await answers.get()) is not None:
+                yield answer
+            await reader  # re-raises what ended the request stream (e.g. an undecodable message)
+        finally:
+            for task in (reader, *running):
+                task.cancel()
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         service = self._service

@@ -5,6 +5,9 @@ so tests never import tritonclient themselves; they run this script.
 
     python tests/tools/triton_call.py infer --url H:P --model NAME --input x=FILE.npy [--output y] --out-dir DIR
         -> prints {"outputs": {"y": "DIR/y.npy"}} or {"error": {"status": "...", "message": "..."}}
+    python tests/tools/triton_call.py stream --url H:P --model NAME --input x=FILE.npy --count N [--bad x=FILE.npy] --out-dir DIR
+        -> start_stream / async_stream_infer (ids "0".."N-1", then "bad" after the first half) / stop_stream:
+           prints {"results": {"0": {"y": "DIR/0-y.npy"}, ...}, "errors": ["message", ...]}
     python tests/tools/triton_call.py metadata --url H:P --model NAME
         (both take --token KEY, sent as `authorization: Bearer KEY`, and --ca PEM for TLS)
     python tests/tools/triton_call.py descriptor --out FILE
@@ -37,13 +40,7 @@ def _headers(args: argparse.Namespace) -> dict[str, str] | None:
 
 def infer(args: argparse.Namespace) -> dict[str, object]:
     client = _client(args)
-    inputs = []
-    for item in args.input:
-        name, path = item.split("=", 1)
-        array = np.load(path)
-        tensor = tc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-        tensor.set_data_from_numpy(array)
-        inputs.append(tensor)
+    inputs = _tensors(args.input)
     outputs = [tc.InferRequestedOutput(name) for name in args.output] or None
     try:
         result = client.infer(
@@ -59,6 +56,54 @@ def infer(args: argparse.Namespace) -> dict[str, object]:
         np.save(path, result.as_numpy(output.name))
         saved[output.name] = str(path)
     return {"outputs": saved}
+
+
+def _tensors(items: list[str]) -> list[tc.InferInput]:
+    inputs = []
+    for item in items:
+        name, path = item.split("=", 1)
+        array = np.load(path)
+        tensor = tc.InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+    return inputs
+
+
+def stream(args: argparse.Namespace) -> dict[str, object]:
+    import threading
+
+    client = _client(args)
+    out_dir = pathlib.Path(args.out_dir)
+    results: dict[str, dict[str, str]] = {}
+    errors: list[str] = []
+    expected = args.count + (1 if args.bad else 0)
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def callback(result: object, error: object) -> None:
+        with lock:
+            if error is not None:
+                errors.append(str(error.message()))  # type: ignore[attr-defined]
+            else:
+                response = result.get_response()  # type: ignore[attr-defined]
+                saved = {}
+                for output in response.outputs:
+                    path = out_dir / f"{response.id}-{output.name}.npy"
+                    np.save(path, result.as_numpy(output.name))  # type: ignore[attr-defined]
+                    saved[output.name] = str(path)
+                results[response.id] = saved
+            if len(results) + len(errors) >= expected:
+                done.set()
+
+    client.start_stream(callback=callback, headers=_headers(args))
+    inputs = _tensors(args.input)
+    for i in range(args.count):
+        client.async_stream_infer(args.model, inputs, request_id=str(i))
+        if args.bad and i == args.count // 2:
+            client.async_stream_infer(args.model, _tensors(args.bad), request_id="bad")
+    done.wait(args.timeout)
+    client.stop_stream()
+    return {"results": results, "errors": errors}
 
 
 def metadata(args: argparse.Namespace) -> dict[str, object]:
@@ -93,6 +138,17 @@ def main() -> int:
     p.add_argument("--token", default="")
     p.add_argument("--ca", default="")
     p.set_defaults(fn=infer)
+    p = sub.add_parser("stream")
+    p.add_argument("--url", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--input", action="append", default=[])
+    p.add_argument("--bad", action="append", default=[])
+    p.add_argument("--count", type=int, default=10)
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--token", default="")
+    p.add_argument("--ca", default="")
+    p.set_defaults(fn=stream)
     p = sub.add_parser("metadata")
     p.add_argument("--url", required=True)
     p.add_argument("--model", required=True)
