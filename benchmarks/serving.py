@@ -1,7 +1,7 @@
 """The serving benchmark: modelfleet against the physical limit (onnxruntime
 called in-process) and against a minimal grpcio server, in one run.
 
-    python benchmarks/serving.py                 # full run (~12 minutes on 2 cores)
+    python benchmarks/serving.py                 # full run (~15-20 minutes on 2 cores)
     python benchmarks/serving.py --quick         # 1 s per point, concurrency 1 and 4
     python benchmarks/serving.py --json out.json --models mlp --concurrency 16,64
 
@@ -18,6 +18,8 @@ each concurrency it measures, for a fixed duration after a warm-up:
 - gateway:   the same client through the control plane's gateway, with a
              real control plane (authentication on: the client presents an
              API key), agent and worker started here;
+- stream:    direct and gateway again over one ModelStreamInfer stream
+             (Triton's bidirectional stream) with `concurrency` requests in flight;
 - batched:   direct and gateway again with dynamic batching on (`--paths`).
 
 Every server is started first; then, concurrency by concurrency, each path
@@ -57,7 +59,7 @@ import grpc  # noqa: E402
 
 import models  # noqa: E402
 
-PATHS = ("raw", "reference", "direct", "gateway", "batched-direct", "batched-gateway")
+PATHS = ("raw", "reference", "direct", "gateway", "stream-direct", "stream-gateway", "batched-direct", "batched-gateway")
 DEFAULT_PATHS = PATHS
 
 
@@ -286,14 +288,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # ratios at one concurrency compare figures taken within seconds of each other
         gateway = None
         token = ""
-        if {"gateway", "batched-gateway"} & paths:
+        if {"gateway", "stream-gateway", "batched-gateway"} & paths:
             gateway, token = stack.enter_context(cluster(args, workdir, model_paths))
         for model in args.models:
             path = model_paths[model]
             with contextlib.ExitStack() as servers:
                 targets: dict[str, tuple[str, str]] = {}  # path -> (address, model name)
                 for key in ("reference", "direct", "batched-direct"):
-                    if key not in paths:
+                    if key not in paths and not (key == "direct" and "stream-direct" in paths):
                         continue
                     logs = workdir / model / key
                     logs.mkdir(parents=True, exist_ok=True)
@@ -316,9 +318,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                 result = loadgen(args, "raw", model, c, onnx=path, threads=args.inference_threads,
                                                  model_threads=args.model_threads)  # fmt: skip
                             else:
-                                address, name = targets[key]
+                                address, name = targets[key.removeprefix("stream-")]
                                 auth = {"token": token} if key.endswith("gateway") else {}
-                                result = loadgen(args, "grpc", model, c, target=address, model=name, **auth)
+                                mode = "stream" if key.startswith("stream") else "grpc"
+                                result = loadgen(args, mode, model, c, target=address, model=name, **auth)
                             record(model, key, c, result | {"round": round_})
     report["results"] = results
     report["machine_at_end"] = machine()
@@ -423,6 +426,22 @@ def tables(report: dict[str, Any]) -> str:
                 lines.append(
                     f"| {r['path'].removeprefix('batched-')} | {r['concurrency']} | {_cell(plain)} | {_cell(r)} "
                     f"| {_ratio(r, plain)} | {r['load_avg']:.1f} |"
+                )
+        streamed = [r for (m, path, _), r in sorted(find.items()) if m == model and path.startswith("stream")]
+        if streamed:
+            lines += [
+                "",
+                f"ModelStreamInfer ({model}, one stream, `conc` requests in flight); machine: {head}.",
+                "",
+                "| path | conc | unary req/s | p50 | p99 | stream req/s | p50 | p99 | stream / unary | stream / reference |",
+                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            ]
+            for r in sorted(streamed, key=lambda r: (r["path"], r["concurrency"])):
+                plain = find.get((model, r["path"].removeprefix("stream-"), r["concurrency"]))
+                ref = find.get((model, "reference", r["concurrency"]))
+                lines.append(
+                    f"| {r['path'].removeprefix('stream-')} | {r['concurrency']} | {_cell(plain)} | {_cell(r)} "
+                    f"| {_ratio(r, plain)} | {_ratio(r, ref)} |"
                 )
         lines.append("")
     return "\n".join(lines)

@@ -28,11 +28,15 @@ def test_serving_benchmark_quick_path(tmp_path: Path) -> None:
     )  # fmt: skip
     report = json.loads(report_file.read_text())
     paths = {r["path"]: r for r in report["results"]}
-    assert set(paths) == {"raw", "reference", "direct", "gateway", "batched-direct", "batched-gateway"}
+    assert set(paths) == {
+        "raw", "reference", "direct", "gateway", "stream-direct", "stream-gateway", "batched-direct", "batched-gateway",
+    }  # fmt: skip
     # every path measured once per round; the tables show one median row per path
     assert sorted(r["round"] for r in report["results"] if r["path"] == "direct") == [0, 1]
-    batching_rows = [line for line in out.stdout.splitlines() if line.startswith(("| direct | 2 |", "| gateway | 2 |"))]
-    assert len(batching_rows) == 2, out.stdout
+    batching, streaming = out.stdout.split("\nDynamic batching (")[1].split("\nModelStreamInfer (")
+    for table in (batching, streaming):
+        rows = [line for line in table.splitlines() if line.startswith(("| direct | 2 |", "| gateway | 2 |"))]
+        assert len(rows) == 2, out.stdout
     for row in report["results"]:
         assert row["count"] > 0 and row["errors"] == 0, row
         assert row["p99_ms"] >= row["p50_ms"] > 0
