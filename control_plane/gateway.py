@@ -62,6 +62,7 @@ from control_plane.reconciler import Reconciler
 from control_plane.routing import Route
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
+from modelfleet.streams import answer_concurrently
 from modelfleet.v1 import common_pb2, models_pb2
 
 log = logging.getLogger(__name__)
@@ -352,39 +353,19 @@ class Gateway:
         call, concurrently; answers come back in completion order as ModelStreamInferResponse
         (the worker's reply bytes wrapped without re-encoding), and a refused request gets
         `error_message` while the stream goes on."""
-        answers: asyncio.Queue[bytes | None] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
 
-        async def one(request: bytes) -> None:
+        async def one(request: bytes) -> bytes:
             try:
                 reply = await self.infer(request, context.time_remaining)
-                answers.put_nowait(_STREAM_REPLY_TAG + _encode_varint(len(reply)) + reply)
+                return _STREAM_REPLY_TAG + _encode_varint(len(reply)) + reply
             except (errors.ModelfleetError, _Relayed) as exc:
-                message = exc.message if isinstance(exc, errors.ModelfleetError) else exc.details
-                answers.put_nowait(_stream_error(request, message))
+                return _stream_error(request, exc.message if isinstance(exc, errors.ModelfleetError) else exc.details)
             except Exception:
                 log.exception("unexpected error in ModelStreamInfer")
-                answers.put_nowait(_stream_error(request, "internal error"))
+                return _stream_error(request, "internal error")
 
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    task = asyncio.create_task(one(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                while running:
-                    await asyncio.wait(set(running))
-            finally:
-                answers.put_nowait(None)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-            await reader  # re-raises what ended the request stream
-        finally:
-            for task in (reader, *running):
-                task.cancel()
+        async for answer in answer_concurrently(requests, one):
+            yield answer
 
     async def infer(self, request: bytes, time_remaining: Callable[[], float | None]) -> bytes:
         """One V2 request (serialized) -> the worker's reply bytes; counted for stats and /metrics.

@@ -4,15 +4,18 @@ start_stream / async_stream_infer against the gateway.
 
 Every request is answered once, matched by id and bit-exact; a malformed
 request gets `error_message` naming the input (with its id) while the
-stream goes on; the answers are counted like ModelInfer calls.
+stream goes on; the answers are counted like ModelInfer calls. Unit tests
+drive modelfleet.streams (completion order, the window, errors, closing)
+on a real event loop.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ from cluster import ROOT, Cluster, authed_channel
 from modelbuild import ADD_CONSTANT, onnx_add
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
+from modelfleet.streams import answer_concurrently
 from modelfleet.v1 import common_pb2
 from modelfleet.v1 import deployments_pb2 as dpb
 
@@ -120,3 +124,73 @@ def test_tritonclient_stream_through_the_gateway(fleet: dict[str, Any], tmp_path
     for saved in report["results"].values():
         np.testing.assert_array_equal(np.load(saved["y"]), _x(3) + ADD_CONSTANT)
     assert len(report["errors"]) == 1 and "'x'" in report["errors"][0]
+
+
+# ---- modelfleet.streams on a real event loop -----------------------------------------------------
+def test_answers_come_in_completion_order_and_the_window_holds_back_reading() -> None:
+    async def scenario() -> None:
+        read: list[int] = []
+        gates = {i: asyncio.Event() for i in range(6)}
+
+        async def requests() -> AsyncIterator[int]:
+            for i in range(6):
+                read.append(i)
+                yield i
+
+        async def handle(i: int) -> str:
+            await gates[i].wait()
+            return f"answer {i}"
+
+        stream = answer_concurrently(requests(), handle, window=3)
+        first = asyncio.ensure_future(anext(stream))
+        await asyncio.sleep(0.05)
+        assert read == [0, 1, 2]  # the window is full: nothing more is read
+        gates[2].set()
+        assert await asyncio.wait_for(first, 5) == "answer 2"  # the first to finish comes first
+        second = asyncio.ensure_future(anext(stream))  # gRPC asks for the next once one is sent
+        await asyncio.sleep(0.05)
+        assert read == [0, 1, 2, 3]  # one answer sent, one more request read
+        for i in (3, 0, 1, 4, 5):
+            gates[i].set()
+        rest = [await asyncio.wait_for(second, 5)] + [answer async for answer in stream]
+        assert sorted(rest) == [f"answer {i}" for i in (0, 1, 3, 4, 5)]
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_request_stream_ends_after_the_answers_made_and_closing_cancels_the_rest() -> None:
+    async def scenario() -> None:
+        async def broken() -> AsyncIterator[int]:
+            yield 1
+            raise ValueError("undecodable message")
+
+        async def echo(i: int) -> int:
+            return i
+
+        got: list[int] = []
+        with pytest.raises(ValueError, match="undecodable"):
+            async for answer in answer_concurrently(broken(), echo):
+                got.append(answer)
+        assert got == [1]
+
+        cancelled = asyncio.Event()
+
+        async def forever() -> AsyncIterator[int]:
+            yield 1
+            yield 2
+
+        async def slow(i: int) -> int:
+            if i == 2:
+                try:
+                    await asyncio.sleep(30)
+                except asyncio.CancelledError:
+                    cancelled.set()
+                    raise
+            return i
+
+        stream = answer_concurrently(forever(), slow)
+        assert await anext(stream) == 1
+        await stream.aclose()  # the client went away
+        await asyncio.wait_for(cancelled.wait(), 5)
+
+    asyncio.run(scenario())

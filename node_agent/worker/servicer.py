@@ -7,7 +7,8 @@ converts back; domain errors propagate to the server's one interceptor,
 which maps them to status codes. Everything runs on the asyncio loop.
 
 ModelStreamInfer (Triton's bidirectional stream) runs each request as it
-arrives, concurrently, and answers in completion order; a request that
+arrives, concurrently, and answers in completion order
+(modelfleet.streams, at most 1024 requests in flight per stream); a request that
 fails gets a ModelStreamInferResponse with `error_message` (and its id in
 `infer_response`) and the stream goes on, as in Triton. Each request is
 counted in the status counters like a ModelInfer call.
@@ -15,7 +16,6 @@ counted in the status counters like a ModelInfer call.
 
 from __future__ import annotations
 
-import asyncio
 import importlib.metadata
 import logging
 import time
@@ -26,6 +26,7 @@ from google.protobuf import timestamp_pb2
 
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
+from modelfleet.streams import answer_concurrently
 from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from node_agent.runtime.base import TensorSpec
 from node_agent.worker.codec import RequestDecoder, encode_infer_response
@@ -156,10 +157,8 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self, requests: AsyncIterator[pb.ModelInferRequest], context: Any
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         deadline = _deadline(context)
-        answers: asyncio.Queue[pb.ModelStreamInferResponse | None] = asyncio.Queue()
-        running: set[asyncio.Task[None]] = set()
 
-        async def one(request: pb.ModelInferRequest) -> None:
+        async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
                 reply = pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
                 code = "OK"
@@ -172,27 +171,10 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
                 named = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
                 reply = pb.ModelStreamInferResponse(error_message=message, infer_response=named)
             self._service.stats.record_status(code)
-            answers.put_nowait(reply)
+            return reply
 
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    task = asyncio.create_task(one(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
-                while running:
-                    await asyncio.wait(set(running))
-            finally:
-                answers.put_nowait(None)  # end of the answers (a bad message ends the stream too)
-
-        reader = asyncio.create_task(read())
-        try:
-            while (answer := await answers.get()) is not None:
-                yield answer
-            await reader  # re-raises what ended the request stream (e.g. an undecodable message)
-        finally:
-            for task in (reader, *running):
-                task.cancel()
+        async for answer in answer_concurrently(requests, one):
+            yield answer
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: Any) -> pb.ModelStatisticsResponse:
         service = self._service
