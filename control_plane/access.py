@@ -205,8 +205,8 @@ class OpenCalls:
     """The open streaming calls of each API key, so that revoking the key ends them.
 
     Event-loop only. `track` registers the running task for the length of a
-    call; `end_key` cancels every task of a key and remembers why, and the
-    call's wrapper turns that cancellation into Unauthenticated(why)."""
+    call; `end_key` cancels every task of a key and remembers why, and
+    `track` turns that cancellation into Unauthenticated(why)."""
 
     def __init__(self) -> None:
         self._tasks: dict[str, dict[asyncio.Task[Any], list[str]]] = {}
@@ -222,6 +222,10 @@ class OpenCalls:
         self._tasks.setdefault(key_id, {})[task] = reason
         try:
             yield reason
+        except asyncio.CancelledError:
+            if reason:  # ended by end_key, not by the client
+                raise Unauthenticated(reason[0]) from None
+            raise
         finally:
             tasks = self._tasks.get(key_id, {})
             tasks.pop(task, None)
@@ -303,13 +307,8 @@ def _wrap(
             _ANON_USER.set(anon_user)
             if not (tracked and key_id and open_calls is not None):
                 return await fn(request, context)
-            with open_calls.track(key_id) as ended:
-                try:
-                    return await fn(request, context)
-                except asyncio.CancelledError:
-                    if ended:
-                        raise Unauthenticated(ended[0]) from None
-                    raise
+            with open_calls.track(key_id):
+                return await fn(request, context)
 
         return call
 
@@ -324,14 +323,9 @@ def _wrap(
                 raise error
             _PRINCIPAL.set(principal)
             _ANON_USER.set(anon_user)
-            with open_calls.track(key_id) if open_calls is not None else contextlib.nullcontext([]) as ended:
-                try:
-                    async for item in fn(request, context):
-                        yield item
-                except asyncio.CancelledError:
-                    if ended:
-                        raise Unauthenticated(ended[0]) from None
-                    raise
+            with open_calls.track(key_id) if open_calls is not None else contextlib.nullcontext([]):
+                async for item in fn(request, context):
+                    yield item
 
         return call
 
