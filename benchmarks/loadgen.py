@@ -51,18 +51,27 @@ def _input(shape: list[int]) -> np.ndarray:
     return np.random.default_rng(0).random((1, *shape), dtype=np.float32)
 
 
+_CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+
+
+def _request_body(args: argparse.Namespace, request_id: str = "") -> bytes:
+    """A serialized V2 request of `--model` with one `--shape` input (serialized once per caller slot)."""
+    from modelfleet.inference import grpc_service_pb2 as pb
+
+    x = _input(args.shape)
+    req = pb.ModelInferRequest(model_name=args.model, id=request_id)
+    req.inputs.add(name="x", datatype="FP32", shape=x.shape)
+    req.raw_input_contents.append(x.tobytes())
+    return req.SerializeToString()
+
+
 async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
     import grpc
 
     from modelfleet.inference import grpc_service_pb2 as pb
 
-    x = _input(args.shape)
-    req = pb.ModelInferRequest(model_name=args.model)
-    req.inputs.add(name="x", datatype="FP32", shape=x.shape)
-    req.raw_input_contents.append(x.tobytes())
-    body = req.SerializeToString()
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(args.target, options=options) as channel:
+    body = _request_body(args)
+    async with grpc.aio.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
         call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
         metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
         reply = pb.ModelInferResponse.FromString(await call(body, timeout=60, metadata=metadata))
@@ -135,18 +144,11 @@ async def run_stream(args: argparse.Namespace) -> dict[str, object]:
 
     from modelfleet.inference import grpc_service_pb2 as pb
 
-    x = _input(args.shape)
-    bodies = []
-    for slot in range(args.concurrency):
-        req = pb.ModelInferRequest(model_name=args.model, id=str(slot))
-        req.inputs.add(name="x", datatype="FP32", shape=x.shape)
-        req.raw_input_contents.append(x.tobytes())
-        bodies.append(req.SerializeToString())
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    bodies = [_request_body(args, str(slot)) for slot in range(args.concurrency)]
     latencies: list[float] = []
     errors = [0]
     first_error = [""]
-    async with grpc.aio.insecure_channel(args.target, options=options) as channel:
+    async with grpc.aio.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
         method = channel.stream_stream("/inference.GRPCInferenceService/ModelStreamInfer")
         metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
         call = method(metadata=metadata, timeout=args.warmup + args.duration + 60)

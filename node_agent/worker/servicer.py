@@ -160,18 +160,17 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
         async def one(request: pb.ModelInferRequest) -> pb.ModelStreamInferResponse:
             try:
-                reply = pb.ModelStreamInferResponse(infer_response=await self._infer(request, deadline))
-                code = "OK"
+                reply = await self._infer(request, deadline)
+                self._service.stats.record_status("OK")
+                return pb.ModelStreamInferResponse(infer_response=reply)
             except WorkerError as exc:
                 code, message = exc.code, exc.message
             except Exception:
                 logger.exception("unexpected error in ModelStreamInfer")
                 code, message = "INTERNAL", "internal error"
-            if code != "OK":
-                named = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
-                reply = pb.ModelStreamInferResponse(error_message=message, infer_response=named)
             self._service.stats.record_status(code)
-            return reply
+            named = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version, id=request.id)
+            return pb.ModelStreamInferResponse(error_message=message, infer_response=named)
 
         async for answer in answer_concurrently(requests, one):
             yield answer
