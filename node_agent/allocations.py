@@ -22,7 +22,10 @@ port. The worker is adopted (a handle starting in STARTED, same pid) when the
 pid is alive, is really that allocation's worker (its command line names the
 allocation's ready file, which guards against pid reuse) and answers health.
 A worker that is ours but unusable is killed, so a node never runs two
-workers for one allocation; stale files are removed.
+workers for one allocation; stale files are removed. So is a worker that no
+state file names (the previous agent died between spawning it and writing
+the file): a process whose --ready-file lies in DIR/workers and that was not
+adopted is killed before anything new starts.
 
 GPUs: an allocation whose resources ask for N GPUs gets the first N of the
 node's devices (``gpu_devices``) that no other live handle holds; the worker
@@ -51,7 +54,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from google.protobuf import json_format
 
 from modelfleet.v1 import agent_pb2, common_pb2
-from node_agent.procs import cmdline, connect_address, kill, pid_alive, probe_health
+from node_agent.procs import cmdline, connect_address, kill, pid_alive, probe_health, workers_under
 from node_agent.supervisor import AdoptedWorker, ModelFetcher, SupervisorConfig, WorkerHandle, WorkerState
 
 log = logging.getLogger(__name__)
@@ -238,14 +241,25 @@ class Allocations:
                 continue
             log.warning("allocation %s: not adopting worker pid %d (%s)", aid, pid, problem)
             if ours:  # our orphan, but unusable: never leave a second worker behind
-                kill(pid, signal.SIGKILL, group=True)
-                for _ in range(50):
-                    if not pid_alive(pid):
-                        break
-                    await asyncio.sleep(0.1)
+                await _kill_and_wait(pid)
             path.unlink(missing_ok=True)
             ready.unlink(missing_ok=True)
+        adopted_pids = {self._handles[aid].pid for aid in adopted}
+        for pid, ready in workers_under(workers.resolve()).items():
+            if pid not in adopted_pids:
+                log.warning("allocation %s: killing worker pid %d that no state file names "
+                            "(its agent died while starting it)", ready.stem, pid)  # fmt: skip
+                await _kill_and_wait(pid)
         for leftover in [*workers.glob("*.ready"), *workers.glob("*.token"), *workers.glob("*.tmp")]:
             if leftover.stem not in self._handles:
                 leftover.unlink(missing_ok=True)
         return adopted
+
+
+async def _kill_and_wait(pid: int) -> None:
+    """SIGKILL a worker's process group and wait (up to 5 s) until it is gone."""
+    kill(pid, signal.SIGKILL, group=True)
+    for _ in range(50):
+        if not pid_alive(pid):
+            break
+        await asyncio.sleep(0.1)

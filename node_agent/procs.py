@@ -68,6 +68,25 @@ def cmdline(pid: int) -> list[str]:
         return []
 
 
+def workers_under(directory: Path) -> dict[int, Path]:
+    """Live worker processes whose --ready-file lies in `directory`: pid -> that ready file.
+    (Found through /proc; empty where there is none.)"""
+    found: dict[int, Path] = {}
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return found
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        argv = cmdline(int(entry.name))
+        if "--ready-file" not in argv[:-1] or not pid_alive(int(entry.name)):
+            continue
+        ready = Path(argv[argv.index("--ready-file") + 1])
+        if ready.parent == directory:
+            found[int(entry.name)] = ready
+    return found
+
+
 def kill(pid: int, sig: signal.Signals, *, group: bool) -> None:
     """Send sig to pid, or to its process group (a worker leads its own session)."""
     with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -10,7 +10,9 @@
 - scenario 11: a corrupt ONNX / TorchScript file is FAILED with the loader's
   error and never retried, and the other deployment on the node is untouched;
 - scenario 16: a call whose deadline passes while queued is never run, gets
-  DEADLINE_EXCEEDED through the gateway and frees its queue slot.
+  DEADLINE_EXCEEDED through the gateway and frees its queue slot;
+- a worker whose agent died before recording it is killed by the next agent
+  (never two workers for one allocation; found by the chaos soak).
 
 Shrunk timings: heartbeat 0.2 s, node timeout 1 s, drain timeout 2 s,
 restart backoff 0.2/0.4/0.8 s. Each figure is printed and collected
@@ -19,9 +21,12 @@ restart backoff 0.2/0.4/0.8 s. Each figure is printed and collected
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +40,9 @@ from faults import Watcher, call, worker_stats
 from figures import record
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
 from modelfleet.v1 import common_pb2, deployments_pb2 as dpb
+from node_agent.allocations import Allocations
+from node_agent.procs import cmdline
+from node_agent.supervisor import SupervisorConfig
 
 S = common_pb2
 DRAIN_S = 2.0
@@ -257,3 +265,28 @@ def test_deadline_passed_while_queued_is_never_run_and_frees_its_slot(cluster: C
     record("S16", "expired call: runs / timeout_count / queue slot freed", f"0 / +1 / yes (pending after: {pending_after})")
     stop(cluster, "deadlines")
 
+
+
+def test_a_restarted_agent_kills_a_worker_its_predecessor_started_but_never_recorded(tmp_path: Path) -> None:
+    """The previous agent was killed between spawning a worker and writing its state file (seen in
+    the chaos soak): nothing names the worker, so the new agent must kill it before it starts the
+    allocation again, or the node would run two workers for one allocation."""
+    config = SupervisorConfig(data_dir=tmp_path / "agent")
+    config.workers_dir.mkdir(parents=True)
+    stand_in = [sys.executable, "-c", "import time; time.sleep(120)", "--ready-file"]
+    unrecorded = subprocess.Popen([*stand_in, str(config.workers_dir / "a-0.ready")], start_new_session=True)
+    elsewhere = subprocess.Popen([*stand_in, str(tmp_path / "other" / "a-0.ready")], start_new_session=True)
+    try:
+        wait_until(lambda: str(config.workers_dir) in " ".join(cmdline(unrecorded.pid)), timeout=10, what="the stand-in")
+
+        async def no_fetch(model_sha256: str) -> Path:
+            raise AssertionError("nothing is started during adoption")
+
+        allocations = Allocations(config=config, fetch_model=no_fetch, on_change=lambda: None)  # type: ignore[arg-type]
+        assert asyncio.run(allocations.adopt_existing()) == []
+        assert unrecorded.wait(timeout=10) == -signal.SIGKILL
+        assert elsewhere.poll() is None  # a process of another directory is none of its business
+    finally:
+        for proc in (unrecorded, elsewhere):
+            proc.kill()
+            proc.wait()
