@@ -1,6 +1,6 @@
 """Domain errors of the control plane, free of any transport.
 
-Service code raises these; one server interceptor (control_plane.server)
+Service code raises these; one server interceptor (control_plane.api.server)
 maps each class to a gRPC status code, so no RPC can forget the mapping.
 The message is shown to the client as it is: it names the field, the value
 or the limit. Anything else that escapes becomes INTERNAL with a generic

@@ -13,7 +13,7 @@ Loops (each phase wrapped so that an error is logged and the loop goes on):
   --full-reconcile-every seconds, 30 by default);
 - every 30 s the gateway closes channels to workers no longer routed to.
 
-With --metrics-port it serves Prometheus /metrics (control_plane.metrics)
+With --metrics-port it serves Prometheus /metrics (control_plane.api.metrics)
 and writes DATA_DIR/metrics_endpoint (HOST:PORT bound).
 
 Flags of issue 3: --default-auto-stop (hours), --max-deployments-per-user
@@ -49,17 +49,17 @@ from pathlib import Path
 
 import grpc
 
-from control_plane.access import OpenCalls
-from control_plane.agents import AgentStreams, NodeService
-from control_plane.blobs import BlobStore
-from control_plane.deployments import DEFAULT_MAX_DEPLOYMENTS_PER_USER, DeploymentService
-from control_plane.fleet import Fleet
-from control_plane.gateway import Gateway, GatewayStats, add_gateway_to_server
-from control_plane.hub import ChangeHub
-from control_plane.keys import ADMIN_KEY_FILE, KeyService
-from control_plane.reconciler import Reconciler
-from control_plane.registry import ModelRegistry
-from control_plane.server import (
+from control_plane.auth.access import OpenCalls
+from control_plane.nodes.agents import AgentStreams, NodeService
+from control_plane.models.blobs import BlobStore
+from control_plane.deployments.service import DEFAULT_MAX_DEPLOYMENTS_PER_USER, DeploymentService
+from control_plane.fleet.liveness import Fleet
+from control_plane.gateway.service import Gateway, GatewayStats, add_gateway_to_server
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.auth.keys import ADMIN_KEY_FILE, KeyService
+from control_plane.reconcile.reconciler import Reconciler
+from control_plane.models.registry import ModelRegistry
+from control_plane.api.server import (
     DEFAULT_MANAGEMENT_MESSAGE_BYTES,
     Keepalive,
     build_server,
@@ -67,7 +67,7 @@ from control_plane.server import (
     server_credentials,
     set_serving,
 )
-from control_plane.servicers import (
+from control_plane.api.servicers import (
     AgentControlServicer,
     AuthServicer,
     DeploymentsServicer,
@@ -385,7 +385,7 @@ async def _serve(args: argparse.Namespace) -> None:
     await plane.start(args.listen)
     (data_dir / "metrics_endpoint").unlink(missing_ok=True)
     if args.metrics_port >= 0:
-        from control_plane.metrics import serve_metrics
+        from control_plane.api.metrics import serve_metrics
 
         port = serve_metrics(
             reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),

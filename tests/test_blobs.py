@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from control_plane.blobs import BlobStore, is_sha256
+from control_plane.models.blobs import BlobStore, is_sha256
 
 
 def files_under(root: Path) -> list[str]:

@@ -14,9 +14,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from control_plane.agents import AgentStreams
-from control_plane.fleet import Fleet, Liveness
-from control_plane.gateway import never_accepted
+from control_plane.nodes.agents import AgentStreams
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.gateway.service import never_accepted
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2
 from node_agent.exits import exit_outcome

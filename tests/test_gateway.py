@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from control_plane import errors
-from control_plane.gateway import Gateway, GatewayStats, TokenBucket
-from control_plane.routing import Route
+from control_plane.gateway.service import Gateway, GatewayStats, TokenBucket
+from control_plane.reconcile.routing import Route
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import deployments_pb2
 

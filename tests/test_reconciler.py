@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from control_plane.fleet import Fleet, Liveness
-from control_plane.hub import ChangeHub
-from control_plane.reconciler import Reconciler, now_ts
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.reconcile.reconciler import Reconciler, now_ts
 from control_plane.store.memory import MemoryStore
-from control_plane.views import deployment_view
+from control_plane.deployments.views import deployment_view
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
 
@@ -239,7 +239,7 @@ def test_liveness_transitions_are_explicit() -> None:
 
 
 def test_events_reconcile_only_what_they_touch_and_settled_placements_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
-    from control_plane import scheduler
+    from control_plane.planning import scheduler
 
     w = World()
     for node in ("a", "b", "c"):

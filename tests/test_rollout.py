@@ -1,12 +1,12 @@
-"""Unit tests of control_plane.rollout: the make-before-break rules, table by
+"""Unit tests of control_plane.planning.rollout: the make-before-break rules, table by
 table, with node views and allocation members built by hand."""
 
 from __future__ import annotations
 
 import pytest
 
-from control_plane.rollout import Member, Progress, allocation_spec, is_fresh, plan_variant, ready_to_retire
-from control_plane.scheduler import Demand, NodeView
+from control_plane.planning.rollout import Member, Progress, allocation_spec, is_fresh, plan_variant, ready_to_retire
+from control_plane.planning.scheduler import Demand, NodeView
 from modelfleet.v1 import common_pb2, deployments_pb2, models_pb2
 
 STARTING = common_pb2.ROUTING_STATE_STARTING

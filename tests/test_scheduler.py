@@ -1,4 +1,4 @@
-"""Unit tests of control_plane.scheduler: every placement rule, table-driven."""
+"""Unit tests of control_plane.planning.scheduler: every placement rule, table-driven."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import replace
 
 import pytest
 
-from control_plane.scheduler import Demand, NodeView, Placement, demand_for, estimate_memory, place
+from control_plane.planning.scheduler import Demand, NodeView, Placement, demand_for, estimate_memory, place
 from modelfleet.v1 import common_pb2, deployments_pb2
 
 GIB = 1024**3

@@ -41,8 +41,8 @@ from cluster import ROOT, Cluster, authed_channel, wait_until
 from fakeagent import FakeAgent
 from rpcs import full_name, methods_of, served_services
 from modelbuild import onnx_add
-from control_plane.access import METHOD_ACCESS, ROLES, AccessInterceptor, Principal
-from control_plane.server import ErrorMappingInterceptor
+from control_plane.auth.access import METHOD_ACCESS, ROLES, AccessInterceptor, Principal
+from control_plane.api.server import ErrorMappingInterceptor
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
 from modelfleet.v1 import (

@@ -1,4 +1,4 @@
-"""Revoking an API key ends the streaming calls it opened (control_plane.access.OpenCalls).
+"""Revoking an API key ends the streaming calls it opened (control_plane.auth.access.OpenCalls).
 
 A WatchDeployment opened with a viewer key through a real control-plane
 process ends with UNAUTHENTICATED "API key ... was revoked" once an admin
@@ -22,7 +22,7 @@ import pytest
 from cluster import Cluster, authed_channel
 from fakeagent import FakeAgent
 from modelbuild import onnx_add
-from control_plane.access import AccessInterceptor, OpenCalls, Principal
+from control_plane.auth.access import AccessInterceptor, OpenCalls, Principal
 from control_plane.errors import Unauthenticated
 from modelfleet.v1 import auth_pb2, auth_pb2_grpc, common_pb2
 from modelfleet.v1 import deployments_pb2 as dpb

@@ -1,4 +1,4 @@
-"""Unit tests of control_plane.specs: start validation and update merging."""
+"""Unit tests of control_plane.deployments.specs: start validation and update merging."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from control_plane import errors
-from control_plane.specs import SpecRules
+from control_plane.deployments.specs import SpecRules
 from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, models_pb2
 
 MODELS = {("m", 1), ("m", 2), ("n", 1)}

@@ -1,4 +1,4 @@
-"""Unit tests of control_plane.state: every row of every derivation table."""
+"""Unit tests of control_plane.planning.lifecycle: every row of every derivation table."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from control_plane.state import (
+from control_plane.planning.lifecycle import (
     ALLOWED_ROUTE_TRANSITIONS,
     AllocationState,
     DeploymentStatus,

@@ -20,7 +20,7 @@ Contract (base.Store) kept exactly:
 - Returned messages are copies; stored messages are copies of the input.
 - Idempotent-request records, event logs, API keys and `max_model_version`
   are read from the inner store (rare calls, or cached by their owner:
-  control_plane.keys keeps the keys in memory).
+  control_plane.auth.keys keeps the keys in memory).
 
 Event-loop only, like the other backends' contract (one thread calls).
 """

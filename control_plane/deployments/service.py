@@ -2,7 +2,7 @@
 delete, get, list, stats, events and watch, with the Elasticsearch start
 semantics and the ModelArts service rules (quota, auto stop, gated launch).
 
-Start validates and normalizes the request (control_plane.specs), checks
+Start validates and normalizes the request (control_plane.deployments.specs), checks
 the owner's quota and refuses what can never be placed (RESOURCE_EXHAUSTED
 naming the shortfall), writes the intent to the store together with a SPEC
 event (durable before anything is sent), runs a reconcile tick and then
@@ -10,10 +10,10 @@ waits on the change hub until `wait_for` holds or `timeout` passes
 (DEADLINE_EXCEEDED; the deployment keeps starting). A request that names
 only a deployment_id restarts that stopped deployment with its stored spec.
 
-Update merges the update mask into the stored spec (control_plane.specs)
+Update merges the update mask into the stored spec (control_plane.deployments.specs)
 and records the new revision; the reconciler carries it out
-make-before-break (control_plane.rollout). `dry_run` on start and update
-returns the plan (control_plane.preview) and changes nothing.
+make-before-break (control_plane.planning.rollout). `dry_run` on start and update
+returns the plan (control_plane.deployments.preview) and changes nothing.
 
 Quota: at most `max_deployments_per_user` deployments (stopped ones
 included: they keep their name and can be restarted) per owner, the
@@ -35,11 +35,13 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 
-from control_plane import errors, preview, scheduler, views
-from control_plane.hub import ChangeHub
-from control_plane.reconciler import Reconciler, now_ts
-from control_plane.registry import ModelRegistry
-from control_plane.specs import DEFAULT_TIMEOUT_S, SpecRules, seconds
+from control_plane import errors
+from control_plane.deployments import preview, views
+from control_plane.planning import scheduler
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.reconcile.reconciler import Reconciler, now_ts
+from control_plane.models.registry import ModelRegistry
+from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, seconds
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2
 
@@ -84,7 +86,7 @@ class DeploymentService:
 
     # ---- validation ----------------------------------------------------------------
     def normalize(self, req: deployments_pb2.StartDeploymentRequest) -> deployments_pb2.StartDeploymentRequest:
-        """The request with defaults applied and model versions resolved (see control_plane.specs)."""
+        """The request with defaults applied and model versions resolved (see control_plane.deployments.specs)."""
         return self.rules.normalize(req)
 
     def _check_capacity(self, spec: deployments_pb2.StartDeploymentRequest) -> None:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 from google.protobuf import timestamp_pb2
 
-from control_plane.hub import ChangeHub
+from control_plane.reconcile.hub import ChangeHub
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import deployments_pb2

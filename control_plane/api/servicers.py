@@ -1,7 +1,7 @@
 """gRPC servicers of the control plane: protobuf in, service call, protobuf
 out. Nothing else happens here; errors are mapped by the interceptor in
-control_plane.server, callers are authenticated and authorized by the one
-in control_plane.access (which also tells `caller()` who is calling), and
+control_plane.api.server, callers are authenticated and authorized by the one
+in control_plane.auth.access (which also tells `caller()` who is calling), and
 the logic lives in registry, deployments, agents, keys and gateway.
 """
 
@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from control_plane.access import caller, current_principal
-from control_plane.agents import AgentStreams, NodeService
-from control_plane.deployments import DeploymentService
-from control_plane.keys import KeyService
-from control_plane.registry import ModelRegistry
+from control_plane.auth.access import caller, current_principal
+from control_plane.nodes.agents import AgentStreams, NodeService
+from control_plane.deployments.service import DeploymentService
+from control_plane.auth.keys import KeyService
+from control_plane.models.registry import ModelRegistry
 from modelfleet.v1 import (
     agent_pb2,
     agent_pb2_grpc,

@@ -4,7 +4,7 @@ plane, so a client needs one address (as with Elasticsearch's infer API).
 ModelInfer is proxied without re-encoding: the request arrives as raw bytes,
 fields 1 and 2 (model_name, model_version) are read off the wire, the
 request is validated strictly against the specs of the model it is routed
-to (control_plane.v2check: a parse of a copy plus size checks, no tensor
+to (control_plane.gateway.v2check: a parse of a copy plus size checks, no tensor
 decoded; a bad request gets INVALID_ARGUMENT and never reaches a worker),
 and the original bytes go to a started worker over a channel kept per
 worker address, with the allocation's worker token as `authorization`
@@ -58,8 +58,8 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 
 from control_plane import errors, v2check
-from control_plane.reconciler import Reconciler
-from control_plane.routing import Route
+from control_plane.reconcile.reconciler import Reconciler
+from control_plane.reconcile.routing import Route
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.streams import answer_concurrently
@@ -303,7 +303,7 @@ class Gateway:
         return specs
 
     def validate(self, request: bytes, model: tuple[str, int]) -> None:
-        """INVALID_ARGUMENT unless request fits `model` (model_id, version): see control_plane.v2check."""
+        """INVALID_ARGUMENT unless request fits `model` (model_id, version): see control_plane.gateway.v2check."""
         specs = self._model_specs(model)
         if specs is not None:
             v2check.validate(v2check.parse_request(request), inputs=specs[0], outputs=specs[1])

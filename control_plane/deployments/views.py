@@ -1,6 +1,6 @@
 """Builds the API's read models (Deployment, Allocation, Node, stats) from
 store records plus what the fleet observes right now. Pure functions of
-their inputs; no writes. The dry-run preview (control_plane.preview) builds
+their inputs; no writes. The dry-run preview (control_plane.deployments.preview) builds
 its plan with the same functions from records it only imagined.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from control_plane import rollout, scheduler, state
-from control_plane.fleet import Fleet, Liveness
-from control_plane.reconciler import Reconciler
+from control_plane.planning import rollout, scheduler, lifecycle as state
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.reconcile.reconciler import Reconciler
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2, nodes_pb2
 

@@ -30,9 +30,9 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from control_plane.fleet import Liveness
-from control_plane.gateway import Gateway
-from control_plane.reconciler import Reconciler
+from control_plane.fleet.liveness import Liveness
+from control_plane.gateway.service import Gateway
+from control_plane.reconcile.reconciler import Reconciler
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2
 

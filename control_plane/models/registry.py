@@ -46,7 +46,7 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from control_plane.blobs import BlobStore, BlobWriter, is_sha256
+from control_plane.models.blobs import BlobStore, BlobWriter, is_sha256
 from control_plane.errors import (
     AlreadyExists,
     DataLoss,

@@ -1,9 +1,9 @@
 """Plan preview (`dry_run` on StartDeployment and UpdateDeployment).
 
 This module owns the answer to "what would this start or update do?": it
-runs the same planner the reconciler runs (control_plane.rollout on top of
+runs the same planner the reconciler runs (control_plane.planning.rollout on top of
 the scheduler) against the fleet as it is now, on copies of the records, and
-renders the result with the same view code (control_plane.views), so the
+renders the result with the same view code (control_plane.deployments.views), so the
 preview's routing table is the one the real call would produce. Nothing is
 written, sent or notified.
 
@@ -19,9 +19,10 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from control_plane import rollout, scheduler, views
-from control_plane.fleet import Liveness
-from control_plane.reconciler import Reconciler
+from control_plane.deployments import views
+from control_plane.planning import rollout, scheduler
+from control_plane.fleet.liveness import Liveness
+from control_plane.reconcile.reconciler import Reconciler
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2
 

@@ -1,6 +1,6 @@
 """Builds the control plane's grpc.aio server: options, the one interceptor
 that maps domain errors to status codes, the one that authenticates and
-authorizes every call (control_plane.access), every service, health and
+authorizes every call (control_plane.auth.access), every service, health and
 reflection, and the TLS (or mTLS) server credentials.
 
 Error mapping (the only place): a `control_plane.errors.ModelfleetError`
@@ -31,7 +31,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from control_plane.access import AccessInterceptor, Authenticator, OpenCalls
+from control_plane.auth.access import AccessInterceptor, Authenticator, OpenCalls
 from control_plane.errors import InvalidArgument, ModelfleetError, ResourceExhausted
 from modelfleet.inference import grpc_service_pb2
 from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2

@@ -33,12 +33,13 @@ import logging
 import socket
 from collections.abc import AsyncIterator
 
-from control_plane import errors, views
-from control_plane.access import Principal
-from control_plane.fleet import AgentSession
+from control_plane import errors
+from control_plane.deployments import views
+from control_plane.auth.access import Principal
+from control_plane.fleet.liveness import AgentSession
 from control_plane.ids import check_id
-from control_plane.keys import KeyService
-from control_plane.reconciler import Reconciler, now_ts
+from control_plane.auth.keys import KeyService
+from control_plane.reconcile.reconciler import Reconciler, now_ts
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, nodes_pb2
 

@@ -46,7 +46,8 @@ from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 
-from control_plane import access, errors
+from control_plane import errors
+from control_plane.auth import access
 from control_plane.ids import check_id
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2

@@ -1,8 +1,8 @@
 """The Reconciler's agent-facing side: what is pushed to agents, and what
 their reports and liveness changes do to the records.
 
-`AgentReports` is a base class of the Reconciler (control_plane.reconciler),
-whose ticks it runs, and sits on `Routing` (control_plane.routing), whose
+`AgentReports` is a base class of the Reconciler (control_plane.reconcile.reconciler),
+whose ticks it runs, and sits on `Routing` (control_plane.reconcile.routing), whose
 record writes it uses; the Reconciler's __init__ sets up the state.
 
 `push` sends a node its complete desired set (the specs of its desired
@@ -21,7 +21,7 @@ deployments on the node and the open ones, and sends the node its desired
 set.
 
 `on_liveness_change` logs the change, drops the cached node views and runs
-a full tick (control_plane.reconciler handles a LOST node's allocations).
+a full tick (control_plane.reconcile.reconciler handles a LOST node's allocations).
 Event-loop only.
 """
 
@@ -32,11 +32,11 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from control_plane.routing import RS, RUNNING, STOPPED, Routing, set_route
+from control_plane.reconcile.routing import RS, RUNNING, STOPPED, Routing, set_route
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2
 
-log = logging.getLogger("control_plane.reconciler")  # the Reconciler's log, whichever module holds the method
+log = logging.getLogger("control_plane.reconcile.reconciler")  # the Reconciler's log, whichever module holds the method
 
 
 class AgentReports(Routing):

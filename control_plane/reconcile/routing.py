@@ -2,11 +2,11 @@
 its records for others: the gateway's routing table and deployment statuses.
 
 `Routing` is the lowest base class of the Reconciler
-(control_plane.reconciler, by way of control_plane.reports); the
+(control_plane.reconcile.reconciler, by way of control_plane.reconcile.reports); the
 Reconciler's __init__ sets up the state its methods use.
 
 Every routing-state change goes through `save_allocation` /
-`remove_allocation`, which record it as an event (control_plane.events) and
+`remove_allocation`, which record it as an event (control_plane.reconcile.events) and
 refresh the node's cached view where capacity was freed; every status
 change is recorded by `_derive_status`, which the reconcile tick calls for
 each deployment it reconciles.
@@ -25,16 +25,16 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import timestamp_pb2
 
-from control_plane import rollout, scheduler, state
-from control_plane.events import EventLog
-from control_plane.fleet import Fleet, Liveness
-from control_plane.hub import ChangeHub
-from control_plane.nodeviews import NodeViews
+from control_plane.planning import rollout, scheduler, lifecycle as state
+from control_plane.reconcile.events import EventLog
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.fleet.nodeviews import NodeViews
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2
 
-log = logging.getLogger("control_plane.reconciler")  # the Reconciler's log, whichever module holds the method
+log = logging.getLogger("control_plane.reconcile.reconciler")  # the Reconciler's log, whichever module holds the method
 
 RS = common_pb2
 RUNNING = records_pb2.DESIRED_STATE_RUNNING

@@ -41,7 +41,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from control_plane import scheduler
+from control_plane.planning import scheduler
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
 
 _STARTED = common_pb2.ROUTING_STATE_STARTED

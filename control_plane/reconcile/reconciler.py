@@ -3,7 +3,7 @@ what agents report.
 
 `reconcile()` is one tick. It is synchronous, never blocks and is safe to
 call at any time and as often as wanted: it reads the desired state from
-the store, plans each variant (control_plane.rollout, on top of the
+the store, plans each variant (control_plane.planning.rollout, on top of the
 scheduler), writes the intent (new allocation records, allocations marked to
 stop) to the store *before* anything is sent, pushes every changed node its
 complete desired set with a new generation, derives allocation/deployment
@@ -13,10 +13,10 @@ themselves.
 
 This module owns the ticks and the planning: placement, rolling updates,
 drains, lost nodes and auto stop. The Reconciler gets the rest from its
-bases: the agent-facing side from control_plane.reports (`push`, `observe`,
+bases: the agent-facing side from control_plane.reconcile.reports (`push`, `observe`,
 `on_liveness_change`), and the allocation record writes (`save_allocation` /
 `remove_allocation`, the one place routing states change), the gateway's
-`routes` and the deployment statuses from control_plane.routing.
+`routes` and the deployment statuses from control_plane.reconcile.routing.
 
 Allocation records (modelfleet.store.v1.AllocationRecord), one per variant
 per node, move through:
@@ -34,7 +34,7 @@ update rules replace them make-before-break.
 An allocation never changes what it runs: an update that changes a
 variant's worker settings creates new allocations (new ids) and stops the
 old ones once the new ones are STARTED (make-before-break, see
-control_plane.rollout).
+control_plane.planning.rollout).
 
 With authentication on (`worker_tokens`), every new allocation's spec gets a
 random worker token: the agent hands it to the worker, and the gateway
@@ -49,7 +49,7 @@ Scale (docs/performance.md: 1,000 nodes x 1,000 deployments): a tick is
 update, a report, a registration), so nothing per event is O(nodes x
 deployments). A scoped tick reconciles, re-routes and pushes only those
 deployments and the nodes whose desired set changed; node views are cached
-(control_plane.nodeviews); a variant is planned again only when its inputs
+(control_plane.fleet.nodeviews); a variant is planned again only when its inputs
 changed: its revision, its allocations, or, for *open* variants (every
 eligible node, or fewer targets than instances), the views' epoch. The
 periodic `tick()` covers due auto stops and open variants after the epoch
@@ -70,13 +70,13 @@ from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 
-from control_plane import rollout, scheduler
-from control_plane.events import EventLog
-from control_plane.fleet import Fleet, Liveness
-from control_plane.hub import ChangeHub
-from control_plane.nodeviews import NodeViews
-from control_plane.reports import AgentReports
-from control_plane.routing import RS, RUNNING, STOPPED, Route, set_route
+from control_plane.planning import rollout, scheduler
+from control_plane.reconcile.events import EventLog
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.fleet.nodeviews import NodeViews
+from control_plane.reconcile.reports import AgentReports
+from control_plane.reconcile.routing import RS, RUNNING, STOPPED, Route, set_route
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, deployments_pb2, models_pb2
@@ -118,7 +118,7 @@ class Reconciler(AgentReports):
         self.rollouts: dict[str, str] = {}
         self.routes: dict[str, list[Route]] = {}
         self.last_duration_s = 0.0
-        # called after every tick with (seconds, "full" | "scoped"); control_plane.metrics sets it
+        # called after every tick with (seconds, "full" | "scoped"); control_plane.api.metrics sets it
         self.on_tick: Callable[[float, str], None] | None = None
         self.views = NodeViews(store=store, fleet=fleet)
         self._planned: dict[tuple[str, str], _Planned] = {}  # (deployment_id, variant) -> its last quiet plan
@@ -157,7 +157,7 @@ class Reconciler(AgentReports):
         Usage counts every allocation that holds its node (all but FAILED
         ones and desired-STOPPED ones that already STOPPED), by its own spec:
         old allocations of a rolling update included. A SUSPECT node keeps what
-        it has but is not schedulable (control_plane.nodeviews).
+        it has but is not schedulable (control_plane.fleet.nodeviews).
         """
         return dict(self.views.get())
 

@@ -1,0 +1,1 @@
+"""The inference gateway: inference.GRPCInferenceService routed by weight to started workers."""

@@ -1,0 +1,1 @@
+"""The model registry: uploads, validation, versions, downloads, and the content-addressed blobs."""

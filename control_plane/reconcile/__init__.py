@@ -1,0 +1,1 @@
+"""The reconcile loop and what it writes: allocation records, routing states, statuses, events and change notification."""
