@@ -58,6 +58,7 @@ from control_plane.gateway.service import Gateway, GatewayStats, add_gateway_to_
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.auth.keys import ADMIN_KEY_FILE, KeyService
 from control_plane.reconcile.reconciler import Reconciler
+from control_plane.reconcile.source import StoreRouteSource
 from control_plane.models.registry import ModelRegistry
 from control_plane.api.server import (
     DEFAULT_MANAGEMENT_MESSAGE_BYTES,
@@ -152,7 +153,7 @@ class ControlPlane:
             gateway_stats=self.gateway_stats.get,
         )
         self.gateway = Gateway(
-            reconciler=self.reconciler,
+            source=StoreRouteSource(table=self.reconciler.route_table, store=store, hub=self.hub, fleet=self.fleet),
             max_message_bytes=max_message_bytes,
             stats=self.gateway_stats,
             worker_credentials=security.worker_credentials(),
@@ -219,7 +220,7 @@ class ControlPlane:
     def _sweep(self) -> None:
         changed = self.fleet.sweep()
         if changed:
-            self.reconciler.on_liveness_change(changed)
+            self.reconciler.agents.on_liveness_change(changed)
 
     async def _loop(self, name: str, interval: float, step: object) -> None:
         while True:

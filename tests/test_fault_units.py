@@ -47,7 +47,7 @@ def test_drain_places_the_replacement_first_and_stops_the_old_one_once_it_starte
     cordon(w, first)
     running = allocs(w, "one")
     assert set(running) == {first, other}  # make: the replacement is placed, the old one keeps serving
-    assert [r.node_id for r in w.rec.routes["one"]] == [first]
+    assert [r.node_id for r in w.rec.route_table.by_deployment["one"]] == [first]
     w.report_all(other, S.ROUTING_STATE_STARTING)
     assert set(allocs(w, "one")) == {first, other}
     w.report_all(other, S.ROUTING_STATE_STARTED)
@@ -109,7 +109,7 @@ def test_a_lost_node_keeps_routes_its_agent_reported_stopped() -> None:
     w.fleet.detach(w.sessions["a"])
     w.clock.now += 1.5
     w.fleet.touch("b")
-    w.rec.on_liveness_change(w.fleet.sweep())
+    w.rec.agents.on_liveness_change(w.fleet.sweep())
     assert w.fleet.state("a") == Liveness.LOST
     assert w.view("all").allocations[0].routing_table["a"].routing_state == S.ROUTING_STATE_STOPPED
     assert w.view("all").allocations[0].routing_table["b"].routing_state == S.ROUTING_STATE_STARTED

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import collections
 import random
-from types import SimpleNamespace
+from collections.abc import Iterable, Sequence
 
 import pytest
 
 from control_plane import errors
 from control_plane.gateway.service import Gateway, GatewayStats, TokenBucket
-from control_plane.reconcile.routing import Route
+from control_plane.routes import Route
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import deployments_pb2
+from modelfleet.v1 import common_pb2, deployments_pb2, models_pb2
 
 
 def record(*weights: tuple[str, int]) -> records_pb2.DeploymentRecord:
@@ -25,9 +25,36 @@ def record(*weights: tuple[str, int]) -> records_pb2.DeploymentRecord:
     return rec
 
 
+class FakeSource:
+    """A RouteSource (control_plane.routes) with one deployment "d" and its routes."""
+
+    def __init__(self, routes: list[Route]) -> None:
+        self.table = {"d": routes}
+
+    def routes(self, deployment_id: str) -> Sequence[Route]:
+        return self.table.get(deployment_id, ())
+
+    def live_addresses(self) -> set[str]:
+        return {r.address for routes in self.table.values() for r in routes}
+
+    def version(self, deployment_id: str) -> int:
+        return 0
+
+    def deployment(self, deployment_id: str) -> records_pb2.DeploymentRecord | None:
+        return None
+
+    def deployments(self) -> list[records_pb2.DeploymentRecord]:
+        return []
+
+    def model(self, model_id: str, version: int) -> models_pb2.Model | None:
+        return None
+
+    def worker_stats(self, deployment_id: str, variant: str) -> Iterable[common_pb2.InferenceStats]:
+        return ()
+
+
 def gateway(routes: list[Route]) -> Gateway:
-    fake = SimpleNamespace(routes={"d": routes}, store=None)
-    return Gateway(reconciler=fake, max_message_bytes=1 << 20)  # type: ignore[arg-type]
+    return Gateway(source=FakeSource(routes), max_message_bytes=1 << 20)
 
 
 def r(aid: str, variant: str) -> Route:

@@ -86,7 +86,7 @@ class World:
         if self.store.get_node(node_id) is None:
             self.store.put_node(records_pb2.NodeRecord(info=info, schedulable=True, registered_at=now_ts()))
         self.sessions[node_id] = self.fleet.attach(node_id)
-        self.rec.observe(node_id, [], applied_generation=0, full_registration=True)
+        self.rec.agents.observe(node_id, [], applied_generation=0, full_registration=True)
 
     def start(self, deployment_id: str, *, owner: str = "default", **fields: object) -> dpb.StartDeploymentResponse:
         req = dpb.StartDeploymentRequest(deployment_id=deployment_id, wait_for=dpb.WAIT_FOR_STARTING, **fields)  # type: ignore[arg-type]
@@ -118,7 +118,7 @@ class World:
             reports.append(agent_pb2.AllocationReport(allocation_id=a.allocation_id, deployment_id=a.deployment_id,
                                                       routing_state=state, worker_address=f"{node_id}:{a.allocation_id}",
                                                       reason="load error: boom" if state == S.ROUTING_STATE_FAILED else ""))
-        self.rec.observe(node_id, reports, applied_generation=node.generation)
+        self.rec.agents.observe(node_id, reports, applied_generation=node.generation)
 
     def all_started(self, *nodes: str) -> None:
         for node_id in nodes:
@@ -145,14 +145,14 @@ def test_a_changed_worker_setting_starts_a_new_allocation_before_the_old_one_sto
     new = [a for a in w.allocs("d") if a.allocation_id != old.allocation_id]
     assert len(new) == 1 and new[0].spec.queue_capacity == 64 and new[0].node_id == "a"
     assert w.store.get_allocation(old.allocation_id).desired == RUNNING  # still serving
-    assert [r.allocation_id for r in w.rec.routes["d"]] == [old.allocation_id]
+    assert [r.allocation_id for r in w.rec.route_table.by_deployment["d"]] == [old.allocation_id]
     assert "0 of 1 new allocations started" in w.service.get("d").rollout
     assert w.status("d") == D.DEPLOYMENT_STATUS_DEPLOYING and "rolling update" in w.store.get_deployment("d").status_reason
     w.report("a", {old.allocation_id: STARTED, new[0].allocation_id: STARTED})
     stopped = w.store.get_allocation(old.allocation_id)
     assert stopped.desired == STOPPED and stopped.routing_state == S.ROUTING_STATE_STOPPING
     assert "rolling update" in stopped.reason
-    assert [r.allocation_id for r in w.rec.routes["d"]] == [new[0].allocation_id]
+    assert [r.allocation_id for r in w.rec.route_table.by_deployment["d"]] == [new[0].allocation_id]
     assert w.status("d") == D.DEPLOYMENT_STATUS_DEPLOYING  # until the old one is gone
     w.report("a", {new[0].allocation_id: STARTED})
     assert w.store.get_allocation(old.allocation_id) is None
@@ -171,7 +171,7 @@ def test_without_room_to_surge_old_workers_are_replaced_one_at_a_time() -> None:
     w.update("d", ["queue_capacity"], queue_capacity=64)
     assert w.store.get_allocation(old["a"]).desired == STOPPED  # the one in-place step ...
     assert w.store.get_allocation(old["b"]).desired == RUNNING  # ... while b keeps serving
-    assert [r.node_id for r in w.rec.routes["d"]] == ["b"]
+    assert [r.node_id for r in w.rec.route_table.by_deployment["d"]] == ["b"]
     w.report("a")  # a's old worker is gone: a new one starts there
     (new_a,) = [a for a in w.allocs("d") if a.node_id == "a"]
     assert new_a.spec.queue_capacity == 64 and w.service.get("d").rollout
@@ -195,10 +195,10 @@ def test_a_removed_variant_keeps_serving_until_the_others_have_started() -> None
     view = w.service.get("d")
     assert [a.variant for a in view.allocations] == ["m-v2"] and [a.variant for a in view.retiring] == ["m-v1"]
     assert w.store.get_allocation(v1.allocation_id).desired == RUNNING
-    assert {r.variant for r in w.rec.routes["d"]} == {"m-v1"}  # the gateway keeps sending to v1
+    assert {r.variant for r in w.rec.route_table.by_deployment["d"]} == {"m-v1"}  # the gateway keeps sending to v1
     w.all_started("a")
     assert w.store.get_allocation(v1.allocation_id).desired == STOPPED
-    assert {r.variant for r in w.rec.routes["d"]} == {"m-v2"}
+    assert {r.variant for r in w.rec.route_table.by_deployment["d"]} == {"m-v2"}
     w.all_started("a")
     assert not w.service.get("d").retiring
 

@@ -57,7 +57,7 @@ class World:
         if self.store.get_node(node_id) is None:
             self.store.put_node(records_pb2.NodeRecord(info=info, schedulable=True, registered_at=now_ts()))
         self.sessions[node_id] = self.fleet.attach(node_id)
-        self.rec.observe(node_id, [], applied_generation=0, full_registration=True)
+        self.rec.agents.observe(node_id, [], applied_generation=0, full_registration=True)
 
     def deploy(self, deployment_id: str, *, instances: int = 0, threads: int = 1, auto_stop_s: int = 0) -> None:
         spec = deployments_pb2.StartDeploymentRequest(deployment_id=deployment_id)
@@ -85,7 +85,7 @@ class World:
             for a in self.store.list_allocations(node_id=node_id)
             if a.desired == RUNNING
         ]
-        self.rec.observe(node_id, reports, applied_generation=node.generation)
+        self.rec.agents.observe(node_id, reports, applied_generation=node.generation)
 
     def view(self, deployment_id: str) -> deployments_pb2.Deployment:
         return deployment_view(self.store.get_deployment(deployment_id), reconciler=self.rec)
@@ -106,7 +106,7 @@ def test_all_nodes_deployment_is_placed_pushed_and_derived() -> None:
     w.report_all("a", S.ROUTING_STATE_STARTED)
     view = w.view("d")
     assert view.allocations[0].allocation_state == S.ALLOCATION_STATE_STARTED
-    assert [r.node_id for r in w.rec.routes["d"]] == ["a"]
+    assert [r.node_id for r in w.rec.route_table.by_deployment["d"]] == ["a"]
     w.report_all("b", S.ROUTING_STATE_STARTED)
     assert w.view("d").allocations[0].allocation_state == S.ALLOCATION_STATE_FULLY_ALLOCATED
     assert w.store.get_deployment("d").status == S.DEPLOYMENT_STATUS_RUNNING
@@ -138,12 +138,12 @@ def test_lost_node_routes_fail_and_fixed_instances_move() -> None:
     other = "b" if one_node == "a" else "a"
     assert w.fleet.detach(w.sessions[one_node])
     assert w.fleet.state(one_node) == Liveness.SUSPECT
-    w.rec.on_liveness_change([one_node])
-    assert one_node not in {r.node_id for r in w.rec.routes["all"]}  # not routed while suspect
+    w.rec.agents.on_liveness_change([one_node])
+    assert one_node not in {r.node_id for r in w.rec.route_table.by_deployment["all"]}  # not routed while suspect
     w.clock.now += 1.5
     w.fleet.touch(other)
     assert w.fleet.sweep() == [one_node]
-    w.rec.on_liveness_change([one_node])
+    w.rec.agents.on_liveness_change([one_node])
     table = w.view("all").allocations[0].routing_table
     assert table[one_node].routing_state == S.ROUTING_STATE_FAILED and table[one_node].reason == "node lost"
     # every eligible node (Elasticsearch): the lost one is no longer a target
@@ -168,9 +168,9 @@ def test_stop_waits_for_the_agent_then_deletes() -> None:
     assert w.store.get_deployment("d").status == S.DEPLOYMENT_STATUS_STOPPING
     # a report from before the agent applied the stop does not delete it
     alloc = w.store.list_allocations(deployment_id="d")[0]
-    w.rec.observe("a", [], applied_generation=assignment.generation - 1)
+    w.rec.agents.observe("a", [], applied_generation=assignment.generation - 1)
     assert w.store.list_allocations(deployment_id="d")
-    w.rec.observe("a", [], applied_generation=assignment.generation)
+    w.rec.agents.observe("a", [], applied_generation=assignment.generation)
     assert w.store.get_allocation(alloc.allocation_id) is None
     assert w.store.get_deployment("d").status == S.DEPLOYMENT_STATUS_STOPPED
 
@@ -181,10 +181,10 @@ def test_reports_for_other_nodes_or_unknown_allocations_change_nothing() -> None
     w.join("b")
     w.deploy("d")
     b_alloc = next(a for a in w.store.list_allocations(node_id="b"))
-    w.rec.observe("a", [agent_pb2.AllocationReport(allocation_id=b_alloc.allocation_id, routing_state=S.ROUTING_STATE_STARTED)], applied_generation=1)
-    w.rec.observe("a", [agent_pb2.AllocationReport(allocation_id="ghost", routing_state=S.ROUTING_STATE_STARTED)], applied_generation=1)
+    w.rec.agents.observe("a", [agent_pb2.AllocationReport(allocation_id=b_alloc.allocation_id, routing_state=S.ROUTING_STATE_STARTED)], applied_generation=1)
+    w.rec.agents.observe("a", [agent_pb2.AllocationReport(allocation_id="ghost", routing_state=S.ROUTING_STATE_STARTED)], applied_generation=1)
     assert w.store.get_allocation(b_alloc.allocation_id).routing_state == S.ROUTING_STATE_STARTING
-    assert "d" not in w.rec.routes
+    assert "d" not in w.rec.route_table.by_deployment
 
 
 def test_failed_load_everywhere_is_failed_with_the_reason() -> None:
@@ -265,7 +265,7 @@ def test_events_reconcile_only_what_they_touch_and_settled_placements_are_kept(m
     w.rec.reconcile()
     w.rec.reconcile()
     assert calls == [] and w.store.get_deployment("three").status == S.DEPLOYMENT_STATUS_RUNNING
-    assert {r.node_id for r in w.rec.routes["three"]} == {target}
+    assert {r.node_id for r in w.rec.route_table.by_deployment["three"]} == {target}
 
 
 def test_freed_capacity_places_a_waiting_deployment_at_once() -> None:
@@ -281,7 +281,7 @@ def test_freed_capacity_places_a_waiting_deployment_at_once() -> None:
     w.store.put_deployment(rec)
     w.rec.reconcile(["first"])
     (assignment,) = w.assignments("only")[-1:]
-    w.rec.observe("only", [], applied_generation=assignment.generation)
+    w.rec.agents.observe("only", [], applied_generation=assignment.generation)
     assert [a.node_id for a in w.store.list_allocations(deployment_id="waiting")] == ["only"]
 
 

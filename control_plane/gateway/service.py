@@ -37,8 +37,9 @@ client, or failed; GetDeploymentStats shows these beside the workers' own
 counters. Channels to workers that left the routing table are closed by
 `prune_channels` (called by the control plane's reconcile loop).
 
-Event-loop only. The routing table is the reconciler's `routes`, rebuilt
-after every tick. Deployment records are read from the store once and then
+Event-loop only. Routes, records and models come from a `RouteSource`
+(control_plane.routes); in the control plane its routes are rebuilt after
+every tick. Deployment records are read from the store once and then
 kept with the change hub's version of that deployment: every change of a
 deployment's spec (start, update, stop, delete) notifies the hub, so the
 data path reads the store only after a change. For /metrics, `calls` counts
@@ -58,8 +59,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 import grpc
 
 from control_plane import errors, v2check
-from control_plane.reconcile.reconciler import Reconciler
-from control_plane.reconcile.routing import Route
+from control_plane.routes import Route, RouteSource
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.streams import answer_concurrently
@@ -204,13 +204,12 @@ class Gateway:
     def __init__(
         self,
         *,
-        reconciler: Reconciler,
+        source: RouteSource,
         max_message_bytes: int,
         stats: GatewayStats | None = None,
         worker_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.reconciler = reconciler
-        self.store = reconciler.store
+        self.source = source  # deployments, routes and models: all the gateway reads (control_plane.routes)
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
@@ -240,11 +239,11 @@ class Gateway:
         Callers must not mutate it (it is shared between calls)."""
         if not name:
             raise errors.InvalidArgument("model_name is required: the deployment id")
-        version = self.reconciler.hub.version(name)
+        version = self.source.version(name)
         cached = self._records.get(name)
         if cached is not None and cached[0] == version:
             return cached[1]
-        rec = self.store.get_deployment(name)
+        rec = self.source.deployment(name)
         if rec is None:
             self._records.pop(name, None)
             raise errors.NotFound(f"deployment '{name}' not found")
@@ -267,7 +266,7 @@ class Gateway:
             )
 
     def pick(self, rec: records_pb2.DeploymentRecord, version: str, *, exclude: frozenset[str] = frozenset()) -> Route:
-        routes: Sequence[Route] = self.reconciler.routes.get(rec.deployment_id, ())
+        routes: Sequence[Route] = self.source.routes(rec.deployment_id)
         if exclude:
             routes = [r for r in routes if r.allocation_id not in exclude]
         if version:
@@ -294,7 +293,7 @@ class Gateway:
     def _model_specs(self, model: tuple[str, int]) -> tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]] | None:
         specs = self._specs.get(model)
         if specs is None:
-            record = self.store.get_model(*model)
+            record = self.source.model(*model)
             if record is None:
                 return None
             if len(self._specs) > 10_000:
@@ -311,7 +310,7 @@ class Gateway:
     def model_before_routing(self, rec: records_pb2.DeploymentRecord, version: str) -> tuple[str, int] | None:
         """The model a call will reach when that is known before routing: the variant it
         names, or the only one while no other (retiring) variant serves; else None."""
-        routes = self.reconciler.routes.get(rec.deployment_id, [])
+        routes = self.source.routes(rec.deployment_id)
         if version:
             named = next((v for v in rec.spec.variants if v.name == version), None)
         elif len(rec.spec.variants) == 1 and all(r.variant == rec.spec.variants[0].name for r in routes):
@@ -333,7 +332,7 @@ class Gateway:
 
     async def prune_channels(self) -> int:
         """Close channels to workers that no route names and no call uses. Returns how many."""
-        live = {r.address for routes in self.reconciler.routes.values() for r in routes}
+        live = self.source.live_addresses()
         gone = [a for a in self._channels if a not in live and not self._inflight_by_address[a]]
         for address in gone:
             channel, _ = self._channels.pop(address)
@@ -458,7 +457,7 @@ class Gateway:
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: object) -> pb.ModelReadyResponse:
         rec = self._record(request.name)
-        routes = self.reconciler.routes.get(rec.deployment_id, [])
+        routes = self.source.routes(rec.deployment_id)
         return pb.ModelReadyResponse(ready=any(not request.version or r.variant == request.version for r in routes))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: object) -> pb.ServerMetadataResponse:
@@ -470,7 +469,7 @@ class Gateway:
         chosen = next((v for v in variants if v.name == request.version), None) if request.version else variants[0]
         if chosen is None:
             raise errors.NotFound(f"deployment '{rec.deployment_id}' has no variant '{request.version}'")
-        model = self.store.get_model(chosen.model_id, chosen.model_version) or models_pb2.Model()
+        model = self.source.model(chosen.model_id, chosen.model_version) or models_pb2.Model()
         out = pb.ModelMetadataResponse(name=rec.deployment_id, versions=[v.name for v in variants], platform=_PLATFORMS.get(model.format, ""))
         for spec in model.inputs:
             out.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
@@ -479,18 +478,14 @@ class Gateway:
         return out
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: object) -> pb.ModelStatisticsResponse:
-        recs = [self._record(request.name)] if request.name else self.store.list_deployments()
+        recs = [self._record(request.name)] if request.name else self.source.deployments()
         out = pb.ModelStatisticsResponse()
-        fleet = self.reconciler.fleet
         for rec in recs:
             for variant in rec.spec.variants:
                 if request.version and variant.name != request.version:
                     continue
                 item = out.model_stats.add(name=rec.deployment_id, version=variant.name)
-                for alloc in self.store.list_allocations(deployment_id=rec.deployment_id):
-                    stats = fleet.stats(alloc.node_id, alloc.allocation_id) if alloc.variant == variant.name else None
-                    if stats is None:
-                        continue
+                for stats in self.source.worker_stats(rec.deployment_id, variant.name):
                     item.inference_count += stats.inference_count
                     item.execution_count += stats.inference_count
                     ns = int(stats.average_inference_time_ms * 1e6 * stats.inference_count)
@@ -503,8 +498,8 @@ class Gateway:
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: object) -> pb.RepositoryIndexResponse:
         out = pb.RepositoryIndexResponse()
-        for rec in self.store.list_deployments():
-            ready = bool(self.reconciler.routes.get(rec.deployment_id))
+        for rec in self.source.deployments():
+            ready = bool(self.source.routes(rec.deployment_id))
             if request.ready and not ready:
                 continue
             out.models.add(name=rec.deployment_id, version="", state="READY" if ready else "UNAVAILABLE", reason=rec.status_reason)

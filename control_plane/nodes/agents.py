@@ -103,7 +103,7 @@ class AgentStreams:
         session.send(agent_pb2.ControlMessage(welcome=welcome))
         if self.keys is not None:
             session.send(agent_pb2.ControlMessage(credentials=self.keys.credentials()))
-        self.reconciler.observe(node_id, reg.allocations, applied_generation=reg.applied_generation, full_registration=True)
+        self.reconciler.agents.observe(node_id, reg.allocations, applied_generation=reg.applied_generation, full_registration=True)
         reader = asyncio.create_task(self._read(node_id, session, requests))
         try:
             while True:
@@ -115,7 +115,7 @@ class AgentStreams:
             reader.cancel()
             if self.fleet.detach(session):
                 log.warning("node %s disconnected", node_id)
-                self.reconciler.on_liveness_change([node_id])
+                self.reconciler.agents.on_liveness_change([node_id])
 
     async def _read(self, node_id: str, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         try:
@@ -128,7 +128,7 @@ class AgentStreams:
                     self.fleet.touch(node_id, applied_generation=message.heartbeat.applied_generation)
                     self.fleet.record_stats(node_id, message.heartbeat.stats)
                 elif kind == "report":
-                    self.reconciler.observe(node_id, message.report.allocations, applied_generation=message.report.applied_generation)
+                    self.reconciler.agents.observe(node_id, message.report.allocations, applied_generation=message.report.applied_generation)
                 else:
                     log.warning("node %s sent %s after registering; ignored", node_id, kind)
         except asyncio.CancelledError:

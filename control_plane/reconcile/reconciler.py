@@ -12,11 +12,12 @@ record observations and trigger a tick; they never command anything
 themselves.
 
 This module owns the ticks and the planning: placement, rolling updates,
-drains, lost nodes and auto stop. The Reconciler gets the rest from its
-bases: the agent-facing side from control_plane.reconcile.reports (`push`, `observe`,
-`on_liveness_change`), and the allocation record writes (`save_allocation` /
-`remove_allocation`, the one place routing states change), the gateway's
-`routes` and the deployment statuses from control_plane.reconcile.routing.
+drains, lost nodes and auto stop. The Reconciler composes the rest, each
+in its own module: `records` (control_plane.reconcile.records, the one
+place routing states change), `statuses` (control_plane.reconcile.statuses),
+`route_table` (control_plane.reconcile.routetable, the gateway's routes)
+and `agents` (control_plane.reconcile.reports: `push`, `observe`,
+`on_liveness_change`).
 
 Allocation records (modelfleet.store.v1.AllocationRecord), one per variant
 per node, move through:
@@ -75,8 +76,10 @@ from control_plane.reconcile.events import EventLog
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.fleet.nodeviews import NodeViews
+from control_plane.reconcile.records import RS, RUNNING, STOPPED, AllocationRecords, set_route
 from control_plane.reconcile.reports import AgentReports
-from control_plane.reconcile.routing import RS, RUNNING, STOPPED, Route, set_route
+from control_plane.reconcile.routetable import RouteTable
+from control_plane.reconcile.statuses import StatusWriter
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, deployments_pb2, models_pb2
@@ -92,8 +95,8 @@ def now_ts() -> timestamp_pb2.Timestamp:
     return ts
 
 
-class Reconciler(AgentReports):
-    """Ticks and planning (see the module docstring); records, routes and reports come from its bases."""
+class Reconciler:
+    """Ticks and planning (see the module docstring); owns the records, statuses, routes and agent reports components."""
 
     def __init__(
         self,
@@ -116,7 +119,6 @@ class Reconciler(AgentReports):
         self.placements: dict[tuple[str, str], scheduler.Placement] = {}
         # deployment_id -> what its rolling update waits for ("" or absent: none)
         self.rollouts: dict[str, str] = {}
-        self.routes: dict[str, list[Route]] = {}
         self.last_duration_s = 0.0
         # called after every tick with (seconds, "full" | "scoped"); control_plane.api.metrics sets it
         self.on_tick: Callable[[float, str], None] | None = None
@@ -128,6 +130,16 @@ class Reconciler(AgentReports):
         self._open_epoch = -1  # the views' epoch when tick() last retried the open variants
         self._last_full = float("-inf")
         self.full_every = FULL_TICK_EVERY_S
+        self.records = AllocationRecords(store=store, fleet=fleet, views=self.views, events=self.events)
+        self.statuses = StatusWriter(
+            store=store, hub=hub, events=self.events, now=self.now, template=self.template,
+            placements=self.placements, rollouts=self.rollouts,
+        )
+        self.route_table = RouteTable(store=store, fleet=fleet)
+        self.agents = AgentReports(
+            store=store, fleet=fleet, hub=hub, views=self.views, records=self.records,
+            reconcile=self.reconcile, open_deployments=lambda: self._open,
+        )
 
     def now(self) -> timestamp_pb2.Timestamp:
         """The control plane's wall clock as a Timestamp (start times, events)."""
@@ -219,8 +231,8 @@ class Reconciler(AgentReports):
         if full:
             dirty_nodes |= {n for n in views if self.fleet.session(n) is not None}
         for node_id in sorted(dirty_nodes):
-            self.push(node_id)
-        self._rebuild_routes(None if full else wanted)
+            self.agents.push(node_id)
+        self.route_table.rebuild(None if full else wanted)
         self.last_duration_s = time.perf_counter() - started
         if self.on_tick is not None:
             self.on_tick(self.last_duration_s, "full" if full else "scoped")
@@ -281,7 +293,7 @@ class Reconciler(AgentReports):
                         gone = ", ".join(sorted({repr(a.variant) for a in retiring}))
                         reasons.append(f"removed variant(s) {gone} keep serving until the remaining variants have started")
         self.rollouts[rec.deployment_id] = "; ".join(reasons)
-        self._derive_status(rec.deployment_id)
+        self.statuses.derive(rec.deployment_id)
 
     def _place_variant(
         self,
@@ -336,7 +348,7 @@ class Reconciler(AgentReports):
         targets = set(plan.placement.targets)
         for node_id in plan.start_on:
             alloc = self._new_allocation(rec, variant, model, node_id)
-            self.save_allocation(alloc, before=RS.ROUTING_STATE_UNSPECIFIED)
+            self.records.save(alloc, before=RS.ROUTING_STATE_UNSPECIFIED)
             dirty_nodes.add(node_id)
             view = views[node_id]
             views[node_id] = dataclasses.replace(
@@ -360,7 +372,7 @@ class Reconciler(AgentReports):
                     alloc.desired = STOPPED
                     changed = True
                 if changed:
-                    self.save_allocation(alloc, before=before)
+                    self.records.save(alloc, before=before)
         fresh = [m for m in members if m.fresh and not m.lost and m.allocation_id not in plan.stop]
         progress = rollout.Progress(
             weight=variant.weight,
@@ -406,13 +418,13 @@ class Reconciler(AgentReports):
 
     def _stop_allocation(self, alloc: records_pb2.AllocationRecord, dirty_nodes: set[str], *, reason: str) -> None:
         if self.fleet.state(alloc.node_id) == Liveness.LOST:
-            self.remove_allocation(alloc, reason=f"{reason} (node lost)")
+            self.records.remove(alloc, reason=f"{reason} (node lost)")
             return
         before = alloc.routing_state
         alloc.desired = STOPPED
         if alloc.routing_state != RS.ROUTING_STATE_FAILED:
             set_route(alloc, RS.ROUTING_STATE_STOPPING, reason)
-        self.save_allocation(alloc, before=before)
+        self.records.save(alloc, before=before)
         dirty_nodes.add(alloc.node_id)
 
 

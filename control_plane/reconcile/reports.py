@@ -1,9 +1,9 @@
-"""The Reconciler's agent-facing side: what is pushed to agents, and what
-their reports and liveness changes do to the records.
+"""What agents report and what liveness changes do to the allocation records,
+and pushing each node its complete desired set.
 
-`AgentReports` is a base class of the Reconciler (control_plane.reconcile.reconciler),
-whose ticks it runs, and sits on `Routing` (control_plane.reconcile.routing), whose
-record writes it uses; the Reconciler's __init__ sets up the state.
+`AgentReports` owns the agent-facing side of reconciling; it writes records
+through `AllocationRecords` (control_plane.reconcile.records) and runs ticks
+through the `reconcile` callable it is given (the Reconciler's).
 
 `push` sends a node its complete desired set (the specs of its desired
 RUNNING allocations) with a new generation (kept on the node record), only
@@ -30,25 +30,41 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from collections.abc import Callable
 
-from control_plane.reconcile.routing import RS, RUNNING, STOPPED, Routing, set_route
+from control_plane.fleet.liveness import Fleet
+from control_plane.fleet.nodeviews import NodeViews
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.reconcile.records import RS, RUNNING, STOPPED, AllocationRecords, set_route
+from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2
 
-log = logging.getLogger("control_plane.reconcile.reconciler")  # the Reconciler's log, whichever module holds the method
+log = logging.getLogger(__name__)
 
 
-class AgentReports(Routing):
+class AgentReports:
     """Pushes desired sets to agents and folds in their reports (see the module docstring)."""
 
-    _open: set[str]
+    def __init__(
+        self,
+        *,
+        store: Store,
+        fleet: Fleet,
+        hub: ChangeHub,
+        views: NodeViews,
+        records: AllocationRecords,
+        reconcile: Callable[[Iterable[str] | None], None],
+        open_deployments: Callable[[], set[str]],
+    ) -> None:
+        self.store = store
+        self.fleet = fleet
+        self.hub = hub
+        self.views = views
+        self.records = records
+        self._reconcile = reconcile
+        self._open = open_deployments  # the deployments with a variant that may take more nodes
 
-    if TYPE_CHECKING:  # provided by the Reconciler
-
-        def reconcile(self, deployment_ids: Iterable[str] | None = None) -> None: ...
-
-    # ---- agents -----------------------------------------------------------------------
     def push(self, node_id: str) -> None:
         """Send the node its complete desired set if it changed on this stream."""
         session = self.fleet.session(node_id)
@@ -91,12 +107,12 @@ class AgentReports(Routing):
                 if alloc.desired == STOPPED and caught_up and (report is None or report.routing_state in _DONE):
                     # the agent applied the stop and nothing runs any more
                     reason = "worker stopped" if report is None or not report.reason else report.reason
-                    self.remove_allocation(alloc, reason=reason)
+                    self.records.remove(alloc, reason=reason)
                     touched.add(alloc.deployment_id)
                     continue
                 before = alloc.routing_state
                 if _apply_report(alloc, report, registration=full_registration):
-                    self.save_allocation(alloc, before=before)
+                    self.records.save(alloc, before=before)
                     touched.add(alloc.deployment_id)
         for stale in by_id:
             log.info("node %s reports allocation %s that is not its own; ignored", node_id, stale)
@@ -105,20 +121,21 @@ class AgentReports(Routing):
             # and send it its desired set
             self.views.refresh(node_id)
             on_node = {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}
-            self.reconcile(touched | on_node | self._open)
+            self._reconcile(touched | on_node | self._open())
             self.push(node_id)
         elif touched:
             freed = self.views.epoch != epoch  # a deletion or a failure: open variants may fit now
-            self.reconcile(touched | self._open if freed else touched)
+            self._reconcile(touched | self._open() if freed else touched)
         for deployment_id in touched:
             self.hub.notify(deployment_id)
 
     def on_liveness_change(self, node_ids: list[str]) -> None:
+        """Nodes changed liveness: log it, drop the cached views, run a full tick."""
         affected = {a.deployment_id for n in node_ids for a in self.store.list_allocations(node_id=n)}
         for node_id in node_ids:
             log.warning("node %s is now %s", node_id, self.fleet.state(node_id).value)
         self.views.invalidate()
-        self.reconcile()
+        self._reconcile(None)
         for deployment_id in affected:
             self.hub.notify(deployment_id)
 
