@@ -9,31 +9,19 @@ import asyncio
 
 import pytest
 from google.protobuf import field_mask_pb2
+from reconcile_world import RUNNING, STOPPED, ReconcileWorld, S, model
 
 from control_plane import errors
 from control_plane.deployments.service import DeploymentService
-from control_plane.reconcile.events import MAX_EVENTS_PER_DEPLOYMENT
-from control_plane.fleet.liveness import Fleet
-from control_plane.reconcile.hub import ChangeHub
-from control_plane.reconcile.reconciler import Reconciler, now_ts
 from control_plane.planning.lifecycle import STATUS_TRANSITIONS
+from control_plane.reconcile.events import MAX_EVENTS_PER_DEPLOYMENT
 from control_plane.store.memory import MemoryStore
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2 as dpb, models_pb2
+from modelfleet.v1 import agent_pb2, common_pb2, models_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 
-RUNNING = records_pb2.DESIRED_STATE_RUNNING
-STOPPED = records_pb2.DESIRED_STATE_STOPPED
-S = common_pb2
 D = common_pb2  # statuses
 STARTED = S.ROUTING_STATE_STARTED
-
-
-class Clock:
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture(autouse=True)
@@ -68,25 +56,10 @@ class FakeRegistry:
         return model
 
 
-class World:
+class World(ReconcileWorld):
     def __init__(self) -> None:
-        self.clock = Clock()
-        self.wall = Clock(1_700_000_000.0)
-        self.store = MemoryStore()
-        self.fleet = Fleet(heartbeat_interval=0.2, node_timeout=1.0, clock=self.clock)
-        self.rec = Reconciler(store=self.store, fleet=self.fleet, hub=ChangeHub(), clock=self.clock, wall_clock=self.wall)
-        for version in (1, 2):
-            self.store.put_model(models_pb2.Model(model_id="m", version=version, format=S.MODEL_FORMAT_ONNX, model_bytes=1000,
-                                                  sha256=f"{version:02d}" * 32, state=S.MODEL_STATE_NORMAL))
-        self.sessions: dict[str, object] = {}
+        super().__init__(wall=1_700_000_000.0, models=[model(v, sha256=f"{v:02d}" * 32) for v in (1, 2)])
         self.service = DeploymentService(reconciler=self.rec, hub=self.rec.hub, registry=FakeRegistry(self.store))  # type: ignore[arg-type]
-
-    def join(self, node_id: str, cpus: float = 4) -> None:
-        info = agent_pb2.NodeInfo(node_id=node_id, capacity=common_pb2.NodeCapacity(cpus=cpus, memory_bytes=8 << 30))
-        if self.store.get_node(node_id) is None:
-            self.store.put_node(records_pb2.NodeRecord(info=info, schedulable=True, registered_at=now_ts()))
-        self.sessions[node_id] = self.fleet.attach(node_id)
-        self.rec.agents.observe(node_id, [], applied_generation=0, full_registration=True)
 
     def start(self, deployment_id: str, *, owner: str = "default", **fields: object) -> dpb.StartDeploymentResponse:
         req = dpb.StartDeploymentRequest(deployment_id=deployment_id, wait_for=dpb.WAIT_FOR_STARTING, **fields)  # type: ignore[arg-type]

@@ -5,26 +5,13 @@ No sockets, no processes (those are in test_integration.py)."""
 from __future__ import annotations
 
 import pytest
+from reconcile_world import RUNNING, STOPPED, Clock, ReconcileWorld, S, model
 
-from control_plane.fleet.liveness import Fleet, Liveness
-from control_plane.reconcile.hub import ChangeHub
-from control_plane.reconcile.reconciler import Reconciler, now_ts
-from control_plane.store.memory import MemoryStore
 from control_plane.deployments.views import deployment_view
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.reconcile.reconciler import now_ts
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
-
-RUNNING = records_pb2.DESIRED_STATE_RUNNING
-STOPPED = records_pb2.DESIRED_STATE_STOPPED
-S = common_pb2
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
+from modelfleet.v1 import agent_pb2, deployments_pb2
 
 
 @pytest.fixture(autouse=True)
@@ -40,24 +27,9 @@ def _no_real_infrastructure(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(subprocess, "Popen", refuse)
 
 
-class World:
+class World(ReconcileWorld):
     def __init__(self) -> None:
-        self.clock = Clock()
-        self.wall = Clock()
-        self.store = MemoryStore()
-        self.fleet = Fleet(heartbeat_interval=0.2, node_timeout=1.0, clock=self.clock)
-        self.rec = Reconciler(store=self.store, fleet=self.fleet, hub=ChangeHub(), clock=self.clock, wall_clock=self.wall)
-        self.store.put_model(
-            models_pb2.Model(model_id="m", version=1, format=S.MODEL_FORMAT_ONNX, model_bytes=1000, sha256="ab" * 32, state=S.MODEL_STATE_NORMAL)
-        )
-        self.sessions = {}
-
-    def join(self, node_id: str, cpus: float = 4) -> None:
-        info = agent_pb2.NodeInfo(node_id=node_id, capacity=common_pb2.NodeCapacity(cpus=cpus, memory_bytes=8 << 30))
-        if self.store.get_node(node_id) is None:
-            self.store.put_node(records_pb2.NodeRecord(info=info, schedulable=True, registered_at=now_ts()))
-        self.sessions[node_id] = self.fleet.attach(node_id)
-        self.rec.agents.observe(node_id, [], applied_generation=0, full_registration=True)
+        super().__init__(wall=1000.0, models=[model(1, sha256="ab" * 32)])
 
     def deploy(self, deployment_id: str, *, instances: int = 0, threads: int = 1, auto_stop_s: int = 0) -> None:
         spec = deployments_pb2.StartDeploymentRequest(deployment_id=deployment_id)
