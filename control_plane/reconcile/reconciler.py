@@ -71,12 +71,18 @@ from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.fleet.nodeviews import NodeViews
 from control_plane.planning import rollout, scheduler
 from control_plane.reconcile.events import EventLog
-from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.reconcile.hub import ChangeHub
-from control_plane.fleet.nodeviews import NodeViews
-from control_plane.reconcile.records import RS, RUNNING, STOPPED, AllocationRecords, set_route
+from control_plane.reconcile.records import (
+    RS,
+    RUNNING,
+    STOPPED,
+    AllocationRecords,
+    set_route,
+)
 from control_plane.reconcile.reports import AgentReports
 from control_plane.reconcile.routetable import RouteTable
 from control_plane.reconcile.statuses import StatusWriter

@@ -29,13 +29,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Iterable
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from control_plane.fleet.liveness import Fleet
 from control_plane.fleet.nodeviews import NodeViews
 from control_plane.reconcile.hub import ChangeHub
-from control_plane.reconcile.records import RS, RUNNING, STOPPED, AllocationRecords, set_route
+from control_plane.reconcile.records import (
+    RS,
+    RUNNING,
+    STOPPED,
+    AllocationRecords,
+    set_route,
+)
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2
