@@ -1,5 +1,9 @@
 """The inference gateway: `inference.GRPCInferenceService` on the control
 plane, so a client needs one address (as with Elasticsearch's infer API).
+This module owns the servicer and the ModelInfer path (routing, retry,
+counting); the rest of the gateway room: control_plane.gateway.wire (reading
+the request off the wire, stream framing), .limits (the token bucket),
+.stats (GatewayStats), .channels (the channel pool to workers).
 
 ModelInfer is proxied without re-encoding: the request arrives as raw bytes,
 fields 1 and 2 (model_name, model_version) are read off the wire, the
@@ -53,143 +57,33 @@ import asyncio
 import collections
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
 
 from control_plane import errors, v2check
+from control_plane.gateway.channels import ChannelPool
+from control_plane.gateway.limits import TokenBucket
+from control_plane.gateway.stats import GatewayStats
+from control_plane.gateway.wire import (
+    IDENTITY,
+    SERVICE,
+    STREAM_REPLY_TAG,
+    encode_varint,
+    never_accepted,
+    scan_model_name,
+    stream_error,
+)
 from control_plane.routes import Route, RouteSource
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.streams import answer_concurrently
-from modelfleet.v1 import common_pb2, models_pb2
+from modelfleet.v1 import models_pb2
 
 log = logging.getLogger(__name__)
 
-SERVICE = "inference.GRPCInferenceService"
 _PLATFORMS = {1: "onnxruntime_onnx", 2: "pytorch_libtorch"}
-_IDENTITY: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
 UNKNOWN_DEPLOYMENT = "(unknown)"
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise errors.InvalidArgument("malformed ModelInferRequest: bad varint")
-        byte = buf[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, i
-        shift += 7
-
-
-def scan_model_name(buf: bytes) -> tuple[str, str]:
-    """(model_name, model_version) from a serialized ModelInferRequest, without
-    decoding (or copying) the tensors."""
-    name = version = ""
-    i, n = 0, len(buf)
-    while i < n:
-        key, i = _varint(buf, i)
-        field, wire = key >> 3, key & 7
-        if wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        elif wire == 2:
-            length, i = _varint(buf, i)
-            if i + length > n:
-                raise errors.InvalidArgument("malformed ModelInferRequest: truncated field")
-            if field in (1, 2):
-                try:
-                    text = buf[i : i + length].decode()
-                except UnicodeDecodeError as exc:
-                    raise errors.InvalidArgument("malformed ModelInferRequest: model_name is not UTF-8") from exc
-                if field == 1:
-                    name = text
-                else:
-                    version = text
-            i += length
-        else:
-            raise errors.InvalidArgument(f"malformed ModelInferRequest: wire type {wire}")
-    return name, version
-
-
-# UNAVAILABLE details that prove the worker never ran the call.
-_NOT_ACCEPTED_PREFIXES = ("worker is draining", "worker is not serving")
-_NOT_CONNECTED = "failed to connect to all addresses"
-
-
-def never_accepted(code: grpc.StatusCode, details: str) -> bool:
-    """True only when the call certainly never ran, so a retry elsewhere is safe."""
-    if code != grpc.StatusCode.UNAVAILABLE:
-        return False
-    return details.startswith(_NOT_ACCEPTED_PREFIXES) or _NOT_CONNECTED in details
-
-
-class TokenBucket:
-    """calls per second with a small burst: a tenth of a second's worth, at least 2.
-
-    At least 2, not 1: with room for one token only, the bucket is full
-    between the moment it refills and the next arrival, and that time is
-    lost; under steady overload that would admit up to ~1/6 less than the
-    rate. With room for two, a refilled token waits for its call."""
-
-    MIN_BURST = 2.0
-
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate = rate
-        self.burst = max(self.MIN_BURST, rate / 10)
-        self.tokens = self.burst
-        self._clock = clock
-        self._last = clock()
-
-    def take(self) -> float:
-        """0 if a call may pass now, else the seconds until one may."""
-        now = self._clock()
-        self.tokens = min(self.burst, self.tokens + (now - self._last) * self.rate)
-        self._last = now
-        if self.tokens >= 1 - 1e-9:  # tolerate float sums such as 3 x (1/3)
-            self.tokens = max(0.0, self.tokens - 1)
-            return 0.0
-        return (1 - self.tokens) / self.rate
-
-
-class GatewayStats:
-    """What the gateway saw per deployment since it started (in memory).
-
-    inference_count: calls a worker answered; rejected_execution_count: calls
-    refused with RESOURCE_EXHAUSTED (the traffic limit here, or a worker's
-    full queue relayed); timeout_count: calls whose deadline passed before an
-    answer; cancelled_count: calls their client cancelled; error_count: any
-    other failure (no started worker, a worker error).
-    """
-
-    _FIELDS = ("inference_count", "rejected_execution_count", "timeout_count", "cancelled_count", "error_count")
-
-    def __init__(self) -> None:
-        self._counts: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
-        self._last: dict[str, float] = {}
-
-    def count(self, deployment_id: str, field: str) -> None:
-        self._counts[deployment_id][field] += 1
-        self._last[deployment_id] = time.time()
-
-    def get(self, deployment_id: str) -> common_pb2.InferenceStats | None:
-        counts = self._counts.get(deployment_id)
-        if counts is None:
-            return None
-        out = common_pb2.InferenceStats(**{f: counts[f] for f in self._FIELDS})
-        out.last_access.FromNanoseconds(int(self._last[deployment_id] * 1e9))
-        return out
-
-    def forget(self, deployment_id: str) -> None:
-        self._counts.pop(deployment_id, None)
-        self._last.pop(deployment_id, None)
 
 
 _DEADLINE_SLACK_S = 0.05  # a cancel this close to the deadline is the deadline
@@ -210,14 +104,9 @@ class Gateway:
         worker_credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.source = source  # deployments, routes and models: all the gateway reads (control_plane.routes)
-        self._options = [
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        self._worker_credentials = worker_credentials  # TLS to workers; None = plaintext
+        self._channels = ChannelPool(max_message_bytes=max_message_bytes, credentials=worker_credentials)
         # (model_id, version) -> (inputs, outputs); model versions never change
         self._specs: dict[tuple[str, int], tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]]] = {}
-        self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
         self._inflight_by_address: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
@@ -228,9 +117,7 @@ class Gateway:
         self._records: dict[str, tuple[int, records_pb2.DeploymentRecord]] = {}
 
     async def close(self) -> None:
-        for channel, _ in self._channels.values():
-            await channel.close()
-        self._channels.clear()
+        await self._channels.close()
 
     # ---- routing -------------------------------------------------------------------
     def _record(self, name: str) -> records_pb2.DeploymentRecord:
@@ -319,25 +206,10 @@ class Gateway:
             named = None
         return (named.model_id, named.model_version) if named is not None else None
 
-    def _call(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
-        entry = self._channels.get(address)
-        if entry is None:
-            if self._worker_credentials is not None:
-                channel = grpc.aio.secure_channel(address, self._worker_credentials, options=self._options)
-            else:
-                channel = grpc.aio.insecure_channel(address, options=self._options)
-            call = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=_IDENTITY, response_deserializer=_IDENTITY)
-            entry = self._channels[address] = (channel, call)
-        return entry[1]
-
     async def prune_channels(self) -> int:
         """Close channels to workers that no route names and no call uses. Returns how many."""
         live = self.source.live_addresses()
-        gone = [a for a in self._channels if a not in live and not self._inflight_by_address[a]]
-        for address in gone:
-            channel, _ = self._channels.pop(address)
-            await channel.close()
-        return len(gone)
+        return await self._channels.prune(keep=lambda a: a in live or bool(self._inflight_by_address[a]))
 
     # ---- RPCs -----------------------------------------------------------------------
     async def ModelInfer(self, request: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -356,12 +228,12 @@ class Gateway:
         async def one(request: bytes) -> bytes:
             try:
                 reply = await self.infer(request, context.time_remaining)
-                return _STREAM_REPLY_TAG + _encode_varint(len(reply)) + reply
+                return STREAM_REPLY_TAG + encode_varint(len(reply)) + reply
             except (errors.ModelfleetError, _Relayed) as exc:
-                return _stream_error(request, exc.message if isinstance(exc, errors.ModelfleetError) else exc.details)
+                return stream_error(request, exc.message if isinstance(exc, errors.ModelfleetError) else exc.details)
             except Exception:
                 log.exception("unexpected error in ModelStreamInfer")
-                return _stream_error(request, "internal error")
+                return stream_error(request, "internal error")
 
         async for answer in answer_concurrently(requests, one):
             yield answer
@@ -435,7 +307,7 @@ class Gateway:
             self._inflight_by_address[route.address] += 1
             metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
             try:
-                return await self._call(route.address)(request, timeout=time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
+                return await self._channels.call(route.address)(request, timeout=time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
                 if never_accepted(exc.code(), details) and not tried:
@@ -506,31 +378,6 @@ class Gateway:
         return out
 
 
-_STREAM_REPLY_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited
-
-
-def _encode_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _stream_error(request: bytes, message: str) -> bytes:
-    """A ModelStreamInferResponse refusing `request`, naming it by model and id when they can be read."""
-    named = pb.ModelInferResponse()
-    try:
-        parsed = pb.ModelInferRequest.FromString(request)
-        named.model_name, named.model_version, named.id = parsed.model_name, parsed.model_version, parsed.id
-    except Exception:  # noqa: BLE001 - a malformed request is answered without its names
-        pass
-    return pb.ModelStreamInferResponse(error_message=message, infer_response=named).SerializeToString()
-
 
 class _Relayed(Exception):
     """A worker's error status, to be passed on to the client unchanged."""
@@ -549,9 +396,9 @@ def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req_cls.FromString, response_serializer=lambda m: m.SerializeToString())
 
     handlers = {
-        "ModelInfer": grpc.unary_unary_rpc_method_handler(gateway.ModelInfer, request_deserializer=_IDENTITY, response_serializer=_IDENTITY),
+        "ModelInfer": grpc.unary_unary_rpc_method_handler(gateway.ModelInfer, request_deserializer=IDENTITY, response_serializer=IDENTITY),
         "ModelStreamInfer": grpc.stream_stream_rpc_method_handler(
-            gateway.ModelStreamInfer, request_deserializer=_IDENTITY, response_serializer=_IDENTITY
+            gateway.ModelStreamInfer, request_deserializer=IDENTITY, response_serializer=IDENTITY
         ),
         "ServerLive": unary(gateway.ServerLive, pb.ServerLiveRequest),
         "ServerReady": unary(gateway.ServerReady, pb.ServerReadyRequest),

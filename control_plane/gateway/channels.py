@@ -1,0 +1,49 @@
+"""Channels from the gateway to workers: one per worker address, opened on
+first use (TLS when worker credentials are configured), closed when no
+route names the address and no call uses it. Event-loop only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import grpc
+
+from control_plane.gateway.wire import IDENTITY, SERVICE
+
+
+class ChannelPool:
+    """worker address -> (channel, its ModelInfer raw-bytes callable)."""
+
+    def __init__(self, *, max_message_bytes: int, credentials: grpc.ChannelCredentials | None = None) -> None:
+        self._options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        self._credentials = credentials  # TLS to workers; None = plaintext
+        self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
+
+    def call(self, address: str) -> grpc.aio.UnaryUnaryMultiCallable:
+        """The ModelInfer callable of the worker at address (its channel opened on first use)."""
+        entry = self._channels.get(address)
+        if entry is None:
+            if self._credentials is not None:
+                channel = grpc.aio.secure_channel(address, self._credentials, options=self._options)
+            else:
+                channel = grpc.aio.insecure_channel(address, options=self._options)
+            call = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=IDENTITY, response_deserializer=IDENTITY)
+            entry = self._channels[address] = (channel, call)
+        return entry[1]
+
+    async def prune(self, *, keep: Callable[[str], bool]) -> int:
+        """Close the channels whose address `keep` refuses. Returns how many."""
+        gone = [a for a in self._channels if not keep(a)]
+        for address in gone:
+            channel, _ = self._channels.pop(address)
+            await channel.close()
+        return len(gone)
+
+    async def close(self) -> None:
+        for channel, _ in self._channels.values():
+            await channel.close()
+        self._channels.clear()
