@@ -49,17 +49,6 @@ from pathlib import Path
 
 import grpc
 
-from control_plane.auth.access import OpenCalls
-from control_plane.nodes.agents import AgentStreams, NodeService
-from control_plane.models.blobs import BlobStore
-from control_plane.deployments.service import DEFAULT_MAX_DEPLOYMENTS_PER_USER, DeploymentService
-from control_plane.fleet.liveness import Fleet
-from control_plane.gateway.service import Gateway, GatewayStats, add_gateway_to_server
-from control_plane.reconcile.hub import ChangeHub
-from control_plane.auth.keys import ADMIN_KEY_FILE, KeyService
-from control_plane.reconcile.reconciler import Reconciler
-from control_plane.reconcile.source import StoreRouteSource
-from control_plane.models.registry import ModelRegistry
 from control_plane.api.server import (
     DEFAULT_MANAGEMENT_MESSAGE_BYTES,
     Keepalive,
@@ -75,9 +64,29 @@ from control_plane.api.servicers import (
     ModelRegistryServicer,
     NodesServicer,
 )
+from control_plane.auth.access import OpenCalls
+from control_plane.auth.keys import ADMIN_KEY_FILE, KeyService
+from control_plane.deployments.service import (
+    DEFAULT_MAX_DEPLOYMENTS_PER_USER,
+    DeploymentService,
+)
+from control_plane.fleet.liveness import Fleet
+from control_plane.gateway.service import Gateway, GatewayStats, add_gateway_to_server
+from control_plane.models.blobs import BlobStore
+from control_plane.models.registry import ModelRegistry
+from control_plane.nodes.agents import AgentStreams, NodeService
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.reconcile.reconciler import Reconciler
+from control_plane.reconcile.source import StoreRouteSource
 from control_plane.store import Store, open_store
 from control_plane.store.cached import CachedStore
-from modelfleet.v1 import agent_pb2_grpc, auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
+from modelfleet.v1 import (
+    agent_pb2_grpc,
+    auth_pb2_grpc,
+    deployments_pb2_grpc,
+    models_pb2_grpc,
+    nodes_pb2_grpc,
+)
 
 log = logging.getLogger("control_plane")
 
@@ -166,10 +175,12 @@ class ControlPlane:
             keepalive=keepalive,
             open_calls=self.open_calls,
         )
-        self.agent_streams = AgentStreams(reconciler=self.reconciler, keys=self.keys)
+        self.agent_streams = AgentStreams(agents=self.reconciler.agents, store=store, fleet=self.fleet, keys=self.keys)
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
-        nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(NodeService(reconciler=self.reconciler)), self.server)
+        nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(NodeService(
+            store=store, hub=self.hub, reads=self.reconciler.reads, reconcile=self.reconciler.reconcile,
+        )), self.server)
         agent_pb2_grpc.add_AgentControlServicer_to_server(AgentControlServicer(self.agent_streams), self.server)
         # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
         auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
@@ -389,7 +400,7 @@ async def _serve(args: argparse.Namespace) -> None:
         from control_plane.api.metrics import serve_metrics
 
         port = serve_metrics(
-            reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
+            store=plane.store, fleet=plane.fleet, reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
             host=args.metrics_host, port=args.metrics_port,
         )  # fmt: skip
         tmp = data_dir / "metrics_endpoint.tmp"

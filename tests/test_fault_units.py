@@ -117,7 +117,7 @@ def test_a_lost_node_keeps_routes_its_agent_reported_stopped() -> None:
 
 def test_messages_on_a_replaced_stream_change_nothing() -> None:
     w = World()
-    streams = AgentStreams(reconciler=w.rec)
+    streams = AgentStreams(agents=w.rec.agents, store=w.store, fleet=w.fleet)
     info = agent_pb2.NodeInfo(node_id="a", capacity=S.NodeCapacity(cpus=4, memory_bytes=8 << 30))
     w.store.put_node(records_pb2.NodeRecord(info=info, schedulable=True))
     w.join("b")

@@ -60,7 +60,7 @@ class World(ReconcileWorld):
         self.rec.agents.observe(node_id, reports, applied_generation=node.generation)
 
     def view(self, deployment_id: str) -> deployments_pb2.Deployment:
-        return deployment_view(self.store.get_deployment(deployment_id), reconciler=self.rec)
+        return deployment_view(self.store.get_deployment(deployment_id), reads=self.rec.reads)
 
 
 def test_all_nodes_deployment_is_placed_pushed_and_derived() -> None:

@@ -30,9 +30,10 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from control_plane.fleet.liveness import Liveness
+from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.gateway.service import Gateway
 from control_plane.reconcile.reconciler import Reconciler
+from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2
 
@@ -60,13 +61,14 @@ class _Snapshot:
 
 
 class ControlPlaneCollector(Collector):
-    def __init__(self, *, reconciler: Reconciler, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
-        self._reconciler = reconciler
+    def __init__(self, *, store: Store, fleet: Fleet, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
+        self._store = store
+        self._fleet = fleet
         self._gateway = gateway
         self._loop = loop
 
     async def _snapshot(self) -> _Snapshot:
-        store, fleet = self._reconciler.store, self._reconciler.fleet
+        store, fleet = self._store, self._fleet
         snap = _Snapshot()
         for node in store.list_nodes():
             node_id = node.info.node_id
@@ -122,11 +124,18 @@ class ControlPlaneCollector(Collector):
 
 
 def serve_metrics(
-    *, reconciler: Reconciler, gateway: Gateway, loop: asyncio.AbstractEventLoop, host: str, port: int
+    *,
+    store: Store,
+    fleet: Fleet,
+    reconciler: Reconciler,
+    gateway: Gateway,
+    loop: asyncio.AbstractEventLoop,
+    host: str,
+    port: int,
 ) -> int:
     """Start /metrics on its own thread, hook the reconcile histogram; returns the bound port."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ControlPlaneCollector(reconciler=reconciler, gateway=gateway, loop=loop))
+    registry.register(ControlPlaneCollector(store=store, fleet=fleet, gateway=gateway, loop=loop))
     duration = Histogram(
         "modelfleet_reconcile_duration_seconds", "duration of one reconcile tick", ["scope"],
         buckets=RECONCILE_BUCKETS, registry=registry,

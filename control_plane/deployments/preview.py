@@ -45,7 +45,7 @@ def preview(
         current: the deployment's allocations now (empty for a new deployment).
     """
     if rec.desired != RUNNING:  # a stopped deployment: the new spec applies when it is started again
-        out = views.deployment_view(rec, reconciler=reconciler, allocs=[], placements={}, rollout_reason="")
+        out = views.deployment_view(rec, reads=reconciler.reads, allocs=[], placements={}, rollout_reason="")
         out.status_reason = f"{DRY_RUN_REASON}; the deployment is stopped and the change applies when it starts again"
         return out
     node_views = reconciler.node_views()
@@ -117,7 +117,7 @@ def preview(
         gone = ", ".join(sorted({repr(a.variant) for a in retiring}))
         waits.append(f"removed variant(s) {gone} keep serving until the remaining variants have started")
     out = views.deployment_view(
-        rec, reconciler=reconciler, allocs=allocs, placements=placements, rollout_reason="; ".join(waits)
+        rec, reads=reconciler.reads, allocs=allocs, placements=placements, rollout_reason="; ".join(waits)
     )
     if rec.desired == RUNNING and out.status in (common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED, common_pb2.DEPLOYMENT_STATUS_STOPPED):
         out.status = common_pb2.DEPLOYMENT_STATUS_DEPLOYING

@@ -326,17 +326,17 @@ class DeploymentService:
         return rec
 
     def get(self, deployment_id: str) -> deployments_pb2.Deployment:
-        return views.deployment_view(self._get_record(deployment_id), reconciler=self.reconciler)
+        return views.deployment_view(self._get_record(deployment_id), reads=self.reconciler.reads)
 
     def list(self) -> deployments_pb2.ListDeploymentsResponse:
         # one view at a time into the response: building them all first doubled the peak memory
         out = deployments_pb2.ListDeploymentsResponse()
         for rec in self.store.list_deployments():
-            out.deployments.append(views.deployment_view(rec, reconciler=self.reconciler))
+            out.deployments.append(views.deployment_view(rec, reads=self.reconciler.reads))
         return out
 
     def stats(self, deployment_id: str) -> deployments_pb2.GetDeploymentStatsResponse:
-        return views.stats_view(self._get_record(deployment_id), reconciler=self.reconciler, gateway_stats=self.gateway_stats)
+        return views.stats_view(self._get_record(deployment_id), reads=self.reconciler.reads, gateway_stats=self.gateway_stats)
 
     def list_events(self, req: deployments_pb2.ListDeploymentEventsRequest) -> deployments_pb2.ListDeploymentEventsResponse:
         rec = self._get_record(req.deployment_id)

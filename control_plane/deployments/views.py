@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from control_plane.planning import rollout, scheduler, lifecycle as state
 from control_plane.fleet.liveness import Fleet, Liveness
-from control_plane.reconcile.reconciler import Reconciler
+from control_plane.planning import lifecycle, rollout, scheduler
+from control_plane.reconcile.reads import ReconcileReads
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2, nodes_pb2
 
@@ -29,13 +29,13 @@ def allocation_view(
     variant: deployments_pb2.VariantSpec,
     allocs: Sequence[records_pb2.AllocationRecord],
     *,
-    reconciler: Reconciler,
+    reads: ReconcileReads,
     placement: scheduler.Placement | None = None,
 ) -> deployments_pb2.Allocation:
     """One variant's allocation. placement: default, the reconciler's last one."""
-    model = reconciler.model_for(variant)
+    model = reads.model_for(variant)
     if placement is None:
-        placement = reconciler.placements.get((rec.deployment_id, variant.name))
+        placement = reads.placements.get((rec.deployment_id, variant.name))
     out = deployments_pb2.Allocation(
         task_parameters=deployments_pb2.TaskParameters(
             model_id=variant.model_id,
@@ -63,26 +63,26 @@ def allocation_view(
         (a for a in allocs if a.variant == variant.name),
         key=lambda a: (a.desired == RUNNING, a.desired == RUNNING and fresh(a)),
     )
-    _fill_routing_table(out, mine, reconciler=reconciler)
+    _fill_routing_table(out, mine, reads=reads)
     if placement and rec.desired == RUNNING:
         for node_id, why in placement.not_chosen.items():
             if node_id not in out.routing_table:
                 out.not_chosen[node_id] = why
     routes = [a.routing_state for a in mine if a.desired == RUNNING and fresh(a)]
-    out.allocation_state = state.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
+    out.allocation_state = lifecycle.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
     return out
 
 
 def _fill_routing_table(
-    out: deployments_pb2.Allocation, allocs: Sequence[records_pb2.AllocationRecord], *, reconciler: Reconciler
+    out: deployments_pb2.Allocation, allocs: Sequence[records_pb2.AllocationRecord], *, reads: ReconcileReads
 ) -> None:
-    cordoned = reconciler.views.cordoned() if allocs else frozenset()  # cached: not a scan of every node per view
+    cordoned = reads.cordoned() if allocs else frozenset()  # cached: not a scan of every node per view
     for alloc in allocs:  # later ones win on the same node
         entry = out.routing_table[alloc.node_id]
         entry.Clear()
         entry.routing_state = alloc.routing_state
         entry.reason = alloc.reason
-        if alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and reconciler.fleet.state(alloc.node_id) != Liveness.READY:
+        if alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and reads.fleet.state(alloc.node_id) != Liveness.READY:
             entry.reason = "node is not responding; not routed to"
         elif alloc.routing_state == common_pb2.ROUTING_STATE_STARTED and alloc.desired == RUNNING and alloc.node_id in cordoned:
             entry.reason = "node drained; serving until a replacement has started"
@@ -93,7 +93,7 @@ def _fill_routing_table(
 
 
 def retiring_view(
-    variant: str, allocs: Sequence[records_pb2.AllocationRecord], *, reconciler: Reconciler
+    variant: str, allocs: Sequence[records_pb2.AllocationRecord], *, reads: ReconcileReads
 ) -> deployments_pb2.Allocation:
     """The allocation of a variant an update removed, while its workers remain."""
     mine = sorted(allocs, key=lambda a: a.desired == RUNNING)
@@ -111,19 +111,19 @@ def retiring_view(
         variant=variant,
         weight=0,
     )
-    _fill_routing_table(out, mine, reconciler=reconciler)
+    _fill_routing_table(out, mine, reads=reads)
     if all(a.desired == STOPPED for a in mine):
         out.allocation_state = common_pb2.ALLOCATION_STATE_STOPPING
     else:
         routes = [a.routing_state for a in mine if a.desired == RUNNING]
-        out.allocation_state = state.allocation_state(routes, target_count=len(routes), stopping=False)
+        out.allocation_state = lifecycle.allocation_state(routes, target_count=len(routes), stopping=False)
     return out
 
 
 def deployment_view(
     rec: records_pb2.DeploymentRecord,
     *,
-    reconciler: Reconciler,
+    reads: ReconcileReads,
     allocs: Sequence[records_pb2.AllocationRecord] | None = None,
     placements: Mapping[str, scheduler.Placement] | None = None,
     rollout_reason: str | None = None,
@@ -131,11 +131,11 @@ def deployment_view(
     """The Deployment a client sees.
 
     allocs, placements (by variant name) and rollout_reason default to what
-    the store and the reconciler hold now; the dry-run preview passes the
+    the store and the Reconciler hold now; the dry-run preview passes the
     ones it planned instead.
     """
     if allocs is None:
-        allocs = reconciler.store.list_allocations(deployment_id=rec.deployment_id)
+        allocs = reads.store.list_allocations(deployment_id=rec.deployment_id)
     out = deployments_pb2.Deployment(
         deployment_id=rec.deployment_id,
         status=rec.status,
@@ -155,24 +155,24 @@ def deployment_view(
             out.auto_stop_at.FromSeconds(rec.start_time.seconds + rec.spec.auto_stop.seconds)
     for variant in rec.spec.variants:
         placement = placements.get(variant.name) if placements is not None else None
-        out.allocations.append(allocation_view(rec, variant, allocs, reconciler=reconciler, placement=placement))
+        out.allocations.append(allocation_view(rec, variant, allocs, reads=reads, placement=placement))
     names = {v.name for v in rec.spec.variants}
     retiring: dict[str, list[records_pb2.AllocationRecord]] = {}
     for alloc in allocs:
         if alloc.variant not in names:
             retiring.setdefault(alloc.variant, []).append(alloc)
     for variant_name, mine in sorted(retiring.items()):
-        out.retiring.append(retiring_view(variant_name, mine, reconciler=reconciler))
+        out.retiring.append(retiring_view(variant_name, mine, reads=reads))
     if rec.desired == RUNNING:
-        out.rollout = reconciler.rollouts.get(rec.deployment_id, "") if rollout_reason is None else rollout_reason
+        out.rollout = reads.rollouts.get(rec.deployment_id, "") if rollout_reason is None else rollout_reason
     return out
 
 
-def node_view(node: records_pb2.NodeRecord, *, reconciler: Reconciler) -> nodes_pb2.Node:
-    fleet: Fleet = reconciler.fleet
+def node_view(node: records_pb2.NodeRecord, *, reads: ReconcileReads) -> nodes_pb2.Node:
+    fleet: Fleet = reads.fleet
     node_id = node.info.node_id
     live = fleet.live(node_id)
-    view = reconciler.node_views().get(node_id)
+    view = reads.node_views().get(node_id)
     out = nodes_pb2.Node(
         node_id=node_id,
         hostname=node.info.hostname,
@@ -181,7 +181,7 @@ def node_view(node: records_pb2.NodeRecord, *, reconciler: Reconciler) -> nodes_
         labels=dict(node.info.labels),
         schedulable=node.schedulable,
         agent_version=node.info.agent_version,
-        allocation_ids=[a.allocation_id for a in reconciler.store.list_allocations(node_id=node_id)],
+        allocation_ids=[a.allocation_id for a in reads.store.list_allocations(node_id=node_id)],
         generation=node.generation,
         applied_generation=live.applied_generation if live else 0,
     )
@@ -199,7 +199,7 @@ def node_view(node: records_pb2.NodeRecord, *, reconciler: Reconciler) -> nodes_
 def stats_view(
     rec: records_pb2.DeploymentRecord,
     *,
-    reconciler: Reconciler,
+    reads: ReconcileReads,
     gateway_stats: Callable[[str], common_pb2.InferenceStats | None] | None = None,
 ) -> deployments_pb2.GetDeploymentStatsResponse:
     out = deployments_pb2.GetDeploymentStatsResponse(deployment_id=rec.deployment_id, status=rec.status)
@@ -208,7 +208,7 @@ def stats_view(
         out.gateway.CopyFrom(seen)
     total = out.total
     weighted_ms = 0.0
-    for alloc in reconciler.store.list_allocations(deployment_id=rec.deployment_id):
+    for alloc in reads.store.list_allocations(deployment_id=rec.deployment_id):
         item = out.nodes.add(
             node_id=alloc.node_id,
             variant=alloc.variant,
@@ -216,7 +216,7 @@ def stats_view(
             routing_state=alloc.routing_state,
             reason=alloc.reason,
         )
-        stats = reconciler.fleet.stats(alloc.node_id, alloc.allocation_id)
+        stats = reads.fleet.stats(alloc.node_id, alloc.allocation_id)
         if stats is not None:
             item.stats.CopyFrom(stats)
         if alloc.HasField("start_time") and not item.stats.HasField("start_time"):

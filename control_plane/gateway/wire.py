@@ -15,7 +15,7 @@ from control_plane import errors
 from modelfleet.inference import grpc_service_pb2 as pb
 
 SERVICE = "inference.GRPCInferenceService"
-IDENTITY: Callable[[bytes], bytes] = lambda b: b
+IDENTITY: Callable[[bytes], bytes] = lambda b: b  # noqa: E731
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
@@ -97,6 +97,6 @@ def stream_error(request: bytes, message: str) -> bytes:
     try:
         parsed = pb.ModelInferRequest.FromString(request)
         named.model_name, named.model_version, named.id = parsed.model_name, parsed.model_version, parsed.id
-    except Exception:
+    except Exception:  # noqa: BLE001 - a malformed request is answered without its names
         pass
     return pb.ModelStreamInferResponse(error_message=message, infer_response=named).SerializeToString()

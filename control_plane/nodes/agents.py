@@ -31,15 +31,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from control_plane import errors
-from control_plane.deployments import views
 from control_plane.auth.access import Principal
-from control_plane.fleet.liveness import AgentSession
-from control_plane.ids import check_id
 from control_plane.auth.keys import KeyService
-from control_plane.reconcile.reconciler import Reconciler, now_ts
+from control_plane.deployments import views
+from control_plane.fleet.liveness import AgentSession, Fleet
+from control_plane.ids import check_id
+from control_plane.reconcile.hub import ChangeHub
+from control_plane.reconcile.reads import ReconcileReads
+from control_plane.reconcile.reconciler import now_ts
+from control_plane.reconcile.reports import AgentReports
+from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, nodes_pb2
 
@@ -47,10 +51,10 @@ log = logging.getLogger(__name__)
 
 
 class AgentStreams:
-    def __init__(self, *, reconciler: Reconciler, keys: KeyService | None = None) -> None:
-        self.reconciler = reconciler
-        self.store = reconciler.store
-        self.fleet = reconciler.fleet
+    def __init__(self, *, agents: AgentReports, store: Store, fleet: Fleet, keys: KeyService | None = None) -> None:
+        self.agents = agents  # what reports and liveness changes do to the records
+        self.store = store
+        self.fleet = fleet
         self.keys = keys  # None: authentication is off
 
     def _register(self, reg: agent_pb2.RegisterNode, principal: Principal | None) -> None:
@@ -103,7 +107,7 @@ class AgentStreams:
         session.send(agent_pb2.ControlMessage(welcome=welcome))
         if self.keys is not None:
             session.send(agent_pb2.ControlMessage(credentials=self.keys.credentials()))
-        self.reconciler.agents.observe(node_id, reg.allocations, applied_generation=reg.applied_generation, full_registration=True)
+        self.agents.observe(node_id, reg.allocations, applied_generation=reg.applied_generation, full_registration=True)
         reader = asyncio.create_task(self._read(node_id, session, requests))
         try:
             while True:
@@ -115,7 +119,7 @@ class AgentStreams:
             reader.cancel()
             if self.fleet.detach(session):
                 log.warning("node %s disconnected", node_id)
-                self.reconciler.agents.on_liveness_change([node_id])
+                self.agents.on_liveness_change([node_id])
 
     async def _read(self, node_id: str, session: AgentSession, requests: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         try:
@@ -128,7 +132,7 @@ class AgentStreams:
                     self.fleet.touch(node_id, applied_generation=message.heartbeat.applied_generation)
                     self.fleet.record_stats(node_id, message.heartbeat.stats)
                 elif kind == "report":
-                    self.reconciler.agents.observe(node_id, message.report.allocations, applied_generation=message.report.applied_generation)
+                    self.agents.observe(node_id, message.report.allocations, applied_generation=message.report.applied_generation)
                 else:
                     log.warning("node %s sent %s after registering; ignored", node_id, kind)
         except asyncio.CancelledError:
@@ -140,9 +144,11 @@ class AgentStreams:
 
 
 class NodeService:
-    def __init__(self, *, reconciler: Reconciler) -> None:
-        self.reconciler = reconciler
-        self.store = reconciler.store
+    def __init__(self, *, store: Store, hub: ChangeHub, reads: ReconcileReads, reconcile: Callable[[], None]) -> None:
+        self.store = store
+        self.hub = hub
+        self.reads = reads
+        self.reconcile = reconcile  # a full tick: a drain or uncordon changes what every variant may take
 
     def _record(self, node_id: str) -> records_pb2.NodeRecord:
         if not node_id:
@@ -153,10 +159,10 @@ class NodeService:
         return record
 
     def list(self) -> nodes_pb2.ListNodesResponse:
-        return nodes_pb2.ListNodesResponse(nodes=[views.node_view(n, reconciler=self.reconciler) for n in self.store.list_nodes()])
+        return nodes_pb2.ListNodesResponse(nodes=[views.node_view(n, reads=self.reads) for n in self.store.list_nodes()])
 
     def get(self, node_id: str) -> nodes_pb2.Node:
-        return views.node_view(self._record(node_id), reconciler=self.reconciler)
+        return views.node_view(self._record(node_id), reads=self.reads)
 
     def drain(self, node_id: str) -> nodes_pb2.Node:
         """Cordon the node; the reconciler moves its allocations elsewhere,
@@ -178,6 +184,6 @@ class NodeService:
             record.schedulable = schedulable
             self.store.put_node(record)
             log.info("node %s %s", node_id, "uncordoned" if schedulable else "drained (cordoned)")
-        self.reconciler.reconcile()
+        self.reconcile()
         for deployment_id in {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}:
-            self.reconciler.hub.notify(deployment_id)
+            self.hub.notify(deployment_id)

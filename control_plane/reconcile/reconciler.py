@@ -76,6 +76,7 @@ from control_plane.fleet.nodeviews import NodeViews
 from control_plane.planning import rollout, scheduler
 from control_plane.reconcile.events import EventLog
 from control_plane.reconcile.hub import ChangeHub
+from control_plane.reconcile.reads import ReconcileReads
 from control_plane.reconcile.records import (
     RS,
     RUNNING,
@@ -136,6 +137,9 @@ class Reconciler:
         self._open_epoch = -1  # the views' epoch when tick() last retried the open variants
         self._last_full = float("-inf")
         self.full_every = FULL_TICK_EVERY_S
+        self.reads = ReconcileReads(
+            store=store, fleet=fleet, nodes=self.views, placements=self.placements, rollouts=self.rollouts
+        )
         self.records = AllocationRecords(store=store, fleet=fleet, views=self.views, events=self.events)
         self.statuses = StatusWriter(
             store=store, hub=hub, events=self.events, now=self.now, template=self.template,
