@@ -62,29 +62,29 @@ class AgentReports:
         reconcile: Callable[[Iterable[str] | None], None],
         open_deployments: Callable[[], set[str]],
     ) -> None:
-        self.store = store
-        self.fleet = fleet
-        self.hub = hub
-        self.views = views
-        self.records = records
+        self._store = store
+        self._fleet = fleet
+        self._hub = hub
+        self._views = views
+        self._records = records
         self._reconcile = reconcile
         self._open = open_deployments  # the deployments with a variant that may take more nodes
 
     def push(self, node_id: str) -> None:
         """Send the node its complete desired set if it changed on this stream."""
-        session = self.fleet.session(node_id)
-        node = self.store.get_node(node_id)
+        session = self._fleet.session(node_id)
+        node = self._store.get_node(node_id)
         if session is None or node is None:
             return
         specs = sorted(
-            (a.spec for a in self.store.list_allocations(node_id=node_id) if a.desired == RUNNING),
+            (a.spec for a in self._store.list_allocations(node_id=node_id) if a.desired == RUNNING),
             key=lambda s: s.allocation_id,
         )
         digest = hashlib.sha256(b"".join(s.SerializeToString(deterministic=True) for s in specs)).digest()
         if digest == session.sent_digest:
             return
         node.generation += 1
-        self.store.put_node(node)
+        self._store.put_node(node)
         session.sent_digest = digest
         session.send(agent_pb2.ControlMessage(assignment=agent_pb2.Assignment(generation=node.generation, allocations=specs)))
 
@@ -100,49 +100,49 @@ class AgentReports:
 
         Reports for allocations of other nodes or unknown ids change nothing:
         the agent stops those itself, as they are not in its desired set."""
-        self.fleet.touch(node_id, applied_generation=applied_generation)
-        node = self.store.get_node(node_id)
+        self._fleet.touch(node_id, applied_generation=applied_generation)
+        node = self._store.get_node(node_id)
         caught_up = full_registration or (node is not None and applied_generation >= node.generation)
         by_id = {r.allocation_id: r for r in reports}
         touched: set[str] = set()
-        epoch = self.views.epoch
-        with self.store.transaction():
-            for alloc in self.store.list_allocations(node_id=node_id):
+        epoch = self._views.epoch
+        with self._store.transaction():
+            for alloc in self._store.list_allocations(node_id=node_id):
                 report = by_id.pop(alloc.allocation_id, None)
                 if alloc.desired == STOPPED and caught_up and (report is None or report.routing_state in _DONE):
                     # the agent applied the stop and nothing runs any more
                     reason = "worker stopped" if report is None or not report.reason else report.reason
-                    self.records.remove(alloc, reason=reason)
+                    self._records.remove(alloc, reason=reason)
                     touched.add(alloc.deployment_id)
                     continue
                 before = alloc.routing_state
                 if _apply_report(alloc, report, registration=full_registration):
-                    self.records.save(alloc, before=before)
+                    self._records.save(alloc, before=before)
                     touched.add(alloc.deployment_id)
         for stale in by_id:
             log.info("node %s reports allocation %s that is not its own; ignored", node_id, stale)
         if full_registration:
             # the node may be new or changed: reconcile what runs there and what may take it,
             # and send it its desired set
-            self.views.refresh(node_id)
-            on_node = {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}
+            self._views.refresh(node_id)
+            on_node = {a.deployment_id for a in self._store.list_allocations(node_id=node_id)}
             self._reconcile(touched | on_node | self._open())
             self.push(node_id)
         elif touched:
-            freed = self.views.epoch != epoch  # a deletion or a failure: open variants may fit now
+            freed = self._views.epoch != epoch  # a deletion or a failure: open variants may fit now
             self._reconcile(touched | self._open() if freed else touched)
         for deployment_id in touched:
-            self.hub.notify(deployment_id)
+            self._hub.notify(deployment_id)
 
     def on_liveness_change(self, node_ids: list[str]) -> None:
         """Nodes changed liveness: log it, drop the cached views, run a full tick."""
-        affected = {a.deployment_id for n in node_ids for a in self.store.list_allocations(node_id=n)}
+        affected = {a.deployment_id for n in node_ids for a in self._store.list_allocations(node_id=n)}
         for node_id in node_ids:
-            log.warning("node %s is now %s", node_id, self.fleet.state(node_id).value)
-        self.views.invalidate()
+            log.warning("node %s is now %s", node_id, self._fleet.state(node_id).value)
+        self._views.invalidate()
         self._reconcile(None)
         for deployment_id in affected:
-            self.hub.notify(deployment_id)
+            self._hub.notify(deployment_id)
 
 
 _DONE = (RS.ROUTING_STATE_STOPPED, RS.ROUTING_STATE_FAILED)

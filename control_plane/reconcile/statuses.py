@@ -118,11 +118,11 @@ class StatusWriter:
             views[0] = dataclasses.replace(views[0], stopping=views[0].stopping + stopping_elsewhere)
         return _Summary(views, waiting, failures, also_serving)
 
-    def _write(self, rec: records_pb2.DeploymentRecord, *, status: int, reason: str, ever_served: bool) -> None:
+    def _write(self, rec: records_pb2.DeploymentRecord, *, status: lifecycle.DeploymentStatus, reason: str, ever_served: bool) -> None:
         """The one place a deployment's status changes: record, event, hub."""
         deployment_id = rec.deployment_id
         old = rec.status
-        rec.status, rec.status_reason, rec.ever_served = status, reason, ever_served  # type: ignore[assignment]
+        rec.status, rec.status_reason, rec.ever_served = status, reason, ever_served
         if status == common_pb2.DEPLOYMENT_STATUS_STOPPED and not rec.HasField("stopped_at"):
             rec.stopped_at.CopyFrom(self._now())
         with self._store.transaction():
