@@ -168,25 +168,22 @@ def plan_variant(
         for m in rest if enough else surplus:
             stop[m.allocation_id] = "replaced by new allocations on other nodes (rolling update)"
     quiet = draining == 0 and not starting
-    if quiet and (all_started or not targets) and not any(m.allocation_id in stop for m in rest):
-        candidates = blocking if blocking else []
-        if candidates:
-            # prefer one that does not serve, then by node id
-            victim = min(candidates, key=lambda m: (m.routing_state == _STARTED, m.node_id))
-            stop[victim.allocation_id] = (
-                "replaced in place: no node has room to start a new allocation beside it (rolling update)"
-            )
+    if blocking and quiet and (all_started or not targets) and not any(m.allocation_id in stop for m in rest):
+        # prefer one that does not serve, then by node id
+        victim = min(blocking, key=lambda m: (m.routing_state == _STARTED, m.node_id))
+        stop[victim.allocation_id] = "replaced in place: no node has room to start a new allocation beside it (rolling update)"
 
-    remaining = [m for m in stale if m.allocation_id not in stop]
-    rollout = ""
-    if remaining or any(m.allocation_id in stop for m in stale):
-        started = len(started_on)
-        if targets:
-            rollout = f"variant {name!r}: {started} of {len(targets)} new allocations started, {len(remaining)} old ones still serving"
-        else:
-            why = placement.shortfall or "; ".join(f"{n}: {r}" for n, r in sorted(placement.not_chosen.items()))
-            rollout = f"variant {name!r}: waiting for room to start new allocations ({why}); {len(remaining)} old ones still serving"
+    remaining = sum(1 for m in stale if m.allocation_id not in stop)
+    rollout = _waits_for(placement, name=name, started=len(started_on), remaining=remaining)
     return VariantPlan(placement=placement, start_on=start_on, stop=stop, rollout=rollout)
+
+
+def _waits_for(placement: scheduler.Placement, *, name: str, started: int, remaining: int) -> str:
+    """What a variant's rolling update waits for, while it has stale allocations."""
+    if placement.targets:
+        return f"variant {name!r}: {started} of {len(placement.targets)} new allocations started, {remaining} old ones still serving"
+    why = placement.shortfall or "; ".join(f"{n}: {r}" for n, r in sorted(placement.not_chosen.items()))
+    return f"variant {name!r}: waiting for room to start new allocations ({why}); {remaining} old ones still serving"
 
 
 def _in_the_way(demand: scheduler.Demand, node: scheduler.NodeView | None, m: Member) -> bool:

@@ -3,8 +3,8 @@ what agents report.
 
 `reconcile()` is one tick. It is synchronous, never blocks and is safe to
 call at any time and as often as wanted: it reads the desired state from
-the store, plans each variant (control_plane.planning.rollout, on top of the
-scheduler), writes the intent (new allocation records, allocations marked to
+the store, plans each variant (control_plane.planning.planner, the dry run's
+planner too), writes the intent (new allocation records, allocations marked to
 stop) to the store *before* anything is sent, pushes every changed node its
 complete desired set with a new generation, derives allocation/deployment
 statuses and publishes changes to the hub. Agent reports (`observe`) only
@@ -61,7 +61,6 @@ moved, with a full tick when a node's liveness changed and every
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import secrets
 import time
@@ -73,7 +72,7 @@ from google.protobuf import timestamp_pb2
 
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.fleet.nodeviews import NodeViews
-from control_plane.planning import rollout, scheduler
+from control_plane.planning import planner, rollout, scheduler
 from control_plane.reconcile.events import EventLog
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reads import ReconcileReads
@@ -316,12 +315,8 @@ class Reconciler:
         cordoned: frozenset[str] = frozenset(),
     ) -> tuple[rollout.VariantPlan | None, rollout.Progress]:
         model = self.model_for(variant)
-        if model is None:
-            log.error("deployment %s: model %s v%d is gone", rec.deployment_id, variant.model_id, variant.model_version)
-            return None, rollout.Progress(weight=variant.weight, started=0, starting=0)
         mine = [a for a in allocs if a.variant == variant.name]
         key = (rec.deployment_id, variant.name)
-        lost = {a.node_id for a in mine if self.fleet.state(a.node_id) == Liveness.LOST}
         # everything the plan reads about each allocation: a drain (cordon) or a liveness change plans again
         inputs = (
             rec.revision,
@@ -330,78 +325,65 @@ class Reconciler:
                 for a in mine
             ),
         )
-        done = self._planned.get(key)
+        done = self._planned.get(key) if model is not None else None
         if done is not None and done.inputs == inputs and (not done.waiting or done.epoch == self.views.epoch):
             if done.waiting:
                 self._open.add(rec.deployment_id)
             return done.plan, done.progress  # nothing it depends on changed (see the module docstring)
-        template = rollout.allocation_spec(deployment_id=rec.deployment_id, variant=variant, model=model)
-        demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
-        running = [a for a in mine if a.desired == RUNNING]
-        # on a drained (cordoned) node an allocation is stale: replaced make-before-break like an old spec
-        up_to_date = {a.allocation_id for a in running if rollout.is_fresh(a.spec, template) and a.node_id not in cordoned}
-        members = [_member(a, fresh=a.allocation_id in up_to_date, lost=self.fleet.state(a.node_id) == Liveness.LOST) for a in running]
-        draining = [
-            a for a in mine
-            if a.desired == STOPPED and a.routing_state != RS.ROUTING_STATE_FAILED
-            and self.fleet.state(a.node_id) != Liveness.LOST
-        ]  # fmt: skip
-        plan = rollout.plan_variant(
-            demand,
-            list(views.values()),
-            members,
-            draining=len(draining),
-            draining_stale=sum(1 for a in draining if not rollout.is_fresh(a.spec, template)),
-            name=variant.name,
+        actions = planner.plan_variant(
+            deployment_id=rec.deployment_id,
+            variant=variant,
+            model=model,
+            allocations=mine,
+            node_views=views,
+            cordoned=cordoned,
+            lost_nodes={a.node_id for a in mine if self.fleet.state(a.node_id) == Liveness.LOST},
         )
-        self.placements[(rec.deployment_id, variant.name)] = plan.placement
-        targets = set(plan.placement.targets)
-        for node_id in plan.start_on:
-            alloc = self._new_allocation(rec, variant, model, node_id)
-            self.records.save(alloc, before=RS.ROUTING_STATE_UNSPECIFIED)
-            dirty_nodes.add(node_id)
-            view = views[node_id]
-            views[node_id] = dataclasses.replace(
-                view,
-                used_cpus=view.used_cpus + demand.cpus,
-                used_memory=view.used_memory + demand.memory_bytes,
-                used_gpus=view.used_gpus + demand.gpus,
-            )
-        for alloc, member in zip(running, members):
-            reason = plan.stop.get(alloc.allocation_id)
-            if reason is not None:
-                if alloc.node_id in cordoned and not member.lost:
-                    reason = "node drained; moved to another node"
-                self._stop_allocation(alloc, dirty_nodes, reason=reason)
-            elif member.lost and alloc.node_id not in targets:
-                before = alloc.routing_state
-                graceful = alloc.routing_state == RS.ROUTING_STATE_STOPPED  # it said so: it stays STOPPED
-                changed = not graceful and set_route(alloc, RS.ROUTING_STATE_FAILED, "node lost")
-                if variant.instances > 0 or not member.fresh:
-                    # replaced elsewhere; the lost node stops it when it returns
-                    alloc.desired = STOPPED
-                    changed = True
-                if changed:
-                    self.records.save(alloc, before=before)
-        fresh = [m for m in members if m.fresh and not m.lost and m.allocation_id not in plan.stop]
-        progress = rollout.Progress(
-            weight=variant.weight,
-            started=sum(1 for m in fresh if m.routing_state == RS.ROUTING_STATE_STARTED),
-            starting=sum(1 for m in fresh if m.routing_state == RS.ROUTING_STATE_STARTING) + len(plan.start_on),
-            also_serving=sum(
-                1 for m in members
-                if not m.fresh and not m.lost and m.routing_state == RS.ROUTING_STATE_STARTED and m.allocation_id not in plan.stop
-            ),
-        )  # fmt: skip
-        # waiting: it may take more nodes, or a rolling update or drain waits for capacity
-        waiting = _is_open(variant, plan) or bool(plan.rollout) or len(up_to_date) < len(running)
-        if waiting:
+        if model is None or actions.decision is None:
+            log.error("deployment %s: %s", rec.deployment_id, actions.error)
+            return None, actions.progress
+        self.placements[key] = actions.decision.placement
+        self._apply_variant(rec, variant, model, actions, mine=mine, views=views, dirty_nodes=dirty_nodes)
+        if actions.waiting:
             self._open.add(rec.deployment_id)
-        if not plan.start_on and not plan.stop and not lost:
-            self._planned[key] = _Planned(inputs, plan, progress, self.views.epoch, waiting)
+        if actions.quiet:
+            self._planned[key] = _Planned(inputs, actions.decision, actions.progress, self.views.epoch, actions.waiting)
         else:
             self._planned.pop(key, None)  # it acted: plan again next time
-        return plan, progress
+        return actions.decision, actions.progress
+
+    def _apply_variant(
+        self,
+        rec: records_pb2.DeploymentRecord,
+        variant: deployments_pb2.VariantSpec,
+        model: models_pb2.Model,
+        actions: planner.VariantActions,
+        *,
+        mine: list[records_pb2.AllocationRecord],
+        views: dict[str, scheduler.NodeView],
+        dirty_nodes: set[str],
+    ) -> None:
+        """Write what the planner decided: new allocations (their usage counted in
+        views for the next plans of this tick), then stops and lost-node failures
+        in the order of the records."""
+        for start in actions.starts:
+            self.records.save(self._new_allocation(rec, variant, model, start.node_id), before=RS.ROUTING_STATE_UNSPECIFIED)
+            dirty_nodes.add(start.node_id)
+            views[start.node_id] = planner.with_usage(views[start.node_id], start.demand)
+        stops = {s.allocation_id: s for s in actions.stops}
+        fails = {f.allocation_id: f for f in actions.fails}
+        for alloc in mine:
+            stop = stops.get(alloc.allocation_id)
+            fail = fails.get(alloc.allocation_id)
+            if stop is not None:
+                self._stop_allocation(alloc, dirty_nodes, reason=stop.reason)
+            elif fail is not None:
+                before = alloc.routing_state
+                if fail.route_failed:
+                    set_route(alloc, RS.ROUTING_STATE_FAILED, planner.NODE_LOST)
+                if fail.leave:
+                    alloc.desired = STOPPED  # replaced elsewhere; the lost node stops it when it returns
+                self.records.save(alloc, before=before)
 
     def _new_allocation(
         self,
@@ -447,21 +429,3 @@ class _Planned(NamedTuple):
     epoch: int  # the node views' epoch (waiting variants are planned again when it moves)
     waiting: bool  # open, or a rolling update or drain waits for capacity
 
-
-def _is_open(variant: deployments_pb2.VariantSpec, plan: rollout.VariantPlan) -> bool:
-    """The variant may take more nodes: every eligible node, or fewer targets than instances."""
-    return variant.instances == 0 or len(plan.placement.targets) < variant.instances
-
-
-def _member(alloc: records_pb2.AllocationRecord, *, fresh: bool, lost: bool) -> rollout.Member:
-    used = scheduler.demand_of_allocation(alloc.spec)
-    return rollout.Member(
-        allocation_id=alloc.allocation_id,
-        node_id=alloc.node_id,
-        routing_state=alloc.routing_state,
-        fresh=fresh,
-        lost=lost,
-        used_cpus=0.0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.cpus,
-        used_memory=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.memory_bytes,
-        used_gpus=0 if alloc.routing_state == RS.ROUTING_STATE_FAILED else used.gpus,
-    )
