@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from control_plane.planning import rollout, scheduler, lifecycle as state
+from control_plane.planning import lifecycle, rollout, scheduler
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.reconcile.reconciler import Reconciler
 from modelfleet.store.v1 import records_pb2
@@ -69,7 +69,7 @@ def allocation_view(
             if node_id not in out.routing_table:
                 out.not_chosen[node_id] = why
     routes = [a.routing_state for a in mine if a.desired == RUNNING and fresh(a)]
-    out.allocation_state = state.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
+    out.allocation_state = lifecycle.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
     return out
 
 
@@ -116,7 +116,7 @@ def retiring_view(
         out.allocation_state = common_pb2.ALLOCATION_STATE_STOPPING
     else:
         routes = [a.routing_state for a in mine if a.desired == RUNNING]
-        out.allocation_state = state.allocation_state(routes, target_count=len(routes), stopping=False)
+        out.allocation_state = lifecycle.allocation_state(routes, target_count=len(routes), stopping=False)
     return out
 
 

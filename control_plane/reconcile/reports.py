@@ -32,6 +32,7 @@ import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from control_plane.planning import lifecycle
 from control_plane.reconcile.routing import RS, RUNNING, STOPPED, Routing, set_route
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2
@@ -144,6 +145,15 @@ def _apply_report(
     new_state = report.routing_state
     if alloc.desired == STOPPED and new_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED):
         new_state = RS.ROUTING_STATE_STOPPING
+    if new_state != RS.ROUTING_STATE_UNSPECIFIED and not lifecycle.check_route_transition(alloc.routing_state, new_state):
+        # input from the network, not a bug of ours: the report is ignored, the record stays as it is
+        log.warning(
+            "allocation %s: report of %s ignored (the route is %s)",
+            alloc.allocation_id,
+            RS.RoutingState.Name(new_state),
+            RS.RoutingState.Name(alloc.routing_state),
+        )
+        return False
     if new_state != RS.ROUTING_STATE_UNSPECIFIED:
         reason = report.reason
         if alloc.desired == STOPPED and new_state == RS.ROUTING_STATE_STOPPING and alloc.reason:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import timestamp_pb2
 
-from control_plane.planning import rollout, scheduler, lifecycle as state
+from control_plane.planning import lifecycle, rollout, scheduler
 from control_plane.reconcile.events import EventLog
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.reconcile.hub import ChangeHub
@@ -74,13 +74,7 @@ class Routing:
     # ---- allocation records (the one place routing states change) --------------
     def save_allocation(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
         """Write alloc; record an event if its routing state differs from before."""
-        if before != alloc.routing_state and not state.check_route_transition(before, alloc.routing_state):
-            log.warning(
-                "allocation %s: unexpected routing transition %s -> %s",
-                alloc.allocation_id,
-                RS.RoutingState.Name(before),
-                RS.RoutingState.Name(alloc.routing_state),
-            )
+        lifecycle.route_transition(before, alloc.routing_state)  # an illegal move is a bug here: it raises
         self.store.put_allocation(alloc)
         if before != alloc.routing_state:
             self.events.routing(alloc, old=before, new=alloc.routing_state, reason=alloc.reason)
@@ -95,6 +89,7 @@ class Routing:
         self.fleet.forget_stats(alloc.node_id, alloc.allocation_id)
         self.views.refresh(alloc.node_id)  # capacity freed
         if alloc.routing_state != RS.ROUTING_STATE_STOPPED:
+            lifecycle.route_transition(alloc.routing_state, RS.ROUTING_STATE_STOPPED)
             self.events.routing(alloc, old=alloc.routing_state, new=RS.ROUTING_STATE_STOPPED, reason=reason)
 
     def _route(self, alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
@@ -112,7 +107,7 @@ class Routing:
             return
         allocs = self.store.list_allocations(deployment_id=deployment_id)
         names = {v.name for v in rec.spec.variants}
-        views: list[state.VariantView] = []
+        views: list[lifecycle.VariantView] = []
         waiting: list[str] = []
         failures: list[str] = []
         also_serving = 0
@@ -125,7 +120,7 @@ class Routing:
             also_serving += old_serving
             placement = self.placements.get((deployment_id, variant.name))
             routes = [a.routing_state for a in fresh]
-            view = state.variant_view(routes, target_count=len(placement.targets) if placement else 0, instances=variant.instances, name=variant.name)
+            view = lifecycle.variant_view(routes, target_count=len(placement.targets) if placement else 0, instances=variant.instances, name=variant.name)
             views.append(dataclasses.replace(
                 view, stopping=view.stopping + sum(1 for a in mine if a.desired == STOPPED), replacing=old_serving
             ))
@@ -142,7 +137,7 @@ class Routing:
         rollout_reason = self.rollouts.get(deployment_id, "")
         if rollout_reason and not waiting_reason:
             waiting_reason = "rolling update: " + rollout_reason
-        status, reason = state.deployment_status(
+        status, reason = lifecycle.deployment_status(
             desired=rec.desired,
             variants=views,
             ever_served=ever_served,
@@ -155,19 +150,13 @@ class Routing:
             reason = rec.stop_reason
         if (status, reason, ever_served) != (rec.status, rec.status_reason, rec.ever_served):
             old = rec.status
+            lifecycle.status_transition(old, status)  # a derivation bug raises before anything is written
             rec.status, rec.status_reason, rec.ever_served = status, reason, ever_served
             if status == common_pb2.DEPLOYMENT_STATUS_STOPPED and not rec.HasField("stopped_at"):
                 rec.stopped_at.CopyFrom(self.now())
             with self.store.transaction():
                 self.store.put_deployment(rec)
                 if old != status:
-                    if not state.check_status_transition(old, status):
-                        log.warning(
-                            "deployment %s: unexpected status transition %s -> %s",
-                            deployment_id,
-                            common_pb2.DeploymentStatus.Name(old),
-                            common_pb2.DeploymentStatus.Name(status),
-                        )
                     self.events.status(deployment_id, old=old, new=status, reason=reason)
             self.hub.notify(deployment_id)
 
@@ -198,9 +187,10 @@ class Routing:
 
 
 def set_route(alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
+    """Set alloc's routing state and reason (checked by lifecycle.route_transition). True if either changed."""
     if alloc.routing_state == routing_state and alloc.reason == reason:
         return False
-    alloc.routing_state = routing_state  # type: ignore[assignment]
+    alloc.routing_state = lifecycle.route_transition(alloc.routing_state, routing_state)  # type: ignore[arg-type]
     alloc.reason = reason
     return True
 
