@@ -8,9 +8,11 @@ import pytest
 
 from control_plane.planning.lifecycle import (
     ALLOWED_ROUTE_TRANSITIONS,
+    STATUS_TRANSITIONS,
     AllocationState,
     DeploymentStatus,
     DesiredState,
+    IllegalTransition,
     RouteTransitionError,
     RoutingState,
     VariantView,
@@ -19,8 +21,6 @@ from control_plane.planning.lifecycle import (
     deployment_status,
     route_transition,
     status_transition,
-    STATUS_TRANSITIONS,
-    IllegalTransition,
     variant_view,
 )
 from modelfleet.store.v1 import records_pb2

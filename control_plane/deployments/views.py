@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from control_plane.planning import lifecycle, rollout, scheduler
 from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.planning import lifecycle, rollout, scheduler
 from control_plane.reconcile.reconciler import Reconciler
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2, nodes_pb2

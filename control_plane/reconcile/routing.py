@@ -25,11 +25,11 @@ from typing import TYPE_CHECKING
 
 from google.protobuf import timestamp_pb2
 
+from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.fleet.nodeviews import NodeViews
 from control_plane.planning import lifecycle, rollout, scheduler
 from control_plane.reconcile.events import EventLog
-from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.reconcile.hub import ChangeHub
-from control_plane.fleet.nodeviews import NodeViews
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2
