@@ -165,6 +165,27 @@ def variant_view(routes: Sequence[RoutingState], *, target_count: int, instances
     )
 
 
+# The deployment status and its reason, by this table (first match wins):
+#
+# | desired | condition                                                   | status     |
+# |---------|-------------------------------------------------------------|------------|
+# | STOPPED | a route starting, started or stopping (failed = stopped)    | STOPPING   |
+# | STOPPED | otherwise                                                   | STOPPED    |
+# | RUNNING | serving, and every variant has started >= target_count > 0  | RUNNING    |
+# |         | and target_count >= wanted, and no rolling update is left   |            |
+# | RUNNING | serving, and a variant has failed routes, or (none of its   | CONCERNING |
+# |         | routes starting and) it is started nowhere or has fewer     |            |
+# |         | targets than wanted                                         |            |
+# | RUNNING | serving, otherwise (routes still starting)                  | DEPLOYING  |
+# | RUNNING | not serving, ever_served                                    | ABNORMAL   |
+# | RUNNING | not serving, >= 1 target, all targets failed, none starting | FAILED     |
+# | RUNNING | not serving, otherwise                                      | DEPLOYING  |
+#
+# "Serving" means some variant has a STARTED route, or `also_serving` > 0
+# (old allocations of a rolling update, or of variants an update removed,
+# that still serve; they are not in `variants`). started may exceed
+# target_count while surplus routes drain after a scale-down; that still
+# counts as fully allocated, as in allocation_state.
 def deployment_status(
     *,
     desired: DesiredState,
@@ -175,27 +196,7 @@ def deployment_status(
     also_serving: int = 0,
     rolling: bool = False,
 ) -> tuple[DeploymentStatus, str]:
-    """The deployment status and its reason, by this table (first match wins):
-
-    | desired | condition                                                   | status     |
-    |---------|-------------------------------------------------------------|------------|
-    | STOPPED | a route starting, started or stopping (failed = stopped)    | STOPPING   |
-    | STOPPED | otherwise                                                   | STOPPED    |
-    | RUNNING | serving, and every variant has started >= target_count > 0  | RUNNING    |
-    |         | and target_count >= wanted, and no rolling update is left   |            |
-    | RUNNING | serving, and a variant has failed routes, or (none of its   | CONCERNING |
-    |         | routes starting and) it is started nowhere or has fewer     |            |
-    |         | targets than wanted                                         |            |
-    | RUNNING | serving, otherwise (routes still starting)                  | DEPLOYING  |
-    | RUNNING | not serving, ever_served                                    | ABNORMAL   |
-    | RUNNING | not serving, >= 1 target, all targets failed, none starting | FAILED     |
-    | RUNNING | not serving, otherwise                                      | DEPLOYING  |
-
-    "Serving" means some variant has a STARTED route, or `also_serving` > 0
-    (old allocations of a rolling update, or of variants an update removed,
-    that still serve; they are not in `variants`). started may exceed
-    target_count while surplus routes drain after a scale-down; that still
-    counts as fully allocated, as in allocation_state.
+    """The deployment status and its reason, by the table above.
 
     Args:
         desired: the deployment's intent (UNSPECIFIED is a caller bug: ValueError).
@@ -212,28 +213,42 @@ def deployment_status(
     Returns:
         (status, reason); reason is "" for RUNNING and STOPPED.
     """
-    starting = sum(v.starting for v in variants)
-    started = sum(v.started for v in variants)
-    stopping = sum(v.stopping for v in variants)
-    failed = sum(v.failed for v in variants)
-    targets = sum(v.target_count for v in variants)
-
     if desired == records_pb2.DESIRED_STATE_STOPPED:
-        running = starting + started + stopping
-        if running:
-            return common_pb2.DEPLOYMENT_STATUS_STOPPING, f"stopping: {_routes(running)} not stopped yet"
-        return common_pb2.DEPLOYMENT_STATUS_STOPPED, ""
+        return _stopped_status(variants)
     if desired != records_pb2.DESIRED_STATE_RUNNING:
         raise ValueError(f"desired state {desired} is neither RUNNING nor STOPPED")
+    if any(v.started for v in variants) or also_serving > 0:
+        return _serving_status(variants, waiting_reason=waiting_reason, rolling=rolling)
+    return _unserved_status(variants, ever_served=ever_served, waiting_reason=waiting_reason, failure_reasons=failure_reasons)
 
-    if started > 0 or also_serving > 0:
-        if not rolling and started > 0 and all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
-            return common_pb2.DEPLOYMENT_STATUS_RUNNING, ""
-        problems = [p for v in variants for p in _problems(v)]
-        if problems:
-            return common_pb2.DEPLOYMENT_STATUS_CONCERNING, "serving, but " + "; ".join(problems)
-        return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, waiting_reason or f"{started} of {_targets(targets)} started"
 
+def _stopped_status(variants: Sequence[VariantView]) -> tuple[DeploymentStatus, str]:
+    """Desired STOPPED: STOPPING while a route starts, serves or drains, else STOPPED."""
+    running = sum(v.starting + v.started + v.stopping for v in variants)
+    if running:
+        return common_pb2.DEPLOYMENT_STATUS_STOPPING, f"stopping: {_routes(running)} not stopped yet"
+    return common_pb2.DEPLOYMENT_STATUS_STOPPED, ""
+
+
+def _serving_status(variants: Sequence[VariantView], *, waiting_reason: str, rolling: bool) -> tuple[DeploymentStatus, str]:
+    """Desired RUNNING and serving: RUNNING, CONCERNING or DEPLOYING."""
+    started = sum(v.started for v in variants)
+    if not rolling and started > 0 and all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
+        return common_pb2.DEPLOYMENT_STATUS_RUNNING, ""
+    problems = [p for v in variants for p in _problems(v)]
+    if problems:
+        return common_pb2.DEPLOYMENT_STATUS_CONCERNING, "serving, but " + "; ".join(problems)
+    targets = sum(v.target_count for v in variants)
+    return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, waiting_reason or f"{started} of {_targets(targets)} started"
+
+
+def _unserved_status(
+    variants: Sequence[VariantView], *, ever_served: bool, waiting_reason: str, failure_reasons: Sequence[str]
+) -> tuple[DeploymentStatus, str]:
+    """Desired RUNNING and nothing serves: ABNORMAL, FAILED or DEPLOYING."""
+    starting = sum(v.starting for v in variants)
+    failed = sum(v.failed for v in variants)
+    targets = sum(v.target_count for v in variants)
     if ever_served:
         return (
             common_pb2.DEPLOYMENT_STATUS_ABNORMAL,
