@@ -8,16 +8,19 @@ import pytest
 
 from control_plane.planning.lifecycle import (
     ALLOWED_ROUTE_TRANSITIONS,
+    STATUS_TRANSITIONS,
     AllocationState,
     DeploymentStatus,
     DesiredState,
+    IllegalTransition,
     RouteTransitionError,
     RoutingState,
     VariantView,
     allocation_state,
     check_route_transition,
     deployment_status,
-    transition_route,
+    route_transition,
+    status_transition,
     variant_view,
 )
 from modelfleet.store.v1 import records_pb2
@@ -224,18 +227,24 @@ EXPECTED_ALLOWED = {
     (FAILED, STOPPING),
     (FAILED, STOPPED),
     (STOPPED, STARTING),
-} | {(s, s) for s in ALL_ROUTE_STATES}
+    (STOPPING, STARTING),
+    (STOPPING, STARTED),
+    (STOPPED, STARTED),
+    (STOPPED, FAILED),
+    (STOPPED, STOPPING),
+}
+SAME_STATE_NO_OPS = {(s, s) for s in ALL_ROUTE_STATES if s != UNSPEC}
 
 
 @pytest.mark.parametrize(("old", "new"), list(itertools.product(ALL_ROUTE_STATES, repeat=2)))
 def test_route_transition_table(old: RoutingState, new: RoutingState) -> None:
-    allowed = (old, new) in EXPECTED_ALLOWED
+    allowed = (old, new) in EXPECTED_ALLOWED | SAME_STATE_NO_OPS
     assert check_route_transition(old, new) is allowed
     if allowed:
-        assert transition_route(old, new) == new
+        assert route_transition(old, new) == new
     else:
         with pytest.raises(RouteTransitionError, match=common_pb2.RoutingState.Name(old)):
-            transition_route(old, new)
+            route_transition(old, new)
 
 
 def test_route_transition_table_is_the_documented_one() -> None:
@@ -255,3 +264,26 @@ def test_a_rolling_update_is_deploying_until_its_old_allocations_are_gone() -> N
     # a new allocation that failed while the old ones serve is a concern
     failed = [VariantView(target_count=1, wanted=1, failed=1, replacing=1)]
     assert deployment_status(desired=RUN, variants=failed, ever_served=True, also_serving=1, rolling=True)[0] == CONCERNING
+
+
+# ---- status transitions -----------------------------------------------------------------
+ALL_STATUSES = [common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED, DEPLOYING, RUNNING, CONCERNING, ABNORMAL, FAILED_STATUS,
+                STOPPING_STATUS, STOPPED_STATUS]
+
+
+@pytest.mark.parametrize(("old", "new"), list(itertools.product(ALL_STATUSES, repeat=2)))
+def test_status_transition_table(old: DeploymentStatus, new: DeploymentStatus) -> None:
+    if old == new or (old, new) in STATUS_TRANSITIONS:
+        assert status_transition(old, new) == new
+    else:
+        with pytest.raises(IllegalTransition, match=common_pb2.DeploymentStatus.Name(new)):
+            status_transition(old, new)
+
+
+def test_a_writer_refuses_an_illegal_route_move_and_leaves_the_record_unchanged() -> None:
+    from control_plane.reconcile.records import set_route
+
+    alloc = records_pb2.AllocationRecord(allocation_id="a", routing_state=STARTED, reason="serving")
+    with pytest.raises(IllegalTransition):
+        set_route(alloc, UNSPEC, "bogus")
+    assert (alloc.routing_state, alloc.reason) == (STARTED, "serving")

@@ -7,10 +7,11 @@ by table. Nothing here stores, sleeps or logs.
 
 - `allocation_state`: per variant, from its routes (DESIGN.md "allocation state").
 - `deployment_status`: per deployment, from per-variant counts (`VariantView`).
-- `ALLOWED_ROUTE_TRANSITIONS` / `check_route_transition` / `transition_route`:
-  the one table of how the control plane's view of a route may change.
-- `STATUS_TRANSITIONS` / `check_status_transition`: every status change the
-  derivation can produce (each one recorded as an event).
+- `ALLOWED_ROUTE_TRANSITIONS` / `route_transition`: the one table of how the
+  control plane's view of a route may change, and the check every writer
+  calls (it raises `IllegalTransition`).
+- `STATUS_TRANSITIONS` / `status_transition`: every status change the
+  derivation can produce (each one recorded as an event), and its check.
 
 The states are the protobuf enums themselves (common_pb2.RoutingState, ...),
 so no second Enum has to be kept in step with the wire contract.
@@ -38,44 +39,67 @@ _UNSPECIFIED = common_pb2.ROUTING_STATE_UNSPECIFIED
 
 
 # ---- routes -----------------------------------------------------------------------
+# Every change of the control plane's view of a route, and why. Reports are
+# snapshots (coalesced for REPORT_COALESCE, and a full registration after a
+# stream break or an agent restart reports whatever the agent runs now), so
+# a move here may skip states the agent went through. A same-state write is
+# not a move (only the reason or address changes) and is allowed for every
+# state but UNSPECIFIED; nothing ever moves back to UNSPECIFIED.
 ALLOWED_ROUTE_TRANSITIONS: frozenset[tuple[RoutingState, RoutingState]] = frozenset(
     {
         (_UNSPECIFIED, _STARTING),  # a new allocation record
         (_STARTING, _STARTED),
-        (_STARTING, _FAILED),
-        (_STARTING, _STOPPING),
-        (_STARTED, _STOPPING),
-        (_STARTED, _FAILED),
-        (_STARTED, _STARTING),  # the agent restarts a crashed worker
+        (_STARTING, _FAILED),  # the agent gave up, or the node was lost
+        (_STARTING, _STOPPING),  # a stop
+        (_STARTED, _STOPPING),  # a stop
+        (_STARTED, _FAILED),  # the agent gave up, or the node was lost
+        (_STARTED, _STARTING),  # the agent restarts a crashed worker; a registration without it
         (_STOPPING, _STOPPED),
-        (_STOPPING, _FAILED),
-        (_FAILED, _STARTING),  # restart (agent retry, redeploy)
+        (_STOPPING, _FAILED),  # the node was lost while draining
+        (_FAILED, _STARTING),  # restart (agent retry, registration, redeploy)
         (_FAILED, _STARTED),  # a lost node came back with its worker still running
         (_FAILED, _STOPPING),  # ... and that worker is no longer wanted
-        (_STOPPED, _STARTING),  # a stopped deployment is started again
+        (_STOPPED, _STARTING),  # a worker that stopped on its own is started again
         # The agent reports a removed worker by its absence, so the control
         # plane can see STOPPED without having seen STOPPING.
         (_STARTING, _STOPPED),
         (_STARTED, _STOPPED),
         (_FAILED, _STOPPED),
+        # An agent killed while draining (it had reported STOPPING) restarts
+        # and starts or adopts the worker again; its registration says so.
+        (_STOPPING, _STARTING),
+        (_STOPPING, _STARTED),
+        # A worker that stopped on its own (reported STOPPED) is restarted by
+        # its agent; across a stream break the control plane sees the result,
+        # and a restart can fail at once (no GPU left) within one coalesced report.
+        (_STOPPED, _STARTED),
+        (_STOPPED, _FAILED),
+        # A stop asked of a route the agent reported STOPPED (graceful agent
+        # shutdown), or a stopped allocation restarted by an agent that has not
+        # applied the stop yet (reported STARTING/STARTED, recorded STOPPING).
+        (_STOPPED, _STOPPING),
     }
-    | {(s, s) for s in (_UNSPECIFIED, _STARTING, _STARTED, _STOPPING, _STOPPED, _FAILED)}
 )
 
 
-class RouteTransitionError(ValueError):
-    """A route change that ALLOWED_ROUTE_TRANSITIONS does not contain."""
+class IllegalTransition(ValueError):
+    """A lifecycle move that its transition table does not contain."""
+
+
+RouteTransitionError = IllegalTransition
 
 
 def check_route_transition(old: RoutingState, new: RoutingState) -> bool:
-    """True if the control plane's view of a route may change from old to new."""
+    """True if the control plane's view of a route may change from old to new (same state: a no-op)."""
+    if old == new:
+        return new != _UNSPECIFIED
     return (old, new) in ALLOWED_ROUTE_TRANSITIONS
 
 
-def transition_route(old: RoutingState, new: RoutingState) -> RoutingState:
-    """Return new if old -> new is allowed, else raise RouteTransitionError naming both."""
+def route_transition(old: RoutingState, new: RoutingState) -> RoutingState:
+    """The one check of a route change: return new if old -> new is allowed, else raise IllegalTransition."""
     if not check_route_transition(old, new):
-        raise RouteTransitionError(
+        raise IllegalTransition(
             f"routing state cannot change from {common_pb2.RoutingState.Name(old)} "
             f"to {common_pb2.RoutingState.Name(new)}"
         )
@@ -141,6 +165,27 @@ def variant_view(routes: Sequence[RoutingState], *, target_count: int, instances
     )
 
 
+# The deployment status and its reason, by this table (first match wins):
+#
+# | desired | condition                                                   | status     |
+# |---------|-------------------------------------------------------------|------------|
+# | STOPPED | a route starting, started or stopping (failed = stopped)    | STOPPING   |
+# | STOPPED | otherwise                                                   | STOPPED    |
+# | RUNNING | serving, and every variant has started >= target_count > 0  | RUNNING    |
+# |         | and target_count >= wanted, and no rolling update is left   |            |
+# | RUNNING | serving, and a variant has failed routes, or (none of its   | CONCERNING |
+# |         | routes starting and) it is started nowhere or has fewer     |            |
+# |         | targets than wanted                                         |            |
+# | RUNNING | serving, otherwise (routes still starting)                  | DEPLOYING  |
+# | RUNNING | not serving, ever_served                                    | ABNORMAL   |
+# | RUNNING | not serving, >= 1 target, all targets failed, none starting | FAILED     |
+# | RUNNING | not serving, otherwise                                      | DEPLOYING  |
+#
+# "Serving" means some variant has a STARTED route, or `also_serving` > 0
+# (old allocations of a rolling update, or of variants an update removed,
+# that still serve; they are not in `variants`). started may exceed
+# target_count while surplus routes drain after a scale-down; that still
+# counts as fully allocated, as in allocation_state.
 def deployment_status(
     *,
     desired: DesiredState,
@@ -151,27 +196,7 @@ def deployment_status(
     also_serving: int = 0,
     rolling: bool = False,
 ) -> tuple[DeploymentStatus, str]:
-    """The deployment status and its reason, by this table (first match wins):
-
-    | desired | condition                                                   | status     |
-    |---------|-------------------------------------------------------------|------------|
-    | STOPPED | a route starting, started or stopping (failed = stopped)    | STOPPING   |
-    | STOPPED | otherwise                                                   | STOPPED    |
-    | RUNNING | serving, and every variant has started >= target_count > 0  | RUNNING    |
-    |         | and target_count >= wanted, and no rolling update is left   |            |
-    | RUNNING | serving, and a variant has failed routes, or (none of its   | CONCERNING |
-    |         | routes starting and) it is started nowhere or has fewer     |            |
-    |         | targets than wanted                                         |            |
-    | RUNNING | serving, otherwise (routes still starting)                  | DEPLOYING  |
-    | RUNNING | not serving, ever_served                                    | ABNORMAL   |
-    | RUNNING | not serving, >= 1 target, all targets failed, none starting | FAILED     |
-    | RUNNING | not serving, otherwise                                      | DEPLOYING  |
-
-    "Serving" means some variant has a STARTED route, or `also_serving` > 0
-    (old allocations of a rolling update, or of variants an update removed,
-    that still serve; they are not in `variants`). started may exceed
-    target_count while surplus routes drain after a scale-down; that still
-    counts as fully allocated, as in allocation_state.
+    """The deployment status and its reason, by the table above.
 
     Args:
         desired: the deployment's intent (UNSPECIFIED is a caller bug: ValueError).
@@ -188,28 +213,42 @@ def deployment_status(
     Returns:
         (status, reason); reason is "" for RUNNING and STOPPED.
     """
-    starting = sum(v.starting for v in variants)
-    started = sum(v.started for v in variants)
-    stopping = sum(v.stopping for v in variants)
-    failed = sum(v.failed for v in variants)
-    targets = sum(v.target_count for v in variants)
-
     if desired == records_pb2.DESIRED_STATE_STOPPED:
-        running = starting + started + stopping
-        if running:
-            return common_pb2.DEPLOYMENT_STATUS_STOPPING, f"stopping: {_routes(running)} not stopped yet"
-        return common_pb2.DEPLOYMENT_STATUS_STOPPED, ""
+        return _stopped_status(variants)
     if desired != records_pb2.DESIRED_STATE_RUNNING:
         raise ValueError(f"desired state {desired} is neither RUNNING nor STOPPED")
+    if any(v.started for v in variants) or also_serving > 0:
+        return _serving_status(variants, waiting_reason=waiting_reason, rolling=rolling)
+    return _unserved_status(variants, ever_served=ever_served, waiting_reason=waiting_reason, failure_reasons=failure_reasons)
 
-    if started > 0 or also_serving > 0:
-        if not rolling and started > 0 and all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
-            return common_pb2.DEPLOYMENT_STATUS_RUNNING, ""
-        problems = [p for v in variants for p in _problems(v)]
-        if problems:
-            return common_pb2.DEPLOYMENT_STATUS_CONCERNING, "serving, but " + "; ".join(problems)
-        return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, waiting_reason or f"{started} of {_targets(targets)} started"
 
+def _stopped_status(variants: Sequence[VariantView]) -> tuple[DeploymentStatus, str]:
+    """Desired STOPPED: STOPPING while a route starts, serves or drains, else STOPPED."""
+    running = sum(v.starting + v.started + v.stopping for v in variants)
+    if running:
+        return common_pb2.DEPLOYMENT_STATUS_STOPPING, f"stopping: {_routes(running)} not stopped yet"
+    return common_pb2.DEPLOYMENT_STATUS_STOPPED, ""
+
+
+def _serving_status(variants: Sequence[VariantView], *, waiting_reason: str, rolling: bool) -> tuple[DeploymentStatus, str]:
+    """Desired RUNNING and serving: RUNNING, CONCERNING or DEPLOYING."""
+    started = sum(v.started for v in variants)
+    if not rolling and started > 0 and all(v.target_count > 0 and v.started >= v.target_count >= v.wanted for v in variants):
+        return common_pb2.DEPLOYMENT_STATUS_RUNNING, ""
+    problems = [p for v in variants for p in _problems(v)]
+    if problems:
+        return common_pb2.DEPLOYMENT_STATUS_CONCERNING, "serving, but " + "; ".join(problems)
+    targets = sum(v.target_count for v in variants)
+    return common_pb2.DEPLOYMENT_STATUS_DEPLOYING, waiting_reason or f"{started} of {_targets(targets)} started"
+
+
+def _unserved_status(
+    variants: Sequence[VariantView], *, ever_served: bool, waiting_reason: str, failure_reasons: Sequence[str]
+) -> tuple[DeploymentStatus, str]:
+    """Desired RUNNING and nothing serves: ABNORMAL, FAILED or DEPLOYING."""
+    starting = sum(v.starting for v in variants)
+    failed = sum(v.failed for v in variants)
+    targets = sum(v.target_count for v in variants)
     if ever_served:
         return (
             common_pb2.DEPLOYMENT_STATUS_ABNORMAL,
@@ -239,8 +278,8 @@ _STOPPED_STATUS = common_pb2.DEPLOYMENT_STATUS_STOPPED
 _UNSPECIFIED_STATUS = common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED
 
 # Every change deployment_status can produce between two ticks, and why.
-# The reconciler records each change as an event and logs a warning for a
-# pair that is not here (a derivation bug); tests drive each pair.
+# The status writer checks each change with status_transition: a pair that
+# is not here is a derivation bug and raises; tests drive each pair.
 STATUS_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = frozenset(
     {
         (_UNSPECIFIED_STATUS, _DEPLOYING),  # a record written before its first tick
@@ -269,8 +308,18 @@ STATUS_TRANSITIONS: frozenset[tuple[DeploymentStatus, DeploymentStatus]] = froze
 
 
 def check_status_transition(old: DeploymentStatus, new: DeploymentStatus) -> bool:
-    """True if a derived status may change from old to new (see STATUS_TRANSITIONS)."""
+    """True if a derived status may change from old to new (see STATUS_TRANSITIONS; same status: a no-op)."""
     return old == new or (old, new) in STATUS_TRANSITIONS
+
+
+def status_transition(old: DeploymentStatus, new: DeploymentStatus) -> DeploymentStatus:
+    """The one check of a status change: return new if old -> new is allowed, else raise IllegalTransition."""
+    if not check_status_transition(old, new):
+        raise IllegalTransition(
+            f"deployment status cannot change from {common_pb2.DeploymentStatus.Name(old)} "
+            f"to {common_pb2.DeploymentStatus.Name(new)}"
+        )
+    return new
 
 
 def _problems(v: VariantView) -> list[str]:

@@ -39,13 +39,7 @@ class AllocationRecords:
 
     def save(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
         """Write alloc; record an event if its routing state differs from before."""
-        if before != alloc.routing_state and not lifecycle.check_route_transition(before, alloc.routing_state):
-            log.warning(
-                "allocation %s: unexpected routing transition %s -> %s",
-                alloc.allocation_id,
-                RS.RoutingState.Name(before),
-                RS.RoutingState.Name(alloc.routing_state),
-            )
+        lifecycle.route_transition(before, alloc.routing_state)  # an illegal move is a bug here: it raises
         self._store.put_allocation(alloc)
         if before != alloc.routing_state:
             self._events.routing(alloc, old=before, new=alloc.routing_state, reason=alloc.reason)
@@ -60,6 +54,7 @@ class AllocationRecords:
         self._fleet.forget_stats(alloc.node_id, alloc.allocation_id)
         self._views.refresh(alloc.node_id)  # capacity freed
         if alloc.routing_state != RS.ROUTING_STATE_STOPPED:
+            lifecycle.route_transition(alloc.routing_state, RS.ROUTING_STATE_STOPPED)
             self._events.routing(alloc, old=alloc.routing_state, new=RS.ROUTING_STATE_STOPPED, reason=reason)
 
     def route(self, alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
@@ -72,9 +67,9 @@ class AllocationRecords:
 
 
 def set_route(alloc: records_pb2.AllocationRecord, routing_state: int, reason: str) -> bool:
-    """Set alloc's routing state and reason in memory (the caller saves). True if either changed."""
+    """Set alloc's routing state and reason in memory, checked by lifecycle.route_transition (the caller saves). True if either changed."""
     if alloc.routing_state == routing_state and alloc.reason == reason:
         return False
-    alloc.routing_state = routing_state  # type: ignore[assignment]
+    alloc.routing_state = lifecycle.route_transition(alloc.routing_state, routing_state)  # type: ignore[arg-type]
     alloc.reason = reason
     return True

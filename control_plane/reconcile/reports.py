@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable
 
 from control_plane.fleet.liveness import Fleet
 from control_plane.fleet.nodeviews import NodeViews
+from control_plane.planning import lifecycle
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.records import (
     RS,
@@ -166,6 +167,15 @@ def _apply_report(
     new_state = report.routing_state
     if alloc.desired == STOPPED and new_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED):
         new_state = RS.ROUTING_STATE_STOPPING
+    if new_state != RS.ROUTING_STATE_UNSPECIFIED and not lifecycle.check_route_transition(alloc.routing_state, new_state):
+        # input from the network, not a bug of ours: the report is ignored, the record stays as it is
+        log.warning(
+            "allocation %s: report of %s ignored (the route is %s)",
+            alloc.allocation_id,
+            RS.RoutingState.Name(new_state),
+            RS.RoutingState.Name(alloc.routing_state),
+        )
+        return False
     if new_state != RS.ROUTING_STATE_UNSPECIFIED:
         reason = report.reason
         if alloc.desired == STOPPED and new_state == RS.ROUTING_STATE_STOPPING and alloc.reason:
