@@ -12,14 +12,15 @@ from google.protobuf import field_mask_pb2
 
 from control_plane import errors
 from control_plane.deployments.service import DeploymentService
-from control_plane.reconcile.events import MAX_EVENTS_PER_DEPLOYMENT
 from control_plane.fleet.liveness import Fleet
+from control_plane.planning.lifecycle import STATUS_TRANSITIONS
+from control_plane.reconcile.events import MAX_EVENTS_PER_DEPLOYMENT
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler, now_ts
-from control_plane.planning.lifecycle import STATUS_TRANSITIONS
 from control_plane.store.memory import MemoryStore
 from modelfleet.store.v1 import records_pb2
-from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2 as dpb, models_pb2
+from modelfleet.v1 import agent_pb2, common_pb2, models_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 
 RUNNING = records_pb2.DESIRED_STATE_RUNNING
 STOPPED = records_pb2.DESIRED_STATE_STOPPED

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from control_plane.deployments.views import deployment_view
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler, now_ts
 from control_plane.store.memory import MemoryStore
-from control_plane.deployments.views import deployment_view
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
 

@@ -25,13 +25,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import field_mask_pb2
-
 from cluster import ROOT, Cluster, authed_channel, wait_until, worker_processes
+from google.protobuf import field_mask_pb2
 from modelbuild import onnx_add, onnx_slow, onnx_warmup_fails
+
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, deployments_pb2_grpc as dpb_grpc, nodes_pb2
+from modelfleet.v1 import common_pb2, nodes_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
+from modelfleet.v1 import deployments_pb2_grpc as dpb_grpc
 
 LOADGEN = ROOT / "tests" / "tools" / "loadgen.py"
 STARTED = common_pb2.ROUTING_STATE_STARTED
@@ -149,7 +151,7 @@ class Load:
     def finish(self, timeout: float = 120, *, now: bool = True) -> dict:  # type: ignore[type-arg]
         if now:
             self.until.touch()
-        stdout, stderr = self.proc.communicate(timeout=timeout)
+        _stdout, stderr = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, stderr
         return json.loads(self.out.read_text())
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import modelbuild as mb
 import numpy as np
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from workerproc import WorkerProcess, spawn_worker, start_worker
 
-import modelbuild as mb
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.v1 import worker_pb2, worker_pb2_grpc
@@ -33,7 +34,6 @@ from node_agent.worker.codec import decode_infer_request, deserialize_bytes, ser
 from node_agent.worker.errors import DeadlineExceeded, InvalidArgument, QueueFull, Unavailable
 from node_agent.worker.stats import Stats
 from node_agent.worker.workqueue import WorkQueue
-from workerproc import WorkerProcess, spawn_worker, start_worker
 
 NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
 V2 = {np.dtype(v): k for k, v in NUMPY.items()}

@@ -135,7 +135,7 @@ def add_batching(req: deployments_pb2.StartDeploymentRequest, args: argparse.Nam
         as_variant(req)
     for variant in req.variants:
         variant.max_batch_size = args.max_batch_size or 0
-        variant.max_queue_delay_us = int(round((args.max_queue_delay or 0.0) * 1e6))
+        variant.max_queue_delay_us = round((args.max_queue_delay or 0.0) * 1e6)
 
 
 def start_deployment(args: argparse.Namespace, client: Client) -> int:

@@ -101,7 +101,7 @@ BatchRunner = Callable[[list[Any]], list[Any]]
 class _Call(Generic[T]):
     """One admitted call. Hashes by identity (it keys the FIFO)."""
 
-    __slots__ = ("job", "item", "key", "rows", "queued_at", "deadline", "future", "state")
+    __slots__ = ("deadline", "future", "item", "job", "key", "queued_at", "rows", "state")
 
     def __init__(
         self,
