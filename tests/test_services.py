@@ -36,6 +36,7 @@ from modelfleet.v1 import deployments_pb2 as dpb
 from modelfleet.v1 import deployments_pb2_grpc as dpb_grpc
 
 LOADGEN = ROOT / "tests" / "tools" / "loadgen.py"
+CLOCK_CP = ROOT / "tests" / "tools" / "clock_control_plane.py"  # a control plane whose clock the test moves
 STARTED = common_pb2.ROUTING_STATE_STARTED
 V1, V2 = "2", "11"  # first output element for an input of ones
 SECRET = "s3cr3t-value-never-logged"
@@ -51,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c.clock_file = root / "clock-offset"  # type: ignore[attr-defined]
     _ROOT[:] = [str(root.resolve()).encode()]
     try:
-        c.start_control_plane(extra_args=("--test-clock-offset-file", str(c.clock_file)))  # type: ignore[attr-defined]
+        c.start_control_plane(launcher=(str(CLOCK_CP), str(c.clock_file)))  # type: ignore[attr-defined]
         _TOKEN[:] = [c.token]
         c.start_agent("node-a", cpus=16, labels={"pool": "blue"})
         c.start_agent("node-b", cpus=16, labels={"pool": "green"}, gpus=2)
