@@ -1,4 +1,4 @@
-"""Real-time services through real processes (issue 3): variants with traffic
+"""Real-time services through real processes: variants with traffic
 weights, the gated launch from v1 to v2 under load, the traffic limit,
 auto stop with a clock the test moves, the per-user quota, resources and
 pools, GPUs and env reaching the worker, dry runs, statuses and events.

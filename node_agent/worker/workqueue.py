@@ -245,7 +245,7 @@ class WorkQueue:
     def _should_wake(self, call: _Call[Any]) -> bool:
         """Caller holds the lock. Wake a model thread for a new call unless one is
         already waiting for its batch to fill and the call cannot have filled it
-        (the profile showed a wake-up per call, each taking the GIL, at c=64)."""
+        (a wake-up per call costs a GIL hand-off each, which dominates at 64 concurrent calls)."""
         batching = self.batching
         if batching is None or call.key is None or not self._filling:
             return True
