@@ -56,7 +56,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import grpc  # noqa: E402
-
 import models  # noqa: E402
 
 PATHS = ("raw", "reference", "direct", "gateway", "stream-direct", "stream-gateway", "batched-direct", "batched-gateway")
@@ -199,7 +198,13 @@ def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path
     its own key; every model deployed (and batched variants). Yields the
     gateway's address and the admin key the load generator presents."""
     from modelfleet.v1 import (
-        auth_pb2, auth_pb2_grpc, common_pb2, deployments_pb2, deployments_pb2_grpc, models_pb2, models_pb2_grpc,
+        auth_pb2,
+        auth_pb2_grpc,
+        common_pb2,
+        deployments_pb2,
+        deployments_pb2_grpc,
+        models_pb2,
+        models_pb2_grpc,
     )  # fmt: skip
 
     procs = Procs(workdir)

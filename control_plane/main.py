@@ -16,9 +16,9 @@ Loops (each phase wrapped so that an error is logged and the loop goes on):
 With --metrics-port it serves Prometheus /metrics (control_plane.api.metrics)
 and writes DATA_DIR/metrics_endpoint (HOST:PORT bound).
 
-Flags of issue 3: --default-auto-stop (hours), --max-deployments-per-user
-(the quota), and the hidden --test-clock-offset-file (tests only: seconds
-added to the wall clock that auto stop uses).
+Deployment defaults: --default-auto-stop (hours) and --max-deployments-per-user
+(the quota). The wall clock that auto stop, start times and event times use is
+time.time; `main(wall_clock=...)` takes another one (the tests move it forward).
 
 Security (docs/security.md): authentication is on unless `--auth off`,
 which is refused unless --listen is a loopback address. On first start with
@@ -271,26 +271,6 @@ def _auto_stop_hours(text: str) -> int:
     return int(hours)
 
 
-def offset_clock(path: Path) -> Callable[[], float]:
-    """time.time() plus the seconds written in path (0 while it is absent or unreadable).
-
-    Tests only (--test-clock-offset-file): it lets a test move the control
-    plane's wall clock forward, e.g. past an auto stop, without waiting."""
-    cache: dict[str, object] = {"mtime": None, "offset": 0.0}
-
-    def now() -> float:
-        try:
-            mtime = path.stat().st_mtime_ns
-            if mtime != cache["mtime"]:
-                cache["offset"] = float(path.read_text().strip() or 0)
-                cache["mtime"] = mtime
-        except (OSError, ValueError):
-            cache["mtime"], cache["offset"] = None, 0.0
-        return time.time() + float(cache["offset"])  # type: ignore[arg-type]
-
-    return now
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="modelfleet-control-plane", description="The modelfleet control plane.")
     p.add_argument("--listen", default=os.environ.get("MODELFLEET_LISTEN", "127.0.0.1:7070"), help="HOST:PORT (port 0 = any free port)")
@@ -315,9 +295,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "default: none")
     p.add_argument("--max-deployments-per-user", type=int, default=DEFAULT_MAX_DEPLOYMENTS_PER_USER, metavar="N",
                    help="deployments one owner may have, stopped ones included (default %(default)s; 0 = no limit)")
-    # For tests only: a file holding seconds added to the wall clock that auto
-    # stop (and deployment start times and events) use, re-read on every use.
-    p.add_argument("--test-clock-offset-file", default="", help=argparse.SUPPRESS)
     p.add_argument("--auth", choices=["on", "off"], default=os.environ.get("MODELFLEET_AUTH", "on"),
                    help="API key authentication (default on; off is refused unless --listen is loopback)")
     p.add_argument("--tls-cert", default="", metavar="PEM", help="serve TLS with this certificate (chain)")
@@ -355,7 +332,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-async def _serve(args: argparse.Namespace) -> None:
+async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys' hashes and worker tokens live here
     store = CachedStore(open_store(args.store or data_dir))  # reads from memory, writes through (store/cached.py)
@@ -368,7 +345,7 @@ async def _serve(args: argparse.Namespace) -> None:
         max_management_message_bytes=args.max_management_message_bytes,
         default_auto_stop_s=args.default_auto_stop * 3600,
         max_deployments_per_user=args.max_deployments_per_user,
-        wall_clock=offset_clock(Path(args.test_clock_offset_file)) if args.test_clock_offset_file else time.time,
+        wall_clock=wall_clock,
         security=Security(
             auth=args.auth == "on",
             tls_cert=args.tls_cert,
@@ -416,10 +393,14 @@ async def _serve(args: argparse.Namespace) -> None:
     await plane.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, *, wall_clock: Callable[[], float] = time.time) -> None:
+    """Run the control plane with the flags in argv (sys.argv when None) until SIGTERM/SIGINT.
+
+    wall_clock gives the seconds since the epoch that auto stop, start times and
+    event times use."""
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    asyncio.run(_serve(args))
+    asyncio.run(_serve(args, wall_clock=wall_clock))
 
 
 if __name__ == "__main__":

@@ -43,9 +43,9 @@ import uuid
 from collections.abc import Sequence
 from pathlib import Path
 
-from modelfleet.v1 import agent_pb2, common_pb2
 import grpc
 
+from modelfleet.v1 import agent_pb2, common_pb2
 from node_agent.agent import KEEPALIVE_TIME, KEEPALIVE_TIMEOUT, Agent, AgentConfig
 from node_agent.allocations import gpu_devices
 from node_agent.supervisor import SupervisorConfig

@@ -106,7 +106,8 @@ class AgentCollector(Collector):
     def _fetch(self, url: str) -> str | None:
         try:
             with urllib.request.urlopen(url, timeout=WORKER_SCRAPE_TIMEOUT) as reply:  # noqa: S310 (http to our own worker)
-                return reply.read().decode("utf-8")
+                body: bytes = reply.read()
+                return body.decode("utf-8")
         except (OSError, ValueError) as exc:
             log.debug("scrape of %s failed: %s", url, exc)
             return None

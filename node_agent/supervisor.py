@@ -35,6 +35,10 @@ adopted handle starts in STARTED. An allocation with a worker token has it
 in ``DIR/workers/<id>.token`` (0600) for its worker; security arguments and
 the channel to the worker come from node_agent.worker_security.
 
+The states, their transition table and SupervisorConfig live in
+node_agent.worker_lifecycle; the health checks and the drain watch of a
+STARTED worker in node_agent.healthwatch.
+
 Concurrency model
 -----------------
 Everything runs on the agent's one asyncio loop; there are no threads and no
@@ -53,17 +57,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import json
 import logging
 import os
 import re
 import signal
 import site
-import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,16 +73,17 @@ from google.protobuf import json_format
 
 from modelfleet.v1 import agent_pb2, common_pb2, worker_pb2, worker_pb2_grpc
 from node_agent.exits import MAX_REASON_CHARS, Exit, exit_outcome
-from node_agent.procs import (
-    WorkerProcess,
-    advertised_address,
-    check_health,
-    connect_address,
-    kill,
-    pid_alive,
-    wait_not_serving,
-)
-from node_agent.worker_security import WorkerSecurity, batching_flags, declared_specs, token_metadata, write_private
+from node_agent.healthwatch import HealthWatch, Verdict
+from node_agent.procs import WorkerProcess, advertised_address, connect_address, kill, pid_alive
+from node_agent.worker_lifecycle import ROUTING_STATE
+from node_agent.worker_lifecycle import TRANSITIONS as TRANSITIONS
+from node_agent.worker_lifecycle import AdoptedWorker as AdoptedWorker
+from node_agent.worker_lifecycle import InvalidTransition as InvalidTransition
+from node_agent.worker_lifecycle import ModelFetcher as ModelFetcher
+from node_agent.worker_lifecycle import PermanentStartError as PermanentStartError
+from node_agent.worker_lifecycle import SupervisorConfig as SupervisorConfig
+from node_agent.worker_lifecycle import WorkerState as WorkerState
+from node_agent.worker_security import batching_flags, declared_specs, token_metadata, write_private
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -90,90 +92,6 @@ MAX_LOG_BYTES = 10 * 1024 * 1024
 _ALLOCATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PROJECT_ROOT = str(Path(__file__).resolve().parents[1])  # the directory that holds node_agent/
 _SITE_DIRS = frozenset(str(Path(p).resolve()) for p in [*site.getsitepackages(), site.getusersitepackages()])
-
-
-class WorkerState(str, enum.Enum):
-    """Lifecycle of one allocation on this node (see the module docstring)."""
-
-    STARTING = "starting"  # downloading the model, spawning or loading it
-    STARTED = "started"  # ready file seen; serving at `address`
-    RESTARTING = "restarting"  # crashed; waiting out the backoff (reported as STARTING)
-    STOPPING = "stopping"  # asked to stop; draining
-    STOPPED = "stopped"  # no process left (terminal)
-    FAILED = "failed"  # gave up; stays until the allocation is removed
-
-
-_S = WorkerState
-TRANSITIONS: frozenset[tuple[WorkerState, WorkerState]] = frozenset({
-    (_S.STARTING, _S.STARTED), (_S.STARTING, _S.RESTARTING), (_S.STARTING, _S.FAILED), (_S.STARTING, _S.STOPPING),
-    (_S.STARTED, _S.RESTARTING), (_S.STARTED, _S.FAILED), (_S.STARTED, _S.STOPPING),
-    (_S.RESTARTING, _S.STARTING), (_S.RESTARTING, _S.FAILED), (_S.RESTARTING, _S.STOPPING),
-    (_S.STOPPING, _S.STOPPED),
-    (_S.FAILED, _S.STOPPED),
-})  # fmt: skip
-_ROUTING_STATE: dict[WorkerState, common_pb2.RoutingState] = {
-    _S.STARTING: common_pb2.ROUTING_STATE_STARTING,
-    _S.RESTARTING: common_pb2.ROUTING_STATE_STARTING,
-    _S.STARTED: common_pb2.ROUTING_STATE_STARTED,
-    _S.STOPPING: common_pb2.ROUTING_STATE_STOPPING,
-    _S.STOPPED: common_pb2.ROUTING_STATE_STOPPED,
-    _S.FAILED: common_pb2.ROUTING_STATE_FAILED,
-}
-
-
-class InvalidTransition(RuntimeError):
-    """A lifecycle change not in TRANSITIONS was attempted (a bug)."""
-
-
-class PermanentStartError(Exception):
-    """Raised by a model fetcher when retrying cannot help (sha mismatch, unknown model)."""
-
-
-ModelFetcher = Callable[[agent_pb2.AllocationSpec], Awaitable[Path]]
-
-
-@dataclass(frozen=True)
-class SupervisorConfig:
-    """Timings and paths of worker supervision; defaults per RELIABILITY.md."""
-
-    data_dir: Path
-    worker_host: str = "127.0.0.1"
-    drain_timeout: float = 30.0
-    kill_grace: float = 2.0  # extra wait after drain_timeout before SIGKILL
-    health_interval: float = 10.0
-    health_timeout: float = 5.0
-    health_failures: int = 3
-    restart_backoff: tuple[float, ...] = (1.0, 2.0, 4.0)  # one entry per allowed restart
-    restart_reset_after: float = 600.0
-    start_timeout: float = 600.0
-    python: str = sys.executable
-    worker_module: str = "node_agent.worker"
-    # GPU device ids this node hands out (CUDA_VISIBLE_DEVICES values); see
-    # node_agent.allocations.gpu_devices
-    gpu_devices: tuple[str, ...] = ()
-    security: WorkerSecurity = WorkerSecurity()
-    worker_metrics: bool = False  # workers serve /metrics on a free port (the agent federates it)
-
-    @property
-    def workers_dir(self) -> Path:
-        return self.data_dir / "workers"
-
-    @property
-    def credentials_file(self) -> Path:
-        """The verifiers of API keys that may call workers directly (node_agent.worker_security)."""
-        return self.workers_dir / "credentials.pb"
-
-
-@dataclass(frozen=True)
-class AdoptedWorker:
-    """A running worker found at start-up, described by its state file."""
-
-    pid: int
-    port: int
-    started_at: float
-    log_offset: int
-    restarts: int
-    gpu_ids: tuple[str, ...] = ()
 
 
 class WorkerHandle:
@@ -260,7 +178,7 @@ class WorkerHandle:
         rep = agent_pb2.AllocationReport(
             allocation_id=self.allocation_id,
             deployment_id=self.spec.deployment_id,
-            routing_state=_ROUTING_STATE[self.state],
+            routing_state=ROUTING_STATE[self.state],
             reason=self.reason,
             worker_pid=self.pid,
             restarts=self.restarts,
@@ -506,65 +424,43 @@ class WorkerHandle:
     ) -> Exit:
         """Health-check a STARTED worker until it exits, fails its checks or is stopped.
 
-        A Health.Watch stream reports the moment the worker starts draining on
-        its own (someone sent it SIGTERM): the route goes STOPPING and health
-        checks stop (a draining worker is NOT_SERVING by design)."""
+        A worker that starts draining on its own (someone sent it SIGTERM) is
+        STOPPING at once, so the gateway stops routing to it (node_agent.healthwatch)."""
         cfg = self._config
         if exit_task is None:
             exit_task = asyncio.ensure_future(proc.wait())
         stop_task = asyncio.ensure_future(self._stop.wait())
         self._channel = cfg.security.channel(connect_address(cfg.worker_host, self.port))
-        drain_task: asyncio.Future[bool] | None = asyncio.ensure_future(wait_not_serving(self._channel))
-        draining = False
-        check: asyncio.Future[str | None] | None = None
-        next_check, failures = time.monotonic() + cfg.health_interval, 0
+        watch = HealthWatch(
+            self._channel, interval=cfg.health_interval, timeout=cfg.health_timeout,
+            failures=cfg.health_failures, allocation_id=self.allocation_id,
+        )  # fmt: skip
         try:
             while True:
-                waiters: set[asyncio.Future[Any]] = {exit_task, stop_task}
-                waiters |= {t for t in (check, drain_task) if t is not None}
-                timeout = None if check or draining else max(0.0, next_check - time.monotonic())
-                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                waiters: set[asyncio.Future[Any]] = {exit_task, stop_task, *watch.waiters()}
+                done, _ = await asyncio.wait(waiters, timeout=watch.timeout(), return_when=asyncio.FIRST_COMPLETED)
                 if exit_task in done:
                     return exit_outcome(
                         exit_task.result(), log_file=self.log_file, log_offset=self._log_offset,
-                        uptime=time.monotonic() - started, draining=draining,
+                        uptime=time.monotonic() - started, draining=watch.draining,
                     )  # fmt: skip
                 if stop_task in done:
                     await self._terminate(proc, exit_task)
                     return Exit(stopped=True)
-                if drain_task is not None and drain_task in done:
-                    seen = not drain_task.cancelled() and drain_task.exception() is None and drain_task.result()
-                    drain_task = None
-                    if seen and self.state is WorkerState.STARTED:
-                        draining = True
-                        if check is not None:
-                            check.cancel()
-                            check = None
-                        self._transition(WorkerState.STOPPING, "worker is draining: stopped outside the agent")
-                    continue
-                if draining:
-                    continue
-                if check is None:
-                    check = asyncio.ensure_future(check_health(self._channel, timeout=cfg.health_timeout))
-                    continue
-                if check not in done:
-                    continue
-                error, check = check.result(), None
-                next_check = time.monotonic() + cfg.health_interval
-                failures = 0 if error is None else failures + 1
-                if error is not None:
-                    log.warning("allocation %s: health check %d failed: %s", self.allocation_id, failures, error)
-                if failures >= cfg.health_failures:
+                verdict = watch.step(done, serving=self.state is WorkerState.STARTED)
+                if verdict is Verdict.DRAINING:
+                    self._transition(WorkerState.STOPPING, "worker is draining: stopped outside the agent")
+                elif verdict is Verdict.UNHEALTHY:
                     proc.signal(signal.SIGKILL, group=True)
                     await exit_task
                     return Exit(
-                        f"worker failed {failures} health checks in a row ({error})",
+                        f"worker failed {watch.failures} health checks in a row ({watch.last_error})",
                         uptime=time.monotonic() - started,
                     )
         finally:
-            for task in (exit_task, stop_task, check, drain_task):
-                if task is not None:
-                    task.cancel()
+            watch.close()
+            for task in (exit_task, stop_task):
+                task.cancel()
             channel, self._channel = self._channel, None
             await channel.close()
 

@@ -50,7 +50,7 @@ def _write(path: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey |
 
 def _ca(common: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(_name(common)).issuer_name(_name(common))
         .public_key(key.public_key()).serial_number(x509.random_serial_number())
@@ -66,7 +66,7 @@ def _ca(common: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
 
 def _leaf(common: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivateKey) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     san = x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
     cert = (
         x509.CertificateBuilder().subject_name(_name(common)).issuer_name(ca.subject)

@@ -180,14 +180,17 @@ class Cluster:
         self.channel: grpc.Channel | None = None
 
     # ---- processes ------------------------------------------------------------------
-    def start_control_plane(self, listen: str = "127.0.0.1:0", *, extra_args: Sequence[str] = ()) -> str:
+    def start_control_plane(
+        self, listen: str = "127.0.0.1:0", *, extra_args: Sequence[str] = (), launcher: Sequence[str] = ("-m", "control_plane.main")
+    ) -> str:
+        """Start the control plane (`python LAUNCHER... FLAGS`) and wait for its endpoint file."""
         data = self.root / "cp"
         data.mkdir(parents=True, exist_ok=True)
         endpoint = data / "endpoint"
         endpoint.unlink(missing_ok=True)
         self.cp = Proc(
             "control-plane",
-            [sys.executable, "-m", "control_plane.main", "--listen", listen, "--data-dir", str(data),
+            [sys.executable, *launcher, "--listen", listen, "--data-dir", str(data),
              "--heartbeat-interval", str(self.heartbeat), "--node-timeout", str(self.node_timeout),
              "--recovery-grace", str(self.recovery_grace),
              *([] if self.auth else ["--auth", "off"]), *self.cp_args, *extra_args],

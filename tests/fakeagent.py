@@ -20,8 +20,8 @@ import threading
 from collections.abc import Iterator
 
 import grpc
-
 from cluster import authed_channel, wait_until
+
 from modelfleet.v1 import agent_pb2, agent_pb2_grpc, common_pb2
 
 

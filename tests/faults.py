@@ -32,11 +32,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+from cluster import Cluster, authed_channel, wait_until, worker_processes
 
-from cluster import Cluster, Proc, authed_channel, wait_until, worker_processes
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, worker_pb2, worker_pb2_grpc
+from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from modelfleet.v1 import deployments_pb2 as dpb
 
 STARTED = common_pb2.ROUTING_STATE_STARTED
 NOT_ROUTED = "node is not responding; not routed to"

@@ -568,7 +568,9 @@ def test_hung_worker_fails_health_checks_and_stop_escalates_to_sigkill(tmp_path:
             await asyncio.sleep(0.02)
 
     async def scenario() -> None:
-        changed = lambda h: reasons.append((h.state, h.reason))
+        def changed(h: WorkerHandle) -> None:
+            reasons.append((h.state, h.reason))
+
         handle = WorkerHandle(spec("add-0", "add", sha), config=config, fetch_model=fetch, on_change=changed)
         handle.start()
         await until("STARTED", lambda: handle.state is WorkerState.STARTED)

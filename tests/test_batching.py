@@ -19,16 +19,16 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import modelbuild as mb
 import numpy as np
 import pytest
+from workerproc import start_worker
 
-import modelbuild as mb
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from node_agent.worker.errors import DeadlineExceeded, QueueFull
 from node_agent.worker.stats import Stats
 from node_agent.worker.workqueue import Batching, WorkQueue
-from workerproc import start_worker
 
 LONG_DELAY_US = 30_000_000  # batches in these tests go when full, never by the delay
 

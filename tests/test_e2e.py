@@ -16,13 +16,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from cluster import ROOT, wait_until
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-
-from cluster import ROOT, wait_until
 from modelbuild import onnx_add
-from modelfleet.demo import DEMO_INPUT, expected_output
 from test_integration import worker_pids
+
+from modelfleet.demo import DEMO_INPUT, expected_output
 
 
 class Up:

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from test_reconciler import RUNNING, STOPPED, Clock, World
 
-from control_plane.nodes.agents import AgentStreams
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.gateway.service import never_accepted
+from control_plane.nodes.agents import AgentStreams
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2
 from node_agent.exits import exit_outcome
-from test_reconciler import RUNNING, STOPPED, Clock, World
 
 S = common_pb2
 

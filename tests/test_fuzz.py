@@ -32,20 +32,21 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import modelbuild as mb
 import pytest
+from cluster import Cluster, authed_channel
+from fakeagent import FakeAgent
+from fuzzing import Vocabulary, infer_request, request_strategy
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-
-import modelbuild as mb
-from cluster import Cluster, authed_channel
-from fakeagent import FakeAgent
-from fuzzing import Vocabulary, infer_request, request_strategy
-from modelfleet.v1 import auth_pb2, auth_pb2_grpc, common_pb2, deployments_pb2 as dpb, models_pb2, nodes_pb2
-from node_agent.worker.server import CONTROL_SERVICE, HEALTH_SERVICE, INFERENCE_SERVICE
 from rpcs import served_services
 from workerproc import start_worker
+
+from modelfleet.v1 import auth_pb2, auth_pb2_grpc, common_pb2, models_pb2, nodes_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
+from node_agent.worker.server import CONTROL_SERVICE, HEALTH_SERVICE, INFERENCE_SERVICE
 
 TOTAL = int(os.environ.get("MODELFLEET_FUZZ_EXAMPLES", "10000"))
 POOL = descriptor_pool.Default()

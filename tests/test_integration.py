@@ -21,12 +21,13 @@ import grpc
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from cluster import ROOT, Cluster, authed_channel, wait_until, worker_processes
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
+
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, models_pb2
+from modelfleet.v1 import common_pb2, models_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 
 STARTED = common_pb2.ROUTING_STATE_STARTED
 FAILED = common_pb2.ROUTING_STATE_FAILED

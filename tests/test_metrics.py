@@ -25,10 +25,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from cluster import ROOT, Cluster, wait_until
 from modelbuild import onnx_add
+from prometheus_client.parser import text_string_to_metric_families
+
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
 from modelfleet.v1 import common_pb2, deployments_pb2

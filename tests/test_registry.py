@@ -23,7 +23,6 @@ from typing import Any
 
 import pytest
 
-from control_plane.models.blobs import BlobStore
 from control_plane.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -31,6 +30,7 @@ from control_plane.errors import (
     NotFound,
     ResourceExhausted,
 )
+from control_plane.models.blobs import BlobStore
 from control_plane.models.registry import ModelRegistry
 from control_plane.store.sqlite import SqliteStore
 from modelfleet.v1 import common_pb2, models_pb2

@@ -31,12 +31,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from cluster import Cluster, wait_until, worker_processes
 from faults import Load, call, node_workers, restart_control_plane, worker_stats
 from figures import record
 from modelbuild import onnx_add, onnx_slow, torchscript_add
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, nodes_pb2
+
+from modelfleet.v1 import common_pb2, nodes_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 
 S = common_pb2
 H, T, D = 0.2, 1.0, 2.0

@@ -28,15 +28,15 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
-
 from cluster import ROOT, Cluster, wait_until, worker_processes
 from faults import NOT_ROUTED, Load, Sampler, Watcher, call, kill_node, node_workers, worker_stats
 from figures import record
 from modelbuild import onnx_add, onnx_slow
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, nodes_pb2
+
+from modelfleet.v1 import common_pb2, nodes_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 
 S = common_pb2
 H, T, D = 0.2, 1.0, 2.0

@@ -28,13 +28,14 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-
 from cluster import Cluster, authed_channel, wait_until, worker_processes
 from faults import Load, infer_once, restart_control_plane
 from figures import record
 from modelbuild import onnx_add
+
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, deployments_pb2_grpc, nodes_pb2, nodes_pb2_grpc
+from modelfleet.v1 import common_pb2, deployments_pb2_grpc, nodes_pb2, nodes_pb2_grpc
+from modelfleet.v1 import deployments_pb2 as dpb
 
 S = common_pb2
 T = 1.0

@@ -34,12 +34,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-
 from cluster import Cluster, wait_until, worker_processes
 from faults import Watcher, call, worker_stats
 from figures import record
 from modelbuild import corrupt_file, onnx_add, onnx_slow, onnx_warmup_fails, torchscript_add
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb
+
+from modelfleet.v1 import common_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 from node_agent.allocations import Allocations
 from node_agent.procs import cmdline
 from node_agent.supervisor import SupervisorConfig

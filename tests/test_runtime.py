@@ -12,10 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import modelbuild as mb
 import numpy as np
 import pytest
 
-import modelbuild as mb
 from node_agent.runtime import ExecutionError, LoadError, TensorSpec, load_runtime, parse_specs_json
 from node_agent.runtime.dtypes import V2_DATATYPES, element_size, numpy_dtype, v2_datatype, wire_array
 

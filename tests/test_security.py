@@ -33,16 +33,16 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from cluster import ROOT, Cluster, authed_channel, wait_until
+from fakeagent import FakeAgent
 from google.protobuf import descriptor_pb2, field_mask_pb2, message_factory
 from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-from cluster import ROOT, Cluster, authed_channel, wait_until
-from fakeagent import FakeAgent
-from rpcs import full_name, methods_of, served_services
 from modelbuild import onnx_add
-from control_plane.auth.access import METHOD_ACCESS, ROLES, AccessInterceptor, Principal
+from rpcs import full_name, methods_of, served_services
+
 from control_plane.api.server import ErrorMappingInterceptor
+from control_plane.auth.access import METHOD_ACCESS, ROLES, AccessInterceptor, Principal
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
 from modelfleet.v1 import (
@@ -50,11 +50,13 @@ from modelfleet.v1 import (
     auth_pb2,
     auth_pb2_grpc,
     common_pb2,
-    deployments_pb2 as dpb,
     models_pb2,
     nodes_pb2,
     worker_pb2,
     worker_pb2_grpc,
+)
+from modelfleet.v1 import (
+    deployments_pb2 as dpb,
 )
 from node_agent.worker.access import WORKER_ACCESS
 from node_agent.worker.server import CONTROL_SERVICE, HEALTH_SERVICE, INFERENCE_SERVICE

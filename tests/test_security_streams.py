@@ -18,10 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
-
 from cluster import Cluster, authed_channel
 from fakeagent import FakeAgent
 from modelbuild import onnx_add
+
 from control_plane.auth.access import AccessInterceptor, OpenCalls, Principal
 from control_plane.errors import Unauthenticated
 from modelfleet.v1 import auth_pb2, auth_pb2_grpc, common_pb2

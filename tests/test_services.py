@@ -1,4 +1,4 @@
-"""Real-time services through real processes (issue 3): variants with traffic
+"""Real-time services through real processes: variants with traffic
 weights, the gated launch from v1 to v2 under load, the traffic limit,
 auto stop with a clock the test moves, the per-user quota, resources and
 pools, GPUs and env reaching the worker, dry runs, statuses and events.
@@ -25,15 +25,18 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import field_mask_pb2
-
 from cluster import ROOT, Cluster, authed_channel, wait_until, worker_processes
+from google.protobuf import field_mask_pb2
 from modelbuild import onnx_add, onnx_slow, onnx_warmup_fails
+
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, deployments_pb2_grpc as dpb_grpc, nodes_pb2
+from modelfleet.v1 import common_pb2, nodes_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
+from modelfleet.v1 import deployments_pb2_grpc as dpb_grpc
 
 LOADGEN = ROOT / "tests" / "tools" / "loadgen.py"
+CLOCK_CP = ROOT / "tests" / "tools" / "clock_control_plane.py"  # a control plane whose clock the test moves
 STARTED = common_pb2.ROUTING_STATE_STARTED
 V1, V2 = "2", "11"  # first output element for an input of ones
 SECRET = "s3cr3t-value-never-logged"
@@ -49,7 +52,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     c.clock_file = root / "clock-offset"  # type: ignore[attr-defined]
     _ROOT[:] = [str(root.resolve()).encode()]
     try:
-        c.start_control_plane(extra_args=("--test-clock-offset-file", str(c.clock_file)))  # type: ignore[attr-defined]
+        c.start_control_plane(launcher=(str(CLOCK_CP), str(c.clock_file)))  # type: ignore[attr-defined]
         _TOKEN[:] = [c.token]
         c.start_agent("node-a", cpus=16, labels={"pool": "blue"})
         c.start_agent("node-b", cpus=16, labels={"pool": "green"}, gpus=2)
@@ -149,7 +152,7 @@ class Load:
     def finish(self, timeout: float = 120, *, now: bool = True) -> dict:  # type: ignore[type-arg]
         if now:
             self.until.touch()
-        stdout, stderr = self.proc.communicate(timeout=timeout)
+        _stdout, stderr = self.proc.communicate(timeout=timeout)
         assert self.proc.returncode == 0, stderr
         return json.loads(self.out.read_text())
 

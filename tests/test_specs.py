@@ -7,7 +7,8 @@ from google.protobuf import field_mask_pb2
 
 from control_plane import errors
 from control_plane.deployments.specs import SpecRules
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, models_pb2
+from modelfleet.v1 import common_pb2, models_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 
 MODELS = {("m", 1), ("m", 2), ("n", 1)}
 

@@ -17,11 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from storerecords import KINDS, StoreFactory, allocation, api_key, deployment, event_log, model, node, request
 
 from control_plane.store import MemoryStore, SqliteStore, Store, open_store
 from control_plane.store.cached import CachedStore
 from modelfleet.v1 import models_pb2
-from storerecords import KINDS, StoreFactory, allocation, api_key, deployment, event_log, model, node, request
 
 
 # ---- the contract -----------------------------------------------------------------

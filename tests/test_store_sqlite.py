@@ -21,12 +21,12 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
+from storerecords import StoreFactory, allocation, deployment, model, node, request
+from test_store import StoreContract
 
 from control_plane.errors import DataLoss
 from control_plane.store import SchemaVersionError, SqliteStore
 from control_plane.store import sqlite as sqlite_mod
-from storerecords import StoreFactory, allocation, deployment, model, node, request
-from test_store import StoreContract
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 WRITER = REPO_ROOT / "tests" / "tools" / "store_crash_writer.py"

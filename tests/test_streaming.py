@@ -22,9 +22,9 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-
 from cluster import ROOT, Cluster, authed_channel
 from modelbuild import ADD_CONSTANT, onnx_add
+
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.streams import answer_concurrently

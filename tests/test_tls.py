@@ -19,14 +19,15 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from certs import make_pki
 from cluster import ROOT, Cluster, authed_channel
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from modelbuild import onnx_add
+
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
-from modelfleet.v1 import auth_pb2, auth_pb2_grpc, deployments_pb2 as dpb
+from modelfleet.v1 import auth_pb2, auth_pb2_grpc
+from modelfleet.v1 import deployments_pb2 as dpb
 
 
 def _credentials(ca: Path, pair: object = None) -> grpc.ChannelCredentials:

@@ -28,14 +28,15 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import modelbuild as mb
 import numpy as np
 import pytest
-
-import modelbuild as mb
 from cluster import Cluster, authed_channel, wait_until
+
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
-from modelfleet.v1 import common_pb2, deployments_pb2 as dpb, models_pb2
+from modelfleet.v1 import common_pb2, models_pb2
+from modelfleet.v1 import deployments_pb2 as dpb
 
 CP_LIMIT = 1 << 20  # the control plane's --max-message-bytes
 WORKER_LIMIT = 256 << 10  # the agent's --worker-max-message-bytes

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import modelbuild as mb
 import numpy as np
 import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from workerproc import WorkerProcess, spawn_worker, start_worker
 
-import modelbuild as mb
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.v1 import worker_pb2, worker_pb2_grpc
@@ -33,7 +34,6 @@ from node_agent.worker.codec import decode_infer_request, deserialize_bytes, ser
 from node_agent.worker.errors import DeadlineExceeded, InvalidArgument, QueueFull, Unavailable
 from node_agent.worker.stats import Stats
 from node_agent.worker.workqueue import WorkQueue
-from workerproc import WorkerProcess, spawn_worker, start_worker
 
 NUMPY = {"FP32": np.float32, "FP64": np.float64, "INT64": np.int64, "INT32": np.int32}
 V2 = {np.dtype(v): k for k, v in NUMPY.items()}
@@ -444,10 +444,21 @@ def test_codec_bytes_and_typed_contents() -> None:
     assert decoded.outputs == ("o",) and decoded.id == "req-1"
 
 
+def run_jobs(jobs: list[Callable[[], Any]]) -> list[Any]:
+    """A WorkQueue run_batch whose items are plain callables (no key: each runs alone)."""
+    outcomes: list[Any] = []
+    for job in jobs:
+        try:
+            outcomes.append(job())
+        except Exception as exc:  # handed back as the call's error
+            outcomes.append(exc)
+    return outcomes
+
+
 def test_queue_bounds_expiry_cancel_and_abandon_in_process() -> None:
     async def scenario() -> None:
         stats = Stats()
-        queue = WorkQueue(threads=1, capacity=1, stats=stats, loop=asyncio.get_running_loop())
+        queue = WorkQueue(threads=1, capacity=1, stats=stats, loop=asyncio.get_running_loop(), run_batch=run_jobs)
         queue.start()
         ran: list[str] = []
 
@@ -461,19 +472,19 @@ def test_queue_bounds_expiry_cancel_and_abandon_in_process() -> None:
 
         # bounds: one running + one waiting; the third is refused at once
         gate = threading.Event()
-        first = asyncio.ensure_future(queue.run(blocked(gate, "first"), deadline=None))
-        expired = asyncio.ensure_future(queue.run(lambda: ran.append("expired"), deadline=time.monotonic() - 1))
+        first = asyncio.ensure_future(queue.submit(blocked(gate, "first"), deadline=None))
+        expired = asyncio.ensure_future(queue.submit(lambda: ran.append("expired"), deadline=time.monotonic() - 1))
         await asyncio.sleep(0)  # let both tasks reach the queue
         with pytest.raises(QueueFull, match=r"^queue is full \(capacity 1\)$"):
-            await queue.run(lambda: ran.append("third"), deadline=None)
+            await queue.submit(lambda: ran.append("third"), deadline=None)
         gate.set()
         assert await first == "first"
         with pytest.raises(DeadlineExceeded):
             await expired  # taken by the thread after its deadline: never run
         # a cancelled waiting call leaves the queue at once
         gate = threading.Event()
-        first = asyncio.ensure_future(queue.run(blocked(gate, "second"), deadline=None))
-        waiting = asyncio.ensure_future(queue.run(lambda: ran.append("cancelled"), deadline=None))
+        first = asyncio.ensure_future(queue.submit(blocked(gate, "second"), deadline=None))
+        waiting = asyncio.ensure_future(queue.submit(lambda: ran.append("cancelled"), deadline=None))
         await asyncio.sleep(0)
         assert queue.pending == 2
         waiting.cancel()
@@ -484,12 +495,12 @@ def test_queue_bounds_expiry_cancel_and_abandon_in_process() -> None:
         assert await first == "second"
         # drain: stop admitting, give up on what still waits
         gate = threading.Event()
-        first = asyncio.ensure_future(queue.run(blocked(gate, "third"), deadline=None))
-        waiting = asyncio.ensure_future(queue.run(lambda: ran.append("abandoned"), deadline=None))
+        first = asyncio.ensure_future(queue.submit(blocked(gate, "third"), deadline=None))
+        waiting = asyncio.ensure_future(queue.submit(lambda: ran.append("abandoned"), deadline=None))
         await asyncio.sleep(0)
         queue.stop_admitting()
         with pytest.raises(Unavailable, match="worker is draining"):
-            await queue.run(lambda: None, deadline=None)
+            await queue.submit(lambda: None, deadline=None)
         assert not await queue.wait_idle(0.05)
         assert queue.abandon_queued(Unavailable("gave up")) == 1
         with pytest.raises(Unavailable, match="gave up"):

@@ -8,6 +8,7 @@ the logic lives in registry, deployments, agents, keys and gateway.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
 
 import grpc
 
@@ -29,7 +30,7 @@ from modelfleet.v1 import (
     nodes_pb2_grpc,
 )
 
-Ctx = grpc.aio.ServicerContext
+Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]
 
 __all__ = [
     "AgentControlServicer", "AuthServicer", "DeploymentsServicer", "ModelRegistryServicer", "NodesServicer", "caller",

@@ -34,7 +34,7 @@ _Details = collections.namedtuple(
 )
 
 
-class _CallDetails(_Details, grpc.ClientCallDetails):  # type: ignore[misc]
+class _CallDetails(_Details, grpc.ClientCallDetails):
     """A concrete ClientCallDetails (grpc only ships the abstract class)."""
 
 

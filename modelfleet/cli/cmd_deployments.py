@@ -38,7 +38,13 @@ _COUNT = arg_type(positive_int, "count")
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
     dep = sub.add_parser("deployments", help="start, stop and inspect deployments", parents=parents)
     dsub = dep.add_subparsers(dest="action", metavar="ACTION", required=True)
+    _register_start(dsub, parents)
+    _register_update(dsub, parents)
+    _register_lifecycle(dsub, parents)
+    _register_inspect(dsub, parents)
 
+
+def _register_start(dsub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
     start = dsub.add_parser(
         "start", help="start a deployment of a model (or restart a stopped one)", parents=parents,
         description="Start MODEL, or several model versions with --variant MODEL[:VERSION]=WEIGHT (repeatable), "
@@ -55,6 +61,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     start.add_argument("--timeout", type=_DURATION, metavar="DURATION", help="wait_for timeout (server default 20s)")
     start.set_defaults(func=start_deployment)
 
+
+def _register_update(dsub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
     update = dsub.add_parser(
         "update", help="change a deployment (gated launch: make-before-break)", parents=parents,
         description="Change weights (--variant, the complete new list), add or remove variants, threads, queue, "
@@ -68,6 +76,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     update.add_argument("--timeout", type=_DURATION, metavar="DURATION", help="with --wait-for (server default 20s)")
     update.set_defaults(func=update_deployment)
 
+
+def _register_lifecycle(dsub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
+    """events, stop, delete."""
     events = dsub.add_parser("events", help="routing-state transitions, status and spec changes", parents=parents)
     events.add_argument("deployment_id", metavar="ID")
     events.add_argument("--after", type=int, default=0, metavar="SEQ", help="only events after this sequence number")
@@ -84,6 +95,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     delete.add_argument("deployment_id", metavar="ID")
     delete.set_defaults(func=delete_deployment)
 
+
+def _register_inspect(dsub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
+    """list, get, stats, watch."""
     dsub.add_parser("list", help="list deployments", parents=parents).set_defaults(func=list_deployments)
 
     get = dsub.add_parser("get", help="show a deployment and its allocations", parents=parents)
@@ -135,7 +149,7 @@ def add_batching(req: deployments_pb2.StartDeploymentRequest, args: argparse.Nam
         as_variant(req)
     for variant in req.variants:
         variant.max_batch_size = args.max_batch_size or 0
-        variant.max_queue_delay_us = int(round((args.max_queue_delay or 0.0) * 1e6))
+        variant.max_queue_delay_us = round((args.max_queue_delay or 0.0) * 1e6)
 
 
 def start_deployment(args: argparse.Namespace, client: Client) -> int:

@@ -60,7 +60,7 @@ def timestamp(ts: Timestamp, empty: str = "-") -> str:
     """RFC 3339 UTC ("2024-05-01T12:00:00.123Z"), or `empty` when unset."""
     if ts.seconds == 0 and ts.nanos == 0:
         return empty
-    return ts.ToJsonString()
+    return str(ts.ToJsonString())
 
 
 def size(n: int) -> str:
@@ -118,7 +118,7 @@ def dumps(data: Any) -> str:
 
 def proto_json(message: Message, *, indent: int | None = 2) -> str:
     """The proto as JSON, field names as in the .proto file."""
-    return json_format.MessageToJson(message, preserving_proto_field_name=True, indent=indent)
+    return str(json_format.MessageToJson(message, preserving_proto_field_name=True, indent=indent))
 
 
 def print_proto(message: Message, out: TextIO | None = None) -> None:

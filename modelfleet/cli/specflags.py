@@ -29,7 +29,7 @@ DEPLOYMENT_WIDE = ("description", "traffic_limit_qps")
 
 def duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
-    d.FromNanoseconds(int(round(seconds * 1e9)))
+    d.FromNanoseconds(round(seconds * 1e9))
     return d
 
 

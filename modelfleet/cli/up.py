@@ -43,11 +43,12 @@ import numpy as np
 from modelfleet import demo
 from modelfleet.cli import render
 from modelfleet.cli.client import Client, format_rpc_error
+from modelfleet.cli.cmd_deployments import reached
 from modelfleet.cli.cmd_infer import infer
-from modelfleet.cli.cmd_deployments import duration, reached
 from modelfleet.cli.cmd_models import file_digest, upload_file
 from modelfleet.cli.errors import CliError
 from modelfleet.cli.parsing import arg_type, parse_duration, positive_int
+from modelfleet.cli.specflags import duration
 from modelfleet.cli.supervisor import Child, ChildDied, check_alive, stop_group, wait_for_file
 from modelfleet.cli.tensors import to_list
 from modelfleet.v1 import common_pb2, deployments_pb2, models_pb2, nodes_pb2
@@ -82,7 +83,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
 def parse_endpoint(text: str) -> str:
     """Validate the endpoint file's `HOST:PORT` and return it stripped."""
     value = text.strip()
-    host, sep, port = value.rpartition(":")
+    _host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError(f"endpoint file holds {value!r}, not HOST:PORT")
     return value

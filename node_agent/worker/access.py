@@ -170,5 +170,5 @@ def _refusing(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.RpcMetho
 
     for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
         if getattr(handler, kind):
-            return handler._replace(**{kind: refuse})  # type: ignore[attr-defined,no-any-return]
+            return handler._replace(**{kind: refuse})
     return handler

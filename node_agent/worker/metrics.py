@@ -39,7 +39,7 @@ _LABELS = ["deployment", "variant"]
 
 
 def _bound(value: float) -> str:
-    return floatToGoString(value)  # "2.0", "5e-05": the labels prometheus_client's own histograms use
+    return str(floatToGoString(value))  # "2.0", "5e-05": the labels prometheus_client's own histograms use
 
 
 def _histogram(name: str, doc: str, snap: HistogramSnapshot, values: list[str]) -> HistogramMetricFamily:

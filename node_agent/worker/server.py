@@ -72,12 +72,12 @@ class ErrorMapping(grpc.aio.ServerInterceptor):
 
     def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         report = self._on_infer_status if method == INFER_METHOD else None
-        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))  # type: ignore[attr-defined]
+        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer))
         for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
             inner = getattr(handler, kind)
             if inner is not None:
                 mapped = _mapped(inner, method, streamed_requests=kind.startswith("stream"), report=report)
-                return safe._replace(**{kind: mapped})  # type: ignore[no-any-return]
+                return safe._replace(**{kind: mapped})
         return handler
 
 

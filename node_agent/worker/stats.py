@@ -43,7 +43,7 @@ class HistogramSnapshot:
 
 
 class _Histogram:
-    __slots__ = ("bounds", "counts", "total", "count")
+    __slots__ = ("bounds", "count", "counts", "total")
 
     def __init__(self, bounds: Sequence[float]) -> None:
         self.bounds = tuple(bounds)

@@ -101,19 +101,17 @@ BatchRunner = Callable[[list[Any]], list[Any]]
 class _Call(Generic[T]):
     """One admitted call. Hashes by identity (it keys the FIFO)."""
 
-    __slots__ = ("job", "item", "key", "rows", "queued_at", "deadline", "future", "state")
+    __slots__ = ("deadline", "future", "item", "key", "queued_at", "rows", "state")
 
     def __init__(
         self,
-        job: Callable[[], T] | None,
+        item: Any,
         deadline: float | None,
         future: asyncio.Future[T],
         *,
-        item: Any = None,
         key: Any = None,
         rows: int = 1,
     ) -> None:
-        self.job = job  # a plain job (run()); None for an item of submit()
         self.item = item
         self.key = key  # batch key; None = never batched
         self.rows = rows
@@ -172,20 +170,6 @@ class WorkQueue:
             worker.start()
 
     # ---- the asyncio side ----------------------------------------------
-    async def run(self, job: Callable[[], T], *, deadline: float | None) -> T:
-        """Admit `job`, wait for a model thread to run it (alone), return its result.
-
-        Args:
-            job: runs on a model thread; its exception is re-raised here.
-            deadline: `time.monotonic()` after which it must not start.
-
-        Raises:
-            QueueFull: model_threads running and capacity waiting already.
-            Unavailable: the queue stopped admitting (draining).
-            DeadlineExceeded: the deadline passed before it could start.
-        """
-        return await self._admit(_Call(job, deadline, self._loop.create_future()))
-
     def try_inline(self, item: Any) -> tuple[bool, Any]:
         """Run `item` through `run_batch` on the calling thread (the event loop)
         when nothing waits and a model thread slot is free; it counts as running
@@ -225,11 +209,14 @@ class WorkQueue:
             rows: this call's share of `max_batch_size`.
 
         Raises:
-            As `run`, and whatever `run_batch` reported for this item.
+            QueueFull: model_threads running and capacity waiting already.
+            Unavailable: the queue stopped admitting (draining).
+            DeadlineExceeded: the deadline passed before it could start.
+            Whatever `run_batch` reported for this item.
         """
         if self._run_batch is None:
             raise RuntimeError("submit() needs a WorkQueue built with run_batch")
-        call: _Call[Any] = _Call(None, deadline, self._loop.create_future(), item=item, key=key, rows=rows)
+        call: _Call[Any] = _Call(item, deadline, self._loop.create_future(), key=key, rows=rows)
         return await self._admit(call)
 
     async def _admit(self, call: _Call[T]) -> T:
@@ -258,7 +245,7 @@ class WorkQueue:
     def _should_wake(self, call: _Call[Any]) -> bool:
         """Caller holds the lock. Wake a model thread for a new call unless one is
         already waiting for its batch to fill and the call cannot have filled it
-        (the profile showed a wake-up per call, each taking the GIL, at c=64)."""
+        (a wake-up per call costs a GIL hand-off each, which dominates at 64 concurrent calls)."""
         batching = self.batching
         if batching is None or call.key is None or not self._filling:
             return True
@@ -301,7 +288,7 @@ class WorkQueue:
             return self._completed
 
     def stop_admitting(self) -> None:
-        """From now on `run` raises Unavailable("worker is draining")."""
+        """From now on `submit` raises Unavailable("worker is draining")."""
         with self._cond:
             self._admitting = False
             self._cond.notify_all()  # a batch waiting for more calls goes at once
@@ -360,13 +347,7 @@ class WorkQueue:
             self._resolve_all([(call.future, result, error) for call, (result, error) in zip(batch, outcomes, strict=True)])
 
     def _execute(self, batch: list[_Call[Any]]) -> list[tuple[Any, BaseException | None]]:
-        """Run one plain job or one batch of items; one (result, error) per call."""
-        first = batch[0]
-        if first.job is not None:
-            try:
-                return [(first.job(), None)]
-            except BaseException as exc:  # delivered to the awaiting handler
-                return [(None, exc)]
+        """Run one batch of items (maybe of one); one (result, error) per call."""
         assert self._run_batch is not None
         try:
             results = self._run_batch([call.item for call in batch])

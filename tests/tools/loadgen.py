@@ -39,7 +39,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from modelfleet.inference import grpc_service_pb2 as v2  # noqa: E402
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc  # noqa: E402
 
-
 METADATA: list[tuple[str, str]] = []  # the API key, as call metadata
 
 
