@@ -34,8 +34,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -149,7 +150,27 @@ class SimAgent:
             await self._write(call, agent_pb2.AgentMessage(heartbeat=agent_pb2.Heartbeat(applied_generation=self.generation)))
 
 
-async def run(args: argparse.Namespace) -> dict[str, Any]:
+@dataclass
+class Bench:
+    """The handles one run shares across its phases; `shutdown` releases them."""
+
+    args: argparse.Namespace
+    workdir: Path
+    cp: subprocess.Popen[bytes]
+    log: IO[bytes]
+    report: dict[str, Any]
+    address: str = ""
+    metrics: str = ""
+    agents: list[SimAgent] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+
+
+# a ListDeployments of 1,000 deployments (about 40 MB) is far over gRPC's 4 MiB receive default
+BIG = [("grpc.max_receive_message_length", 1 << 30)]
+
+
+def launch(args: argparse.Namespace) -> Bench:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="modelfleet-scale-"))
     shutil.rmtree(workdir / "cp", ignore_errors=True)
     (workdir / "cp").mkdir(parents=True)
@@ -164,134 +185,180 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     )  # fmt: skip
     report: dict[str, Any] = {"nodes": args.nodes, "deployments": args.deployments, "cores": os.cpu_count(),
                               "load_avg_start": os.getloadavg()[0]}  # fmt: skip
-    tasks: list[asyncio.Task[None]] = []
-    channels: list[grpc.aio.Channel] = []
+    return Bench(args=args, workdir=workdir, cp=cp, log=log, report=report)
+
+
+async def wait_endpoints(bench: Bench) -> dict[str, float]:
+    """Waits for the control plane's endpoint files; returns its CPU and RSS at that point."""
+    cp_dir = bench.workdir / "cp"
+    for _ in range(600):
+        if (cp_dir / "metrics_endpoint").exists() and (cp_dir / "endpoint").exists():
+            break
+        if bench.cp.poll() is not None:
+            raise SystemExit(f"control plane exited; see {bench.workdir / 'control-plane.log'}")
+        await asyncio.sleep(0.05)
+    bench.address = (cp_dir / "endpoint").read_text().strip()
+    bench.metrics = (cp_dir / "metrics_endpoint").read_text().strip()
+    return proc_stats(bench.cp.pid)
+
+
+async def connect_agents(bench: Bench, base: dict[str, float]) -> None:
+    args, report = bench.args, bench.report
+    bench.channels = [grpc.aio.insecure_channel(bench.address) for _ in range(max(1, args.nodes // 50))]
+    bench.agents = [SimAgent(i, bench.channels[i % len(bench.channels)], cpus=args.node_cpus) for i in range(args.nodes)]
+    t0 = time.perf_counter()
+    bench.tasks = [asyncio.create_task(a.run()) for a in bench.agents]
+    await asyncio.gather(*(a.welcomed.wait() for a in bench.agents))
+    while metric(scrape(bench.metrics), "modelfleet_connected_nodes") < args.nodes:
+        await asyncio.sleep(0.1)
+    report["connect_s"] = time.perf_counter() - t0
+    connected = proc_stats(bench.cp.pid)
+    report["connect_cpu_s"] = connected["cpu_s"] - base["cpu_s"]
+    print(f"{args.nodes} agents connected in {report['connect_s']:.2f} s "
+          f"(control plane CPU {report['connect_cpu_s']:.2f} s)", flush=True)  # fmt: skip
+
+
+async def upload_tiny(channel: grpc.aio.Channel, workdir: Path) -> None:
+    data = tiny_model(workdir / "tiny.onnx").read_bytes()
+
+    async def upload() -> Any:
+        yield models_pb2.UploadModelRequest(
+            metadata=models_pb2.UploadModelMetadata(model_id="tiny", format=common_pb2.MODEL_FORMAT_ONNX)
+        )
+        yield models_pb2.UploadModelRequest(chunk=data)
+
+    await models_pb2_grpc.ModelRegistryStub(channel).UploadModel(upload(), timeout=120)
+
+
+async def start_calls(bench: Bench, channel: grpc.aio.Channel) -> tuple[float, float]:
+    """`--deployments` StartDeployment calls, `--start-concurrency` in flight; returns
+    the perf_counter times of the first call and of the last answer."""
+    args, report = bench.args, bench.report
+    deployments = deployments_pb2_grpc.DeploymentsStub(channel)
+    gate = asyncio.Semaphore(args.start_concurrency)
+    latencies: list[float] = []
+
+    async def start(i: int) -> None:
+        request = deployments_pb2.StartDeploymentRequest(
+            model_id="tiny", deployment_id=f"dep-{i:05d}", instances=1,
+            wait_for=deployments_pb2.WAIT_FOR_STARTING,
+        )  # fmt: skip
+        async with gate:
+            s = time.perf_counter()
+            await deployments.StartDeployment(request, timeout=600)
+            latencies.append(time.perf_counter() - s)
+
+    t_start = time.perf_counter()
+    await asyncio.gather(*(start(i) for i in range(args.deployments)))
+    t_last = time.perf_counter()
+    report["start_calls_s"] = t_last - t_start
+    latencies.sort()
+    report["start_call_p50_ms"] = latencies[len(latencies) // 2] * 1e3
+    report["start_call_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1] * 1e3
+    print(f"{args.deployments} StartDeployment calls answered in {report['start_calls_s']:.2f} s "
+          f"(p50 {report['start_call_p50_ms']:.1f} ms, p99 {report['start_call_p99_ms']:.1f} ms)", flush=True)  # fmt: skip
+    return t_start, t_last
+
+
+async def wait_all_started(bench: Bench, *, t_start: float, t_last: float, before: dict[str, float]) -> None:
+    """Polls /metrics (the routing table's allocation counts) until every allocation is STARTED."""
+    args, report = bench.args, bench.report
+    while True:
+        samples = scrape(bench.metrics)
+        started = metric(samples, "modelfleet_allocations", routing_state="STARTED", desired="RUNNING")
+        if started >= args.deployments:
+            break
+        if time.perf_counter() - t_last > args.timeout:
+            raise SystemExit(f"only {started:.0f} of {args.deployments} started after {args.timeout:g} s")
+        await asyncio.sleep(0.1)
+    t_all = time.perf_counter()
+    after = proc_stats(bench.cp.pid)
+    report["all_started_after_last_call_s"] = t_all - t_last
+    report["all_started_after_first_call_s"] = t_all - t_start
+    report["start_phase_cpu_s"] = after["cpu_s"] - before["cpu_s"]
+    started_deployments = {
+        dict(labels)["deployment"]
+        for (name, labels), v in samples.items()
+        if name == "modelfleet_routing_state" and dict(labels).get("state") == "STARTED" and v == 1
+    }
+    report["deployments_with_a_started_route"] = len(started_deployments)
+
+
+async def start_deployments(bench: Bench) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Uploads the model, starts every deployment and waits until all are STARTED.
+    Returns the /metrics samples taken just before the first StartDeployment."""
+    async with grpc.aio.insecure_channel(bench.address, options=BIG) as channel:
+        await upload_tiny(channel, bench.workdir)
+        before = proc_stats(bench.cp.pid)
+        hist_before = scrape(bench.metrics)
+        t_start, t_last = await start_calls(bench, channel)
+        await wait_all_started(bench, t_start=t_start, t_last=t_last, before=before)
+    return hist_before
+
+
+async def steady_state(bench: Bench, hist_before: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> None:
+    """Heartbeats only for `--steady` seconds, then the reconcile histograms."""
+    report = bench.report
+    steady0 = proc_stats(bench.cp.pid)
+    await asyncio.sleep(bench.args.steady)
+    steady1 = proc_stats(bench.cp.pid)
+    report["steady_cpu_percent"] = (steady1["cpu_s"] - steady0["cpu_s"]) / bench.args.steady * 100
+    report["rss_mb"] = steady1["rss_mb"]
+    report["peak_rss_mb"] = steady1["peak_rss_mb"]
+    final = scrape(bench.metrics)
+    for scope in ("full", "scoped"):
+        count = metric(final, "modelfleet_reconcile_duration_seconds_count", scope=scope)
+        total = metric(final, "modelfleet_reconcile_duration_seconds_sum", scope=scope)
+        count0 = metric(hist_before, "modelfleet_reconcile_duration_seconds_count", scope=scope)
+        total0 = metric(hist_before, "modelfleet_reconcile_duration_seconds_sum", scope=scope)
+        report[f"reconcile_{scope}_ticks"] = count
+        report[f"reconcile_{scope}_mean_ms"] = total / count * 1e3 if count else 0.0
+        report[f"reconcile_{scope}_ticks_since_first_start"] = count - count0
+        report[f"reconcile_{scope}_seconds_since_first_start"] = total - total0
+    report["reports_sent"] = sum(a.reports for a in bench.agents)
+
+
+async def list_deployments(bench: Bench) -> None:
+    """One ListDeployments of everything, last: each view lists a reason for every node not chosen."""
+    report = bench.report
+    async with grpc.aio.insecure_channel(bench.address, options=BIG) as channel:
+        t = time.perf_counter()
+        listing = await deployments_pb2_grpc.DeploymentsStub(channel).ListDeployments(
+            deployments_pb2.ListDeploymentsRequest(), timeout=300
+        )
+        report["list_deployments_s"] = time.perf_counter() - t
+        report["list_deployments_mb"] = listing.ByteSize() / 1e6
+        routing = [e.routing_state for d in listing.deployments for a in d.allocations for e in a.routing_table.values()]
+        report["routing_entries_started"] = sum(r == common_pb2.ROUTING_STATE_STARTED for r in routing)
+    report["peak_rss_after_list_mb"] = proc_stats(bench.cp.pid)["peak_rss_mb"]
+
+
+async def shutdown(bench: Bench) -> None:
+    for task in bench.tasks:
+        task.cancel()
+    await asyncio.gather(*bench.tasks, return_exceptions=True)
+    for channel in bench.channels:
+        await channel.close()
+    bench.cp.terminate()
     try:
-        for _ in range(600):
-            if (workdir / "cp" / "metrics_endpoint").exists() and (workdir / "cp" / "endpoint").exists():
-                break
-            if cp.poll() is not None:
-                raise SystemExit(f"control plane exited; see {workdir / 'control-plane.log'}")
-            await asyncio.sleep(0.05)
-        address = (workdir / "cp" / "endpoint").read_text().strip()
-        metrics = (workdir / "cp" / "metrics_endpoint").read_text().strip()
-        base = proc_stats(cp.pid)
+        bench.cp.wait(30)
+    except subprocess.TimeoutExpired:
+        bench.cp.kill()
+    bench.log.close()
 
-        # ---- connect the agents
-        channels = [grpc.aio.insecure_channel(address) for _ in range(max(1, args.nodes // 50))]
-        agents = [SimAgent(i, channels[i % len(channels)], cpus=args.node_cpus) for i in range(args.nodes)]
-        t0 = time.perf_counter()
-        tasks = [asyncio.create_task(a.run()) for a in agents]
-        await asyncio.gather(*(a.welcomed.wait() for a in agents))
-        while metric(scrape(metrics), "modelfleet_connected_nodes") < args.nodes:
-            await asyncio.sleep(0.1)
-        report["connect_s"] = time.perf_counter() - t0
-        connected = proc_stats(cp.pid)
-        report["connect_cpu_s"] = connected["cpu_s"] - base["cpu_s"]
-        print(f"{args.nodes} agents connected in {report['connect_s']:.2f} s "
-              f"(control plane CPU {report['connect_cpu_s']:.2f} s)", flush=True)  # fmt: skip
 
-        # ---- start the deployments
-        big = [("grpc.max_receive_message_length", 1 << 30)]
-        async with grpc.aio.insecure_channel(address, options=big) as channel:
-            registry = models_pb2_grpc.ModelRegistryStub(channel)
-            deployments = deployments_pb2_grpc.DeploymentsStub(channel)
-            data = tiny_model(workdir / "tiny.onnx").read_bytes()
-
-            async def upload() -> Any:
-                yield models_pb2.UploadModelRequest(
-                    metadata=models_pb2.UploadModelMetadata(model_id="tiny", format=common_pb2.MODEL_FORMAT_ONNX)
-                )
-                yield models_pb2.UploadModelRequest(chunk=data)
-
-            await registry.UploadModel(upload(), timeout=120)
-            before = proc_stats(cp.pid)
-            hist_before = scrape(metrics)
-            gate = asyncio.Semaphore(args.start_concurrency)
-            latencies: list[float] = []
-
-            async def start(i: int) -> None:
-                request = deployments_pb2.StartDeploymentRequest(
-                    model_id="tiny", deployment_id=f"dep-{i:05d}", instances=1,
-                    wait_for=deployments_pb2.WAIT_FOR_STARTING,
-                )  # fmt: skip
-                async with gate:
-                    s = time.perf_counter()
-                    await deployments.StartDeployment(request, timeout=600)
-                    latencies.append(time.perf_counter() - s)
-
-            t_start = time.perf_counter()
-            await asyncio.gather(*(start(i) for i in range(args.deployments)))
-            t_last = time.perf_counter()
-            report["start_calls_s"] = t_last - t_start
-            latencies.sort()
-            report["start_call_p50_ms"] = latencies[len(latencies) // 2] * 1e3
-            report["start_call_p99_ms"] = latencies[int(len(latencies) * 0.99) - 1] * 1e3
-            print(f"{args.deployments} StartDeployment calls answered in {report['start_calls_s']:.2f} s "
-                  f"(p50 {report['start_call_p50_ms']:.1f} ms, p99 {report['start_call_p99_ms']:.1f} ms)", flush=True)  # fmt: skip
-            while True:
-                samples = scrape(metrics)
-                started = metric(samples, "modelfleet_allocations", routing_state="STARTED", desired="RUNNING")
-                if started >= args.deployments:
-                    break
-                if time.perf_counter() - t_last > args.timeout:
-                    raise SystemExit(f"only {started:.0f} of {args.deployments} started after {args.timeout:g} s")
-                await asyncio.sleep(0.1)
-            t_all = time.perf_counter()
-            after = proc_stats(cp.pid)
-            report["all_started_after_last_call_s"] = t_all - t_last
-            report["all_started_after_first_call_s"] = t_all - t_start
-            report["start_phase_cpu_s"] = after["cpu_s"] - before["cpu_s"]
-            started_deployments = {
-                dict(labels)["deployment"]
-                for (name, labels), v in samples.items()
-                if name == "modelfleet_routing_state" and dict(labels).get("state") == "STARTED" and v == 1
-            }
-            report["deployments_with_a_started_route"] = len(started_deployments)
-
-        # ---- steady state: heartbeats only
-        steady0 = proc_stats(cp.pid)
-        await asyncio.sleep(args.steady)
-        steady1 = proc_stats(cp.pid)
-        report["steady_cpu_percent"] = (steady1["cpu_s"] - steady0["cpu_s"]) / args.steady * 100
-        report["rss_mb"] = steady1["rss_mb"]
-        report["peak_rss_mb"] = steady1["peak_rss_mb"]
-        final = scrape(metrics)
-        for scope in ("full", "scoped"):
-            count = metric(final, "modelfleet_reconcile_duration_seconds_count", scope=scope)
-            total = metric(final, "modelfleet_reconcile_duration_seconds_sum", scope=scope)
-            count0 = metric(hist_before, "modelfleet_reconcile_duration_seconds_count", scope=scope)
-            total0 = metric(hist_before, "modelfleet_reconcile_duration_seconds_sum", scope=scope)
-            report[f"reconcile_{scope}_ticks"] = count
-            report[f"reconcile_{scope}_mean_ms"] = total / count * 1e3 if count else 0.0
-            report[f"reconcile_{scope}_ticks_since_first_start"] = count - count0
-            report[f"reconcile_{scope}_seconds_since_first_start"] = total - total0
-        report["reports_sent"] = sum(a.reports for a in agents)
-        # last: one ListDeployments of everything (each view lists a reason for every node not chosen)
-        async with grpc.aio.insecure_channel(address, options=big) as channel:
-            t = time.perf_counter()
-            listing = await deployments_pb2_grpc.DeploymentsStub(channel).ListDeployments(
-                deployments_pb2.ListDeploymentsRequest(), timeout=300
-            )
-            report["list_deployments_s"] = time.perf_counter() - t
-            report["list_deployments_mb"] = listing.ByteSize() / 1e6
-            routing = [e.routing_state for d in listing.deployments for a in d.allocations for e in a.routing_table.values()]
-            report["routing_entries_started"] = sum(r == common_pb2.ROUTING_STATE_STARTED for r in routing)
-        report["peak_rss_after_list_mb"] = proc_stats(cp.pid)["peak_rss_mb"]
-        report["load_avg_end"] = os.getloadavg()[0]
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    bench = launch(args)
+    try:
+        base = await wait_endpoints(bench)
+        await connect_agents(bench, base)
+        hist_before = await start_deployments(bench)
+        await steady_state(bench, hist_before)
+        await list_deployments(bench)
+        bench.report["load_avg_end"] = os.getloadavg()[0]
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for channel in channels:
-            await channel.close()
-        cp.terminate()
-        try:
-            cp.wait(30)
-        except subprocess.TimeoutExpired:
-            cp.kill()
-        log.close()
-    return report
+        await shutdown(bench)
+    return bench.report
 
 
 def main() -> int:

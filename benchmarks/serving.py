@@ -192,21 +192,66 @@ class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.StreamUnaryClientIntercepto
         return continuation(self._details(details), request_iterator)
 
 
+def _agent_key(channel: grpc.Channel, workdir: Path) -> Path:
+    """An API key with the agent role, in a file only its owner can read."""
+    from modelfleet.v1 import auth_pb2, auth_pb2_grpc
+
+    agent_key = auth_pb2_grpc.AuthStub(channel).CreateApiKey(
+        auth_pb2.CreateApiKeyRequest(roles=["agent"], name="benchmark agent"), timeout=30
+    ).token
+    key_file = workdir / "agent.key"
+    key_file.write_text(agent_key + "\n")
+    key_file.chmod(0o600)
+    return key_file
+
+
+def _upload(channel: grpc.Channel, *, name: str, path: Path) -> None:
+    from modelfleet.v1 import common_pb2, models_pb2, models_pb2_grpc
+
+    data = path.read_bytes()
+
+    def chunks() -> Iterator[models_pb2.UploadModelRequest]:
+        yield models_pb2.UploadModelRequest(
+            metadata=models_pb2.UploadModelMetadata(model_id=name, format=common_pb2.MODEL_FORMAT_ONNX)
+        )
+        for i in range(0, len(data), 1 << 20):
+            yield models_pb2.UploadModelRequest(chunk=data[i : i + (1 << 20)])
+
+    models_pb2_grpc.ModelRegistryStub(channel).UploadModel(chunks(), timeout=300)
+
+
+def _deploy(args: argparse.Namespace, channel: grpc.Channel, *, name: str, batched: bool) -> None:
+    """Starts `name` (or `name-batched`, dynamic batching on) and waits until it is STARTED."""
+    from modelfleet.v1 import deployments_pb2, deployments_pb2_grpc
+
+    variant = deployments_pb2.VariantSpec(
+        model_id=name, weight=100, inference_threads=args.inference_threads,
+        model_threads=args.model_threads, queue_capacity=1024,
+        max_batch_size=args.max_batch_size if batched else 0,
+        max_queue_delay_us=args.max_queue_delay_us if batched else 0,
+    )  # fmt: skip
+    request = deployments_pb2.StartDeploymentRequest(
+        deployment_id=f"{name}-batched" if batched else name, variants=[variant],
+        wait_for=deployments_pb2.WAIT_FOR_STARTED,
+    )  # fmt: skip
+    request.timeout.FromSeconds(300)
+    deployments = deployments_pb2_grpc.DeploymentsStub(channel)
+    deadline = time.monotonic() + 60
+    while True:  # the agent may not have registered yet
+        try:
+            deployments.StartDeployment(request, timeout=330)
+            return
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 @contextmanager
 def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path]) -> Iterator[tuple[str, str]]:
     """A control plane (authentication on, as in production) and one agent with
     its own key; every model deployed (and batched variants). Yields the
     gateway's address and the admin key the load generator presents."""
-    from modelfleet.v1 import (
-        auth_pb2,
-        auth_pb2_grpc,
-        common_pb2,
-        deployments_pb2,
-        deployments_pb2_grpc,
-        models_pb2,
-        models_pb2_grpc,
-    )  # fmt: skip
-
     procs = Procs(workdir)
     cp_dir = workdir / "cp"
     for stale in (cp_dir, workdir / "agent"):  # a fresh fleet every run
@@ -219,49 +264,14 @@ def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path
         token = wait_file(cp_dir / "admin.key", cp, what="control plane's admin key")
         plain = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 128 << 20)])
         with grpc.intercept_channel(plain, _Bearer(token)) as channel:
-            agent_key = auth_pb2_grpc.AuthStub(channel).CreateApiKey(
-                auth_pb2.CreateApiKeyRequest(roles=["agent"], name="benchmark agent"), timeout=30
-            ).token
-            key_file = workdir / "agent.key"
-            key_file.write_text(agent_key + "\n")
-            key_file.chmod(0o600)
+            key_file = _agent_key(channel, workdir)
             procs.start("agent", [sys.executable, "-m", "node_agent.main", "--control-plane", address, "--data-dir",
                                   str(workdir / "agent"), "--cpus", "64", "--token-file", str(key_file),
                                   "--log-level", "WARNING"])  # fmt: skip
-            registry = models_pb2_grpc.ModelRegistryStub(channel)
-            deployments = deployments_pb2_grpc.DeploymentsStub(channel)
             for name, path in model_paths.items():
-                data = path.read_bytes()
-
-                def chunks(name: str = name, data: bytes = data) -> Iterator[models_pb2.UploadModelRequest]:
-                    yield models_pb2.UploadModelRequest(
-                        metadata=models_pb2.UploadModelMetadata(model_id=name, format=common_pb2.MODEL_FORMAT_ONNX)
-                    )
-                    for i in range(0, len(data), 1 << 20):
-                        yield models_pb2.UploadModelRequest(chunk=data[i : i + (1 << 20)])
-
-                registry.UploadModel(chunks(), timeout=300)
+                _upload(channel, name=name, path=path)
                 for batched in (False, True):
-                    variant = deployments_pb2.VariantSpec(
-                        model_id=name, weight=100, inference_threads=args.inference_threads,
-                        model_threads=args.model_threads, queue_capacity=1024,
-                        max_batch_size=args.max_batch_size if batched else 0,
-                        max_queue_delay_us=args.max_queue_delay_us if batched else 0,
-                    )  # fmt: skip
-                    request = deployments_pb2.StartDeploymentRequest(
-                        deployment_id=f"{name}-batched" if batched else name, variants=[variant],
-                        wait_for=deployments_pb2.WAIT_FOR_STARTED,
-                    )  # fmt: skip
-                    request.timeout.FromSeconds(300)
-                    deadline = time.monotonic() + 60
-                    while True:  # the agent may not have registered yet
-                        try:
-                            deployments.StartDeployment(request, timeout=330)
-                            break
-                        except grpc.RpcError as exc:
-                            if exc.code() != grpc.StatusCode.RESOURCE_EXHAUSTED or time.monotonic() > deadline:
-                                raise
-                            time.sleep(0.2)
+                    _deploy(args, channel, name=name, batched=batched)
         yield address, token
     finally:
         procs.stop_all()
@@ -270,64 +280,82 @@ def cluster(args: argparse.Namespace, workdir: Path, model_paths: dict[str, Path
 # ---- the run ----------------------------------------------------------------------------
 
 
+def _record(results: list[dict[str, Any]], *, model: str, path: str, concurrency: int, result: dict[str, Any]) -> None:
+    row = {"model": model, "path": path, "concurrency": concurrency, **result, "load_avg": os.getloadavg()[0]}
+    results.append(row)
+    print(
+        f"  {model:5s} {path:16s} c={concurrency:<3d} {result['rps']:9.1f} req/s  p50 {result['p50_ms']:7.2f} ms"
+        f"  p99 {result['p99_ms']:7.2f} ms" + (f"  errors {result['errors']} ({result['first_error']})" if result["errors"] else ""),
+        flush=True,
+    )
+
+
+def _local_servers(
+    args: argparse.Namespace, servers: contextlib.ExitStack, *, model: str, path: Path, workdir: Path
+) -> dict[str, tuple[str, str]]:
+    """The reference server and direct workers one model's paths need, entered on
+    `servers`; returns path -> (address, model name)."""
+    paths = set(args.paths)
+    targets: dict[str, tuple[str, str]] = {}
+    for key in ("reference", "direct", "batched-direct"):
+        if key not in paths and not (key == "direct" and "stream-direct" in paths):
+            continue
+        logs = workdir / model / key
+        logs.mkdir(parents=True, exist_ok=True)
+        server = (
+            reference_server(args, path, logs)
+            if key == "reference"
+            else direct_worker(args, path, model, logs, batched=key == "batched-direct")
+        )
+        targets[key] = (servers.enter_context(server), model)
+    return targets
+
+
+def _measure_model(
+    args: argparse.Namespace, *, model: str, path: Path, targets: dict[str, tuple[str, str]], token: str,
+    results: list[dict[str, Any]],
+) -> None:  # fmt: skip
+    """Concurrency by concurrency, `--rounds` times, every selected path in turn."""
+    paths = set(args.paths)
+    for c in sorted(set(args.concurrency) | set(args.batched_concurrency)):
+        for round_ in range(args.rounds):
+            for key in PATHS:
+                batched = key.startswith("batched")
+                if key not in paths or c not in (args.batched_concurrency if batched else args.concurrency):
+                    continue
+                if key == "raw":
+                    result = loadgen(args, "raw", model, c, onnx=path, threads=args.inference_threads,
+                                     model_threads=args.model_threads)  # fmt: skip
+                else:
+                    address, name = targets[key.removeprefix("stream-")]
+                    auth = {"token": token} if key.endswith("gateway") else {}
+                    mode = "stream" if key.startswith("stream") else "grpc"
+                    result = loadgen(args, mode, model, c, target=address, model=name, **auth)
+                _record(results, model=model, path=key, concurrency=c, result=result | {"round": round_})
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="modelfleet-bench-"))
     workdir.mkdir(parents=True, exist_ok=True)
     model_paths = {name: models.build(name, workdir / "models") for name in args.models}
     results: list[dict[str, Any]] = []
     report: dict[str, Any] = {"machine_at_start": machine(), "config": vars(args) | {"workdir": str(workdir)}}
-
-    def record(model: str, path: str, concurrency: int, result: dict[str, Any]) -> None:
-        row = {"model": model, "path": path, "concurrency": concurrency, **result, "load_avg": os.getloadavg()[0]}
-        results.append(row)
-        print(
-            f"  {model:5s} {path:16s} c={concurrency:<3d} {result['rps']:9.1f} req/s  p50 {result['p50_ms']:7.2f} ms"
-            f"  p99 {result['p99_ms']:7.2f} ms" + (f"  errors {result['errors']} ({result['first_error']})" if result["errors"] else ""),
-            flush=True,
-        )
-
     print(machine_line(), flush=True)
-    paths = set(args.paths)
     with contextlib.ExitStack() as stack:
         # every server up first, then the paths interleaved point by point, so that the
         # ratios at one concurrency compare figures taken within seconds of each other
         gateway = None
         token = ""
-        if {"gateway", "stream-gateway", "batched-gateway"} & paths:
+        if {"gateway", "stream-gateway", "batched-gateway"} & set(args.paths):
             gateway, token = stack.enter_context(cluster(args, workdir, model_paths))
         for model in args.models:
             path = model_paths[model]
             with contextlib.ExitStack() as servers:
-                targets: dict[str, tuple[str, str]] = {}  # path -> (address, model name)
-                for key in ("reference", "direct", "batched-direct"):
-                    if key not in paths and not (key == "direct" and "stream-direct" in paths):
-                        continue
-                    logs = workdir / model / key
-                    logs.mkdir(parents=True, exist_ok=True)
-                    server = (
-                        reference_server(args, path, logs)
-                        if key == "reference"
-                        else direct_worker(args, path, model, logs, batched=key == "batched-direct")
-                    )
-                    targets[key] = (servers.enter_context(server), model)
+                targets = _local_servers(args, servers, model=model, path=path, workdir=workdir)
                 if gateway is not None:
                     targets["gateway"] = (gateway, model)
                     targets["batched-gateway"] = (gateway, f"{model}-batched")
-                for c in sorted(set(args.concurrency) | set(args.batched_concurrency)):
-                    for round_ in range(args.rounds):
-                        for key in PATHS:
-                            batched = key.startswith("batched")
-                            if key not in paths or c not in (args.batched_concurrency if batched else args.concurrency):
-                                continue
-                            if key == "raw":
-                                result = loadgen(args, "raw", model, c, onnx=path, threads=args.inference_threads,
-                                                 model_threads=args.model_threads)  # fmt: skip
-                            else:
-                                address, name = targets[key.removeprefix("stream-")]
-                                auth = {"token": token} if key.endswith("gateway") else {}
-                                mode = "stream" if key.startswith("stream") else "grpc"
-                                result = loadgen(args, mode, model, c, target=address, model=name, **auth)
-                            record(model, key, c, result | {"round": round_})
+                _measure_model(args, model=model, path=path, targets=targets, token=token, results=results)
     report["results"] = results
     report["machine_at_end"] = machine()
     return report
@@ -375,79 +403,107 @@ def paired_ratio(rows: list[dict[str, Any]], a: dict[str, Any] | None, b: dict[s
     return _median(ratios) if ratios else None
 
 
-def tables(report: dict[str, Any]) -> str:
-    """Markdown tables; `load` is the 1-minute load average when the row's points were taken.
-    With `--rounds` > 1 a cell is the round of median req/s and a ratio the median of the
-    per-round ratios."""
-    rows = report["results"]
-    find = summarize(rows)
+Summary = dict[tuple[str, str, int], dict[str, Any]]
 
-    def _ratio(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
-        value = paired_ratio(rows, a, b)
-        return "–" if value is None else f"{value:.2f}"
+
+def _ratio(rows: list[dict[str, Any]], a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    value = paired_ratio(rows, a, b)
+    return "–" if value is None else f"{value:.2f}"
+
+
+def _machine_head(report: dict[str, Any]) -> str:
     cfg = report["config"]
     m = report["machine_at_start"]
     end = report["machine_at_end"]
-    lines: list[str] = []
-    head = (
+    return (
         f"{m['cpus_usable']} cores; load average {m['load_avg'][0]:.2f} at start, {end['load_avg'][0]:.2f} at end; "
         f"inference_threads={cfg['inference_threads']}, model_threads={cfg['model_threads']}, "
         f"{cfg['duration']:g} s per point after {cfg['warmup']:g} s warm-up"
         + (f", {cfg['rounds']} rounds (medians)" if cfg.get("rounds", 1) > 1 else "")
     )
-    for model in cfg["models"]:
-        raw1 = find.get((model, "raw", 1))
-        per_call = f", {raw1['p50_ms']:.2f} ms per call at concurrency 1" if raw1 else ""
-        lines += [
-            f"### {model}{per_call}",
-            "",
-            f"Machine: {head}.",
-            "",
-            "| conc | raw req/s | p50 ms | p99 ms | reference req/s | p50 | p99 | direct req/s | p50 | p99 "
-            "| gateway req/s | p50 | p99 | b/a | c/a | direct/ref | gateway/ref | load |",
-            "|---:|" + "---:|" * 17,
-        ]
-        for c in cfg["concurrency"]:
-            a, ref = find.get((model, "raw", c)), find.get((model, "reference", c))
-            b, g = find.get((model, "direct", c)), find.get((model, "gateway", c))
-            loads = [r["load_avg"] for r in (a, ref, b, g) if r]
-            load = f"{sum(loads) / len(loads):.1f}" if loads else "–"
-            lines.append(
-                f"| {c} | {_cell(a)} | {_cell(ref)} | {_cell(b)} | {_cell(g)} | {_ratio(b, a)} | {_ratio(g, a)} "
-                f"| {_ratio(b, ref)} | {_ratio(g, ref)} | {load} |"
-            )
-        batched = [r for (m, path, _), r in sorted(find.items()) if m == model and path.startswith("batched")]
-        if batched:
-            lines += [
-                "",
-                f"Dynamic batching ({model}, max_batch_size={cfg['max_batch_size']}, "
-                f"max_queue_delay_us={cfg['max_queue_delay_us']}); machine: {head}.",
-                "",
-                "| path | conc | batch-1 req/s | p50 | p99 | batched req/s | p50 | p99 | batched / batch-1 | load |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            for r in batched:
-                plain = find.get((model, r["path"].removeprefix("batched-"), r["concurrency"]))
-                lines.append(
-                    f"| {r['path'].removeprefix('batched-')} | {r['concurrency']} | {_cell(plain)} | {_cell(r)} "
-                    f"| {_ratio(r, plain)} | {r['load_avg']:.1f} |"
-                )
-        streamed = [r for (m, path, _), r in sorted(find.items()) if m == model and path.startswith("stream")]
-        if streamed:
-            lines += [
-                "",
-                f"ModelStreamInfer ({model}, one stream, `conc` requests in flight); machine: {head}.",
-                "",
-                "| path | conc | unary req/s | p50 | p99 | stream req/s | p50 | p99 | stream / unary | stream / reference |",
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            for r in sorted(streamed, key=lambda r: (r["path"], r["concurrency"])):
-                plain = find.get((model, r["path"].removeprefix("stream-"), r["concurrency"]))
-                ref = find.get((model, "reference", r["concurrency"]))
-                lines.append(
-                    f"| {r['path'].removeprefix('stream-')} | {r['concurrency']} | {_cell(plain)} | {_cell(r)} "
-                    f"| {_ratio(r, plain)} | {_ratio(r, ref)} |"
-                )
+
+
+def _paths_table(report: dict[str, Any], find: Summary, *, model: str, head: str) -> list[str]:
+    """raw, reference, direct and gateway side by side, one row per concurrency."""
+    rows = report["results"]
+    raw1 = find.get((model, "raw", 1))
+    per_call = f", {raw1['p50_ms']:.2f} ms per call at concurrency 1" if raw1 else ""
+    lines = [
+        f"### {model}{per_call}",
+        "",
+        f"Machine: {head}.",
+        "",
+        "| conc | raw req/s | p50 ms | p99 ms | reference req/s | p50 | p99 | direct req/s | p50 | p99 "
+        "| gateway req/s | p50 | p99 | b/a | c/a | direct/ref | gateway/ref | load |",
+        "|---:|" + "---:|" * 17,
+    ]
+    for c in report["config"]["concurrency"]:
+        a, ref = find.get((model, "raw", c)), find.get((model, "reference", c))
+        b, g = find.get((model, "direct", c)), find.get((model, "gateway", c))
+        loads = [r["load_avg"] for r in (a, ref, b, g) if r]
+        load = f"{sum(loads) / len(loads):.1f}" if loads else "–"
+        lines.append(
+            f"| {c} | {_cell(a)} | {_cell(ref)} | {_cell(b)} | {_cell(g)} | {_ratio(rows, b, a)} | {_ratio(rows, g, a)} "
+            f"| {_ratio(rows, b, ref)} | {_ratio(rows, g, ref)} | {load} |"
+        )
+    return lines
+
+
+def _batched_table(report: dict[str, Any], find: Summary, *, model: str, head: str) -> list[str]:
+    batched = [r for (m, path, _), r in sorted(find.items()) if m == model and path.startswith("batched")]
+    if not batched:
+        return []
+    cfg = report["config"]
+    lines = [
+        "",
+        f"Dynamic batching ({model}, max_batch_size={cfg['max_batch_size']}, "
+        f"max_queue_delay_us={cfg['max_queue_delay_us']}); machine: {head}.",
+        "",
+        "| path | conc | batch-1 req/s | p50 | p99 | batched req/s | p50 | p99 | batched / batch-1 | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in batched:
+        plain = find.get((model, r["path"].removeprefix("batched-"), r["concurrency"]))
+        lines.append(
+            f"| {r['path'].removeprefix('batched-')} | {r['concurrency']} | {_cell(plain)} | {_cell(r)} "
+            f"| {_ratio(report['results'], r, plain)} | {r['load_avg']:.1f} |"
+        )
+    return lines
+
+
+def _stream_table(report: dict[str, Any], find: Summary, *, model: str, head: str) -> list[str]:
+    streamed = [r for (m, path, _), r in sorted(find.items()) if m == model and path.startswith("stream")]
+    if not streamed:
+        return []
+    rows = report["results"]
+    lines = [
+        "",
+        f"ModelStreamInfer ({model}, one stream, `conc` requests in flight); machine: {head}.",
+        "",
+        "| path | conc | unary req/s | p50 | p99 | stream req/s | p50 | p99 | stream / unary | stream / reference |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in sorted(streamed, key=lambda r: (r["path"], r["concurrency"])):
+        plain = find.get((model, r["path"].removeprefix("stream-"), r["concurrency"]))
+        ref = find.get((model, "reference", r["concurrency"]))
+        lines.append(
+            f"| {r['path'].removeprefix('stream-')} | {r['concurrency']} | {_cell(plain)} | {_cell(r)} "
+            f"| {_ratio(rows, r, plain)} | {_ratio(rows, r, ref)} |"
+        )
+    return lines
+
+
+def tables(report: dict[str, Any]) -> str:
+    """Markdown tables; `load` is the 1-minute load average when the row's points were taken.
+    With `--rounds` > 1 a cell is the round of median req/s and a ratio the median of the
+    per-round ratios."""
+    find = summarize(report["results"])
+    head = _machine_head(report)
+    lines: list[str] = []
+    for model in report["config"]["models"]:
+        lines += _paths_table(report, find, model=model, head=head)
+        lines += _batched_table(report, find, model=model, head=head)
+        lines += _stream_table(report, find, model=model, head=head)
         lines.append("")
     return "\n".join(lines)
 

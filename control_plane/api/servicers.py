@@ -13,21 +13,27 @@ from typing import Any, TypeAlias
 import grpc
 
 from control_plane.auth.access import caller, current_principal
-from control_plane.nodes.agents import AgentStreams, NodeService
-from control_plane.deployments.service import DeploymentService
 from control_plane.auth.keys import KeyService
+from control_plane.deployments.service import DeploymentService
 from control_plane.models.registry import ModelRegistry
+from control_plane.nodes.agents import AgentStreams, NodeService
 from modelfleet.v1 import (
     agent_pb2,
     agent_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
-    deployments_pb2 as dpb,
     deployments_pb2_grpc,
-    models_pb2 as mpb,
     models_pb2_grpc,
-    nodes_pb2 as npb,
     nodes_pb2_grpc,
+)
+from modelfleet.v1 import (
+    deployments_pb2 as dpb,
+)
+from modelfleet.v1 import (
+    models_pb2 as mpb,
+)
+from modelfleet.v1 import (
+    nodes_pb2 as npb,
 )
 
 Ctx: TypeAlias = grpc.aio.ServicerContext[Any, Any]

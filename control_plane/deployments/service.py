@@ -37,11 +37,11 @@ from collections.abc import AsyncIterator, Callable
 
 from control_plane import errors
 from control_plane.deployments import preview, views
+from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, seconds
+from control_plane.models.registry import ModelRegistry
 from control_plane.planning import scheduler
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler, now_ts
-from control_plane.models.registry import ModelRegistry
-from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, seconds
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2
 

@@ -27,8 +27,8 @@ again only when it moved. Event-loop only, like the reconciler.
 
 from __future__ import annotations
 
-from control_plane.planning import scheduler
 from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.planning import scheduler
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2

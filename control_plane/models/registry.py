@@ -46,7 +46,6 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-from control_plane.models.blobs import BlobStore, BlobWriter, is_sha256
 from control_plane.errors import (
     AlreadyExists,
     DataLoss,
@@ -56,10 +55,11 @@ from control_plane.errors import (
     ResourceExhausted,
 )
 from control_plane.ids import check_id
+from control_plane.models.blobs import BlobStore, BlobWriter, is_sha256
 from control_plane.store.base import Store
 from modelfleet.v1 import common_pb2, models_pb2
 
-__all__ = ["ModelRegistry", "ProbeResult", "V2_DATATYPES", "MAX_REASON_CHARS"]
+__all__ = ["MAX_REASON_CHARS", "V2_DATATYPES", "ModelRegistry", "ProbeResult"]
 
 logger = logging.getLogger(__name__)
 
