@@ -71,7 +71,8 @@ from control_plane.deployments.service import (
     DeploymentService,
 )
 from control_plane.fleet.liveness import Fleet
-from control_plane.gateway.service import Gateway, GatewayStats, add_gateway_to_server
+from control_plane.gateway.service import Gateway, add_gateway_to_server
+from control_plane.gateway.stats import GatewayStats
 from control_plane.models.blobs import BlobStore
 from control_plane.models.registry import ModelRegistry
 from control_plane.nodes.agents import AgentStreams, NodeService

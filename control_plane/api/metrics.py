@@ -102,8 +102,8 @@ class ControlPlaneCollector(Collector):
             "modelfleet_routing_state", "1 for each allocation's routing state, per deployment and node",
             labels=["deployment", "variant", "node", "state"],
         )  # fmt: skip
-        for deployment, variant, node, state in snap.routes:
-            routes.add_metric([deployment, variant, node, state], 1)
+        for deployment, variant, node, routing in snap.routes:
+            routes.add_metric([deployment, variant, node, routing], 1)
         yield routes
         deployments = GaugeMetricFamily("modelfleet_deployments", "deployments by status", labels=["status"])
         for status, count in sorted(snap.deployments.items()):

@@ -156,15 +156,15 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = handler_call_details.method
         limit = 0 if method in INFERENCE_METHODS else self._management_limit
-        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer, limit=limit))  # type: ignore[attr-defined]
+        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer, limit=limit))
         if handler.unary_unary:
-            return safe._replace(unary_unary=_wrap_unary(handler.unary_unary, method, streamed_requests=False))  # type: ignore[no-any-return]
+            return safe._replace(unary_unary=_wrap_unary(handler.unary_unary, method, streamed_requests=False))
         if handler.stream_unary:
-            return safe._replace(stream_unary=_wrap_unary(handler.stream_unary, method, streamed_requests=True))  # type: ignore[no-any-return]
+            return safe._replace(stream_unary=_wrap_unary(handler.stream_unary, method, streamed_requests=True))
         if handler.unary_stream:
-            return safe._replace(unary_stream=_wrap_stream(handler.unary_stream, method, streamed_requests=False))  # type: ignore[no-any-return]
+            return safe._replace(unary_stream=_wrap_stream(handler.unary_stream, method, streamed_requests=False))
         if handler.stream_stream:
-            return safe._replace(stream_stream=_wrap_stream(handler.stream_stream, method, streamed_requests=True))  # type: ignore[no-any-return]
+            return safe._replace(stream_stream=_wrap_stream(handler.stream_stream, method, streamed_requests=True))
         return handler
 
 

@@ -323,18 +323,21 @@ def _wrap(
                 raise error
             _PRINCIPAL.set(principal)
             _ANON_USER.set(anon_user)
-            with open_calls.track(key_id) if open_calls is not None else contextlib.nullcontext([]):
+            tracking: contextlib.AbstractContextManager[list[str]] = (
+                open_calls.track(key_id) if open_calls is not None else contextlib.nullcontext([])
+            )
+            with tracking:
                 async for item in fn(request, context):
                     yield item
 
         return call
 
     if handler.unary_unary:
-        return handler._replace(unary_unary=unary(handler.unary_unary))  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(unary_unary=unary(handler.unary_unary))
     if handler.stream_unary:
-        return handler._replace(stream_unary=unary(handler.stream_unary, tracked=True))  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(stream_unary=unary(handler.stream_unary, tracked=True))
     if handler.unary_stream:
-        return handler._replace(unary_stream=streaming(handler.unary_stream))  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(unary_stream=streaming(handler.unary_stream))
     if handler.stream_stream:
-        return handler._replace(stream_stream=streaming(handler.stream_stream))  # type: ignore[attr-defined,no-any-return]
+        return handler._replace(stream_stream=streaming(handler.stream_stream))
     return handler

@@ -49,7 +49,7 @@ RUNNING = records_pb2.DESIRED_STATE_RUNNING
 STOPPED = records_pb2.DESIRED_STATE_STOPPED
 DEFAULT_MAX_DEPLOYMENTS_PER_USER = 20
 
-_WAIT_NAMES = {
+_WAIT_NAMES: dict[int, str] = {
     deployments_pb2.WAIT_FOR_STARTING: "starting",
     deployments_pb2.WAIT_FOR_STARTED: "started",
     deployments_pb2.WAIT_FOR_FULLY_ALLOCATED: "fully_allocated",

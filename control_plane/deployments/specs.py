@@ -79,7 +79,7 @@ def check_auto_stop(d: duration_pb2.Duration, *, field: str = "auto_stop") -> No
 
 def check_env(env: dict[str, str] | object, *, prefix: str = "") -> None:
     """Names are letters, digits and '_' (no '=', not empty); values have no NUL; limits."""
-    items = dict(env)  # type: ignore[call-overload]
+    items: dict[str, str] = dict(env)  # type: ignore[arg-type]
     if len(items) > MAX_ENV_VARS:
         raise errors.InvalidArgument(f"{prefix}env has {len(items)} variables; at most {MAX_ENV_VARS} are allowed")
     for key, value in items.items():

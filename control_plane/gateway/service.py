@@ -58,10 +58,12 @@ import collections
 import logging
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import grpc
 
-from control_plane import errors, v2check
+from control_plane import errors
+from control_plane.gateway import v2check
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
 from control_plane.gateway.stats import GatewayStats
@@ -307,7 +309,7 @@ class Gateway:
             self._inflight_by_address[route.address] += 1
             metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
             try:
-                return await self._channels.call(route.address)(request, timeout=time_remaining(), metadata=metadata)  # type: ignore[no-any-return]
+                return await self._channels.call(route.address)(request, timeout=time_remaining(), metadata=metadata)
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
                 if never_accepted(exc.code(), details) and not tried:
@@ -392,7 +394,7 @@ class _Relayed(Exception):
 def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:
     """Register the gateway; ModelInfer takes and returns raw bytes."""
 
-    def unary(fn: Callable, req_cls: type) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
+    def unary(fn: Callable, req_cls: Any) -> grpc.RpcMethodHandler:  # type: ignore[type-arg]
         return grpc.unary_unary_rpc_method_handler(fn, request_deserializer=req_cls.FromString, response_serializer=lambda m: m.SerializeToString())
 
     handlers = {

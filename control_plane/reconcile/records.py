@@ -37,7 +37,7 @@ class AllocationRecords:
         self._views = views
         self._events = events
 
-    def save(self, alloc: records_pb2.AllocationRecord, *, before: int) -> None:
+    def save(self, alloc: records_pb2.AllocationRecord, *, before: lifecycle.RoutingState) -> None:
         """Write alloc; record an event if its routing state differs from before."""
         lifecycle.route_transition(before, alloc.routing_state)  # an illegal move is a bug here: it raises
         self._store.put_allocation(alloc)

@@ -134,7 +134,7 @@ class StatusWriter:
 
 
 def _summarize(not_chosen: dict[str, str] | object) -> str:
-    items = dict(not_chosen)  # type: ignore[call-overload]
+    items: dict[str, str] = dict(not_chosen)  # type: ignore[arg-type]
     if not items:
         return "no nodes have joined the fleet"
     return ", ".join(f"{node}: {why}" for node, why in sorted(items.items()))

@@ -284,12 +284,12 @@ class WorkerService:
         if self._run_avg_s < self.inline_max_s:
             ran, outputs = self.queue.try_inline(pending)
             if ran:
-                return outputs  # type: ignore[no-any-return]
+                return outputs
         batchable = batch_key(request) if self.batching is not None else None
         if batchable is None:
-            return await self.queue.submit(pending, deadline=deadline)  # type: ignore[no-any-return]
+            return await self.queue.submit(pending, deadline=deadline)
         key, rows = batchable
-        return await self.queue.submit(pending, deadline=deadline, key=key, rows=rows)  # type: ignore[no-any-return]
+        return await self.queue.submit(pending, deadline=deadline, key=key, rows=rows)
 
     def _run_batch(self, items: list[_Pending]) -> list[dict[str, np.ndarray]]:
         """Runs on a model thread: one request alone, or a batch (see the module docstring)."""
