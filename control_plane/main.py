@@ -177,6 +177,13 @@ class ControlPlane:
             open_calls=self.open_calls,
         )
         self.agent_streams = AgentStreams(agents=self.reconciler.agents, store=store, fleet=self.fleet, keys=self.keys)
+        self._add_services(store)
+        if self.keys is not None:
+            self.keys.on_change = self._keys_changed
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _add_services(self, store: Store) -> None:
+        """Every modelfleet.v1 service and the gateway, on the one server."""
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
         nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(NodeService(
@@ -186,9 +193,6 @@ class ControlPlane:
         # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
         auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
         add_gateway_to_server(self.gateway, self.server)
-        if self.keys is not None:
-            self.keys.on_change = self._keys_changed
-        self._tasks: list[asyncio.Task[None]] = []
 
     def _keys_changed(self, revoked_key_id: str) -> None:
         """A key was created or revoked: agents get new verifiers; a revoked key's open calls end."""

@@ -232,19 +232,7 @@ class KeyService:
             PermissionDenied: a privilege the creator lacks, or a key outliving the creator's.
             ResourceExhausted: MAX_KEYS keys exist.
         """
-        roles = list(dict.fromkeys(req.roles))
-        extra = list(dict.fromkeys(req.privileges))
-        for i, role in enumerate(roles):
-            if role not in access.ROLES:
-                raise errors.InvalidArgument(f"roles[{i}] {role!r} is not a role: use {', '.join(sorted(access.ROLES))}")
-        for i, privilege in enumerate(extra):
-            if privilege not in access.PRIVILEGES:
-                raise errors.InvalidArgument(
-                    f"privileges[{i}] {privilege!r} is not a privilege: use {', '.join(sorted(access.PRIVILEGES))}"
-                )
-        wanted = access.privileges_of(roles, extra)
-        if not wanted:
-            raise errors.InvalidArgument("a key needs at least one role or privilege (roles or privileges)")
+        roles, extra, wanted = _grants(req)
         user = req.user or (creator.user if creator is not None else access.DEFAULT_USER)
         if not _USER.match(user):
             raise errors.InvalidArgument(
@@ -398,3 +386,21 @@ class KeyService:
         write_secret_file(data_dir / ADMIN_KEY_FILE, token + "\n")
         self._save(record)
         return token
+
+
+def _grants(req: auth_pb2.CreateApiKeyRequest) -> tuple[list[str], list[str], frozenset[str]]:
+    """The request's roles and extra privileges (deduplicated, each checked) and the privileges they give."""
+    roles = list(dict.fromkeys(req.roles))
+    extra = list(dict.fromkeys(req.privileges))
+    for i, role in enumerate(roles):
+        if role not in access.ROLES:
+            raise errors.InvalidArgument(f"roles[{i}] {role!r} is not a role: use {', '.join(sorted(access.ROLES))}")
+    for i, privilege in enumerate(extra):
+        if privilege not in access.PRIVILEGES:
+            raise errors.InvalidArgument(
+                f"privileges[{i}] {privilege!r} is not a privilege: use {', '.join(sorted(access.PRIVILEGES))}"
+            )
+    wanted = access.privileges_of(roles, extra)
+    if not wanted:
+        raise errors.InvalidArgument("a key needs at least one role or privilege (roles or privileges)")
+    return roles, extra, wanted
