@@ -13,7 +13,8 @@ the tests write come from tests/storerecords.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,37 @@ from storerecords import KINDS, StoreFactory, allocation, api_key, deployment, e
 from control_plane.store import MemoryStore, SqliteStore, Store, open_store
 from control_plane.store.cached import CachedStore
 from modelfleet.v1 import models_pb2
+
+
+# ---- helpers -------------------------------------------------------------------------
+def _every_read(store: Store) -> list[object]:
+    """What the record reads return now (the cached kinds, with their indexes)."""
+    return [
+        store.list_models(),
+        store.get_model("m"),
+        store.max_model_version("m"),
+        store.list_deployments(),
+        store.list_allocations(),
+        *(store.list_allocations(deployment_id=d) for d in ("d1", "d2")),
+        *(store.list_allocations(node_id=n) for n in ("n1", "n2", "n3")),
+        store.list_nodes(),
+    ]
+
+
+def _in_thread(call: Callable[[], object]) -> list[BaseException]:
+    """Run `call` on a new thread; the exception it raised, if any."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as e:
+            errors.append(e)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join()
+    return errors
 
 
 # ---- the contract -----------------------------------------------------------------
@@ -319,6 +351,113 @@ class StoreContract:
             store.put_deployment(deployment("d2"))
         assert [d.deployment_id for d in store.list_deployments()] == ["d1", "d2"]
 
+    def test_nesting_depth_only_the_outermost_commits(self, store: Store) -> None:
+        with store.transaction():
+            store.put_deployment(deployment("d1"))
+            with store.transaction():
+                store.put_allocation(allocation("a1", deployment_id="d1"))
+                with store.transaction():
+                    store.put_node(node("n1"))
+                # every level sees the writes of every level before it
+                assert store.get_node("n1") == node("n1")
+            assert store.get_deployment("d1") == deployment("d1")
+            assert store.get_allocation("a1") == allocation("a1", deployment_id="d1")
+        assert [d.deployment_id for d in store.list_deployments()] == ["d1"]
+        assert [a.allocation_id for a in store.list_allocations(deployment_id="d1")] == ["a1"]
+        assert [n.info.node_id for n in store.list_nodes()] == ["n1"]
+
+    def test_exception_from_a_deep_block_aborts_the_outermost(self, store: Store) -> None:
+        store.put_deployment(deployment("d0", revision=1))
+        with pytest.raises(ValueError), store.transaction():
+            store.put_deployment(deployment("d0", revision=2))
+            with store.transaction():
+                store.put_allocation(allocation("a1"))
+                with store.transaction():
+                    store.put_node(node("n1"))
+                    raise ValueError("deepest fails")
+        assert [d.revision for d in store.list_deployments()] == [1]
+        assert store.list_allocations() == [] and store.list_nodes() == []
+        # the depth is back to zero: the next write commits on its own
+        store.put_node(node("n2"))
+        with store.transaction():
+            pass
+        assert [n.info.node_id for n in store.list_nodes()] == ["n2"]
+
+    def test_reads_inside_a_transaction_see_its_writes(self, store: Store) -> None:
+        store.put_model(model("m", 1))
+        store.put_allocation(allocation("a1", deployment_id="d1", node_id="n1"))
+        store.put_allocation(allocation("a2", deployment_id="d1", node_id="n2"))
+        with store.transaction():
+            store.put_model(model("m", 2))
+            store.put_allocation(allocation("a2", deployment_id="d2", node_id="n1"))  # moved
+            store.delete_allocation("a1")
+            store.put_event_log(event_log("d1"))
+            store.put_api_key(api_key("k1"))
+            newest = store.get_model("m")
+            assert newest is not None and newest.version == 2 and store.max_model_version("m") == 2
+            assert [m.version for m in store.list_models("m")] == [1, 2]
+            assert store.get_allocation("a1") is None
+            assert store.list_allocations(deployment_id="d1") == []
+            assert [a.allocation_id for a in store.list_allocations(node_id="n1")] == ["a2"]
+            assert [a.allocation_id for a in store.list_allocations(deployment_id="d2", node_id="n1")] == ["a2"]
+            assert store.get_event_log("d1") == event_log("d1")
+            assert [k.key_id for k in store.list_api_keys()] == ["k1"]
+
+    def test_abort_restores_every_read(self, store: Store) -> None:
+        # What every read returns after an aborted transaction equals what it
+        # returned before it (for CachedStore: the cache is rolled back too).
+        store.put_model(model("m", 1))
+        store.put_deployment(deployment("d1"))
+        store.put_allocation(allocation("a1", deployment_id="d1", node_id="n1"))
+        store.put_allocation(allocation("a2", deployment_id="d1", node_id="n2"))
+        store.put_node(node("n1"))
+        before = _every_read(store)
+        with pytest.raises(RuntimeError), store.transaction():
+            store.put_model(model("m", 2))
+            store.delete_model("m", 1)
+            store.put_deployment(deployment("d1", revision=5))
+            store.delete_deployment("d1")
+            store.put_allocation(allocation("a2", deployment_id="d2", node_id="n3"))
+            store.put_allocation(allocation("a3", deployment_id="d1", node_id="n1"))
+            store.delete_allocation("a1")
+            store.put_node(node("n1", cpus=2.0))
+            store.put_node(node("n9"))
+            assert _every_read(store) != before
+            raise RuntimeError("abort")
+        assert _every_read(store) == before
+
+    def test_commit_refused_by_the_backend_aborts(self, store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+        # A backend may refuse in its commit hook (a PostgreSQL store whose
+        # fencing epoch moved on): the base aborts and the error propagates.
+        store.put_deployment(deployment("d1", revision=1))
+
+        def refuse() -> None:
+            raise RuntimeError("fenced")
+
+        monkeypatch.setattr(store, "_commit", refuse)
+        with pytest.raises(RuntimeError, match="fenced"), store.transaction():
+            store.put_deployment(deployment("d1", revision=2))
+            store.put_node(node("n1"))
+        monkeypatch.undo()
+        assert [d.revision for d in store.list_deployments()] == [1]
+        assert store.list_nodes() == []
+        store.put_node(node("n2"))  # usable afterwards
+        assert [n.info.node_id for n in store.list_nodes()] == ["n2"]
+
+    # -- thread model ----------------------------------------------------------------
+    def test_writes_from_another_thread_are_refused(self, store: Store) -> None:
+        store.put_node(node("n1"))
+        with store.transaction():
+            store.put_deployment(deployment("d1"))
+            errors = _in_thread(lambda: store.put_node(node("n2")))
+            errors += _in_thread(lambda: store.transaction().__enter__())
+        assert [type(e) for e in errors] == [RuntimeError, RuntimeError]
+        # nothing the other thread tried was written, and the owner's transaction committed whole
+        assert [n.info.node_id for n in store.list_nodes()] == ["n1"]
+        assert store.get_deployment("d1") == deployment("d1")
+        store.put_node(node("n3"))
+        assert [n.info.node_id for n in store.list_nodes()] == ["n1", "n3"]
+
     # -- lifecycle -----------------------------------------------------------------
     def test_close_is_idempotent_and_final(self, make_store: StoreFactory) -> None:
         s = make_store()
@@ -369,6 +508,30 @@ class TestCachedSqliteStore(StoreContract):
             assert s.get_deployment("d1") == deployment("d1") and s.get_model("m") == model("m", 1)
         finally:
             s.close()
+
+
+@pytest.mark.parametrize("inner", ["memory", "sqlite"])
+def test_cache_rolls_back_when_the_inner_store_refuses_the_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, inner: str
+) -> None:
+    backend: Store = MemoryStore() if inner == "memory" else SqliteStore(tmp_path / "modelfleet.db")
+    s = CachedStore(backend)
+    try:
+        s.put_allocation(allocation("a1", deployment_id="d1", node_id="n1"))
+
+        def refuse() -> None:
+            raise RuntimeError("fenced")
+
+        monkeypatch.setattr(backend, "_commit", refuse)
+        with pytest.raises(RuntimeError, match="fenced"), s.transaction():
+            s.put_allocation(allocation("a1", deployment_id="d2", node_id="n2"))
+            s.put_deployment(deployment("d2"))
+        monkeypatch.undo()
+        assert [a.allocation_id for a in s.list_allocations(deployment_id="d1", node_id="n1")] == ["a1"]
+        assert s.list_allocations(node_id="n2") == [] and s.get_deployment("d2") is None
+        assert backend.list_allocations() == s.list_allocations() and backend.list_deployments() == []
+    finally:
+        s.close()
 
 
 # ---- open_store ---------------------------------------------------------------------

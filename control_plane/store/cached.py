@@ -12,23 +12,26 @@ Contract (base.Store) kept exactly:
 - A write goes to the inner store first (which validates and makes it
   durable, or raises: then the cache is untouched), and only then into the
   cache, so a reader never sees a write that is not durable.
-- Inside `transaction()` writes enter the cache at once (reads in the
-  block see them, as with SQLite) and an undo log remembers what they
-  replaced; if the outermost block raises (or the inner commit fails) the
-  log is replayed backwards, so the cache again equals the inner store.
-  Nested blocks join the outer one, as in every backend.
+- Transactions are base.Store's; the hooks here join the inner store's
+  transaction (`_begin` enters it, `_commit` leaves it committing) and keep
+  an undo log: inside a transaction writes enter the cache at once (reads in
+  the block see them, as with SQLite) and the log remembers what they
+  replaced. If the outermost block raises, or the inner store refuses the
+  commit, `_abort` rolls the inner store back and replays the log
+  backwards, so the cache again equals the inner store.
 - Returned messages are copies; stored messages are copies of the input.
 - Idempotent-request records, event logs, API keys and `max_model_version`
   are read from the inner store (rare calls, or cached by their owner:
   control_plane.auth.keys keeps the keys in memory).
 
-Event-loop only, like the other backends' contract (one thread calls).
+Thread model: base.Store's (one owning thread, no locks); the cache's
+reads are plain dict lookups and are not checked, its writes are checked
+by the inner store's transaction entry.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from control_plane.store.base import Store
@@ -48,9 +51,9 @@ class CachedStore(Store):
     """See the module docstring. Owns `inner` (closing this closes it)."""
 
     def __init__(self, inner: Store) -> None:
+        super().__init__()
         self.inner = inner
-        self._closed = False
-        self._depth = 0
+        self._inner_open = False  # between _begin and the inner store's commit or abort
         self._undo: list[Callable[[], None]] = []
         self._models: dict[tuple[str, int], models_pb2.Model] = {}
         self._deployments: dict[str, records_pb2.DeploymentRecord] = {}
@@ -71,13 +74,9 @@ class CachedStore(Store):
         return f"CachedStore({self.inner!r})"
 
     # ---- helpers ----------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-
     def _remember(self, table: dict[Any, Any], key: Any, setter: Callable[[Any, Any], None] | None = None) -> None:
         """Inside a transaction: log how to restore table[key] as it is now."""
-        if not self._depth:
+        if not self._tx_depth:
             return
         old = table.get(key)
         put = setter or (lambda k, v: table.__setitem__(k, v) if v is not None else table.pop(k, None))
@@ -233,31 +232,28 @@ class CachedStore(Store):
         self._check_open()
         return self.inner.list_api_keys()
 
-    # ---- transactions and lifecycle -----------------------------------------
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """The inner store's transaction, with the cache rolled back if it fails."""
-        self._check_open()
-        if self._depth:
-            self._depth += 1
-            try:
-                yield
-            finally:
-                self._depth -= 1
-            return
-        self._depth = 1
+    # ---- transaction hooks and lifecycle --------------------------------------
+    def _begin(self) -> None:
+        self.inner._enter_transaction()
+        self._inner_open = True
         self._undo = []
-        committed = False
+
+    def _commit(self) -> None:
+        # On failure the inner store has rolled itself back; _abort (called
+        # next by the base) then only replays the undo log.
+        self._inner_open = False
+        self.inner._leave_transaction(commit=True)
+        self._undo = []
+
+    def _abort(self) -> None:
+        undo, self._undo = self._undo, []
         try:
-            with self.inner.transaction():
-                yield
-            committed = True
+            if self._inner_open:
+                self._inner_open = False
+                self.inner._leave_transaction(commit=False)
         finally:
-            self._depth = 0
-            undo, self._undo = self._undo, []
-            if not committed:
-                for step in reversed(undo):
-                    step()
+            for step in reversed(undo):
+                step()
 
     def close(self) -> None:
         if self._closed:

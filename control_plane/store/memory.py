@@ -4,22 +4,17 @@ Every record is kept as its serialized protobuf bytes, so what a caller gets
 back is always a fresh copy and what it passed in can be mutated afterwards
 without touching the store (the same isolation the SQLite backend gives).
 
-Transactions: the outermost `transaction()` takes a snapshot of every table
-(shallow dict copies; the values are immutable bytes, so this is cheap) and
-restores it if the block raises anything, BaseException included (a
-cancelled coroutine must not leave half a change). Nested blocks join the
-outer one: only the outermost block decides, exactly as in SqliteStore.
+Transactions (base.Store.transaction, whose hooks are here): `_begin` takes
+a snapshot of every table (shallow dict copies; the values are immutable
+bytes, so this is cheap), `_abort` restores it, `_commit` drops it. Every
+public write runs in a transaction, so a write that raises changes nothing.
 
 Nothing is durable; "durable before return" holds trivially for the life of
-the object. A re-entrant lock makes each call and each transaction atomic
-against other threads, although the contract has one thread calling.
+the object. Thread model: base.Store's (one owning thread, no locks).
 """
 
 from __future__ import annotations
 
-import contextlib
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from control_plane.store import _codec
@@ -58,15 +53,9 @@ class MemoryStore(Store):
     """In-memory Store; see the module docstring."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._t = _Tables()
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._closed = False
-
-    # ---- helpers --------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("the store is closed")
+        self._snapshot: _Tables | None = None
 
     # ---- models -------------------------------------------------------------
     def put_model(self, model: models_pb2.Model) -> None:
@@ -78,22 +67,20 @@ class MemoryStore(Store):
             self._t.max_versions[model_id] = max(version, self._t.max_versions.get(model_id, 0))
 
     def get_model(self, model_id: str, version: int = 0) -> models_pb2.Model | None:
-        with self._lock:
-            self._check_open()
-            if version == 0:
-                versions = [v for (mid, v) in self._t.models if mid == model_id]
-                if not versions:
-                    return None
-                version = max(versions)
-            blob = self._t.models.get((model_id, version))
+        self._check_open()
+        if version == 0:
+            versions = [v for (mid, v) in self._t.models if mid == model_id]
+            if not versions:
+                return None
+            version = max(versions)
+        blob = self._t.models.get((model_id, version))
         if blob is None:
             return None
         return _codec.decode(models_pb2.Model, blob, what=f"model {model_id!r} version {version}")
 
     def list_models(self, model_id: str = "") -> list[models_pb2.Model]:
-        with self._lock:
-            self._check_open()
-            items = sorted((k, b) for k, b in self._t.models.items() if not model_id or k[0] == model_id)
+        self._check_open()
+        items = sorted((k, b) for k, b in self._t.models.items() if not model_id or k[0] == model_id)
         return [_codec.decode(models_pb2.Model, b, what=f"model {k[0]!r} version {k[1]}") for k, b in items]
 
     def delete_model(self, model_id: str, version: int) -> bool:
@@ -101,9 +88,8 @@ class MemoryStore(Store):
             return self._t.models.pop((model_id, version), None) is not None
 
     def max_model_version(self, model_id: str) -> int:
-        with self._lock:
-            self._check_open()
-            return self._t.max_versions.get(model_id, 0)
+        self._check_open()
+        return self._t.max_versions.get(model_id, 0)
 
     # ---- deployments --------------------------------------------------------
     def put_deployment(self, record: records_pb2.DeploymentRecord) -> None:
@@ -113,17 +99,15 @@ class MemoryStore(Store):
             self._t.deployments[key] = blob
 
     def get_deployment(self, deployment_id: str) -> records_pb2.DeploymentRecord | None:
-        with self._lock:
-            self._check_open()
-            blob = self._t.deployments.get(deployment_id)
+        self._check_open()
+        blob = self._t.deployments.get(deployment_id)
         if blob is None:
             return None
         return _codec.decode(records_pb2.DeploymentRecord, blob, what=f"deployment {deployment_id!r}")
 
     def list_deployments(self) -> list[records_pb2.DeploymentRecord]:
-        with self._lock:
-            self._check_open()
-            items = sorted(self._t.deployments.items())
+        self._check_open()
+        items = sorted(self._t.deployments.items())
         return [_codec.decode(records_pb2.DeploymentRecord, b, what=f"deployment {k!r}") for k, b in items]
 
     def delete_deployment(self, deployment_id: str) -> bool:
@@ -138,17 +122,15 @@ class MemoryStore(Store):
             self._t.allocations[key] = blob
 
     def get_allocation(self, allocation_id: str) -> records_pb2.AllocationRecord | None:
-        with self._lock:
-            self._check_open()
-            blob = self._t.allocations.get(allocation_id)
+        self._check_open()
+        blob = self._t.allocations.get(allocation_id)
         if blob is None:
             return None
         return _codec.decode(records_pb2.AllocationRecord, blob, what=f"allocation {allocation_id!r}")
 
     def list_allocations(self, *, deployment_id: str = "", node_id: str = "") -> list[records_pb2.AllocationRecord]:
-        with self._lock:
-            self._check_open()
-            items = sorted(self._t.allocations.items())
+        self._check_open()
+        items = sorted(self._t.allocations.items())
         records = [_codec.decode(records_pb2.AllocationRecord, b, what=f"allocation {k!r}") for k, b in items]
         return [
             r
@@ -168,24 +150,21 @@ class MemoryStore(Store):
             self._t.nodes[key] = blob
 
     def get_node(self, node_id: str) -> records_pb2.NodeRecord | None:
-        with self._lock:
-            self._check_open()
-            blob = self._t.nodes.get(node_id)
+        self._check_open()
+        blob = self._t.nodes.get(node_id)
         if blob is None:
             return None
         return _codec.decode(records_pb2.NodeRecord, blob, what=f"node {node_id!r}")
 
     def list_nodes(self) -> list[records_pb2.NodeRecord]:
-        with self._lock:
-            self._check_open()
-            items = sorted(self._t.nodes.items())
+        self._check_open()
+        items = sorted(self._t.nodes.items())
         return [_codec.decode(records_pb2.NodeRecord, b, what=f"node {k!r}") for k, b in items]
 
     # ---- idempotent requests ------------------------------------------------
     def get_request(self, request_id: str) -> records_pb2.RequestRecord | None:
-        with self._lock:
-            self._check_open()
-            blob = self._t.requests.get(request_id)
+        self._check_open()
+        blob = self._t.requests.get(request_id)
         if blob is None:
             return None
         return _codec.decode(records_pb2.RequestRecord, blob, what=f"request {request_id!r}")
@@ -198,9 +177,8 @@ class MemoryStore(Store):
 
     # ---- deployment events --------------------------------------------------
     def get_event_log(self, deployment_id: str) -> records_pb2.EventLogRecord | None:
-        with self._lock:
-            self._check_open()
-            blob = self._t.events.get(deployment_id)
+        self._check_open()
+        blob = self._t.events.get(deployment_id)
         if blob is None:
             return None
         return _codec.decode(records_pb2.EventLogRecord, blob, what=f"events of deployment {deployment_id!r}")
@@ -223,45 +201,30 @@ class MemoryStore(Store):
             self._t.api_keys[key] = blob
 
     def get_api_key(self, key_id: str) -> records_pb2.ApiKeyRecord | None:
-        with self._lock:
-            self._check_open()
-            blob = self._t.api_keys.get(key_id)
+        self._check_open()
+        blob = self._t.api_keys.get(key_id)
         if blob is None:
             return None
         return _codec.decode(records_pb2.ApiKeyRecord, blob, what=f"API key {key_id!r}")
 
     def list_api_keys(self) -> list[records_pb2.ApiKeyRecord]:
-        with self._lock:
-            self._check_open()
-            items = sorted(self._t.api_keys.items())
+        self._check_open()
+        items = sorted(self._t.api_keys.items())
         return [_codec.decode(records_pb2.ApiKeyRecord, b, what=f"API key {k!r}") for k, b in items]
 
-    # ---- transactions and lifecycle -----------------------------------------
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """Group writes; the outermost block restores its snapshot if anything raises."""
-        with self._lock:
-            self._check_open()
-            if self._depth:
-                # Joined: the outermost block owns the snapshot and the decision.
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            snapshot = self._t.copy()
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._t = snapshot
-                raise
-            finally:
-                self._depth = 0
+    # ---- transaction hooks and lifecycle --------------------------------------
+    def _begin(self) -> None:
+        self._snapshot = self._t.copy()
+
+    def _commit(self) -> None:
+        self._snapshot = None
+
+    def _abort(self) -> None:
+        if self._snapshot is not None:
+            self._t, self._snapshot = self._snapshot, None
 
     def close(self) -> None:
         """Drop everything; any later call raises RuntimeError. Idempotent."""
-        with self._lock:
-            self._closed = True
-            self._t = _Tables()
+        self._closed = True
+        self._t = _Tables()
+        self._snapshot = None

@@ -17,29 +17,24 @@ Why SQLite this way:
   it in one BEGIN IMMEDIATE transaction (two processes cannot migrate at
   once), and refuses a file written by a newer schema than this code knows.
 
-Transactions: the connection runs in autocommit mode (isolation_level=None)
-and this class issues BEGIN IMMEDIATE / COMMIT / ROLLBACK itself. Every
-public write is wrapped in `transaction()`, so it commits before it returns,
-unless an outer `transaction()` is open: nested blocks join the outer one and
-only the outermost block commits (or rolls back on any exception, including
-BaseException such as a cancelled coroutine). IMMEDIATE takes the write lock
-at BEGIN, so a transaction never fails half-way with SQLITE_BUSY on upgrade.
+Transactions (base.Store.transaction, whose hooks are here): the connection
+runs in autocommit mode (isolation_level=None) and the hooks issue BEGIN
+IMMEDIATE / COMMIT / ROLLBACK themselves. Every public write runs in a
+transaction, so it commits before it returns unless an outer transaction is
+open, which it joins. IMMEDIATE takes the write lock at BEGIN, so a
+transaction never fails half-way with SQLITE_BUSY on upgrade.
 
-Concurrency: the contract has one thread calling (the event loop). The
-connection is opened with check_same_thread=False and every call, and every
-whole transaction, holds one re-entrant lock, so a call from a worker thread
-(asyncio.to_thread) is safe too. Do not await inside a transaction: another
-coroutine on the same thread would join it.
+Thread model: base.Store's (one owning thread, no locks). The connection
+keeps sqlite3's default check_same_thread=True, so a call from any other
+thread raises sqlite3.ProgrammingError, checked in C on every statement.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sqlite3
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from control_plane.store import _codec
@@ -136,10 +131,8 @@ class SqliteStore(Store):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
-        self._lock = threading.RLock()
-        self._depth = 0
-        self._closed = False
-        self._conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+        super().__init__()
+        self._conn = sqlite3.connect(str(self.path), isolation_level=None)
         try:
             self._configure()
             self._migrate()
@@ -193,20 +186,14 @@ class SqliteStore(Store):
         return 0 if row is None else _int(row[0])
 
     # ---- helpers --------------------------------------------------------------
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError(f"{self!r} is closed")
-
     def _query(self, sql: str, params: Sequence[object]) -> list[tuple[object, ...]]:
-        with self._lock:
-            self._check_open()
-            return self._conn.execute(sql, params).fetchall()
+        self._check_open()
+        return self._conn.execute(sql, params).fetchall()
 
     def _query_one(self, sql: str, params: Sequence[object]) -> tuple[object, ...] | None:
-        with self._lock:
-            self._check_open()
-            row: tuple[object, ...] | None = self._conn.execute(sql, params).fetchone()
-            return row
+        self._check_open()
+        row: tuple[object, ...] | None = self._conn.execute(sql, params).fetchone()
+        return row
 
     def _write(self, sql: str, params: Sequence[object]) -> int:
         """Run one statement inside transaction(); return the number of rows changed."""
@@ -380,47 +367,24 @@ class SqliteStore(Store):
         rows = self._query("SELECT key_id, data FROM api_keys ORDER BY key_id", ())
         return [_codec.decode(records_pb2.ApiKeyRecord, _blob(data), what=f"API key {key!r}") for key, data in rows]
 
-    # ---- transactions and lifecycle -----------------------------------------
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        """BEGIN IMMEDIATE ... COMMIT around the outermost block; ROLLBACK if it raises.
+    # ---- transaction hooks and lifecycle --------------------------------------
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
 
-        A nested block joins the outer transaction: its writes commit (or
-        roll back) with the outermost block, which alone decides.
-        """
-        with self._lock:
-            self._check_open()
-            if self._depth:
-                self._depth += 1
-                try:
-                    yield
-                finally:
-                    self._depth -= 1
-                return
-            self._conn.execute("BEGIN IMMEDIATE")
-            self._depth = 1
-            try:
-                yield
-            except BaseException:
-                self._depth = 0
-                self._rollback()
-                raise
-            self._depth = 0
-            try:
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def _abort(self) -> None:
+        self._rollback()
 
     def close(self) -> None:
         """Close the file (rolling back an open transaction). Idempotent; later calls raise."""
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            self._depth = 0
-            self._rollback()
-            self._conn.close()
+        if self._closed:
+            return
+        self._closed = True
+        self._tx_depth = 0
+        self._rollback()
+        self._conn.close()
 
 
 def _blob(value: object) -> bytes:
