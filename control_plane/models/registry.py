@@ -77,7 +77,7 @@ MAX_VERSION = 2**31 - 1  # Model.version is an int32
 _PROBE_MODULE = "node_agent.runtime.probe"
 # The directory holding the control_plane and node_agent packages; put first on
 # the probe's PYTHONPATH so it runs the node_agent of this very tree.
-_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclasses.dataclass(frozen=True)
