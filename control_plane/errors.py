@@ -1,24 +1,23 @@
 """Domain errors of the control plane, free of any transport.
 
-Service code raises these; one server interceptor (control_plane.api.server)
-maps each class to a gRPC status code, so no RPC can forget the mapping.
-The message is shown to the client as it is: it names the field, the value
-or the limit. Anything else that escapes becomes INTERNAL with a generic
-message and the traceback goes to the log.
+Service code raises these; the one server interceptor (modelfleet.rpc's
+ErrorMapping, installed by control_plane.api.server) sends the status each
+class's `code` names (modelfleet.errors.StatusError, the worker's errors
+share the mechanism), so no RPC can forget the mapping. The message is
+shown to the client as it is: it names the field, the value or the limit.
+Anything else that escapes becomes INTERNAL with a generic message and the
+traceback goes to the log.
 """
 
 from __future__ import annotations
 
+from modelfleet.errors import StatusError
 
-class ModelfleetError(Exception):
+
+class ModelfleetError(StatusError):
     """Base class. `code` names the gRPC status the interceptor sends."""
 
     code = "INTERNAL"
-
-    def __init__(self, message: str, *, trailers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.trailers = dict(trailers or {})
 
 
 class InvalidArgument(ModelfleetError):

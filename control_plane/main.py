@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -81,6 +80,7 @@ from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
 from control_plane.store import Store, open_store
 from control_plane.store.cached import CachedStore
+from modelfleet.net import is_loopback
 from modelfleet.v1 import (
     agent_pb2_grpc,
     auth_pb2_grpc,
@@ -108,17 +108,6 @@ class Security:
         if not self.worker_tls_ca:
             return None
         return channel_credentials(self.worker_tls_ca, self.tls_cert, self.tls_key)
-
-
-def is_loopback(listen: str) -> bool:
-    """True when HOST of HOST:PORT is a loopback address (127.0.0.0/8, ::1, localhost)."""
-    host = listen.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ControlPlane:

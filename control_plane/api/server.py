@@ -1,15 +1,15 @@
-"""Builds the control plane's grpc.aio server: options, the one interceptor
+"""Builds the control plane's grpc.aio server: options, the interceptor
 that maps domain errors to status codes, the one that authenticates and
 authorizes every call (control_plane.auth.access), every service, health and
 reflection, and the TLS (or mTLS) server credentials.
 
-Error mapping (the only place): a `control_plane.errors.ModelfleetError`
-becomes its status code with its message (and trailers such as
-grpc-retry-pushback-ms); an abort the handler made itself passes through;
-anything else becomes INTERNAL "internal error" and its traceback is logged.
-A request message that does not parse is INVALID_ARGUMENT (grpc itself would
-answer UNKNOWN): the deserializer hands the wrapper a marker instead of
-raising, for every message of a request stream too.
+Error mapping is modelfleet.rpc.ErrorMapping, the worker's too: a
+`control_plane.errors.ModelfleetError` becomes the status its `code` names,
+with its message (and trailers such as grpc-retry-pushback-ms); an abort the
+handler made itself passes through; anything else becomes INTERNAL "internal
+error" and its traceback is logged. A request message that does not parse is
+INVALID_ARGUMENT (grpc itself would answer UNKNOWN), for every message of a
+request stream too.
 
 Message sizes (RELIABILITY.md: 4 MiB for management, more for inference):
 the transport accepts up to `--max-message-bytes` (64 MiB) so that V2
@@ -21,18 +21,15 @@ limit, before they are parsed.
 
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control_plane.auth.access import AccessInterceptor, Authenticator, OpenCalls
-from control_plane.errors import InvalidArgument, ModelfleetError, ResourceExhausted
+from modelfleet import rpc
 from modelfleet.inference import grpc_service_pb2
 from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
 
@@ -48,124 +45,20 @@ SERVICE_NAMES = [
 ]
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
-    if isinstance(exc, ModelfleetError):
-        if exc.trailers:
-            context.set_trailing_metadata(tuple(exc.trailers.items()))
-        await context.abort(getattr(grpc.StatusCode, exc.code), exc.message)
-    log.error("unexpected error in %s", method, exc_info=exc)
-    await context.abort(grpc.StatusCode.INTERNAL, "internal error")
-
-
 DEFAULT_MANAGEMENT_MESSAGE_BYTES = 4 << 20
 # methods whose requests may be as large as the transport allows (--max-message-bytes)
 INFERENCE_METHODS = frozenset({"/inference.GRPCInferenceService/ModelInfer", "/inference.GRPCInferenceService/ModelStreamInfer"})
+_MANAGEMENT_SCOPE = "management calls (--max-management-message-bytes); uploads are sent in chunks"
 
 
-class _Undecodable:
-    """A request message that did not parse (or is over the limit); the handler's wrapper refuses it."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
-
-    def refuse(self) -> ModelfleetError:
-        if isinstance(self.error, ModelfleetError):
-            return self.error
-        return InvalidArgument(f"malformed request message: {self.error}")
-
-
-def _tolerant(deserializer: Callable[[bytes], Any] | None, *, limit: int = 0) -> Callable[[bytes], Any] | None:
-    """deserializer, answering _Undecodable instead of raising (grpc would say UNKNOWN),
-    and for a message over `limit` bytes (0: none) without parsing it."""
-    if deserializer is None:
-        return None
-
-    def parse(data: bytes) -> Any:
-        if limit and len(data) > limit:
-            return _Undecodable(
-                ResourceExhausted(
-                    f"request message of {len(data)} bytes is larger than the {limit}-byte limit of management "
-                    "calls (--max-management-message-bytes); uploads are sent in chunks"
-                )
-            )
-        try:
-            return deserializer(data)
-        except Exception as exc:  # DecodeError, or whatever a custom deserializer raises
-            return _Undecodable(exc)
-
-    return parse
-
-
-async def _checked(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for request in requests:
-        if isinstance(request, _Undecodable):
-            raise request.refuse()
-        yield request
-
-
-def _wrap_unary(fn: Callable[..., Awaitable[Any]], method: str, *, streamed_requests: bool) -> Callable[..., Awaitable[Any]]:
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            if isinstance(request, _Undecodable):
-                raise request.refuse()
-            return await fn(_checked(request) if streamed_requests else request, context)
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, exc, method)
-
-    return wrapper
-
-
-def _wrap_stream(fn: Callable[..., Any], method: str, *, streamed_requests: bool) -> Callable[..., Any]:
-    # A streaming handler is an async generator, or a coroutine that writes
-    # with context.write (the health service's Watch): keep its kind, or
-    # grpc.aio would treat it as the other one.
-    if not inspect.isasyncgenfunction(fn):
-        return _wrap_unary(fn, method, streamed_requests=streamed_requests)
-
-    async def wrapper(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        try:
-            if isinstance(request, _Undecodable):
-                raise request.refuse()
-            async for item in fn(_checked(request) if streamed_requests else request, context):
-                yield item
-        except grpc.aio.AbortError:
-            raise
-        except Exception as exc:
-            await _abort(context, exc, method)
-
-    return wrapper
-
-
-class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
-    """The one place where errors become status codes; also turns an
-    undecodable request message into INVALID_ARGUMENT (not UNKNOWN), and one
-    of a management method over `management_limit` bytes into RESOURCE_EXHAUSTED."""
+class ErrorMappingInterceptor(rpc.ErrorMapping):
+    """modelfleet.rpc.ErrorMapping with the control plane's limit: a request message of a
+    method other than ModelInfer and ModelStreamInfer over `management_limit` bytes is RESOURCE_EXHAUSTED."""
 
     def __init__(self, management_limit: int = DEFAULT_MANAGEMENT_MESSAGE_BYTES) -> None:
-        self._management_limit = management_limit
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        method = handler_call_details.method
-        limit = 0 if method in INFERENCE_METHODS else self._management_limit
-        safe = handler._replace(request_deserializer=_tolerant(handler.request_deserializer, limit=limit))
-        if handler.unary_unary:
-            return safe._replace(unary_unary=_wrap_unary(handler.unary_unary, method, streamed_requests=False))
-        if handler.stream_unary:
-            return safe._replace(stream_unary=_wrap_unary(handler.stream_unary, method, streamed_requests=True))
-        if handler.unary_stream:
-            return safe._replace(unary_stream=_wrap_stream(handler.unary_stream, method, streamed_requests=False))
-        if handler.stream_stream:
-            return safe._replace(stream_stream=_wrap_stream(handler.stream_stream, method, streamed_requests=True))
-        return handler
+        super().__init__(
+            logger=log, limit=rpc.MessageLimit(max_bytes=management_limit, scope=_MANAGEMENT_SCOPE, exempt=INFERENCE_METHODS)
+        )
 
 
 @dataclass(frozen=True)

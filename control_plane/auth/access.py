@@ -33,13 +33,13 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import grpc
 
 from control_plane.errors import PermissionDenied, Unauthenticated
+from modelfleet import rpc
 
 # ---- privileges and roles ---------------------------------------------------------------
 MANAGE_DEPLOYMENTS = "manage_deployments"
@@ -296,10 +296,12 @@ def _wrap(
     open_calls: OpenCalls | None = None,
 ) -> grpc.RpcMethodHandler:
     """The handler with the caller recorded, or a stand-in of the same kind that raises `error`.
-    With open_calls, a streaming call is tracked under its key (see OpenCalls)."""
+    With open_calls, a streaming call (either side a stream) is tracked under its key (see OpenCalls)."""
     key_id = principal.key_id if principal is not None and open_calls is not None else ""
 
-    def unary(fn: Callable[..., Awaitable[Any]], *, tracked: bool = False) -> Callable[..., Awaitable[Any]]:
+    def unary(fn: Callable[..., Awaitable[Any]], kind: rpc.RpcKind) -> Callable[..., Awaitable[Any]]:
+        tracked = kind.streaming
+
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if error is not None:
                 raise error
@@ -312,12 +314,7 @@ def _wrap(
 
         return call
 
-    def streaming(fn: Callable[..., Any]) -> Callable[..., Any]:
-        # grpc.aio takes a streaming handler as an async generator or as a
-        # coroutine writing with context.write (health Watch): keep its kind.
-        if not inspect.isasyncgenfunction(fn):
-            return unary(fn, tracked=True)
-
+    def streaming(fn: Callable[..., Any], kind: rpc.RpcKind) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if error is not None:
                 raise error
@@ -332,12 +329,4 @@ def _wrap(
 
         return call
 
-    if handler.unary_unary:
-        return handler._replace(unary_unary=unary(handler.unary_unary))
-    if handler.stream_unary:
-        return handler._replace(stream_unary=unary(handler.stream_unary, tracked=True))
-    if handler.unary_stream:
-        return handler._replace(unary_stream=streaming(handler.unary_stream))
-    if handler.stream_stream:
-        return handler._replace(stream_stream=streaming(handler.stream_stream))
-    return handler
+    return rpc.wrap_handler(handler, coroutine=unary, generator=streaming)

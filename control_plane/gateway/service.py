@@ -8,7 +8,7 @@ the request off the wire, stream framing), .limits (the token bucket),
 ModelInfer is proxied without re-encoding: the request arrives as raw bytes,
 fields 1 and 2 (model_name, model_version) are read off the wire, the
 request is validated strictly against the specs of the model it is routed
-to (control_plane.gateway.v2check: a parse of a copy plus size checks, no tensor
+to (modelfleet.wire.v2, the worker's rules: a parse of a copy plus size checks, no tensor
 decoded; a bad request gets INVALID_ARGUMENT and never reaches a worker),
 and the original bytes go to a started worker over a channel kept per
 worker address, with the allocation's worker token as `authorization`
@@ -63,7 +63,6 @@ from typing import Any
 import grpc
 
 from control_plane import errors
-from control_plane.gateway import v2check
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
 from control_plane.gateway.stats import GatewayStats
@@ -81,6 +80,7 @@ from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.streams import answer_concurrently
 from modelfleet.v1 import models_pb2
+from modelfleet.wire import v2
 
 log = logging.getLogger(__name__)
 
@@ -107,8 +107,8 @@ class Gateway:
     ) -> None:
         self.source = source  # deployments, routes and models: all the gateway reads (control_plane.routes)
         self._channels = ChannelPool(max_message_bytes=max_message_bytes, credentials=worker_credentials)
-        # (model_id, version) -> (inputs, outputs); model versions never change
-        self._specs: dict[tuple[str, int], tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]]] = {}
+        # (model_id, version) -> the V2 rules of its specs; model versions never change
+        self._specs: dict[tuple[str, int], v2.RequestRules] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
         self._inflight_by_address: collections.Counter[str] = collections.Counter()
         self._buckets: dict[str, TokenBucket] = {}
@@ -179,7 +179,7 @@ class Gateway:
         return random.choice([r for r in routes if self._inflight[r.allocation_id] == low])
 
     # ---- validation ----------------------------------------------------------------
-    def _model_specs(self, model: tuple[str, int]) -> tuple[tuple[v2check.Spec, ...], tuple[v2check.Spec, ...]] | None:
+    def _model_specs(self, model: tuple[str, int]) -> v2.RequestRules | None:
         specs = self._specs.get(model)
         if specs is None:
             record = self.source.model(*model)
@@ -187,14 +187,14 @@ class Gateway:
                 return None
             if len(self._specs) > 10_000:
                 self._specs.clear()
-            specs = self._specs[model] = v2check.model_specs(record)
+            specs = self._specs[model] = v2.RequestRules.of_model(record, error=errors.InvalidArgument)
         return specs
 
     def validate(self, request: bytes, model: tuple[str, int]) -> None:
-        """INVALID_ARGUMENT unless request fits `model` (model_id, version): see control_plane.gateway.v2check."""
+        """INVALID_ARGUMENT unless request fits `model` (model_id, version): see modelfleet.wire.v2."""
         specs = self._model_specs(model)
         if specs is not None:
-            v2check.validate(v2check.parse_request(request), inputs=specs[0], outputs=specs[1])
+            specs.check(specs.parse(request))
 
     def model_before_routing(self, rec: records_pb2.DeploymentRecord, version: str) -> tuple[str, int] | None:
         """The model a call will reach when that is known before routing: the variant it

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import ipaddress
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import grpc
 
 from modelfleet.inference import grpc_service_pb2_grpc
+from modelfleet.net import is_loopback
 from modelfleet.v1 import auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
 DEFAULT_ADDR = "127.0.0.1:7070"
@@ -76,16 +76,6 @@ class _MetadataInterceptor(
 LOCAL_ADMIN_KEYS = (Path(".modelfleet/control-plane/admin.key"), Path("cp/admin.key"))
 
 
-def _is_local(addr: str) -> bool:
-    host = addr.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def resolve_token(addr: str, *, token: str | None = None, token_file: str | None = None) -> str:
     """The API key to send: token (MODELFLEET_TOKEN), else token_file (MODELFLEET_TOKEN_FILE),
     else, for a control plane on this machine, its bootstrap admin key
@@ -99,7 +89,7 @@ def resolve_token(addr: str, *, token: str | None = None, token_file: str | None
         return token.strip()
     if token_file:
         return Path(token_file).read_text().strip()
-    if not _is_local(addr):
+    if not is_loopback(addr):
         return ""
     data_dir = os.environ.get("MODELFLEET_DATA_DIR")
     for path in ([Path(data_dir) / "admin.key"] if data_dir else []) + list(LOCAL_ADMIN_KEYS):

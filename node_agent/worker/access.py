@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 
+from modelfleet import rpc
 from modelfleet.v1 import agent_pb2
 from node_agent.worker.errors import PermissionDenied, Unauthenticated
 
@@ -168,7 +169,7 @@ def _refusing(handler: grpc.RpcMethodHandler, error: Exception) -> grpc.RpcMetho
     async def refuse(request: Any, context: Any) -> Any:
         raise error
 
-    for kind in ("unary_unary", "unary_stream", "stream_unary", "stream_stream"):
-        if getattr(handler, kind):
-            return handler._replace(**{kind: refuse})
-    return handler
+    def stand_in(fn: Callable[..., Any], kind: rpc.RpcKind) -> Callable[..., Any]:
+        return refuse  # it raises before answering: a coroutine serves every kind
+
+    return rpc.wrap_handler(handler, coroutine=stand_in, generator=stand_in)

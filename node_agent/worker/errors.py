@@ -1,25 +1,22 @@
 """Domain errors of the inference worker, free of any transport.
 
-Service, codec and queue code raise these; the one server interceptor in
-`node_agent.worker.server` maps `code` (a gRPC status name) onto the status
-and sends `message` as it is, with `trailers` as trailing metadata. Anything
-else that escapes a handler becomes INTERNAL with a generic message and its
-traceback is logged. (The control plane has its own errors.py: the two
-processes share only the protos.)
+Service, codec and queue code raise these; the one server interceptor
+(modelfleet.rpc's ErrorMapping, installed by `node_agent.worker.server`)
+maps `code` (a gRPC status name, the mechanism of modelfleet.errors.StatusError
+that the control plane's errors share) onto the status and sends `message` as
+it is, with `trailers` as trailing metadata. Anything else that escapes a
+handler becomes INTERNAL with a generic message and its traceback is logged.
 """
 
 from __future__ import annotations
 
+from modelfleet.errors import StatusError
 
-class WorkerError(Exception):
+
+class WorkerError(StatusError):
     """Base class. `code` names the gRPC status the interceptor sends."""
 
     code = "INTERNAL"
-
-    def __init__(self, message: str, *, trailers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.trailers = dict(trailers or {})
 
 
 class InvalidArgument(WorkerError):
