@@ -224,6 +224,15 @@ class KeyService:
         if self.on_change is not None:
             self.on_change(revoked)
 
+    def _checked_expiry(self, req: auth_pb2.CreateApiKeyRequest) -> float | None:
+        """When the new key expires (None: never), from the request's ttl."""
+        if not req.HasField("ttl"):
+            return None
+        ttl = req.ttl.seconds + req.ttl.nanos / 1e9
+        if not 0 <= ttl <= MAX_TTL_S or req.ttl.nanos < 0 or req.ttl.nanos >= 1_000_000_000:
+            raise errors.InvalidArgument(f"ttl must be between 0 (never expires) and {MAX_TTL_S} s, got {ttl:g} s")
+        return self._clock() + ttl if ttl > 0 else None
+
     def create(self, req: auth_pb2.CreateApiKeyRequest, *, creator: access.Principal | None) -> auth_pb2.CreateApiKeyResponse:
         """A new key. creator None = authentication is off (no subset rule applies).
 
@@ -232,34 +241,12 @@ class KeyService:
             PermissionDenied: a privilege the creator lacks, or a key outliving the creator's.
             ResourceExhausted: MAX_KEYS keys exist.
         """
-        roles, extra, wanted = _grants(req)
+        roles, extra, wanted = _checked_grants(req)
         user = req.user or (creator.user if creator is not None else access.DEFAULT_USER)
-        if not _USER.match(user):
-            raise errors.InvalidArgument(
-                f"user {user!r} is invalid: 1-64 letters, digits, '.', '_', '@', '+' or '-', starting with a letter or digit"
-            )
-        if len(req.name) > MAX_NAME_CHARS:
-            raise errors.InvalidArgument(f"name is {len(req.name)} characters long; at most {MAX_NAME_CHARS} are allowed")
-        node_id = check_id("node_id", req.node_id) if req.node_id not in ("", ANY_NODE) else req.node_id
-        if node_id and access.AGENT not in wanted:
-            raise errors.InvalidArgument("node_id binds an agent key: the key needs the agent privilege (role agent)")
-        expires_at: float | None = None
-        if req.HasField("ttl"):
-            ttl = req.ttl.seconds + req.ttl.nanos / 1e9
-            if not 0 <= ttl <= MAX_TTL_S or req.ttl.nanos < 0 or req.ttl.nanos >= 1_000_000_000:
-                raise errors.InvalidArgument(f"ttl must be between 0 (never expires) and {MAX_TTL_S} s, got {ttl:g} s")
-            expires_at = self._clock() + ttl if ttl > 0 else None
+        node_id = _checked_holder(req, user=user, wanted=wanted)
+        expires_at = self._checked_expiry(req)
         if creator is not None:
-            missing = wanted - creator.privileges
-            if missing:
-                raise errors.PermissionDenied(
-                    f"a key cannot grant privileges its owner lacks: {creator.describe()} lacks {', '.join(sorted(missing))}"
-                )
-            if creator.expires_at is not None and (expires_at is None or expires_at > creator.expires_at):
-                raise errors.PermissionDenied(
-                    f"the new key would outlive {creator.describe()}, which expires at {_when(creator.expires_at)}: "
-                    "give a ttl that ends before it"
-                )
+            _check_creator_may_grant(creator, wanted=wanted, expires_at=expires_at)
         if len(self._records) >= MAX_KEYS:
             raise errors.ResourceExhausted(f"there are {len(self._records)} API keys; at most {MAX_KEYS} are kept")
         record, token = self._new_record(
@@ -388,8 +375,8 @@ class KeyService:
         return token
 
 
-def _grants(req: auth_pb2.CreateApiKeyRequest) -> tuple[list[str], list[str], frozenset[str]]:
-    """The request's roles and extra privileges (deduplicated, each checked) and the privileges they give."""
+def _checked_grants(req: auth_pb2.CreateApiKeyRequest) -> tuple[list[str], list[str], frozenset[str]]:
+    """The requested roles and extra privileges (deduplicated, known) and the privileges they grant."""
     roles = list(dict.fromkeys(req.roles))
     extra = list(dict.fromkeys(req.privileges))
     for i, role in enumerate(roles):
@@ -404,3 +391,31 @@ def _grants(req: auth_pb2.CreateApiKeyRequest) -> tuple[list[str], list[str], fr
     if not wanted:
         raise errors.InvalidArgument("a key needs at least one role or privilege (roles or privileges)")
     return roles, extra, wanted
+
+
+def _checked_holder(req: auth_pb2.CreateApiKeyRequest, *, user: str, wanted: frozenset[str]) -> str:
+    """Check who the key is for (user, name, node binding); returns the node_id it binds."""
+    if not _USER.match(user):
+        raise errors.InvalidArgument(
+            f"user {user!r} is invalid: 1-64 letters, digits, '.', '_', '@', '+' or '-', starting with a letter or digit"
+        )
+    if len(req.name) > MAX_NAME_CHARS:
+        raise errors.InvalidArgument(f"name is {len(req.name)} characters long; at most {MAX_NAME_CHARS} are allowed")
+    node_id = check_id("node_id", req.node_id) if req.node_id not in ("", ANY_NODE) else req.node_id
+    if node_id and access.AGENT not in wanted:
+        raise errors.InvalidArgument("node_id binds an agent key: the key needs the agent privilege (role agent)")
+    return node_id
+
+
+def _check_creator_may_grant(creator: access.Principal, *, wanted: frozenset[str], expires_at: float | None) -> None:
+    """A key never grants a privilege its creator lacks, nor outlives it."""
+    missing = wanted - creator.privileges
+    if missing:
+        raise errors.PermissionDenied(
+            f"a key cannot grant privileges its owner lacks: {creator.describe()} lacks {', '.join(sorted(missing))}"
+        )
+    if creator.expires_at is not None and (expires_at is None or expires_at > creator.expires_at):
+        raise errors.PermissionDenied(
+            f"the new key would outlive {creator.describe()}, which expires at {_when(creator.expires_at)}: "
+            "give a ttl that ends before it"
+        )
