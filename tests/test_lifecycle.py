@@ -244,6 +244,20 @@ def test_restart_keeps_the_spec_and_refuses_changes() -> None:
         w.start("nope", model_id="")
 
 
+
+def test_a_dry_run_restart_plans_against_the_stopped_deployments_draining_workers() -> None:
+    """Restarting while the old worker still drains: the preview waits for it, as the real restart does."""
+    w = World()
+    w.join("a")
+    w.start("d", model_version=1, inference_threads=4, instances=1)
+    w.all_started("a")
+    w.stop("d")  # the agent has not confirmed yet: the old worker still holds node a's 4 cpus
+    plan = w.start("d", model_id="", dry_run=True).deployment
+    table = dict(plan.allocations[0].routing_table)
+    assert list(table) == ["a"] and table["a"].routing_state == S.ROUTING_STATE_STOPPING, table
+    w.start("d", model_id="")
+    assert not w.allocs("d"), "the real restart waits for the drain too"
+
 # ---- auto stop ----------------------------------------------------------------------------------
 def test_auto_stop_when_the_wall_clock_passes_and_restart_counts_again() -> None:
     w = World()

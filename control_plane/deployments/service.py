@@ -195,8 +195,9 @@ class DeploymentService:
                 status=existing.status if existing else common_pb2.DEPLOYMENT_STATUS_UNSPECIFIED,
             )
             record.created_at.CopyFrom(existing.created_at if existing else now)
-            if req.dry_run:
-                deployment = preview.preview(record, reconciler=self.reconciler)
+            if req.dry_run:  # a restart plans against the allocations the stopped deployment still has
+                current = self.store.list_allocations(deployment_id=deployment_id) if existing else ()
+                deployment = preview.preview(record, reconciler=self.reconciler, current=current)
                 return deployments_pb2.StartDeploymentResponse(allocation=deployment.allocations[0], deployment=deployment, dry_run=True)
             with self.store.transaction():
                 self.store.put_deployment(record)

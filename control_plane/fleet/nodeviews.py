@@ -2,9 +2,9 @@
 
 A `scheduler.NodeView` is a node's capacity, labels, readiness and what its
 allocations use. Building them all reads every node and allocation: O(nodes
-+ allocations). The reconciler used to do that on every tick, and it ticked
-on every agent report and every start: O(nodes x deployments) per event at
-a thousand of each (docs/performance.md). `NodeViews` keeps them instead:
++ allocations). Done on every tick, and ticks follow every agent report and
+every start, that is O(nodes x deployments) per event at a thousand of each
+(docs/performance.md). `NodeViews` keeps them instead:
 
 - `get()` returns the cached views (built on first use). Placements made in
   a tick update the returned dict in place (the reconciler adds the demand

@@ -163,7 +163,7 @@ def plan_deployment(
         lost_nodes: the LOST nodes among the allocations' nodes.
     """
     if record.desired != RUNNING:
-        return Plan(deployment_id=record.deployment_id, variants=(), retire=_stop_all(allocations, lost_nodes))
+        return Plan(deployment_id=record.deployment_id, variants=(), retire=plan_stop_all(allocations, lost_nodes))
     views = dict(node_views)
     planned: list[VariantActions] = []
     for variant in record.spec.variants:
@@ -353,8 +353,8 @@ def _stop(alloc: records_pb2.AllocationRecord, reason: str, lost_nodes: Collecti
     return Stop(allocation_id=alloc.allocation_id, node_id=alloc.node_id, reason=reason, node_lost=alloc.node_id in lost_nodes)
 
 
-def _stop_all(allocations: Sequence[records_pb2.AllocationRecord], lost_nodes: Collection[str]) -> tuple[Stop, ...]:
-    """A stopped deployment: every wanted allocation stops; a stopping one on a lost node is removed."""
+def plan_stop_all(allocations: Sequence[records_pb2.AllocationRecord], lost_nodes: Collection[str]) -> tuple[Stop, ...]:
+    """A stopped deployment: every wanted allocation stops; a stopping one on a lost node is removed (nobody can confirm it)."""
     return tuple(
         _stop(a, DEPLOYMENT_STOPPED, lost_nodes)
         for a in allocations

@@ -276,13 +276,11 @@ class Reconciler:
         allocs = self.store.list_allocations(deployment_id=rec.deployment_id)
         names = {v.name for v in rec.spec.variants}
         reasons: list[str] = []
+        lost = {a.node_id for a in allocs if self.fleet.state(a.node_id) == Liveness.LOST}
+        by_id = {a.allocation_id: a for a in allocs}
         with self.store.transaction():
             if rec.desired == STOPPED:
-                for alloc in allocs:
-                    if alloc.desired == RUNNING:
-                        self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")
-                    elif self.fleet.state(alloc.node_id) == Liveness.LOST:
-                        self._stop_allocation(alloc, dirty_nodes, reason="deployment stopped")  # nobody left to confirm
+                stops = planner.plan_stop_all(allocs, lost)
             else:
                 progress: list[rollout.Progress] = []
                 for variant in rec.spec.variants:
@@ -291,16 +289,11 @@ class Reconciler:
                     if plan is not None and plan.rollout:
                         reasons.append(plan.rollout)
                 retiring = [a for a in allocs if a.desired == RUNNING and a.variant not in names]
-                if retiring:
-                    if rollout.ready_to_retire(progress):
-                        for alloc in retiring:
-                            self._stop_allocation(alloc, dirty_nodes, reason="variant removed by an update")
-                    else:
-                        for alloc in retiring:
-                            if self.fleet.state(alloc.node_id) == Liveness.LOST:
-                                self._stop_allocation(alloc, dirty_nodes, reason="variant removed by an update")
-                        gone = ", ".join(sorted({repr(a.variant) for a in retiring}))
-                        reasons.append(f"removed variant(s) {gone} keep serving until the remaining variants have started")
+                stops, waits = planner.plan_retiring(retiring, progress=progress, lost_nodes=lost)
+                if waits:
+                    reasons.append(waits)
+            for stop in stops:
+                self._stop_allocation(by_id[stop.allocation_id], dirty_nodes, reason=stop.reason)
         self.rollouts[rec.deployment_id] = "; ".join(reasons)
         self.statuses.derive(rec.deployment_id)
 
