@@ -1,4 +1,5 @@
-"""Identifier rules for model, deployment and node ids (one place).
+"""Identifier rules for model, deployment and node ids, and the lookup of a
+required id (one place).
 
 An id is 1-64 characters: lowercase letters, digits, '-', '_' and '.',
 starting and ending with a letter or digit (Elasticsearch's model id rule,
@@ -8,8 +9,12 @@ plus '.'). Errors name the field and the rule.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
-from control_plane.errors import InvalidArgument
+from control_plane.errors import InvalidArgument, NotFound
+
+T = TypeVar("T")
 
 MAX_ID_LENGTH = 64
 _ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
@@ -27,3 +32,14 @@ def check_id(field: str, value: str) -> str:
             "starting and ending with a letter or digit"
         )
     return value
+
+
+def lookup(kind: str, value: str, get: Callable[[str], T | None]) -> T:
+    """The record get(value) of a request naming a `kind` (e.g. "deployment"):
+    INVALID_ARGUMENT when no id is given, NOT_FOUND when there is no such record."""
+    if not value:
+        raise InvalidArgument(f"{kind}_id is required")
+    record = get(value)
+    if record is None:
+        raise NotFound(f"{kind} '{value}' not found")
+    return record

@@ -1,5 +1,5 @@
-"""Records and a table of record kinds for the store tests (tests/test_store.py,
-tests/test_store_sqlite.py).
+"""Records and a table of record kinds for the store tests (tests/unit/store/test_store.py,
+tests/unit/store/test_store_sqlite.py).
 
 Each builder makes a small record keyed by its leading argument(s) (a
 model: id and version); records built with the same arguments are equal,

@@ -6,7 +6,7 @@ Every RPC the control plane serves has exactly one entry in
 An entry is public (health checks, reflection, V2 liveness: no credentials),
 "any valid key" (WhoAmI), or a set of privileges of which the caller needs
 one. A method missing from the table is denied, so a new RPC stays closed
-until someone decides who may call it (tests/test_security.py checks that
+until someone decides who may call it (tests/system/security/test_security.py checks that
 every method of every served service descriptor has an entry).
 
 `AccessInterceptor` runs inside the error-mapping interceptor: it raises

@@ -35,7 +35,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 
-from control_plane import errors
+from control_plane import errors, ids
 from control_plane.deployments import preview, views
 from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, seconds
 from control_plane.models.registry import ModelRegistry
@@ -319,12 +319,7 @@ class DeploymentService:
 
     # ---- reads ------------------------------------------------------------------------
     def _get_record(self, deployment_id: str) -> records_pb2.DeploymentRecord:
-        if not deployment_id:
-            raise errors.InvalidArgument("deployment_id is required")
-        rec = self.store.get_deployment(deployment_id)
-        if rec is None:
-            raise errors.NotFound(f"deployment '{deployment_id}' not found")
-        return rec
+        return ids.lookup("deployment", deployment_id, self.store.get_deployment)
 
     def get(self, deployment_id: str) -> deployments_pb2.Deployment:
         return views.deployment_view(self._get_record(deployment_id), reads=self.reconciler.reads)

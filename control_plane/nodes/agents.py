@@ -33,7 +33,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 
-from control_plane import errors
+from control_plane import errors, ids
 from control_plane.auth.access import Principal
 from control_plane.auth.keys import KeyService
 from control_plane.deployments import views
@@ -151,12 +151,7 @@ class NodeService:
         self.reconcile = reconcile  # a full tick: a drain or uncordon changes what every variant may take
 
     def _record(self, node_id: str) -> records_pb2.NodeRecord:
-        if not node_id:
-            raise errors.InvalidArgument("node_id is required")
-        record = self.store.get_node(node_id)
-        if record is None:
-            raise errors.NotFound(f"node '{node_id}' not found")
-        return record
+        return ids.lookup("node", node_id, self.store.get_node)
 
     def list(self) -> nodes_pb2.ListNodesResponse:
         return nodes_pb2.ListNodesResponse(nodes=[views.node_view(n, reads=self.reads) for n in self.store.list_nodes()])

@@ -4,7 +4,7 @@ Records are the protobuf messages of modelfleet.store.v1 / modelfleet.v1
 (serialized with protobuf, never pickle). Implementations: MemoryStore (unit
 tests), SqliteStore (the default; WAL, synchronous=FULL) and CachedStore (a
 write-through read cache in front of either). All pass the one shared
-contract suite in tests/test_store.py.
+contract suite in tests/unit/store/test_store.py.
 
 Constraints every implementation keeps:
 - A method returns only after its write is durable (for SQLite: committed

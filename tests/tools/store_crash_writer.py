@@ -1,4 +1,4 @@
-"""Crash-test writer for tests/test_store_sqlite.py: run as a subprocess, then SIGKILLed.
+"""Crash-test writer for tests/unit/store/test_store_sqlite.py: run as a subprocess, then SIGKILLed.
 
 Usage: python store_crash_writer.py DB_PATH COUNT
 

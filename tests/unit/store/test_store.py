@@ -6,7 +6,7 @@ is subclassed once per backend, and each subclass only provides the
 `make_store` fixture: a factory that opens the backend (for SQLite, the same
 file every call, so a second call is a reopen). SQLite-only tests (durability
 across reopen, schema versions, the pragmas, crash consistency under
-SIGKILL) live on TestSqliteStore in tests/test_store_sqlite.py. The records
+SIGKILL) live on TestSqliteStore in tests/unit/store/test_store_sqlite.py. The records
 the tests write come from tests/storerecords.py.
 """
 

@@ -19,7 +19,7 @@ import pytest
 from node_agent.runtime import ExecutionError, LoadError, TensorSpec, load_runtime, parse_specs_json
 from node_agent.runtime.dtypes import V2_DATATYPES, element_size, numpy_dtype, v2_datatype, wire_array
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """SQLite-only store tests: what the file adds to the Store contract.
 
-TestSqliteStore runs the whole contract (StoreContract, tests/test_store.py)
+TestSqliteStore runs the whole contract (StoreContract, tests/unit/store/test_store.py)
 on SqliteStore, plus durability across close and reopen, commit before
 return, the pragmas (WAL, synchronous=FULL), tables, indexes and schema
 versions, migration on open, refusing a newer schema, a corrupt record as
@@ -28,7 +28,7 @@ from control_plane.errors import DataLoss
 from control_plane.store import SchemaVersionError, SqliteStore
 from control_plane.store import sqlite as sqlite_mod
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 WRITER = REPO_ROOT / "tests" / "tools" / "store_crash_writer.py"
 
 

@@ -13,7 +13,7 @@ from google.protobuf import descriptor_pb2
 
 from modelfleet.inference import grpc_service_pb2
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[3]
 TOOL = ROOT / "tests" / "tools" / "triton_call.py"
 
 

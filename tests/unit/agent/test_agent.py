@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import modelbuild  # tests/ is on sys.path (pytest rootdir insertion)
+import modelbuild  # tests/ is on sys.path (pythonpath in pyproject.toml)
 import numpy as np
 import pytest
 from google.protobuf import duration_pb2
@@ -37,7 +37,7 @@ from node_agent.procs import pid_alive  # zombies (orphans waiting for init) cou
 from node_agent.supervisor import TRANSITIONS, InvalidTransition, SupervisorConfig, WorkerHandle, WorkerState
 
 T = TypeVar("T")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[3]
 HEARTBEAT = 0.2
 STARTED_TIMEOUT = 60.0
 Report = agent_pb2.AllocationReport
