@@ -24,7 +24,8 @@ from modelfleet.inference import grpc_service_pb2_grpc
 from modelfleet.net import is_loopback
 from modelfleet.v1 import auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
 
-DEFAULT_ADDR = "127.0.0.1:7070"
+DEFAULT_PORT = 7070
+DEFAULT_ADDR = f"127.0.0.1:{DEFAULT_PORT}"
 # Deadline of quick unary calls (get/list/...); long calls compute their own.
 DEFAULT_RPC_TIMEOUT = 30.0
 _MAX_MESSAGE = 512 * 1024 * 1024
@@ -69,6 +70,17 @@ class _MetadataInterceptor(
     def intercept_stream_stream(self, continuation: Callable[..., Any], details: grpc.ClientCallDetails,
                                 request_iterator: Iterator[Any]) -> Any:
         return continuation(self._details(details), request_iterator)
+
+
+def with_default_port(addr: str) -> str:
+    """`addr` with the control plane's port 7070 added when it names only a host
+    (`127.0.0.1`, `[::1]`, `cp.example`); gRPC would otherwise dial 443."""
+    text = addr.strip()
+    if text.startswith("["):
+        return text if "]:" in text else f"{text}:{DEFAULT_PORT}"
+    if text.count(":") > 1:  # a bare IPv6 address
+        return f"[{text}]:{DEFAULT_PORT}"
+    return text if ":" in text else f"{text}:{DEFAULT_PORT}"
 
 
 # Where a control plane on this machine keeps its bootstrap admin key:

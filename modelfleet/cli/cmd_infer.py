@@ -5,7 +5,9 @@ Input values come from a .npy file (`x=@batch.npy`) or a JSON literal
 ModelMetadata (asked first, only when some input has no `--dtype`), so a
 JSON literal becomes exactly the tensor the model declares. The call goes
 to the inference gateway on the control plane's address, `model_name` being
-the deployment id.
+the deployment id. `--json` writes NaN and ±inf as the strings "NaN",
+"Infinity" and "-Infinity", as protobuf's JSON mapping does, so the output
+always parses.
 """
 
 from __future__ import annotations
@@ -27,7 +29,10 @@ DEFAULT_TIMEOUT = 60.0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("infer", help="run one inference through the gateway", parents=parents)
+    p = sub.add_parser("infer", help="run one inference through the gateway", parents=parents,
+                       epilog="with --json, NaN and infinite values are written as the strings \"NaN\", \"Infinity\" "
+                              "and \"-Infinity\" (protobuf's JSON mapping), so the output is valid JSON; an input "
+                              "value outside its datatype's range is refused, naming the input and the range")
     p.add_argument("deployment_id", metavar="DEPLOYMENT")
     p.add_argument("--input", dest="inputs", action="append", required=True, metavar="NAME=VALUE",
                    help="NAME=@file.npy or NAME=<JSON>, e.g. 'x=[[1,2,3,4]]' (repeatable)")
@@ -122,11 +127,11 @@ def response_json(resp: grpc_service_pb2.ModelInferResponse, decoded: dict[str, 
     for i, out in enumerate(data.get("outputs", [])):
         out.pop("contents", None)
         for key, value in (("shape", [int(d) for d in out.get("shape", [])]),
-                           ("data", tensors.to_list(decoded[out["name"]]))):
+                           ("data", tensors.json_safe(tensors.to_list(decoded[out["name"]])))):
             marker = f"@@{key}-{i}@@"
-            inline[json.dumps(marker)] = json.dumps(value)
+            inline[json.dumps(marker)] = json.dumps(value, allow_nan=False)
             out[key] = marker
-    text = json.dumps(data, indent=2)
+    text = json.dumps(data, indent=2, allow_nan=False)
     for marker, value in inline.items():
         text = text.replace(marker, value, 1)
     return text

@@ -17,12 +17,12 @@ from collections.abc import Sequence
 import grpc
 
 from modelfleet.cli import cmd_deployments, cmd_infer, cmd_keys, cmd_models, cmd_nodes, up
-from modelfleet.cli.client import DEFAULT_ADDR, Client, Tls, format_rpc_error, resolve_token
+from modelfleet.cli.client import DEFAULT_ADDR, Client, Tls, format_rpc_error, resolve_token, with_default_port
 from modelfleet.cli.errors import CliError
 
 EPILOG = """\
 environment:
-  MODELFLEET_ADDR        control plane address (default 127.0.0.1:7070)
+  MODELFLEET_ADDR        control plane HOST[:PORT] (default 127.0.0.1:7070; port default 7070)
   MODELFLEET_TOKEN       API key, sent as `authorization: Bearer <token>`
   MODELFLEET_TOKEN_FILE  a file holding the API key (--token-file)
   MODELFLEET_TLS_CA      CA certificate: use TLS and trust it (--tls-ca)
@@ -56,7 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--addr", default=os.environ.get("MODELFLEET_ADDR") or DEFAULT_ADDR,
-                        help="control plane HOST:PORT (env MODELFLEET_ADDR, default %(default)s)")
+                        type=with_default_port,
+                        help="control plane HOST[:PORT] (env MODELFLEET_ADDR, default %(default)s; port default 7070)")
     parser.add_argument("--json", action="store_true", help="print the reply as JSON (proto field names)")
     parser.add_argument("--token-file", default=os.environ.get("MODELFLEET_TOKEN_FILE") or None, metavar="PATH",
                         help="read the API key from PATH (env MODELFLEET_TOKEN_FILE; MODELFLEET_TOKEN wins)")
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"modelfleet {_version()}")
     # The same flags after the subcommand; SUPPRESS keeps the global value when absent.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--addr", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    common.add_argument("--addr", default=argparse.SUPPRESS, type=with_default_port, help=argparse.SUPPRESS)
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     for flag in ("--token-file", "--tls-ca", "--tls-cert", "--tls-key", "--tls-server-name"):
         common.add_argument(flag, default=argparse.SUPPRESS, help=argparse.SUPPRESS)

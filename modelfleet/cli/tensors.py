@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import struct
 from pathlib import Path
 from typing import Any
@@ -100,11 +101,44 @@ def to_array(value: Any, datatype: str | None) -> np.ndarray[Any, Any]:
     return arr
 
 
+def _range(dtype: np.dtype[Any]) -> tuple[Any, Any] | None:
+    """(lowest, highest) value of a numeric dtype; None for BOOL and BYTES."""
+    if dtype.kind in ("i", "u"):
+        info = np.iinfo(dtype)
+        return int(info.min), int(info.max)
+    if dtype.kind == "f":
+        finfo = np.finfo(dtype)
+        return float(finfo.min), float(finfo.max)
+    return None
+
+
+def _check_range(arr: np.ndarray[Any, Any], datatype: str, dtype: np.dtype[Any]) -> None:
+    """Refuse values the datatype cannot hold, instead of wrapping or overflowing to inf."""
+    limits = _range(dtype)
+    if limits is None or arr.size == 0 or arr.dtype.kind not in ("i", "u", "f", "O"):
+        return
+    values = arr.ravel()
+    if arr.dtype.kind == "f":
+        values = values[np.isfinite(values)]  # NaN and ±inf stay what they are
+        if values.size == 0:
+            return
+    try:
+        low, high = min(values.tolist()), max(values.tolist())
+    except TypeError:
+        return  # mixed object values: astype reports them
+    lowest, highest = limits
+    for value in (low, high):
+        if not lowest <= value <= highest:
+            raise ValueError(f"value {value!r} is out of the range of {datatype.upper()} ({lowest!r} to {highest!r})")
+
+
 def _cast(arr: np.ndarray[Any, Any], datatype: str) -> np.ndarray[Any, Any]:
     dtype = numpy_dtype(datatype)
+    _check_range(arr, datatype, dtype)
     try:
-        return arr.astype(dtype)
-    except (ValueError, TypeError) as exc:
+        with np.errstate(all="raise"):
+            return arr.astype(dtype)
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise ValueError(f"cannot convert the value to {datatype.upper()}: {exc}") from None
 
 
@@ -166,6 +200,16 @@ def _scalar(value: Any) -> Any:
         return float(str(value))  # shortest text that round-trips, 0.1 not 0.10000000149
     if isinstance(value, np.generic):
         return value.item()
+    return value
+
+
+def json_safe(value: Any) -> Any:
+    """`value` (from `to_list`) with NaN and ±inf as the strings "NaN", "Infinity",
+    "-Infinity", as protobuf's JSON mapping writes them, so the text is valid JSON."""
+    if isinstance(value, list):
+        return [json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value
 
 

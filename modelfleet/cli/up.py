@@ -42,7 +42,7 @@ import numpy as np
 
 from modelfleet import demo
 from modelfleet.cli import render
-from modelfleet.cli.client import Client, format_rpc_error
+from modelfleet.cli.client import Client, format_rpc_error, with_default_port
 from modelfleet.cli.cmd_deployments import reached
 from modelfleet.cli.cmd_infer import infer
 from modelfleet.cli.cmd_models import file_digest, upload_file
@@ -68,7 +68,8 @@ class Terminated(KeyboardInterrupt):
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("up", help="run a control plane and local agents with a demo deployment", parents=parents)
     p.add_argument("--data-dir", type=Path, default=Path(".modelfleet"), help="default ./.modelfleet")
-    p.add_argument("--listen", default="127.0.0.1:7070", help="control plane address; 127.0.0.1:0 picks a free port")
+    p.add_argument("--listen", default="127.0.0.1:7070", type=with_default_port,
+                   help="control plane HOST[:PORT] (port default 7070); 127.0.0.1:0 picks a free port")
     p.add_argument("--agents", type=arg_type(positive_int, "count"), default=1, help="local node agents (default 1)")
     p.add_argument("--no-demo", action="store_true", help="do not upload and deploy the demo model")
     p.add_argument("--auth", choices=["on", "off"], default="on",

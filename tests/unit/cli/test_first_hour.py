@@ -1,0 +1,90 @@
+"""First-hour CLI edges (issue 13): `infer --json` is valid JSON, literals out
+of a datatype's range are refused by name, and a bare host dials port 7070.
+
+The inference calls go over a real socket (127.0.0.1:0) to a small servicer
+that answers with the values the test chose, NaN and infinities included.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import numpy as np
+import pytest
+
+from modelfleet.cli import tensors
+from modelfleet.cli.client import with_default_port
+from modelfleet.cli.main import build_parser, main
+from modelfleet.inference import grpc_service_pb2, grpc_service_pb2_grpc
+
+
+class EchoInference(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
+    """Answers ModelInfer with its input as output `y`, whatever the values."""
+
+    def ModelInfer(self, request: grpc_service_pb2.ModelInferRequest,
+                   context: grpc.ServicerContext) -> grpc_service_pb2.ModelInferResponse:
+        (inp,) = request.inputs
+        resp = grpc_service_pb2.ModelInferResponse(model_name=request.model_name)
+        resp.outputs.add(name="y", datatype=inp.datatype, shape=list(inp.shape))
+        resp.raw_output_contents.append(request.raw_input_contents[0])
+        return resp
+
+
+@pytest.fixture
+def echo_addr() -> Iterator[str]:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(EchoInference(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(None)
+
+
+def test_infer_json_writes_nan_and_infinity_as_strings(echo_addr: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--addr", echo_addr, "--json", "infer", "d", "--input", "x=[[NaN, Infinity, -Infinity, 1.5]]",
+                 "--dtype", "FP32"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out, parse_constant=lambda c: pytest.fail(f"bare {c} in the JSON output"))
+    assert data["outputs"][0]["data"] == [["NaN", "Infinity", "-Infinity", 1.5]]
+
+
+@pytest.mark.parametrize(("literal", "dtype", "limit"), [
+    ("[1e40]", "FP32", "FP32 (-3.4028234663852886e+38 to 3.4028234663852886e+38)"),
+    ("[70000]", "FP16", "FP16 (-65504.0 to 65504.0)"),
+    ("[300]", "INT8", "INT8 (-128 to 127)"),
+    ("[-1]", "UINT32", "UINT32 (0 to 4294967295)"),
+    ("[100000000000000000000]", "INT64", "INT64 (-9223372036854775808 to 9223372036854775807)"),
+])
+def test_out_of_range_literal_is_refused_naming_input_and_range(
+        echo_addr: str, capsys: pytest.CaptureFixture[str], literal: str, dtype: str, limit: str) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no numpy RuntimeWarning may leak
+        code = main(["--addr", echo_addr, "infer", "d", "--input", f"x={literal}", "--dtype", dtype])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: --input x: value ") and f"is out of the range of {limit}" in err
+
+
+def test_in_range_values_still_convert() -> None:
+    assert tensors.to_array([65504.0, -1.0], "FP16").dtype == np.float16
+    assert tensors.to_array([127, -128], "INT8").tolist() == [127, -128]
+    assert np.isnan(tensors.to_array([float("nan")], "FP32")[0])
+
+
+@pytest.mark.parametrize(("given", "dialled"), [
+    ("127.0.0.1", "127.0.0.1:7070"), ("cp.example", "cp.example:7070"), ("127.0.0.1:9", "127.0.0.1:9"),
+    ("[::1]", "[::1]:7070"), ("[::1]:9", "[::1]:9"), ("::1", "[::1]:7070"),
+])
+def test_an_address_without_port_gets_7070(given: str, dialled: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert with_default_port(given) == dialled
+    assert build_parser().parse_args(["--addr", given, "nodes", "list"]).addr == dialled
+    assert build_parser().parse_args(["nodes", "list", "--addr", given]).addr == dialled
+    monkeypatch.setenv("MODELFLEET_ADDR", given)
+    assert build_parser().parse_args(["nodes", "list"]).addr == dialled
+    assert build_parser().parse_args(["up", "--listen", given]).listen == dialled
