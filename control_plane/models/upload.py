@@ -21,6 +21,9 @@ Invariants:
   get the same version; the store never reuses a deleted version.
 - Models that fail validation are kept as INVALID (with the reason) so the
   user sees why.
+- Uploading the same bytes (sha256), format and declared specs again with
+  version 0 answers with the existing version, before any chunk is read
+  when the metadata declares the sha256; `new_version` records a new one.
 
 Not thread-safe: every upload runs on the one event loop.
 """
@@ -63,6 +66,23 @@ class _UploadPlan:
     total_bytes: int  # 0 = unchecked
     inputs: tuple[common_pb2.TensorSpec, ...]
     outputs: tuple[common_pb2.TensorSpec, ...]
+    new_version: bool  # record a new version even when the same bytes exist
+
+    def existing(self, store: Store, sha256: str) -> models_pb2.Model | None:
+        """The newest version of this model with these bytes, format and declared
+        specs: what an upload of the same file answers with, unless a new
+        version is asked for (new_version) or the version is given."""
+        if self.version or self.new_version or not sha256:
+            return None
+        for model in sorted(store.list_models(self.model_id), key=lambda m: m.version, reverse=True):
+            if model.model_id != self.model_id or model.sha256 != sha256 or model.format != self.format:
+                continue
+            if self.inputs and list(model.inputs) != list(self.inputs):
+                continue
+            if self.outputs and list(model.outputs) != list(self.outputs):
+                continue
+            return model
+        return None
 
 
 def label(model_id: str, version: int) -> str:
@@ -95,6 +115,10 @@ class Uploads:
         """
         iterator = aiter(requests)
         plan = self._check_metadata(await _first_metadata(iterator))
+        if (same := plan.existing(self._store, plan.sha256)) is not None:
+            # The declared sha256 names bytes already recorded: answer before any chunk is read.
+            logger.info("upload of model %s: same bytes as v%d, answered with it", plan.model_id, same.version)
+            return same
         writer = self._blobs.writer()
         held: str | None = None
         recorded = False
@@ -103,6 +127,9 @@ class Uploads:
             sha256 = writer.sha256
             if plan.sha256 and sha256 != plan.sha256:
                 raise InvalidArgument(f"sha256 mismatch: expected {plan.sha256}, got {sha256}")
+            if (same := plan.existing(self._store, sha256)) is not None:
+                writer.discard()
+                return same
             # Hold the blob from before its commit until its record exists, so
             # a concurrent delete of another model with this content keeps it.
             held = sha256
@@ -113,8 +140,7 @@ class Uploads:
             )
             if probe.refused:
                 raise InvalidArgument(f"{label(plan.model_id, plan.version)} refused: {probe.error}")
-            model = _new_model(plan, sha256=sha256, size=writer.size, probe=probe)
-            self._record(model, explicit=plan.version != 0)
+            model = self._record(_new_model(plan, sha256=sha256, size=writer.size, probe=probe), plan)
             recorded = True
         except BaseException:
             writer.discard()  # waits for a write/commit still running in its thread
@@ -159,6 +185,7 @@ class Uploads:
             total_bytes=meta.total_bytes,
             inputs=inputs,
             outputs=outputs,
+            new_version=meta.new_version,
         )
 
     async def _receive(
@@ -192,9 +219,13 @@ class Uploads:
                 f"total_bytes mismatch: the metadata declared {plan.total_bytes} bytes, {writer.size} were received"
             )
 
-    def _record(self, model: models_pb2.Model, *, explicit: bool) -> None:
-        """Assign the version (if 0) and write the record; no await in here."""
-        if explicit:
+    def _record(self, model: models_pb2.Model, plan: _UploadPlan) -> models_pb2.Model:
+        """Assign the version (if 0) and write the record; no await in here, so a
+        concurrent upload of the same bytes either sees this record or is seen.
+        Returns the recorded model, or the existing one with the same bytes."""
+        if (same := plan.existing(self._store, model.sha256)) is not None:
+            return same
+        if plan.version:
             if self._store.get_model(model.model_id, model.version) is not None:
                 raise AlreadyExists(f"model {model.model_id} v{model.version} already exists")
         else:
@@ -204,6 +235,7 @@ class Uploads:
             model.version = version
         model.created_at.GetCurrentTime()
         self._store.put_model(model)
+        return model
 
 
 async def _first_metadata(

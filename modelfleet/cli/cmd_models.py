@@ -2,7 +2,8 @@
 
 Uploads stream the file in 1 MiB chunks after one metadata message that
 carries the sha256 and size computed locally, so the server can verify what
-it received. Progress goes to stderr (a bar on a TTY, percentage lines
+it received. The same bytes uploaded again answer with the existing version
+(before any chunk is sent) unless `--new-version` is given. Progress goes to stderr (a bar on a TTY, percentage lines
 otherwise, nothing with --json) and never mixes into stdout.
 """
 
@@ -34,6 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     up.add_argument("--version", type=arg_type(positive_int, "version"), default=0, help="0 = next (default)")
     up.add_argument("--format", choices=("onnx", "torchscript"),
                     help="default from the extension: .onnx, .pt/.pth/.torchscript")
+    up.add_argument("--new-version", action="store_true",
+                    help="record a new version even when an existing version has the same bytes "
+                         "(default: answer with that version)")
     up.add_argument("--description", default="")
     up.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:DTYPE:DIMS",
                     type=arg_type(parse_tensor_spec, "tensor spec"),
@@ -118,14 +122,14 @@ def upload_requests(path: Path, metadata: models_pb2.UploadModelMetadata,
 def upload_file(client: Client, path: Path, *, model_id: str, version: int = 0, fmt: int,
                 description: str = "", inputs: list[common_pb2.TensorSpec] | None = None,
                 outputs: list[common_pb2.TensorSpec] | None = None,
-                progress: bool = True) -> models_pb2.Model:
+                progress: bool = True, new_version: bool = False) -> models_pb2.Model:
     """Upload `path` and return the registered Model (used by `up` too)."""
     if not path.is_file():
         raise CliError(f"no such file: {path}")
     sha256, total = file_digest(path)
     metadata = models_pb2.UploadModelMetadata(
         model_id=model_id, version=version, format=fmt, description=description,  # type: ignore[arg-type]
-        sha256=sha256, total_bytes=total, inputs=inputs or [], outputs=outputs or [],
+        sha256=sha256, total_bytes=total, inputs=inputs or [], outputs=outputs or [], new_version=new_version,
     )
     bar = Progress(path.name, total, enabled=progress)
     try:
@@ -172,7 +176,7 @@ def upload(args: argparse.Namespace, client: Client) -> int:
         raise CliError(str(exc), code=2) from None
     model = upload_file(client, args.path, model_id=args.model_id, version=args.version, fmt=fmt,
                         description=args.description, inputs=args.inputs, outputs=args.outputs,
-                        progress=not args.json)
+                        progress=not args.json, new_version=args.new_version)
     if args.json:
         render.print_proto(model)
     else:

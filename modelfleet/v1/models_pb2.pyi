@@ -37,7 +37,7 @@ class Model(_message.Message):
     def __init__(self, model_id: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., model_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., state: _Optional[_Union[_common_pb2.ModelState, str]] = ..., state_reason: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., description: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UploadModelMetadata(_message.Message):
-    __slots__ = ("model_id", "version", "format", "description", "sha256", "total_bytes", "inputs", "outputs")
+    __slots__ = ("model_id", "version", "format", "description", "sha256", "total_bytes", "inputs", "outputs", "new_version")
     MODEL_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     FORMAT_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class UploadModelMetadata(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    NEW_VERSION_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     version: int
     format: _common_pb2.ModelFormat
@@ -54,7 +55,8 @@ class UploadModelMetadata(_message.Message):
     total_bytes: int
     inputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
     outputs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TensorSpec]
-    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., description: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ...) -> None: ...
+    new_version: bool
+    def __init__(self, model_id: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[_common_pb2.ModelFormat, str]] = ..., description: _Optional[str] = ..., sha256: _Optional[str] = ..., total_bytes: _Optional[int] = ..., inputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_common_pb2.TensorSpec, _Mapping]]] = ..., new_version: _Optional[bool] = ...) -> None: ...
 
 class UploadModelRequest(_message.Message):
     __slots__ = ("metadata", "chunk")

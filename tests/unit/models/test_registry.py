@@ -211,14 +211,14 @@ async def test_corrupt_torchscript_is_invalid(env: Any) -> None:
 async def test_versions_count_up_and_are_never_reused(env: Any) -> None:
     reg = env.registry
     data = onnx_model()
-    versions = [(await reg.upload(stream(meta("m"), data))).version for _ in range(3)]
+    versions = [(await reg.upload(stream(meta("m", new_version=True), data))).version for _ in range(3)]
     assert versions == [1, 2, 3]
     assert [m.version for m in reg.list("m")] == [1, 2, 3]
     assert reg.get("m").version == 3
     assert (await reg.upload(stream(meta("m", version=7), data))).version == 7
-    assert (await reg.upload(stream(meta("m"), data))).version == 8
+    assert (await reg.upload(stream(meta("m", new_version=True), data))).version == 8
     reg.delete("m", 8)
-    assert (await reg.upload(stream(meta("m"), data))).version == 9
+    assert (await reg.upload(stream(meta("m", new_version=True), data))).version == 9
     # One blob for all of them: content addressed.
     assert files_under(env.root) == [sha(data)]
 
@@ -226,9 +226,30 @@ async def test_versions_count_up_and_are_never_reused(env: Any) -> None:
 @arun
 async def test_concurrent_uploads_get_distinct_versions(env: Any) -> None:
     data = onnx_model()
-    models = await asyncio.gather(*(env.registry.upload(stream(meta("m"), data)) for _ in range(3)))
+    models = await asyncio.gather(*(env.registry.upload(stream(meta("m", new_version=True), data)) for _ in range(3)))
     assert sorted(m.version for m in models) == [1, 2, 3]
     assert files_under(env.root) == [sha(data)]
+
+
+@arun
+async def test_the_same_bytes_again_answer_with_the_existing_version(env: Any) -> None:
+    reg = env.registry
+    data = onnx_model()
+    first = await reg.upload(stream(meta("m"), data))
+    again = await reg.upload(stream(meta("m"), data))  # no sha256 declared: found after the bytes
+    assert (first.version, again.version, again.created_at) == (1, 1, first.created_at)
+
+    async def only_metadata() -> AsyncIterator[models_pb2.UploadModelRequest]:
+        yield meta("m", sha256=sha(data))
+        raise AssertionError("a chunk was read although the declared sha256 is already version 1")
+
+    assert (await reg.upload(only_metadata())).version == 1
+    assert (await reg.upload(stream(meta("m", new_version=True), data))).version == 2
+    assert (await reg.upload(stream(meta("m"), onnx_model(seed=3)))).version == 3  # other bytes
+    assert (await reg.upload(stream(meta("other"), data))).version == 1  # another model
+    assert [m.version for m in reg.list("m")] == [1, 2, 3]
+    concurrent = await asyncio.gather(*(reg.upload(stream(meta("n"), data)) for _ in range(3)))
+    assert [m.version for m in concurrent] == [1, 1, 1] and [m.version for m in reg.list("n")] == [1]
 
 
 @arun
@@ -436,7 +457,7 @@ def _alive(pid: int) -> bool:
 async def test_delete_in_use_is_refused(env: Any) -> None:
     reg = env.registry
     for _ in range(2):
-        await reg.upload(stream(meta("m"), onnx_model()))
+        await reg.upload(stream(meta("m", new_version=True), onnx_model()))
     env.used.add(("m", 2))
     with pytest.raises(FailedPrecondition, match="model m v2 is used by a deployment"):
         reg.delete("m", 2)
