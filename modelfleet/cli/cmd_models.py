@@ -3,7 +3,8 @@
 Uploads stream the file in 1 MiB chunks after one metadata message that
 carries the sha256 and size computed locally, so the server can verify what
 it received. The same bytes uploaded again answer with the existing version
-(before any chunk is sent) unless `--new-version` is given. Progress goes to stderr (a bar on a TTY, percentage lines
+(before any chunk is sent) unless `--new-version` is given. A TorchScript
+file needs `--input` specs (it records no datatypes or shapes). Progress goes to stderr (a bar on a TTY, percentage lines
 otherwise, nothing with --json) and never mixes into stdout.
 """
 
@@ -41,7 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     up.add_argument("--description", default="")
     up.add_argument("--input", dest="inputs", action="append", default=[], metavar="NAME:DTYPE:DIMS",
                     type=arg_type(parse_tensor_spec, "tensor spec"),
-                    help="declared input, e.g. x:FP32:-1,4 (repeatable; needed for TorchScript)")
+                    help="declared input, e.g. x:FP32:-1,4 (repeatable; required for TorchScript)")
     up.add_argument("--output", dest="outputs", action="append", default=[], metavar="NAME:DTYPE:DIMS",
                     type=arg_type(parse_tensor_spec, "tensor spec"), help="declared output (repeatable)")
     up.set_defaults(func=upload)
@@ -174,6 +175,11 @@ def upload(args: argparse.Namespace, client: Client) -> int:
         fmt = model_format(args.path, args.format)
     except ValueError as exc:
         raise CliError(str(exc), code=2) from None
+    if fmt == common_pb2.MODEL_FORMAT_TORCHSCRIPT and not args.inputs:
+        raise CliError(
+            f"{args.path} is TorchScript, which records no input datatypes or shapes: declare every argument of "
+            "forward with --input NAME:DTYPE:DIMS, e.g. --input x:FP32:-1,4 (repeatable, in argument order; "
+            "-1 = any size)", code=2)
     model = upload_file(client, args.path, model_id=args.model_id, version=args.version, fmt=fmt,
                         description=args.description, inputs=args.inputs, outputs=args.outputs,
                         progress=not args.json, new_version=args.new_version)

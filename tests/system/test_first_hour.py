@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from cluster import Cluster
-from modelbuild import onnx_add
+from modelbuild import onnx_add, torchscript_add
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +41,7 @@ def test_a_bad_model_id_is_refused_before_the_bytes_are_sent(cluster: Cluster, t
     assert "error: INVALID_ARGUMENT: model_id 'Bad Name!' is invalid" in out.stderr
     # progress lines come every 10 %: the refusal arrived before a tenth was sent
     sent = [int(m) for m in re.findall(r"\((\d+)/\d+ bytes\)", out.stderr)]
-    assert sent and max(sent) < big.stat().st_size // 10, out.stderr
+    assert max(sent, default=0) < big.stat().st_size // 10, out.stderr
 
 
 def test_the_same_bytes_again_answer_with_the_existing_version(cluster: Cluster, tmp_path: Path) -> None:
@@ -56,3 +56,14 @@ def test_the_same_bytes_again_answer_with_the_existing_version(cluster: Cluster,
     assert "version:     2" in new.stdout
     listed = cli(cluster, "models", "list", "same")
     assert [line.split()[1] for line in listed.stdout.splitlines()[1:]] == ["1", "2"]
+
+
+def test_torchscript_without_input_specs_is_refused_saying_how_to_declare(cluster: Cluster, tmp_path: Path) -> None:
+    path = torchscript_add(tmp_path / "add.pt")
+    out = cli(cluster, "models", "upload", str(path), "--model-id", "ts-undeclared")
+    assert out.returncode == 2 and out.stdout == ""
+    assert "declare every argument of forward with --input NAME:DTYPE:DIMS, e.g. --input x:FP32:-1,4" in out.stderr
+    assert "ts-undeclared" not in cli(cluster, "models", "list").stdout
+    ok = cli(cluster, "models", "upload", str(path), "--model-id", "ts-declared", "--input", "x:FP32:-1,4")
+    assert ok.returncode == 0, ok.stderr
+    assert "inputs:      x:FP32:[-1, 4]" in ok.stdout

@@ -355,7 +355,8 @@ def test_upload_streams_chunks_with_metadata_and_token(fake_server: tuple[str, F
     assert "state:       NORMAL" in out and f"sha256:      {meta.sha256}" in out
     assert "100%" in err  # plain progress lines: stderr is not a TTY here
 
-    assert main(["--addr", addr, "--json", "models", "upload", str(tmp_path / "m.pt"), "--model-id", "m"]) == 0
+    assert main(["--addr", addr, "--json", "models", "upload", str(tmp_path / "m.pt"), "--model-id", "m",
+                 "--input", "x:FP32:-1"]) == 0
     out, err = capsys.readouterr()
     assert json.loads(out)["model_bytes"] == str(len(blob)) and err == ""
 
