@@ -23,7 +23,8 @@ time.time; `main(wall_clock=...)` takes another one (the tests move it forward).
 Security (docs/security.md): authentication is on unless `--auth off`,
 which is refused unless --listen is a loopback address. On first start with
 no API key in the store the bootstrap admin key is created, written to
-DATA_DIR/admin.key (mode 0600) and printed once on stdout. `--tls-cert` /
+DATA_DIR/admin.key (mode 0600) and printed once on stdout when stdout is a
+terminal (else only its path is printed). `--tls-cert` /
 `--tls-key` serve TLS; `--tls-client-ca` also demands client certificates
 signed by that CA (mTLS). The gateway reaches TLS workers trusting
 `--worker-tls-ca`, presenting --tls-cert/--tls-key when they ask for one.
@@ -357,12 +358,15 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
     plane.reconciler.full_every = args.full_reconcile_every
     token = plane.bootstrap()
     if token is not None:
-        # Printed this once (never logged); the file keeps it for local use.
-        print(
-            f"modelfleet: created the bootstrap admin API key; it is saved in {data_dir / ADMIN_KEY_FILE} "
-            f"(mode 0600) and shown only this once:\n  {token}",
-            flush=True,
-        )
+        # Shown once on a terminal (never logged); stdout that is not a terminal
+        # (a journal, a log file) would keep the key, so only its path is printed there.
+        key_file = data_dir / ADMIN_KEY_FILE
+        if sys.stdout.isatty():
+            print(f"modelfleet: created the bootstrap admin API key; it is saved in {key_file} "
+                  f"(mode 0600) and shown only this once:\n  {token}", flush=True)
+        else:
+            print(f"modelfleet: created the bootstrap admin API key in {key_file} (mode 0600); "
+                  "it is not printed because stdout is not a terminal", flush=True)
     elif args.auth == "off":
         log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
     await plane.start(args.listen)

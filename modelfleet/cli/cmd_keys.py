@@ -1,19 +1,23 @@
 """`modelfleet keys create|list|revoke|whoami`: API keys.
 
-A new key's token is printed once (`--token-only` prints just the token,
-for scripts: `modelfleet keys create --role agent --token-only > agent.key`);
-the server keeps only a salted hash. `whoami` shows which key the CLI is
+A new key's token is shown once: printed, or with `--output FILE` written
+to a new file of mode 0600 (never world-readable, unlike a shell redirect;
+an existing file is kept unless `--force`), e.g. `modelfleet keys create
+--role agent --output agent.key`. The server keeps only a salted hash. `whoami` shows which key the CLI is
 using and what it may do.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from google.protobuf import duration_pb2
 
 from modelfleet.cli import render
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
+from modelfleet.cli.errors import CliError
 from modelfleet.cli.parsing import arg_type, parse_duration
 from modelfleet.v1 import auth_pb2
 
@@ -35,6 +39,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     p.add_argument("--node-id", default="",
                    help="agent keys: the only node it may act for (default: the first it registers; '*': any node)")
     p.add_argument("--token-only", action="store_true", help="print only the token")
+    p.add_argument("--output", type=Path, metavar="FILE",
+                   help="write the token to FILE (created with mode 0600) instead of printing it")
+    p.add_argument("--force", action="store_true", help="with --output: replace FILE if it exists")
     p.set_defaults(func=create_key)
     p = ksub.add_parser("list", help="list API keys", parents=parents)
     p.add_argument("--user", default="", help="only this user's keys")
@@ -69,13 +76,37 @@ def _print_key(key: auth_pb2.ApiKey) -> None:
         print(f"{name + ':':<13}{value}")
 
 
+def write_private(path: Path, text: str, *, force: bool = False) -> None:
+    """Write `text` to a file only its owner can read (0600), created so from the
+    start; an existing file is refused unless `force` (then replaced, mode 0600)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise CliError(f"--output {path} exists: give --force to replace it", code=2) from None
+    with os.fdopen(fd, "w") as f:
+        os.fchmod(fd, 0o600)  # a replaced file keeps its old mode otherwise
+        f.write(text)
+
+
 def create_key(args: argparse.Namespace, client: Client) -> int:
+    if args.output is not None and args.output.exists() and not args.force:
+        raise CliError(f"--output {args.output} exists: give --force to replace it", code=2)
     req = auth_pb2.CreateApiKeyRequest(
         user=args.user, roles=args.role, privileges=args.privilege, name=args.name, node_id=args.node_id
     )
     if args.ttl:
         req.ttl.CopyFrom(duration_pb2.Duration(seconds=int(args.ttl), nanos=int(args.ttl % 1 * 1e9)))
     resp = client.auth.CreateApiKey(req, timeout=DEFAULT_RPC_TIMEOUT)
+    if args.output is not None:
+        write_private(args.output, resp.token + "\n", force=args.force)
+        resp.token = ""  # shown nowhere else
+        if args.json:
+            render.print_proto(resp)
+        elif not args.token_only:
+            _print_key(resp.api_key)
+            print(f"\ntoken written to {args.output} (mode 0600)")
+        return 0
     if args.token_only:
         print(resp.token)
     elif args.json:

@@ -6,14 +6,16 @@ variables in a deployment's env."""
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cluster import Cluster
+from cluster import Cluster, wait_until
 from modelbuild import onnx_add, torchscript_add
 
 
@@ -67,3 +69,63 @@ def test_torchscript_without_input_specs_is_refused_saying_how_to_declare(cluste
     ok = cli(cluster, "models", "upload", str(path), "--model-id", "ts-declared", "--input", "x:FP32:-1,4")
     assert ok.returncode == 0, ok.stderr
     assert "inputs:      x:FP32:[-1, 4]" in ok.stdout
+
+
+def test_keys_create_output_writes_0600_and_keeps_an_existing_file(cluster: Cluster, tmp_path: Path) -> None:
+    key_file = tmp_path / "agent.key"
+    out = cli(cluster, "keys", "create", "--role", "agent", "--name", "first-hour", "--output", str(key_file))
+    assert out.returncode == 0, out.stderr
+    token = key_file.read_text().strip()
+    assert key_file.stat().st_mode & 0o777 == 0o600 and token not in out.stdout
+    assert f"token written to {key_file} (mode 0600)" in out.stdout
+    assert "agent" in cli(cluster, "keys", "whoami", token=token).stdout  # the written key works
+    before = len(cli(cluster, "keys", "list").stdout.splitlines())
+    again = cli(cluster, "keys", "create", "--role", "agent", "--output", str(key_file))
+    assert again.returncode == 2 and f"--output {key_file} exists: give --force to replace it" in again.stderr
+    assert key_file.read_text().strip() == token
+    assert len(cli(cluster, "keys", "list").stdout.splitlines()) == before  # no key was made for nothing
+    key_file.chmod(0o644)
+    forced = cli(cluster, "keys", "create", "--role", "agent", "--output", str(key_file), "--force", "--token-only")
+    assert forced.returncode == 0 and forced.stdout == "", forced.stderr
+    assert key_file.read_text().strip() != token and key_file.stat().st_mode & 0o777 == 0o600
+
+
+def _first_start(data_dir: Path, stdout: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0", "--data-dir", str(data_dir)],
+                            stdout=stdout, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+
+def test_bootstrap_admin_key_is_printed_only_on_a_terminal(tmp_path: Path) -> None:
+    for name, on_tty in (("log", False), ("tty", True)):
+        data = tmp_path / name
+        if on_tty:
+            master, slave = pty.openpty()
+            proc = _first_start(data, slave)
+            os.close(slave)
+        else:
+            log = (tmp_path / "cp.log").open("wb")
+            proc = _first_start(data, log.fileno())
+        try:
+            wait_until(lambda: (data / "endpoint").exists(), timeout=30, what="the endpoint file")  # noqa: B023
+            token = (data / "admin.key").read_text().strip()
+            if on_tty:
+                shown = bytearray()
+
+                def read_some() -> bool:
+                    if select.select([master], [], [], 0.1)[0]:
+                        shown.extend(os.read(master, 4096))
+                    return token.encode() in shown
+
+                wait_until(read_some, timeout=30, interval=0, what="the admin key on the terminal")
+            else:
+                log.flush()
+                text = (tmp_path / "cp.log").read_text()
+                assert str(data / "admin.key") in text and "not printed because stdout is not a terminal" in text
+                assert token not in text
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+            if on_tty:
+                os.close(master)
+            else:
+                log.close()
