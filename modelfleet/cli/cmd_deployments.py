@@ -108,7 +108,7 @@ def _register_inspect(dsub: argparse._SubParsersAction[argparse.ArgumentParser],
     stats.add_argument("deployment_id", metavar="ID")
     stats.set_defaults(func=deployment_stats)
 
-    watch = dsub.add_parser("watch", help="print a line per change until Ctrl-C", parents=parents)
+    watch = dsub.add_parser("watch", help="print a line per visible change until Ctrl-C (--json: every snapshot)", parents=parents)
     watch.add_argument("deployment_id", metavar="ID")
     watch.add_argument("--until", choices=("started", "fully_allocated", "stopped"),
                        help="exit 0 once the deployment reaches this")
@@ -418,10 +418,12 @@ def snapshot_line(dep: deployments_pb2.Deployment, now: dt.datetime | None = Non
     parts = [when, dep.deployment_id, f"status={render.deployment_status(dep.status)}"]
     if dep.status_reason:
         parts.append(f"reason={dep.status_reason!r}")
-    for alloc in dep.allocations:
-        label = f"{alloc.variant}:" if len(dep.allocations) > 1 and alloc.variant else ""
+    if dep.rollout:
+        parts.append(f"rollout={dep.rollout!r}")
+    for alloc, retiring in [(a, False) for a in dep.allocations] + [(a, True) for a in dep.retiring]:
+        label = f"{alloc.variant}:" if (len(dep.allocations) > 1 or retiring) and alloc.variant else ""
         target = alloc.target_nodes or len(alloc.routing_table)
-        parts.append(f"{label}{render.allocation_state(alloc.allocation_state)} "
+        parts.append(f"{'retiring ' if retiring else ''}{label}{render.allocation_state(alloc.allocation_state)} "
                      f"{render.started_count(alloc)}/{target} [{render.routing_summary(alloc)}]")
     return " ".join(parts)
 
@@ -442,10 +444,21 @@ def _until_deadline(stream: Iterator[deployments_pb2.WatchDeploymentResponse],
 def watch_deployment(args: argparse.Namespace, client: Client) -> int:
     stream = client.deployments.WatchDeployment(
         deployments_pb2.WatchDeploymentRequest(deployment_id=args.deployment_id), timeout=args.timeout)
+    shown = ""
     try:
         for snap in _until_deadline(stream, args):
             dep = snap.deployment
-            print(render.proto_json(snap, indent=None) if args.json else snapshot_line(dep), flush=True)
+            if args.json:
+                print(render.proto_json(snap, indent=None), flush=True)
+            else:
+                # A snapshot comes per change of the deployment or its events, also of
+                # fields the line does not show (times, reasons of routes): print a
+                # line only when what it shows changed.
+                line = snapshot_line(dep)
+                what = line.split(" ", 1)[1]
+                if what != shown:
+                    shown = what
+                    print(line, flush=True)
             if args.until and reached(dep, args.until):
                 return 0
             if args.until in ("started", "fully_allocated") and dep.status == common_pb2.DEPLOYMENT_STATUS_STOPPED:

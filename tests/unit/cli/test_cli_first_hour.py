@@ -1,8 +1,9 @@
 """First-hour CLI edges (issue 13): `infer --json` is valid JSON, literals out
-of a datatype's range are refused by name, and a bare host dials port 7070.
+of a datatype's range are refused by name, a bare host dials port 7070, and
+`deployments watch` prints a line only when what it shows changed.
 
-The inference calls go over a real socket (127.0.0.1:0) to a small servicer
-that answers with the values the test chose, NaN and infinities included.
+The calls go over a real socket (127.0.0.1:0) to small servicers
+that answer with what the test chose (NaN and infinities, repeated snapshots).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from modelfleet.cli import tensors
 from modelfleet.cli.client import with_default_port
 from modelfleet.cli.main import build_parser, main
 from modelfleet.inference import grpc_service_pb2, grpc_service_pb2_grpc
+from modelfleet.v1 import common_pb2, deployments_pb2, deployments_pb2_grpc
 
 
 class EchoInference(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -88,3 +90,52 @@ def test_an_address_without_port_gets_7070(given: str, dialled: str, monkeypatch
     monkeypatch.setenv("MODELFLEET_ADDR", given)
     assert build_parser().parse_args(["nodes", "list"]).addr == dialled
     assert build_parser().parse_args(["up", "--listen", given]).listen == dialled
+
+
+def _snapshot(status: int, state: int, *, reason: str = "", route_reason: str = "", seq: int = 0,
+              retiring: bool = False) -> deployments_pb2.WatchDeploymentResponse:
+    snap = deployments_pb2.WatchDeploymentResponse()
+    dep = snap.deployment
+    dep.deployment_id, dep.status, dep.status_reason = "d", status, reason  # type: ignore[assignment]
+    alloc = dep.allocations.add(allocation_state=state, variant="m-v2", target_nodes=1)  # type: ignore[arg-type]
+    alloc.routing_table["n1"].routing_state = common_pb2.ROUTING_STATE_STARTED
+    alloc.routing_table["n1"].reason = route_reason  # not on the line
+    if retiring:
+        dep.retiring.add(allocation_state=common_pb2.ALLOCATION_STATE_STARTED, variant="m-v1", target_nodes=1)
+    if seq:
+        snap.events.add(seq=seq)
+    return snap
+
+
+class ChangingDeployments(deployments_pb2_grpc.DeploymentsServicer):
+    """An update then a stop, as the control plane streams it: a snapshot per change,
+    some changing only what the watch line does not show (route reasons, events)."""
+
+    def WatchDeployment(self, request: deployments_pb2.WatchDeploymentRequest,
+                        context: grpc.ServicerContext) -> Iterator[deployments_pb2.WatchDeploymentResponse]:
+        running, stopping = common_pb2.DEPLOYMENT_STATUS_RUNNING, common_pb2.DEPLOYMENT_STATUS_STOPPING
+        started, stopping_a = common_pb2.ALLOCATION_STATE_STARTED, common_pb2.ALLOCATION_STATE_STOPPING
+        yield _snapshot(running, started, retiring=True)
+        yield _snapshot(running, started, retiring=True, seq=1)  # an event only
+        yield _snapshot(running, started)  # the old variant retired
+        yield _snapshot(running, started, route_reason="warm", seq=2)
+        yield _snapshot(stopping, stopping_a, reason="stopping")
+        yield _snapshot(stopping, stopping_a, reason="stopping", seq=3)
+        yield _snapshot(common_pb2.DEPLOYMENT_STATUS_STOPPED, stopping_a)
+
+
+def test_watch_prints_one_line_per_visible_change(capsys: pytest.CaptureFixture[str]) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    deployments_pb2_grpc.add_DeploymentsServicer_to_server(ChangingDeployments(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert main(["--addr", f"127.0.0.1:{port}", "deployments", "watch", "d", "--until", "stopped"]) == 0
+        lines = [line.split(" ", 1)[1] for line in capsys.readouterr().out.splitlines()]
+        assert len(lines) == 4 and len(set(lines)) == 4, lines
+        assert "retiring m-v1:started" in lines[0] and "retiring" not in lines[1]
+        assert "status=stopping" in lines[2] and "status=stopped" in lines[3]
+        assert main(["--addr", f"127.0.0.1:{port}", "--json", "deployments", "watch", "d"]) == 0
+        assert len(capsys.readouterr().out.splitlines()) == 7  # --json: every snapshot
+    finally:
+        server.stop(None)
