@@ -371,10 +371,23 @@ STATS_HEADERS = ("node", "routing_state", "inference_count", "average_inference_
                  "peak_throughput_per_minute", "last_access")
 
 
-def _stats_row(node: str, state: str, s: common_pb2.InferenceStats) -> tuple[object, ...]:
-    return (node, state, s.inference_count, f"{s.average_inference_time_ms:.3f}", s.error_count,
-            s.rejected_execution_count, s.timeout_count, s.cancelled_count, s.number_of_pending_requests,
-            s.throughput_last_minute, s.peak_throughput_per_minute, render.timestamp(s.last_access))
+# What the gateway measures (GetDeploymentStatsResponse.gateway); its other
+# columns are shown as "-", not as a measured 0.
+GATEWAY_MEASURED = frozenset({"inference_count", "error_count", "rejected_execution_count", "timeout_count",
+                              "cancelled_count", "last_access"})
+
+
+def _stats_row(node: str, state: str, s: common_pb2.InferenceStats,
+               measured: frozenset[str] | None = None) -> tuple[object, ...]:
+    values: dict[str, object] = {
+        "inference_count": s.inference_count, "average_inference_time_ms": f"{s.average_inference_time_ms:.3f}",
+        "error_count": s.error_count, "rejected_execution_count": s.rejected_execution_count,
+        "timeout_count": s.timeout_count, "cancelled_count": s.cancelled_count,
+        "pending": s.number_of_pending_requests, "throughput_last_minute": s.throughput_last_minute,
+        "peak_throughput_per_minute": s.peak_throughput_per_minute, "last_access": render.timestamp(s.last_access),
+    }
+    cells = [values[h] if measured is None or h in measured else "-" for h in STATS_HEADERS[2:]]
+    return (node, state, *cells)
 
 
 def deployment_stats(args: argparse.Namespace, client: Client) -> int:
@@ -395,7 +408,7 @@ def deployment_stats(args: argparse.Namespace, client: Client) -> int:
     if len(resp.nodes) > 1:
         rows.append(_stats_row("(total)", "", resp.total))
     if resp.HasField("gateway"):
-        rows.append(_stats_row("(gateway)", "", resp.gateway))
+        rows.append(_stats_row("(gateway)", "", resp.gateway, GATEWAY_MEASURED))
     render.table(STATS_HEADERS, rows)
     return 0
 

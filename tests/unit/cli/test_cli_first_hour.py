@@ -139,3 +139,31 @@ def test_watch_prints_one_line_per_visible_change(capsys: pytest.CaptureFixture[
         assert len(capsys.readouterr().out.splitlines()) == 7  # --json: every snapshot
     finally:
         server.stop(None)
+
+
+class StatsDeployments(deployments_pb2_grpc.DeploymentsServicer):
+    def GetDeploymentStats(self, request: deployments_pb2.GetDeploymentStatsRequest,
+                           context: grpc.ServicerContext) -> deployments_pb2.GetDeploymentStatsResponse:
+        resp = deployments_pb2.GetDeploymentStatsResponse(deployment_id="d", status=common_pb2.DEPLOYMENT_STATUS_RUNNING)
+        node = resp.nodes.add(node_id="n1", routing_state=common_pb2.ROUTING_STATE_STARTED)
+        node.stats.inference_count, node.stats.average_inference_time_ms = 5, 0.0  # a worker measures 0.000
+        resp.gateway.inference_count, resp.gateway.rejected_execution_count = 5, 1
+        resp.gateway.last_access.FromSeconds(1_700_000_000)
+        return resp
+
+
+def test_stats_show_only_what_the_gateway_measures(capsys: pytest.CaptureFixture[str]) -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    deployments_pb2_grpc.add_DeploymentsServicer_to_server(StatsDeployments(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        assert main(["--addr", f"127.0.0.1:{port}", "deployments", "stats", "d"]) == 0
+    finally:
+        server.stop(None)
+    header, worker, gateway = (line.split() for line in capsys.readouterr().out.splitlines()[1:])
+    row = dict(zip(header[2:], gateway[1:], strict=True))  # "(gateway)" has no routing state
+    assert worker[0] == "n1" and "0.000" in worker
+    assert row["INFERENCE_COUNT"] == "5" and row["REJECTED_EXECUTION_COUNT"] == "1" and row["ERROR_COUNT"] == "0"
+    for unmeasured in ("AVERAGE_INFERENCE_TIME_MS", "PENDING", "THROUGHPUT_LAST_MINUTE", "PEAK_THROUGHPUT_PER_MINUTE"):
+        assert row[unmeasured] == "-", (unmeasured, gateway)
