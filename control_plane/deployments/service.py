@@ -36,8 +36,9 @@ import hashlib
 from collections.abc import AsyncIterator, Callable
 
 from control_plane import errors, ids
+from control_plane.auth.access import current_principal
 from control_plane.deployments import preview, views
-from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, seconds
+from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, check_code_loading_env, seconds
 from control_plane.models.registry import ModelRegistry
 from control_plane.planning import scheduler
 from control_plane.reconcile.hub import ChangeHub
@@ -156,6 +157,8 @@ class DeploymentService:
             spec.timeout.FromNanoseconds(int((seconds(req.timeout) if req.HasField("timeout") else DEFAULT_TIMEOUT_S) * 1e9))
             return spec, existing, existing.owner or owner, "restarted"
         spec = self.rules.normalize(req)
+        if not _caller_is_admin():
+            check_code_loading_env(spec)
         existing = self.store.get_deployment(spec.deployment_id)
         if existing is not None:
             self._refuse_running(existing)
@@ -295,6 +298,8 @@ class DeploymentService:
         rec = self._get_record(req.deployment_id)
         if req.dry_run or self._replay(req.request_id, digest) is None:
             spec = self.rules.merge_update(rec.spec, req)
+            if not _caller_is_admin():
+                check_code_loading_env(spec, before=rec.spec)
             self._check_capacity(spec)
             new = records_pb2.DeploymentRecord()
             new.CopyFrom(rec)
@@ -366,6 +371,12 @@ class DeploymentService:
                 if alloc.spec.model_id == model_id and version in (0, alloc.spec.model_version):
                     return True  # an old allocation of an update still runs it
         return False
+
+
+def _caller_is_admin() -> bool:
+    """Whether this call's API key has the admin role (with auth off every caller may do anything)."""
+    principal = current_principal()
+    return principal is None or "admin" in principal.roles
 
 
 def _describe(spec: deployments_pb2.StartDeploymentRequest) -> str:

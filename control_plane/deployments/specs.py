@@ -77,6 +77,35 @@ def check_auto_stop(d: duration_pb2.Duration, *, field: str = "auto_stop") -> No
         )
 
 
+# Variables that change which code a worker process loads (the dynamic
+# loader, Python's import and startup machinery, glibc and OpenSSL modules):
+# only an admin may set them (docs/security.md).
+CODE_LOADING_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON")
+CODE_LOADING_ENV = frozenset({"GCONV_PATH", "OPENSSL_CONF", "OPENSSL_ENGINES", "OPENSSL_MODULES"})
+
+
+def loads_code(name: str) -> bool:
+    """Whether env variable `name` changes how a worker process loads code."""
+    return name in CODE_LOADING_ENV or name.startswith(CODE_LOADING_ENV_PREFIXES)
+
+
+def check_code_loading_env(
+    spec: deployments_pb2.StartDeploymentRequest, *, before: deployments_pb2.StartDeploymentRequest | None = None
+) -> None:
+    """Refuse code-loading variables the normalized `spec` sets that `before` (the
+    current spec of an update) did not already set to the same value; for callers
+    that are not admins."""
+    kept = {(k, v) for variant in (before.variants if before is not None else ()) for k, v in variant.env.items()}
+    for i, variant in enumerate(spec.variants):
+        for key, value in sorted(variant.env.items()):
+            if loads_code(key) and (key, value) not in kept:
+                raise errors.InvalidArgument(
+                    f"variants[{i}].env {key} changes how worker processes load code; only an admin may set it "
+                    "(refused for non-admins: LD_*, DYLD_*, PYTHON*, GCONV_PATH, OPENSSL_CONF, OPENSSL_ENGINES, "
+                    "OPENSSL_MODULES)"
+                )
+
+
 def check_env(env: dict[str, str] | object, *, prefix: str = "") -> None:
     """Names are letters, digits and '_' (no '=', not empty); values have no NUL; limits."""
     items: dict[str, str] = dict(env)  # type: ignore[arg-type]

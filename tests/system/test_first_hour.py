@@ -129,3 +129,23 @@ def test_bootstrap_admin_key_is_printed_only_on_a_terminal(tmp_path: Path) -> No
                 os.close(master)
             else:
                 log.close()
+
+
+@pytest.mark.parametrize("variable", ["LD_PRELOAD", "LD_LIBRARY_PATH", "PYTHONPATH", "PYTHONSTARTUP", "DYLD_INSERT_LIBRARIES",
+                                      "GCONV_PATH"])
+def test_a_deployer_cannot_set_code_loading_env(cluster: Cluster, tmp_path: Path, variable: str) -> None:
+    if "envmodel" not in cli(cluster, "models", "list").stdout:
+        assert cli(cluster, "models", "upload", str(onnx_add(tmp_path / "add.onnx")), "--model-id", "envmodel").returncode == 0
+    deployer = cluster.create_key("deployer", user="dora").token
+    out = cli(cluster, "deployments", "start", "envmodel", "--deployment-id", "env-d", "--env", f"{variable}=/tmp/x",
+              "--dry-run", token=deployer)
+    assert out.returncode == 1
+    assert (f"error: INVALID_ARGUMENT: variants[0].env {variable} changes how worker processes load code; "
+            "only an admin may set it") in out.stderr
+    # past the env check, this control plane (no agents) has nowhere to place it
+    ok = cli(cluster, "deployments", "start", "envmodel", "--deployment-id", "env-d", "--env", "OMP_NUM_THREADS=1",
+             "--dry-run", token=deployer)
+    assert "RESOURCE_EXHAUSTED" in ok.stderr and "no nodes have joined" in ok.stderr, ok.stderr
+    admin = cli(cluster, "deployments", "start", "envmodel", "--deployment-id", "env-d", "--env", f"{variable}=/tmp/x",
+                "--dry-run")
+    assert "RESOURCE_EXHAUSTED" in admin.stderr and "no nodes have joined" in admin.stderr, admin.stderr

@@ -6,7 +6,7 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from control_plane import errors
-from control_plane.deployments.specs import SpecRules
+from control_plane.deployments.specs import SpecRules, check_code_loading_env, loads_code
 from modelfleet.v1 import common_pb2, models_pb2
 from modelfleet.v1 import deployments_pb2 as dpb
 
@@ -146,3 +146,17 @@ def test_auto_stop_update_sets_or_clears_it() -> None:
 def test_bad_update_masks(paths: list[str], words: str) -> None:
     with pytest.raises(errors.InvalidArgument, match=words):
         update(_two_variants(), paths)
+
+
+def test_code_loading_env_is_named_and_an_update_may_keep_what_an_admin_set() -> None:
+    assert all(loads_code(n) for n in ("LD_PRELOAD", "LD_AUDIT", "DYLD_LIBRARY_PATH", "PYTHONPATH", "PYTHONHOME",
+                                       "GCONV_PATH", "OPENSSL_MODULES"))
+    assert not any(loads_code(n) for n in ("OMP_NUM_THREADS", "MY_LD_FLAG", "ld_preload", "CUDA_LAUNCH_BLOCKING"))
+    admin_set = dpb.StartDeploymentRequest(variants=[dpb.VariantSpec(env={"LD_LIBRARY_PATH": "/opt/cuda", "A": "1"})])
+    with pytest.raises(errors.InvalidArgument, match=r"variants\[0\]\.env LD_LIBRARY_PATH changes how worker processes"):
+        check_code_loading_env(admin_set)
+    kept = dpb.StartDeploymentRequest(variants=[dpb.VariantSpec(env={"LD_LIBRARY_PATH": "/opt/cuda", "A": "2"})])
+    check_code_loading_env(kept, before=admin_set)  # a deployer's other change keeps the admin's value
+    changed = dpb.StartDeploymentRequest(variants=[dpb.VariantSpec(env={"LD_LIBRARY_PATH": "/tmp/evil"})])
+    with pytest.raises(errors.InvalidArgument, match="LD_LIBRARY_PATH"):
+        check_code_loading_env(changed, before=admin_set)
