@@ -304,8 +304,13 @@ class Cluster:
         return wait_until(ready, timeout=timeout, what=f"{count} READY nodes")
 
     def upload(self, path: Path, model_id: str, *, fmt: int = common_pb2.MODEL_FORMAT_ONNX, chunk: int = 64 << 10) -> models_pb2.Model:
+        # TorchScript records no specs: tests' TorchScript models take one FP32 `x` of N rows of 4.
+        inputs = [common_pb2.TensorSpec(name="x", datatype="FP32", shape=[-1, 4])] if fmt == common_pb2.MODEL_FORMAT_TORCHSCRIPT else []
+
         def requests() -> Iterator[models_pb2.UploadModelRequest]:
-            yield models_pb2.UploadModelRequest(metadata=models_pb2.UploadModelMetadata(model_id=model_id, format=fmt))
+            yield models_pb2.UploadModelRequest(
+                metadata=models_pb2.UploadModelMetadata(model_id=model_id, format=fmt, inputs=inputs)
+            )
             data = path.read_bytes()
             for i in range(0, len(data), chunk):
                 yield models_pb2.UploadModelRequest(chunk=data[i : i + chunk])

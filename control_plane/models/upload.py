@@ -176,6 +176,13 @@ class Uploads:
             )
         inputs = _check_specs("inputs", meta.inputs)
         outputs = _check_specs("outputs", meta.outputs)
+        if meta.format == common_pb2.MODEL_FORMAT_TORCHSCRIPT and not inputs:
+            # A TorchScript file records no datatypes or shapes, so nothing
+            # could check requests against it: the caller must say them.
+            raise InvalidArgument(
+                "metadata.inputs is required for a TorchScript model (the file records no datatypes or shapes): "
+                "declare each argument of forward in order, e.g. `modelfleet models upload --input x:FP32:-1,4`"
+            )
         return _UploadPlan(
             model_id=model_id,
             version=meta.version,

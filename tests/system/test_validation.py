@@ -311,8 +311,11 @@ def test_bad_uploads_are_refused_clearly_and_leave_no_blob(fleet: dict[str, Any]
         ("sha256 mismatch", models_pb2.UploadModelMetadata(model_id="t", format=onnx, sha256="0" * 64), good,
          f"sha256 mismatch: expected {'0' * 64}, got {hashlib.sha256(good).hexdigest()}"),
         ("unknown format", models_pb2.UploadModelMetadata(model_id="t", format=7), good, "format 7 is not supported"),  # type: ignore[arg-type]
-        ("zip bomb", models_pb2.UploadModelMetadata(model_id="t", format=common_pb2.MODEL_FORMAT_TORCHSCRIPT),
+        ("zip bomb", models_pb2.UploadModelMetadata(model_id="t", format=common_pb2.MODEL_FORMAT_TORCHSCRIPT,
+                                                inputs=[common_pb2.TensorSpec(name="x", datatype="FP32", shape=[-1])]),
          mb.zip_bomb(root / "bomb.pt").read_bytes(), "zip bomb-like archive"),
+        ("torchscript without inputs", models_pb2.UploadModelMetadata(model_id="t", format=common_pb2.MODEL_FORMAT_TORCHSCRIPT),
+         mb.torchscript_add(root / "add.pt").read_bytes(), "metadata.inputs is required for a TorchScript model"),
         ("external data", models_pb2.UploadModelMetadata(model_id="t", format=onnx),
          mb.onnx_external_data(root / "ext.onnx").read_bytes(), "external data file ('../../modelfleet.db')"),
     ]  # fmt: skip

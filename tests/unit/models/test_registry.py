@@ -201,9 +201,27 @@ async def test_corrupt_bytes_are_invalid_with_the_loaders_reason(env: Any) -> No
 
 @arun
 async def test_corrupt_torchscript_is_invalid(env: Any) -> None:
-    model = await env.registry.upload(stream(meta("broken-ts", fmt=TORCHSCRIPT), b"\x00garbage" * 100))
+    declared = [spec("x", "FP32", [-1])]
+    model = await env.registry.upload(stream(meta("broken-ts", fmt=TORCHSCRIPT, inputs=declared), b"\x00garbage" * 100))
     assert model.state == INVALID
     assert model.state_reason and "probe failed" not in model.state_reason
+
+
+@arun
+async def test_torchscript_without_inputs_is_refused_before_any_chunk(env: Any) -> None:
+    sent: list[int] = []
+
+    async def requests() -> AsyncIterator[models_pb2.UploadModelRequest]:
+        yield meta("ts-bare", fmt=TORCHSCRIPT)
+        for i in range(3):
+            sent.append(i)
+            yield models_pb2.UploadModelRequest(chunk=b"x" * CHUNK)
+
+    with pytest.raises(InvalidArgument, match=r"metadata\.inputs is required for a TorchScript model.*--input x:FP32"):
+        await env.registry.upload(requests())
+    assert sent == [] and files_under(env.root) == []
+    with pytest.raises(NotFound):
+        env.registry.get("ts-bare")
 
 
 # ---- versions -----------------------------------------------------------------
