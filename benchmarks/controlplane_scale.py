@@ -15,8 +15,9 @@ Phases, each timed: all agents connected; `--deployments` StartDeployment
 calls (instances=1, wait_for=STARTING, `--start-concurrency` in flight);
 then the time until every allocation is STARTED (polling the control
 plane's /metrics, whose allocation counts are the routing table's), checked
-at the end with one ListDeployments that every deployment's routing table
-is STARTED. Reported beside: the control plane's CPU seconds per phase, its
+at the end with a paged ListDeployments (BASIC view, `--page-size`) that
+every deployment's route is STARTED; its bytes, time and the control plane's
+peak RSS after it are reported, and the size of one page of the FULL view. Reported beside: the control plane's CPU seconds per phase, its
 RSS now and at peak, and the reconcile tick durations (count, mean, max
 bucket) from its own modelfleet_reconcile_duration_seconds histogram.
 """
@@ -166,7 +167,7 @@ class Bench:
     channels: list[grpc.aio.Channel] = field(default_factory=list)
 
 
-# a ListDeployments of 1,000 deployments (about 40 MB) is far over gRPC's 4 MiB receive default
+# a page of the FULL view can pass gRPC's 4 MiB receive default on a large fleet
 BIG = [("grpc.max_receive_message_length", 1 << 30)]
 
 
@@ -318,18 +319,31 @@ async def steady_state(bench: Bench, hist_before: dict[tuple[str, frozenset[tupl
     report["reports_sent"] = sum(a.reports for a in bench.agents)
 
 
-async def list_deployments(bench: Bench) -> None:
-    """One ListDeployments of everything, last: each view lists a reason for every node not chosen."""
+async def list_deployments(bench: Bench, *, page_size: int) -> None:
+    """Every deployment, last, page by page (BASIC view: route counts, no per-node
+    tables or reasons); then one page of the FULL view, for its size."""
     report = bench.report
     async with grpc.aio.insecure_channel(bench.address, options=BIG) as channel:
+        stub = deployments_pb2_grpc.DeploymentsStub(channel)
         t = time.perf_counter()
-        listing = await deployments_pb2_grpc.DeploymentsStub(channel).ListDeployments(
-            deployments_pb2.ListDeploymentsRequest(), timeout=300
-        )
+        token, pages, size, started = "", 0, 0, 0
+        while True:
+            page = common_pb2.PageRequest(page_size=page_size, page_token=token)
+            listing = await stub.ListDeployments(deployments_pb2.ListDeploymentsRequest(page=page), timeout=300)
+            pages, size = pages + 1, size + listing.ByteSize()
+            started += sum(a.route_counts.get("started", 0) for d in listing.deployments for a in d.allocations)
+            token = listing.next_page_token
+            if not token:
+                break
         report["list_deployments_s"] = time.perf_counter() - t
-        report["list_deployments_mb"] = listing.ByteSize() / 1e6
-        routing = [e.routing_state for d in listing.deployments for a in d.allocations for e in a.routing_table.values()]
-        report["routing_entries_started"] = sum(r == common_pb2.ROUTING_STATE_STARTED for r in routing)
+        report["list_deployments_pages"] = pages
+        report["list_deployments_mb"] = size / 1e6
+        report["routing_entries_started"] = started
+        full = await stub.ListDeployments(
+            deployments_pb2.ListDeploymentsRequest(view=common_pb2.VIEW_FULL, page=common_pb2.PageRequest(page_size=100)),
+            timeout=300,
+        )
+        report["list_full_view_100_mb"] = full.ByteSize() / 1e6
     report["peak_rss_after_list_mb"] = proc_stats(bench.cp.pid)["peak_rss_mb"]
 
 
@@ -354,7 +368,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         await connect_agents(bench, base)
         hist_before = await start_deployments(bench)
         await steady_state(bench, hist_before)
-        await list_deployments(bench)
+        await list_deployments(bench, page_size=args.page_size)
         bench.report["load_avg_end"] = os.getloadavg()[0]
     finally:
         await shutdown(bench)
@@ -371,6 +385,7 @@ def main() -> int:
     p.add_argument("--steady", type=float, default=10.0, help="seconds of heartbeats-only CPU measurement")
     p.add_argument("--timeout", type=float, default=300.0)
     p.add_argument("--full-every", type=float, default=5.0, help="the control plane's --full-reconcile-every")
+    p.add_argument("--page-size", type=int, default=100, help="ListDeployments page size (at most 1000)")
     p.add_argument("--workdir", default="")
     p.add_argument("--json", default="")
     args = p.parse_args()

@@ -54,7 +54,7 @@ class ModelRegistryServicer(models_pb2_grpc.ModelRegistryServicer):
         return self.registry.get(request.model_id, request.version)
 
     async def ListModels(self, request: mpb.ListModelsRequest, context: Ctx) -> mpb.ListModelsResponse:
-        return mpb.ListModelsResponse(models=self.registry.list(request.model_id))
+        return self.registry.list_page(request)
 
     async def DeleteModel(self, request: mpb.DeleteModelRequest, context: Ctx) -> mpb.DeleteModelResponse:
         return mpb.DeleteModelResponse(deleted=self.registry.delete(request.model_id, request.version))
@@ -81,10 +81,10 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
         return self.service.delete(request)
 
     async def GetDeployment(self, request: dpb.GetDeploymentRequest, context: Ctx) -> dpb.Deployment:
-        return self.service.get(request.deployment_id)
+        return self.service.read(request)
 
     async def ListDeployments(self, request: dpb.ListDeploymentsRequest, context: Ctx) -> dpb.ListDeploymentsResponse:
-        return self.service.list()
+        return self.service.list(request)
 
     async def GetDeploymentStats(self, request: dpb.GetDeploymentStatsRequest, context: Ctx) -> dpb.GetDeploymentStatsResponse:
         return self.service.stats(request.deployment_id)
@@ -93,7 +93,7 @@ class DeploymentsServicer(deployments_pb2_grpc.DeploymentsServicer):
         return self.service.list_events(request)
 
     async def WatchDeployment(self, request: dpb.WatchDeploymentRequest, context: Ctx) -> AsyncIterator[dpb.WatchDeploymentResponse]:
-        async for snapshot in self.service.watch(request.deployment_id):
+        async for snapshot in self.service.watch(request.deployment_id, after_seq=request.after_seq):
             yield snapshot
 
 
@@ -102,7 +102,7 @@ class NodesServicer(nodes_pb2_grpc.NodesServicer):
         self.service = service
 
     async def ListNodes(self, request: npb.ListNodesRequest, context: Ctx) -> npb.ListNodesResponse:
-        return self.service.list()
+        return self.service.list(request)
 
     async def GetNode(self, request: npb.GetNodeRequest, context: Ctx) -> npb.Node:
         return self.service.get(request.node_id)

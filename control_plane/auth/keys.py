@@ -46,7 +46,7 @@ from pathlib import Path
 
 from google.protobuf import timestamp_pb2
 
-from control_plane import errors
+from control_plane import errors, paging
 from control_plane.auth import access
 from control_plane.ids import check_id
 from control_plane.store import Store
@@ -263,15 +263,14 @@ class KeyService:
         return auth_pb2.CreateApiKeyResponse(api_key=self.view(record), token=token)
 
     def list(self, req: auth_pb2.ListApiKeysRequest) -> auth_pb2.ListApiKeysResponse:
-        out = auth_pb2.ListApiKeysResponse()
-        for key_id in sorted(self._records):
-            record = self._records[key_id]
-            if req.user and record.user != req.user:
-                continue
-            if not req.include_inactive and not self.active(key_id):
-                continue
-            out.api_keys.append(self.view(record))
-        return out
+        """One page of the keys (of req.user; active ones unless include_inactive), by key id."""
+        chosen = (
+            r for r in self._records.values()
+            if (not req.user or r.user == req.user) and (req.include_inactive or self.active(r.key_id))
+        )  # fmt: skip
+        query = paging.query_fingerprint("keys", req.user, req.include_inactive)
+        page = paging.paginate(chosen, key=lambda r: (r.key_id,), page=req.page, query=query)
+        return auth_pb2.ListApiKeysResponse(api_keys=[self.view(r) for r in page.items], next_page_token=page.next_page_token)
 
     def revoke(self, req: auth_pb2.RevokeApiKeyRequest, *, caller: access.Principal | None) -> auth_pb2.RevokeApiKeyResponse:
         """Revoke a key (idempotent).

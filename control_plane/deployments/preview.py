@@ -14,8 +14,8 @@ STARTING, the reason "would start here" and an allocation id "(new)"; one
 that would stop has STOPPING (FAILED if it failed) and a reason that starts
 with "would stop", and so has one that keeps serving only until the rolling
 update replaces it; one on a lost node that the tick gives up is FAILED
-"node lost". Every node that would not be chosen has its reason in
-`not_chosen`. For an update, `rollout` says what the rolling update would
+"node lost". The nodes that would not be chosen are counted by reason, with
+examples, in `not_chosen_summary`. For an update, `rollout` says what the rolling update would
 wait for.
 """
 

@@ -35,7 +35,7 @@ import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Callable
 
-from control_plane import errors, ids
+from control_plane import errors, ids, paging
 from control_plane.auth.access import current_principal
 from control_plane.deployments import preview, views
 from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, check_code_loading_env, seconds
@@ -326,14 +326,29 @@ class DeploymentService:
     def _get_record(self, deployment_id: str) -> records_pb2.DeploymentRecord:
         return ids.lookup("deployment", deployment_id, self.store.get_deployment)
 
-    def get(self, deployment_id: str) -> deployments_pb2.Deployment:
-        return views.deployment_view(self._get_record(deployment_id), reads=self.reconciler.reads)
+    def get(self, deployment_id: str, *, shape: views.Shape = views.FULL_SHAPE) -> deployments_pb2.Deployment:
+        return views.deployment_view(self._get_record(deployment_id), reads=self.reconciler.reads, shape=shape)
 
-    def list(self) -> deployments_pb2.ListDeploymentsResponse:
-        # one view at a time into the response: building them all first doubled the peak memory
-        out = deployments_pb2.ListDeploymentsResponse()
-        for rec in self.store.list_deployments():
-            out.deployments.append(views.deployment_view(rec, reads=self.reconciler.reads))
+    def read(self, req: deployments_pb2.GetDeploymentRequest) -> deployments_pb2.Deployment:
+        view = _checked_view(req.view, default=views.FULL)
+        if req.per_node_reasons and view != views.FULL:
+            raise errors.InvalidArgument("per_node_reasons needs view VIEW_FULL (the BASIC view has no placement reasons)")
+        return self.get(req.deployment_id, shape=views.Shape(view=view, per_node_reasons=req.per_node_reasons))
+
+    def list(self, req: deployments_pb2.ListDeploymentsRequest) -> deployments_pb2.ListDeploymentsResponse:
+        """One page of the deployments that pass the filters, ordered by id, BASIC by default."""
+        view = _checked_view(req.view, default=views.BASIC)
+        if req.status and req.status not in common_pb2.DeploymentStatus.values():
+            raise errors.InvalidArgument(f"status {req.status} is not a DeploymentStatus")
+        query = paging.query_fingerprint("deployments", view, req.owner, req.status, req.model_id)
+        page = paging.paginate(
+            (rec for rec in self.store.list_deployments() if _passes(rec, req)),
+            key=lambda rec: (rec.deployment_id,), page=req.page, query=query,
+        )  # fmt: skip
+        # views are built for this page only, one at a time into the response
+        out = deployments_pb2.ListDeploymentsResponse(next_page_token=page.next_page_token)
+        for rec in page.items:
+            out.deployments.append(views.deployment_view(rec, reads=self.reconciler.reads, shape=views.Shape(view=view)))
         return out
 
     def stats(self, deployment_id: str) -> deployments_pb2.GetDeploymentStatsResponse:
@@ -341,22 +356,39 @@ class DeploymentService:
 
     def list_events(self, req: deployments_pb2.ListDeploymentEventsRequest) -> deployments_pb2.ListDeploymentEventsResponse:
         rec = self._get_record(req.deployment_id)
-        return deployments_pb2.ListDeploymentEventsResponse(events=self.events.since(rec.deployment_id, req.after_seq))
+        if req.after_seq < 0:
+            raise errors.InvalidArgument(f"after_seq must be >= 0, got {req.after_seq}")
+        query = paging.query_fingerprint("events", rec.deployment_id, req.after_seq)
+        page = paging.paginate(
+            self.events.since(rec.deployment_id, req.after_seq), key=lambda e: (e.seq,), page=req.page, query=query
+        )
+        return deployments_pb2.ListDeploymentEventsResponse(events=page.items, next_page_token=page.next_page_token)
 
-    async def watch(self, deployment_id: str) -> AsyncIterator[deployments_pb2.WatchDeploymentResponse]:
-        """A snapshot at once, then one per change, each with the events since the previous one."""
+    async def watch(self, deployment_id: str, *, after_seq: int = 0) -> AsyncIterator[deployments_pb2.WatchDeploymentResponse]:
+        """A snapshot at once, then one per change, each with the events since the previous one.
+
+        after_seq > 0 resumes: the first message carries the events after it
+        (resumed = True when the log still held every one of them).
+        """
         seen = self.hub.version(deployment_id)
         self._get_record(deployment_id)
-        last_seq = self.events.last_seq(deployment_id)
+        newest = self.events.last_seq(deployment_id)
+        if not 0 <= after_seq <= newest:
+            raise errors.InvalidArgument(
+                f"after_seq {after_seq} is not an event of deployment '{deployment_id}' (0 to its newest, {newest})"
+            )
+        resumed = after_seq > 0 and _log_holds_after(self.events.since(deployment_id), after_seq, newest)
+        last_seq = after_seq if after_seq else newest
         last = None
         while True:
             deployment = self.get(deployment_id)
             fresh = self.events.since(deployment_id, last_seq)
             if deployment != last or fresh:
+                first = last is None
                 last = deployment
                 if fresh:
                     last_seq = fresh[-1].seq
-                yield deployments_pb2.WatchDeploymentResponse(deployment=deployment, events=fresh)
+                yield deployments_pb2.WatchDeploymentResponse(deployment=deployment, events=fresh, resumed=first and resumed)
             seen = await self.hub.wait_change(deployment_id, seen)
 
     def model_in_use(self, model_id: str, version: int) -> bool:
@@ -371,6 +403,27 @@ class DeploymentService:
                 if alloc.spec.model_id == model_id and version in (0, alloc.spec.model_version):
                     return True  # an old allocation of an update still runs it
         return False
+
+
+def _checked_view(view: int, *, default: int) -> int:
+    if view not in common_pb2.View.values():
+        raise errors.InvalidArgument(f"view {view} is not a View: use VIEW_BASIC or VIEW_FULL")
+    return view or default
+
+
+def _passes(rec: records_pb2.DeploymentRecord, req: deployments_pb2.ListDeploymentsRequest) -> bool:
+    """Whether the deployment passes the list's filters (owner, status, model)."""
+    if req.owner and rec.owner != req.owner:
+        return False
+    if req.status and rec.status != req.status:
+        return False
+    return not req.model_id or any(v.model_id == req.model_id for v in rec.spec.variants)
+
+
+def _log_holds_after(held: list[deployments_pb2.DeploymentEvent], after_seq: int, newest: int) -> bool:
+    """Whether the kept events still include every one after after_seq."""
+    oldest = held[0].seq if held else newest + 1
+    return oldest <= after_seq + 1
 
 
 def _caller_is_admin() -> bool:

@@ -7,15 +7,31 @@ its plan with the same functions from records it only imagined.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
 from control_plane.fleet.liveness import Fleet, Liveness
-from control_plane.planning import lifecycle, rollout, scheduler
+from control_plane.planning import lifecycle, reasons, rollout, scheduler
 from control_plane.reconcile.reads import ReconcileReads
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2, nodes_pb2
 
 RUNNING = records_pb2.DESIRED_STATE_RUNNING
 STOPPED = records_pb2.DESIRED_STATE_STOPPED
+
+FULL = common_pb2.VIEW_FULL
+BASIC = common_pb2.VIEW_BASIC
+
+
+@dataclass(frozen=True)
+class Shape:
+    """How much of a deployment a read returns (see common.proto's View)."""
+
+    view: int = FULL  # BASIC leaves out routing tables and placement reasons
+    per_node_reasons: bool = False  # FULL only: also one reason per node not chosen
+
+
+FULL_SHAPE = Shape()
+
 
 _LIVENESS = {
     Liveness.READY: nodes_pb2.NODE_STATE_READY,
@@ -31,6 +47,7 @@ def allocation_view(
     *,
     reads: ReconcileReads,
     placement: scheduler.Placement | None = None,
+    shape: Shape = FULL_SHAPE,
 ) -> deployments_pb2.Allocation:
     """One variant's allocation. placement: default, the reconciler's last one."""
     model = reads.model_for(variant)
@@ -64,13 +81,28 @@ def allocation_view(
         key=lambda a: (a.desired == RUNNING, a.desired == RUNNING and fresh(a)),
     )
     _fill_routing_table(out, mine, reads=reads)
-    if placement and rec.desired == RUNNING:
-        for node_id, why in placement.not_chosen.items():
-            if node_id not in out.routing_table:
-                out.not_chosen[node_id] = why
+    if placement and rec.desired == RUNNING and shape.view == FULL:
+        _fill_reasons(out, {n: why for n, why in placement.not_chosen.items() if n not in out.routing_table}, shape=shape)
+    _finish(out, shape)
     routes = [a.routing_state for a in mine if a.desired == RUNNING and fresh(a)]
     out.allocation_state = lifecycle.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
     return out
+
+
+def _fill_reasons(out: deployments_pb2.Allocation, not_chosen: Mapping[str, str], *, shape: Shape) -> None:
+    for group in reasons.summarise(not_chosen):
+        out.not_chosen_summary.add(reason=group.reason, count=group.count, example_nodes=group.examples)
+    if shape.per_node_reasons:
+        out.not_chosen.update(not_chosen)
+
+
+def _finish(out: deployments_pb2.Allocation, shape: Shape) -> None:
+    """Count the routes by state; the BASIC view then drops the table itself."""
+    for entry in out.routing_table.values():
+        name = common_pb2.RoutingState.Name(entry.routing_state).removeprefix("ROUTING_STATE_").lower()
+        out.route_counts[name] += 1
+    if shape.view != FULL:
+        out.ClearField("routing_table")
 
 
 def _fill_routing_table(
@@ -93,7 +125,7 @@ def _fill_routing_table(
 
 
 def retiring_view(
-    variant: str, allocs: Sequence[records_pb2.AllocationRecord], *, reads: ReconcileReads
+    variant: str, allocs: Sequence[records_pb2.AllocationRecord], *, reads: ReconcileReads, shape: Shape = FULL_SHAPE
 ) -> deployments_pb2.Allocation:
     """The allocation of a variant an update removed, while its workers remain."""
     mine = sorted(allocs, key=lambda a: a.desired == RUNNING)
@@ -112,6 +144,7 @@ def retiring_view(
         weight=0,
     )
     _fill_routing_table(out, mine, reads=reads)
+    _finish(out, shape)
     if all(a.desired == STOPPED for a in mine):
         out.allocation_state = common_pb2.ALLOCATION_STATE_STOPPING
     else:
@@ -127,6 +160,7 @@ def deployment_view(
     allocs: Sequence[records_pb2.AllocationRecord] | None = None,
     placements: Mapping[str, scheduler.Placement] | None = None,
     rollout_reason: str | None = None,
+    shape: Shape = FULL_SHAPE,
 ) -> deployments_pb2.Deployment:
     """The Deployment a client sees.
 
@@ -155,17 +189,22 @@ def deployment_view(
             out.auto_stop_at.FromSeconds(rec.start_time.seconds + rec.spec.auto_stop.seconds)
     for variant in rec.spec.variants:
         placement = placements.get(variant.name) if placements is not None else None
-        out.allocations.append(allocation_view(rec, variant, allocs, reads=reads, placement=placement))
+        out.allocations.append(allocation_view(rec, variant, allocs, reads=reads, placement=placement, shape=shape))
     names = {v.name for v in rec.spec.variants}
     retiring: dict[str, list[records_pb2.AllocationRecord]] = {}
     for alloc in allocs:
         if alloc.variant not in names:
             retiring.setdefault(alloc.variant, []).append(alloc)
     for variant_name, mine in sorted(retiring.items()):
-        out.retiring.append(retiring_view(variant_name, mine, reads=reads))
+        out.retiring.append(retiring_view(variant_name, mine, reads=reads, shape=shape))
     if rec.desired == RUNNING:
         out.rollout = reads.rollouts.get(rec.deployment_id, "") if rollout_reason is None else rollout_reason
     return out
+
+
+def node_state(node_id: str, *, reads: ReconcileReads) -> int:
+    """The node's NodeState as the API shows it."""
+    return _LIVENESS[reads.fleet.state(node_id)]
 
 
 def node_view(node: records_pb2.NodeRecord, *, reads: ReconcileReads) -> nodes_pb2.Node:

@@ -26,6 +26,7 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 
+from control_plane import paging
 from control_plane.errors import DataLoss, FailedPrecondition, InvalidArgument, NotFound
 from control_plane.ids import check_id
 from control_plane.models.blobs import BlobStore
@@ -217,6 +218,12 @@ class ModelRegistry:
         if model_id:
             check_id("model_id", model_id)
         return self._store.list_models(model_id)
+
+    def list_page(self, req: models_pb2.ListModelsRequest) -> models_pb2.ListModelsResponse:
+        """One page of list(req.model_id), ordered by model_id then version."""
+        query = paging.query_fingerprint("models", req.model_id)
+        page = paging.paginate(self.list(req.model_id), key=lambda m: (m.model_id, m.version), page=req.page, query=query)
+        return models_pb2.ListModelsResponse(models=page.items, next_page_token=page.next_page_token)
 
 
 # ---- helpers ----------------------------------------------------------------

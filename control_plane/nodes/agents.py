@@ -33,7 +33,7 @@ import logging
 import socket
 from collections.abc import AsyncIterator, Callable
 
-from control_plane import errors, ids
+from control_plane import errors, ids, paging
 from control_plane.auth.access import Principal
 from control_plane.auth.keys import KeyService
 from control_plane.deployments import views
@@ -153,8 +153,25 @@ class NodeService:
     def _record(self, node_id: str) -> records_pb2.NodeRecord:
         return ids.lookup("node", node_id, self.store.get_node)
 
-    def list(self) -> nodes_pb2.ListNodesResponse:
-        return nodes_pb2.ListNodesResponse(nodes=[views.node_view(n, reads=self.reads) for n in self.store.list_nodes()])
+    def list(self, req: nodes_pb2.ListNodesRequest) -> nodes_pb2.ListNodesResponse:
+        """One page of the nodes with every label of the selector and the state asked for, by node id."""
+        wanted = _parse_selector(req.label_selector)
+        if req.state and req.state not in nodes_pb2.NodeState.values():
+            raise errors.InvalidArgument(f"state {req.state} is not a NodeState")
+
+        def passes(node: records_pb2.NodeRecord) -> bool:
+            labels = node.info.labels
+            if any(labels.get(k) != v for k, v in wanted.items()):
+                return False
+            return not req.state or views.node_state(node.info.node_id, reads=self.reads) == req.state
+
+        query = paging.query_fingerprint("nodes", sorted(wanted.items()), req.state)
+        page = paging.paginate(
+            (n for n in self.store.list_nodes() if passes(n)), key=lambda n: (n.info.node_id,), page=req.page, query=query
+        )
+        return nodes_pb2.ListNodesResponse(
+            nodes=[views.node_view(n, reads=self.reads) for n in page.items], next_page_token=page.next_page_token
+        )
 
     def get(self, node_id: str) -> nodes_pb2.Node:
         return views.node_view(self._record(node_id), reads=self.reads)
@@ -182,3 +199,14 @@ class NodeService:
         self.reconcile()
         for deployment_id in {a.deployment_id for a in self.store.list_allocations(node_id=node_id)}:
             self.hub.notify(deployment_id)
+
+
+def _parse_selector(selector: str) -> dict[str, str]:
+    """ "k=v,k2=v2" -> {k: v, k2: v2}; INVALID_ARGUMENT naming label_selector for anything else."""
+    wanted: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in selector.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key.strip():
+            raise errors.InvalidArgument(f"label_selector {selector!r}: expected key=value[,key=value...], got {part!r}")
+        wanted[key.strip()] = value.strip()
+    return wanted

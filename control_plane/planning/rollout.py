@@ -41,7 +41,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from control_plane.planning import scheduler
+from control_plane.planning import reasons, scheduler
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
 
 _STARTED = common_pb2.ROUTING_STATE_STARTED
@@ -182,7 +182,7 @@ def _waits_for(placement: scheduler.Placement, *, name: str, started: int, remai
     """What a variant's rolling update waits for, while it has stale allocations."""
     if placement.targets:
         return f"variant {name!r}: {started} of {len(placement.targets)} new allocations started, {remaining} old ones still serving"
-    why = placement.shortfall or "; ".join(f"{n}: {r}" for n, r in sorted(placement.not_chosen.items()))
+    why = placement.shortfall or reasons.describe_nodes(placement.not_chosen)
     return f"variant {name!r}: waiting for room to start new allocations ({why}); {remaining} old ones still serving"
 
 

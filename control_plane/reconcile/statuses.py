@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from google.protobuf import timestamp_pb2
 
-from control_plane.planning import lifecycle, rollout, scheduler
+from control_plane.planning import lifecycle, reasons, rollout, scheduler
 from control_plane.reconcile.events import EventLog
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.records import RS, RUNNING, STOPPED
@@ -137,4 +137,4 @@ def _summarize(not_chosen: dict[str, str] | object) -> str:
     items: dict[str, str] = dict(not_chosen)  # type: ignore[arg-type]
     if not items:
         return "no nodes have joined the fleet"
-    return ", ".join(f"{node}: {why}" for node, why in sorted(items.items()))
+    return reasons.describe_nodes(items)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from modelfleet.cli import render, specflags
+from modelfleet.cli import pages, render, specflags
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
 from modelfleet.cli.errors import CliError
 from modelfleet.cli.parsing import arg_type, parse_duration, positive_int
@@ -98,10 +98,19 @@ def _register_lifecycle(dsub: argparse._SubParsersAction[argparse.ArgumentParser
 
 def _register_inspect(dsub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
     """list, get, stats, watch."""
-    dsub.add_parser("list", help="list deployments", parents=parents).set_defaults(func=list_deployments)
+    ls = dsub.add_parser("list", help="list deployments", parents=parents)
+    ls.add_argument("--owner", default="", help="only this owner's deployments")
+    ls.add_argument("--status", type=arg_type(_status, "status"), default=0, metavar="STATUS",
+                    help="only deployments with this status (started, starting, stopped, failed, ...)")
+    ls.add_argument("--model", default="", metavar="MODEL_ID", help="only deployments serving this model")
+    ls.add_argument("--full", action="store_true", help="with --json: routing tables and placement reasons too")
+    pages.add_limit(ls)
+    ls.set_defaults(func=list_deployments)
 
     get = dsub.add_parser("get", help="show a deployment and its allocations", parents=parents)
     get.add_argument("deployment_id", metavar="ID")
+    get.add_argument("--per-node-reasons", action="store_true",
+                     help="why each node was not chosen, one line per node (default: counts by reason)")
     get.set_defaults(func=get_deployment)
 
     stats = dsub.add_parser("stats", help="per-node inference statistics", parents=parents)
@@ -227,16 +236,18 @@ def event_line(event: deployments_pb2.DeploymentEvent) -> str:
 
 
 def deployment_events(args: argparse.Namespace, client: Client) -> int:
-    resp = client.deployments.ListDeploymentEvents(
-        deployments_pb2.ListDeploymentEventsRequest(deployment_id=args.deployment_id, after_seq=args.after),
-        timeout=DEFAULT_RPC_TIMEOUT)
+    resp = pages.collect(
+        client.deployments.ListDeploymentEvents,
+        deployments_pb2.ListDeploymentEventsRequest(deployment_id=args.deployment_id, after_seq=args.after), "events")
     last = args.after
     for event in resp.events:
         print(render.proto_json(event, indent=None) if args.json else event_line(event), flush=True)
         last = event.seq
     if not args.follow:
         return 0
-    stream = client.deployments.WatchDeployment(deployments_pb2.WatchDeploymentRequest(deployment_id=args.deployment_id))
+    # resumes after the last listed event, so none recorded in between is missed
+    stream = client.deployments.WatchDeployment(
+        deployments_pb2.WatchDeploymentRequest(deployment_id=args.deployment_id, after_seq=last))
     try:
         for snap in stream:
             for event in snap.events:
@@ -286,12 +297,21 @@ def _models(dep: deployments_pb2.Deployment) -> str:
 
 def _targets(dep: deployments_pb2.Deployment) -> str:
     started = sum(render.started_count(a) for a in dep.allocations)
-    targets = sum(a.target_nodes or len(a.routing_table) for a in dep.allocations)
+    targets = sum(render.target_count(a) for a in dep.allocations)
     return f"{started}/{targets}"
 
 
+def _status(text: str) -> int:
+    names = {k.removeprefix("DEPLOYMENT_STATUS_").lower(): v for k, v in common_pb2.DeploymentStatus.items() if v}
+    if text.strip().lower() not in names:
+        raise ValueError(f"unknown status {text!r}: use one of {', '.join(names)}")
+    return names[text.strip().lower()]
+
+
 def list_deployments(args: argparse.Namespace, client: Client) -> int:
-    resp = client.deployments.ListDeployments(deployments_pb2.ListDeploymentsRequest(), timeout=DEFAULT_RPC_TIMEOUT)
+    view = common_pb2.VIEW_FULL if args.full else common_pb2.VIEW_BASIC
+    request = deployments_pb2.ListDeploymentsRequest(owner=args.owner, status=args.status, model_id=args.model, view=view)
+    resp = pages.collect(client.deployments.ListDeployments, request, "deployments", limit=args.limit)
     if args.json:
         render.print_proto(resp)
         return 0
@@ -333,13 +353,13 @@ def print_deployment(dep: deployments_pb2.Deployment) -> None:
     for alloc in list(dep.allocations) + list(dep.retiring):
         print()
         label = alloc.variant or dep.deployment_id
-        target = alloc.target_nodes or len(alloc.routing_table)
+        target = render.target_count(alloc)
         removed = alloc in dep.retiring
         what = "removed by an update, retiring" if removed else f"weight {alloc.weight}%"
         print(f"allocation {label} ({what}, {render.started_count(alloc)}/{target} started):")
-        data = {"allocation": render.allocation_seed(alloc)}
-        if alloc.not_chosen:
-            data["not_chosen"] = dict(sorted(alloc.not_chosen.items()))
+        data: dict[str, object] = {"allocation": render.allocation_seed(alloc)}
+        if alloc.not_chosen or alloc.not_chosen_summary:
+            data["not_chosen"] = render.not_chosen(alloc)
         print(render.dumps(data))
 
 
@@ -358,7 +378,8 @@ def _resources(res: common_pb2.Resources) -> str:
 
 def get_deployment(args: argparse.Namespace, client: Client) -> int:
     dep = client.deployments.GetDeployment(
-        deployments_pb2.GetDeploymentRequest(deployment_id=args.deployment_id), timeout=DEFAULT_RPC_TIMEOUT)
+        deployments_pb2.GetDeploymentRequest(deployment_id=args.deployment_id, per_node_reasons=args.per_node_reasons),
+        timeout=DEFAULT_RPC_TIMEOUT)
     if args.json:
         render.print_proto(dep)
     else:
@@ -435,7 +456,7 @@ def snapshot_line(dep: deployments_pb2.Deployment, now: dt.datetime | None = Non
         parts.append(f"rollout={dep.rollout!r}")
     for alloc, retiring in [(a, False) for a in dep.allocations] + [(a, True) for a in dep.retiring]:
         label = f"{alloc.variant}:" if (len(dep.allocations) > 1 or retiring) and alloc.variant else ""
-        target = alloc.target_nodes or len(alloc.routing_table)
+        target = render.target_count(alloc)
         parts.append(f"{'retiring ' if retiring else ''}{label}{render.allocation_state(alloc.allocation_state)} "
                      f"{render.started_count(alloc)}/{target} [{render.routing_summary(alloc)}]")
     return " ".join(parts)

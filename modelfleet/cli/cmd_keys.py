@@ -15,7 +15,7 @@ from pathlib import Path
 
 from google.protobuf import duration_pb2
 
-from modelfleet.cli import render
+from modelfleet.cli import pages, render
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
 from modelfleet.cli.errors import CliError
 from modelfleet.cli.parsing import arg_type, parse_duration
@@ -46,6 +46,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     p = ksub.add_parser("list", help="list API keys", parents=parents)
     p.add_argument("--user", default="", help="only this user's keys")
     p.add_argument("--all", action="store_true", help="revoked and expired keys too")
+    pages.add_limit(p)
     p.set_defaults(func=list_keys)
     p = ksub.add_parser("revoke", help="revoke an API key", parents=parents)
     p.add_argument("key_id", metavar="KEY_ID")
@@ -118,8 +119,9 @@ def create_key(args: argparse.Namespace, client: Client) -> int:
 
 
 def list_keys(args: argparse.Namespace, client: Client) -> int:
-    resp = client.auth.ListApiKeys(
-        auth_pb2.ListApiKeysRequest(user=args.user, include_inactive=args.all), timeout=DEFAULT_RPC_TIMEOUT
+    resp = pages.collect(
+        client.auth.ListApiKeys, auth_pb2.ListApiKeysRequest(user=args.user, include_inactive=args.all), "api_keys",
+        limit=args.limit,
     )
     if args.json:
         render.print_proto(resp)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TextIO
 
-from modelfleet.cli import render
+from modelfleet.cli import pages, render
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
 from modelfleet.cli.errors import CliError
 from modelfleet.cli.parsing import arg_type, model_format, parse_tensor_spec, positive_int
@@ -49,6 +49,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
 
     ls = msub.add_parser("list", help="list models (every version)", parents=parents)
     ls.add_argument("model_id", nargs="?", default="", metavar="MODEL_ID", help="only this model")
+    pages.add_limit(ls)
     ls.set_defaults(func=list_models)
 
     get = msub.add_parser("get", help="show one model version", parents=parents)
@@ -194,7 +195,8 @@ def upload(args: argparse.Namespace, client: Client) -> int:
 
 
 def list_models(args: argparse.Namespace, client: Client) -> int:
-    resp = client.models.ListModels(models_pb2.ListModelsRequest(model_id=args.model_id), timeout=DEFAULT_RPC_TIMEOUT)
+    resp = pages.collect(client.models.ListModels, models_pb2.ListModelsRequest(model_id=args.model_id), "models",
+                         limit=args.limit)
     if args.json:
         render.print_proto(resp)
         return 0

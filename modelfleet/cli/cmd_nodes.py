@@ -13,7 +13,7 @@ import argparse
 import sys
 import time
 
-from modelfleet.cli import render
+from modelfleet.cli import pages, render
 from modelfleet.cli.client import DEFAULT_RPC_TIMEOUT, Client
 from modelfleet.cli.parsing import parse_duration
 from modelfleet.v1 import nodes_pb2
@@ -22,7 +22,11 @@ from modelfleet.v1 import nodes_pb2
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
     nodes = sub.add_parser("nodes", help="list, inspect, drain and uncordon nodes", parents=parents)
     nsub = nodes.add_subparsers(dest="action", metavar="ACTION", required=True)
-    nsub.add_parser("list", help="list nodes", parents=parents).set_defaults(func=list_nodes)
+    ls = nsub.add_parser("list", help="list nodes", parents=parents)
+    ls.add_argument("--selector", "-l", default="", metavar="KEY=VALUE[,...]", help="only nodes with these labels")
+    ls.add_argument("--state", choices=("ready", "suspect", "lost"), help="only nodes in this state")
+    pages.add_limit(ls)
+    ls.set_defaults(func=list_nodes)
     for name, func, text in (
         ("get", get_node, "show one node"),
         ("drain", drain_node, "cordon a node and move its allocations elsewhere (make-before-break)"),
@@ -78,7 +82,10 @@ def print_node(node: nodes_pb2.Node) -> None:
 
 
 def list_nodes(args: argparse.Namespace, client: Client) -> int:
-    resp = client.nodes.ListNodes(nodes_pb2.ListNodesRequest(), timeout=DEFAULT_RPC_TIMEOUT)
+    request = nodes_pb2.ListNodesRequest(label_selector=args.selector)
+    if args.state:
+        request.state = nodes_pb2.NodeState.Value(f"NODE_STATE_{args.state.upper()}")
+    resp = pages.collect(client.nodes.ListNodes, request, "nodes", limit=args.limit)
     if args.json:
         render.print_proto(resp)
         return 0

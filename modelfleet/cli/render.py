@@ -107,8 +107,8 @@ def start_response_seed(resp: deployments_pb2.StartDeploymentResponse) -> dict[s
     if not resp.HasField("allocation") and resp.deployment.allocations:
         alloc = resp.deployment.allocations[0]
     out: dict[str, Any] = {"allocation": allocation_seed(alloc)}
-    if alloc.not_chosen:
-        out["not_chosen"] = dict(sorted(alloc.not_chosen.items()))
+    if alloc.not_chosen or alloc.not_chosen_summary:
+        out["not_chosen"] = not_chosen(alloc)
     return out
 
 
@@ -147,4 +147,22 @@ def routing_summary(alloc: deployments_pb2.Allocation) -> str:
 
 
 def started_count(alloc: deployments_pb2.Allocation) -> int:
+    if alloc.route_counts:  # every view has the counts; the BASIC one has no routing table
+        return alloc.route_counts.get("started", 0)
     return sum(1 for e in alloc.routing_table.values() if e.routing_state == common_pb2.ROUTING_STATE_STARTED)
+
+
+def target_count(alloc: deployments_pb2.Allocation) -> int:
+    return alloc.target_nodes or sum(alloc.route_counts.values()) or len(alloc.routing_table)
+
+
+def not_chosen(alloc: deployments_pb2.Allocation) -> dict[str, str] | list[str]:
+    """Why nodes were not chosen: per node when the server sent that, else counts by reason."""
+    if alloc.not_chosen:
+        return dict(sorted(alloc.not_chosen.items()))
+    lines = []
+    for group in alloc.not_chosen_summary:
+        noun = "node" if group.count == 1 else "nodes"
+        more = "e.g. " if group.count > len(group.example_nodes) else ""
+        lines.append(f"{group.count} {noun}: {group.reason} ({more}{', '.join(group.example_nodes)})")
+    return lines

@@ -25,29 +25,35 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelfleet/v1/common.proto\x12\rmodelfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"K\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\x12\x0c\n\x04pool\x18\x04 \x01(\t\"@\n\x0cNodeCapacity\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\"\xfc\x02\n\x0eInferenceStats\x12\x17\n\x0finference_count\x18\x01 \x01(\x03\x12!\n\x19\x61verage_inference_time_ms\x18\x02 \x01(\x01\x12\x13\n\x0b\x65rror_count\x18\x03 \x01(\x03\x12 \n\x18rejected_execution_count\x18\x04 \x01(\x03\x12\x15\n\rtimeout_count\x18\x05 \x01(\x03\x12\"\n\x1anumber_of_pending_requests\x18\x06 \x01(\x03\x12\"\n\x1apeak_throughput_per_minute\x18\x07 \x01(\x03\x12\x1e\n\x16throughput_last_minute\x18\x08 \x01(\x03\x12/\n\x0blast_access\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ncelled_count\x18\x0b \x01(\x03*`\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_FORMAT_ONNX\x10\x01\x12\x1c\n\x18MODEL_FORMAT_TORCHSCRIPT\x10\x02*Z\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_STATE_NORMAL\x10\x01\x12\x17\n\x13MODEL_STATE_INVALID\x10\x02*\xb5\x01\n\x0cRoutingState\x12\x1d\n\x19ROUTING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROUTING_STATE_STARTING\x10\x01\x12\x19\n\x15ROUTING_STATE_STARTED\x10\x02\x12\x1a\n\x16ROUTING_STATE_STOPPING\x10\x03\x12\x19\n\x15ROUTING_STATE_STOPPED\x10\x04\x12\x18\n\x14ROUTING_STATE_FAILED\x10\x05*\xb5\x01\n\x0f\x41llocationState\x12 \n\x1c\x41LLOCATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41LLOCATION_STATE_STARTING\x10\x01\x12\x1c\n\x18\x41LLOCATION_STATE_STARTED\x10\x02\x12$\n ALLOCATION_STATE_FULLY_ALLOCATED\x10\x03\x12\x1d\n\x19\x41LLOCATION_STATE_STOPPING\x10\x04*\x94\x02\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12 \n\x1c\x44\x45PLOYMENT_STATUS_CONCERNING\x10\x03\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_ABNORMAL\x10\x04\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x05\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_STOPPING\x10\x06\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x07\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelfleet/v1/common.proto\x12\rmodelfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"4\n\x0bPageRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"C\n\x0bReasonCount\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x05\x12\x15\n\rexample_nodes\x18\x03 \x03(\t\";\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x10\n\x08\x64\x61tatype\x18\x02 \x01(\t\x12\r\n\x05shape\x18\x03 \x03(\x03\"K\n\tResources\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\x12\x0c\n\x04pool\x18\x04 \x01(\t\"@\n\x0cNodeCapacity\x12\x0c\n\x04\x63pus\x18\x01 \x01(\x01\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\"\xfc\x02\n\x0eInferenceStats\x12\x17\n\x0finference_count\x18\x01 \x01(\x03\x12!\n\x19\x61verage_inference_time_ms\x18\x02 \x01(\x01\x12\x13\n\x0b\x65rror_count\x18\x03 \x01(\x03\x12 \n\x18rejected_execution_count\x18\x04 \x01(\x03\x12\x15\n\rtimeout_count\x18\x05 \x01(\x03\x12\"\n\x1anumber_of_pending_requests\x18\x06 \x01(\x03\x12\"\n\x1apeak_throughput_per_minute\x18\x07 \x01(\x03\x12\x1e\n\x16throughput_last_minute\x18\x08 \x01(\x03\x12/\n\x0blast_access\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63\x61ncelled_count\x18\x0b \x01(\x03*`\n\x0bModelFormat\x12\x1c\n\x18MODEL_FORMAT_UNSPECIFIED\x10\x00\x12\x15\n\x11MODEL_FORMAT_ONNX\x10\x01\x12\x1c\n\x18MODEL_FORMAT_TORCHSCRIPT\x10\x02*Z\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12MODEL_STATE_NORMAL\x10\x01\x12\x17\n\x13MODEL_STATE_INVALID\x10\x02*\xb5\x01\n\x0cRoutingState\x12\x1d\n\x19ROUTING_STATE_UNSPECIFIED\x10\x00\x12\x1a\n\x16ROUTING_STATE_STARTING\x10\x01\x12\x19\n\x15ROUTING_STATE_STARTED\x10\x02\x12\x1a\n\x16ROUTING_STATE_STOPPING\x10\x03\x12\x19\n\x15ROUTING_STATE_STOPPED\x10\x04\x12\x18\n\x14ROUTING_STATE_FAILED\x10\x05*\xb5\x01\n\x0f\x41llocationState\x12 \n\x1c\x41LLOCATION_STATE_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x41LLOCATION_STATE_STARTING\x10\x01\x12\x1c\n\x18\x41LLOCATION_STATE_STARTED\x10\x02\x12$\n ALLOCATION_STATE_FULLY_ALLOCATED\x10\x03\x12\x1d\n\x19\x41LLOCATION_STATE_STOPPING\x10\x04*\x94\x02\n\x10\x44\x65ploymentStatus\x12!\n\x1d\x44\x45PLOYMENT_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x44\x45PLOYMENT_STATUS_DEPLOYING\x10\x01\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_RUNNING\x10\x02\x12 \n\x1c\x44\x45PLOYMENT_STATUS_CONCERNING\x10\x03\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_ABNORMAL\x10\x04\x12\x1c\n\x18\x44\x45PLOYMENT_STATUS_FAILED\x10\x05\x12\x1e\n\x1a\x44\x45PLOYMENT_STATUS_STOPPING\x10\x06\x12\x1d\n\x19\x44\x45PLOYMENT_STATUS_STOPPED\x10\x07*;\n\x04View\x12\x14\n\x10VIEW_UNSPECIFIED\x10\x00\x12\x0e\n\nVIEW_BASIC\x10\x01\x12\r\n\tVIEW_FULL\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelfleet.v1.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELFORMAT']._serialized_start=665
-  _globals['_MODELFORMAT']._serialized_end=761
-  _globals['_MODELSTATE']._serialized_start=763
-  _globals['_MODELSTATE']._serialized_end=853
-  _globals['_ROUTINGSTATE']._serialized_start=856
-  _globals['_ROUTINGSTATE']._serialized_end=1037
-  _globals['_ALLOCATIONSTATE']._serialized_start=1040
-  _globals['_ALLOCATIONSTATE']._serialized_end=1221
-  _globals['_DEPLOYMENTSTATUS']._serialized_start=1224
-  _globals['_DEPLOYMENTSTATUS']._serialized_end=1500
-  _globals['_TENSORSPEC']._serialized_start=78
-  _globals['_TENSORSPEC']._serialized_end=137
-  _globals['_RESOURCES']._serialized_start=139
-  _globals['_RESOURCES']._serialized_end=214
-  _globals['_NODECAPACITY']._serialized_start=216
-  _globals['_NODECAPACITY']._serialized_end=280
-  _globals['_INFERENCESTATS']._serialized_start=283
-  _globals['_INFERENCESTATS']._serialized_end=663
+  _globals['_MODELFORMAT']._serialized_start=788
+  _globals['_MODELFORMAT']._serialized_end=884
+  _globals['_MODELSTATE']._serialized_start=886
+  _globals['_MODELSTATE']._serialized_end=976
+  _globals['_ROUTINGSTATE']._serialized_start=979
+  _globals['_ROUTINGSTATE']._serialized_end=1160
+  _globals['_ALLOCATIONSTATE']._serialized_start=1163
+  _globals['_ALLOCATIONSTATE']._serialized_end=1344
+  _globals['_DEPLOYMENTSTATUS']._serialized_start=1347
+  _globals['_DEPLOYMENTSTATUS']._serialized_end=1623
+  _globals['_VIEW']._serialized_start=1625
+  _globals['_VIEW']._serialized_end=1684
+  _globals['_PAGEREQUEST']._serialized_start=78
+  _globals['_PAGEREQUEST']._serialized_end=130
+  _globals['_REASONCOUNT']._serialized_start=132
+  _globals['_REASONCOUNT']._serialized_end=199
+  _globals['_TENSORSPEC']._serialized_start=201
+  _globals['_TENSORSPEC']._serialized_end=260
+  _globals['_RESOURCES']._serialized_start=262
+  _globals['_RESOURCES']._serialized_end=337
+  _globals['_NODECAPACITY']._serialized_start=339
+  _globals['_NODECAPACITY']._serialized_end=403
+  _globals['_INFERENCESTATS']._serialized_start=406
+  _globals['_INFERENCESTATS']._serialized_end=786
 # @@protoc_insertion_point(module_scope)

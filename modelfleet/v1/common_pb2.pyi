@@ -49,6 +49,12 @@ class DeploymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DEPLOYMENT_STATUS_FAILED: _ClassVar[DeploymentStatus]
     DEPLOYMENT_STATUS_STOPPING: _ClassVar[DeploymentStatus]
     DEPLOYMENT_STATUS_STOPPED: _ClassVar[DeploymentStatus]
+
+class View(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VIEW_UNSPECIFIED: _ClassVar[View]
+    VIEW_BASIC: _ClassVar[View]
+    VIEW_FULL: _ClassVar[View]
 MODEL_FORMAT_UNSPECIFIED: ModelFormat
 MODEL_FORMAT_ONNX: ModelFormat
 MODEL_FORMAT_TORCHSCRIPT: ModelFormat
@@ -74,6 +80,27 @@ DEPLOYMENT_STATUS_ABNORMAL: DeploymentStatus
 DEPLOYMENT_STATUS_FAILED: DeploymentStatus
 DEPLOYMENT_STATUS_STOPPING: DeploymentStatus
 DEPLOYMENT_STATUS_STOPPED: DeploymentStatus
+VIEW_UNSPECIFIED: View
+VIEW_BASIC: View
+VIEW_FULL: View
+
+class PageRequest(_message.Message):
+    __slots__ = ("page_size", "page_token")
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    page_size: int
+    page_token: str
+    def __init__(self, page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class ReasonCount(_message.Message):
+    __slots__ = ("reason", "count", "example_nodes")
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLE_NODES_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    count: int
+    example_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, reason: _Optional[str] = ..., count: _Optional[int] = ..., example_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TensorSpec(_message.Message):
     __slots__ = ("name", "datatype", "shape")

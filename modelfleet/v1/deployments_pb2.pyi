@@ -148,7 +148,7 @@ class RoutingEntry(_message.Message):
     def __init__(self, routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., allocation_id: _Optional[str] = ..., worker_address: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Allocation(_message.Message):
-    __slots__ = ("task_parameters", "routing_table", "allocation_state", "start_time", "variant", "weight", "target_nodes", "not_chosen")
+    __slots__ = ("task_parameters", "routing_table", "allocation_state", "start_time", "variant", "weight", "target_nodes", "not_chosen", "not_chosen_summary", "route_counts")
     class RoutingTableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -163,6 +163,13 @@ class Allocation(_message.Message):
         key: str
         value: str
         def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class RouteCountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
     TASK_PARAMETERS_FIELD_NUMBER: _ClassVar[int]
     ROUTING_TABLE_FIELD_NUMBER: _ClassVar[int]
     ALLOCATION_STATE_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +178,8 @@ class Allocation(_message.Message):
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODES_FIELD_NUMBER: _ClassVar[int]
     NOT_CHOSEN_FIELD_NUMBER: _ClassVar[int]
+    NOT_CHOSEN_SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_COUNTS_FIELD_NUMBER: _ClassVar[int]
     task_parameters: TaskParameters
     routing_table: _containers.MessageMap[str, RoutingEntry]
     allocation_state: _common_pb2.AllocationState
@@ -179,7 +188,9 @@ class Allocation(_message.Message):
     weight: int
     target_nodes: int
     not_chosen: _containers.ScalarMap[str, str]
-    def __init__(self, task_parameters: _Optional[_Union[TaskParameters, _Mapping]] = ..., routing_table: _Optional[_Mapping[str, RoutingEntry]] = ..., allocation_state: _Optional[_Union[_common_pb2.AllocationState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variant: _Optional[str] = ..., weight: _Optional[int] = ..., target_nodes: _Optional[int] = ..., not_chosen: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    not_chosen_summary: _containers.RepeatedCompositeFieldContainer[_common_pb2.ReasonCount]
+    route_counts: _containers.ScalarMap[str, int]
+    def __init__(self, task_parameters: _Optional[_Union[TaskParameters, _Mapping]] = ..., routing_table: _Optional[_Mapping[str, RoutingEntry]] = ..., allocation_state: _Optional[_Union[_common_pb2.AllocationState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variant: _Optional[str] = ..., weight: _Optional[int] = ..., target_nodes: _Optional[int] = ..., not_chosen: _Optional[_Mapping[str, str]] = ..., not_chosen_summary: _Optional[_Iterable[_Union[_common_pb2.ReasonCount, _Mapping]]] = ..., route_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("deployment_id", "status", "status_reason", "description", "variants", "allocations", "owner", "created_at", "start_time", "stopped_at", "auto_stop", "auto_stop_at", "traffic_limit_qps", "revision", "retiring", "rollout")
@@ -286,20 +297,36 @@ class DeleteDeploymentResponse(_message.Message):
     def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ...) -> None: ...
 
 class GetDeploymentRequest(_message.Message):
-    __slots__ = ("deployment_id",)
+    __slots__ = ("deployment_id", "view", "per_node_reasons")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    PER_NODE_REASONS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
-    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+    view: _common_pb2.View
+    per_node_reasons: bool
+    def __init__(self, deployment_id: _Optional[str] = ..., view: _Optional[_Union[_common_pb2.View, str]] = ..., per_node_reasons: _Optional[bool] = ...) -> None: ...
 
 class ListDeploymentsRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("page", "view", "owner", "status", "model_id")
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    VIEW_FIELD_NUMBER: _ClassVar[int]
+    OWNER_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_ID_FIELD_NUMBER: _ClassVar[int]
+    page: _common_pb2.PageRequest
+    view: _common_pb2.View
+    owner: str
+    status: _common_pb2.DeploymentStatus
+    model_id: str
+    def __init__(self, page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ..., view: _Optional[_Union[_common_pb2.View, str]] = ..., owner: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., model_id: _Optional[str] = ...) -> None: ...
 
 class ListDeploymentsResponse(_message.Message):
-    __slots__ = ("deployments",)
+    __slots__ = ("deployments", "next_page_token")
     DEPLOYMENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     deployments: _containers.RepeatedCompositeFieldContainer[Deployment]
-    def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, deployments: _Optional[_Iterable[_Union[Deployment, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class GetDeploymentStatsRequest(_message.Message):
     __slots__ = ("deployment_id",)
@@ -338,18 +365,22 @@ class GetDeploymentStatsResponse(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateway: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
 
 class WatchDeploymentRequest(_message.Message):
-    __slots__ = ("deployment_id",)
+    __slots__ = ("deployment_id", "after_seq")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
+    AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
-    def __init__(self, deployment_id: _Optional[str] = ...) -> None: ...
+    after_seq: int
+    def __init__(self, deployment_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
 
 class WatchDeploymentResponse(_message.Message):
-    __slots__ = ("deployment", "events")
+    __slots__ = ("deployment", "events", "resumed")
     DEPLOYMENT_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     deployment: Deployment
     events: _containers.RepeatedCompositeFieldContainer[DeploymentEvent]
-    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DeploymentEvent, _Mapping]]] = ...) -> None: ...
+    resumed: bool
+    def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DeploymentEvent, _Mapping]]] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class DeploymentEvent(_message.Message):
     __slots__ = ("seq", "time", "kind", "reason", "from_status", "status", "node_id", "variant", "allocation_id", "from_routing_state", "routing_state", "revision")
@@ -380,15 +411,19 @@ class DeploymentEvent(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., reason: _Optional[str] = ..., from_status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., from_routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class ListDeploymentEventsRequest(_message.Message):
-    __slots__ = ("deployment_id", "after_seq")
+    __slots__ = ("deployment_id", "after_seq", "page")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     AFTER_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     after_seq: int
-    def __init__(self, deployment_id: _Optional[str] = ..., after_seq: _Optional[int] = ...) -> None: ...
+    page: _common_pb2.PageRequest
+    def __init__(self, deployment_id: _Optional[str] = ..., after_seq: _Optional[int] = ..., page: _Optional[_Union[_common_pb2.PageRequest, _Mapping]] = ...) -> None: ...
 
 class ListDeploymentEventsResponse(_message.Message):
-    __slots__ = ("events",)
+    __slots__ = ("events", "next_page_token")
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[DeploymentEvent]
-    def __init__(self, events: _Optional[_Iterable[_Union[DeploymentEvent, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, events: _Optional[_Iterable[_Union[DeploymentEvent, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelfleet.v1 import common_pb2 as modelfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelfleet/v1/models.proto\x12\rmodelfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelfleet/v1/common.proto\"\xd7\x02\n\x05Model\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.modelfleet.v1.ModelFormat\x12\x13\n\x0bmodel_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.modelfleet.v1.ModelState\x12\x14\n\x0cstate_reason\x18\x07 \x01(\t\x12)\n\x06inputs\x18\x08 \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12*\n\x07outputs\x18\t \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x02\n\x13UploadModelMetadata\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.modelfleet.v1.ModelFormat\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x03\x12)\n\x06inputs\x18\x07 \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x08 \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12\x13\n\x0bnew_version\x18\t \x01(\x08\"h\n\x12UploadModelRequest\x12\x36\n\x08metadata\x18\x01 \x01(\x0b\x32\".modelfleet.v1.UploadModelMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"4\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"%\n\x11ListModelsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\":\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.modelfleet.v1.Model\"7\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"<\n\x13\x44\x65leteModelResponse\x12%\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x14.modelfleet.v1.Model\"9\n\x14\x44ownloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x15\x44ownloadModelResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t2\xb1\x03\n\rModelRegistry\x12H\n\x0bUploadModel\x12!.modelfleet.v1.UploadModelRequest\x1a\x14.modelfleet.v1.Model(\x01\x12\x45\n\x08GetModel\x12\x1e.modelfleet.v1.GetModelRequest\x1a\x14.modelfleet.v1.Model\"\x03\x90\x02\x01\x12V\n\nListModels\x12 .modelfleet.v1.ListModelsRequest\x1a!.modelfleet.v1.ListModelsResponse\"\x03\x90\x02\x01\x12T\n\x0b\x44\x65leteModel\x12!.modelfleet.v1.DeleteModelRequest\x1a\".modelfleet.v1.DeleteModelResponse\x12\x61\n\rDownloadModel\x12#.modelfleet.v1.DownloadModelRequest\x1a$.modelfleet.v1.DownloadModelResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1amodelfleet/v1/models.proto\x12\rmodelfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelfleet/v1/common.proto\"\xd7\x02\n\x05Model\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.modelfleet.v1.ModelFormat\x12\x13\n\x0bmodel_bytes\x18\x04 \x01(\x03\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12(\n\x05state\x18\x06 \x01(\x0e\x32\x19.modelfleet.v1.ModelState\x12\x14\n\x0cstate_reason\x18\x07 \x01(\t\x12)\n\x06inputs\x18\x08 \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12*\n\x07outputs\x18\t \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12.\n\ncreated_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8a\x02\n\x13UploadModelMetadata\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12*\n\x06\x66ormat\x18\x03 \x01(\x0e\x32\x1a.modelfleet.v1.ModelFormat\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x03\x12)\n\x06inputs\x18\x07 \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12*\n\x07outputs\x18\x08 \x03(\x0b\x32\x19.modelfleet.v1.TensorSpec\x12\x13\n\x0bnew_version\x18\t \x01(\x08\"h\n\x12UploadModelRequest\x12\x36\n\x08metadata\x18\x01 \x01(\x0b\x32\".modelfleet.v1.UploadModelMetadataH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"4\n\x0fGetModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"O\n\x11ListModelsRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12(\n\x04page\x18\x02 \x01(\x0b\x32\x1a.modelfleet.v1.PageRequest\"S\n\x12ListModelsResponse\x12$\n\x06models\x18\x01 \x03(\x0b\x32\x14.modelfleet.v1.Model\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"7\n\x12\x44\x65leteModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"<\n\x13\x44\x65leteModelResponse\x12%\n\x07\x64\x65leted\x18\x01 \x03(\x0b\x32\x14.modelfleet.v1.Model\"9\n\x14\x44ownloadModelRequest\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"[\n\x15\x44ownloadModelResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\x0c\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x03\x12\x0e\n\x06sha256\x18\x04 \x01(\t2\xb1\x03\n\rModelRegistry\x12H\n\x0bUploadModel\x12!.modelfleet.v1.UploadModelRequest\x1a\x14.modelfleet.v1.Model(\x01\x12\x45\n\x08GetModel\x12\x1e.modelfleet.v1.GetModelRequest\x1a\x14.modelfleet.v1.Model\"\x03\x90\x02\x01\x12V\n\nListModels\x12 .modelfleet.v1.ListModelsRequest\x1a!.modelfleet.v1.ListModelsResponse\"\x03\x90\x02\x01\x12T\n\x0b\x44\x65leteModel\x12!.modelfleet.v1.DeleteModelRequest\x1a\".modelfleet.v1.DeleteModelResponse\x12\x61\n\rDownloadModel\x12#.modelfleet.v1.DownloadModelRequest\x1a$.modelfleet.v1.DownloadModelResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,17 +48,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELREQUEST']._serialized_start=827
   _globals['_GETMODELREQUEST']._serialized_end=879
   _globals['_LISTMODELSREQUEST']._serialized_start=881
-  _globals['_LISTMODELSREQUEST']._serialized_end=918
-  _globals['_LISTMODELSRESPONSE']._serialized_start=920
-  _globals['_LISTMODELSRESPONSE']._serialized_end=978
-  _globals['_DELETEMODELREQUEST']._serialized_start=980
-  _globals['_DELETEMODELREQUEST']._serialized_end=1035
-  _globals['_DELETEMODELRESPONSE']._serialized_start=1037
-  _globals['_DELETEMODELRESPONSE']._serialized_end=1097
-  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1099
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1156
-  _globals['_DOWNLOADMODELRESPONSE']._serialized_start=1158
-  _globals['_DOWNLOADMODELRESPONSE']._serialized_end=1249
-  _globals['_MODELREGISTRY']._serialized_start=1252
-  _globals['_MODELREGISTRY']._serialized_end=1685
+  _globals['_LISTMODELSREQUEST']._serialized_end=960
+  _globals['_LISTMODELSRESPONSE']._serialized_start=962
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1045
+  _globals['_DELETEMODELREQUEST']._serialized_start=1047
+  _globals['_DELETEMODELREQUEST']._serialized_end=1102
+  _globals['_DELETEMODELRESPONSE']._serialized_start=1104
+  _globals['_DELETEMODELRESPONSE']._serialized_end=1164
+  _globals['_DOWNLOADMODELREQUEST']._serialized_start=1166
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=1223
+  _globals['_DOWNLOADMODELRESPONSE']._serialized_start=1225
+  _globals['_DOWNLOADMODELRESPONSE']._serialized_end=1316
+  _globals['_MODELREGISTRY']._serialized_start=1319
+  _globals['_MODELREGISTRY']._serialized_end=1752
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelfleet.v1 import common_pb2 as modelfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelfleet/v1/nodes.proto\x12\rmodelfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelfleet/v1/common.proto\"\xec\x03\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.modelfleet.v1.NodeState\x12-\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1b.modelfleet.v1.NodeCapacity\x12.\n\tallocated\x18\x05 \x01(\x0b\x32\x1b.modelfleet.v1.NodeCapacity\x12/\n\x06labels\x18\x06 \x03(\x0b\x32\x1f.modelfleet.v1.Node.LabelsEntry\x12\x13\n\x0bschedulable\x18\x07 \x01(\x08\x12\x31\n\rregistered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\n \x01(\t\x12\x16\n\x0e\x61llocation_ids\x18\x0b \x03(\t\x12\x12\n\ngeneration\x18\x0c \x01(\x03\x12\x1a\n\x12\x61pplied_generation\x18\r \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x12\n\x10ListNodesRequest\"7\n\x11ListNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.modelfleet.v1.Node\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"#\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"&\n\x13UncordonNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t*j\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x16\n\x12NODE_STATE_SUSPECT\x10\x02\x12\x13\n\x0fNODE_STATE_LOST\x10\x03\x32\xac\x02\n\x05Nodes\x12S\n\tListNodes\x12\x1f.modelfleet.v1.ListNodesRequest\x1a .modelfleet.v1.ListNodesResponse\"\x03\x90\x02\x01\x12\x42\n\x07GetNode\x12\x1d.modelfleet.v1.GetNodeRequest\x1a\x13.modelfleet.v1.Node\"\x03\x90\x02\x01\x12\x41\n\tDrainNode\x12\x1f.modelfleet.v1.DrainNodeRequest\x1a\x13.modelfleet.v1.Node\x12G\n\x0cUncordonNode\x12\".modelfleet.v1.UncordonNodeRequest\x1a\x13.modelfleet.v1.Nodeb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19modelfleet/v1/nodes.proto\x12\rmodelfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelfleet/v1/common.proto\"\xec\x03\n\x04Node\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.modelfleet.v1.NodeState\x12-\n\x08\x63\x61pacity\x18\x04 \x01(\x0b\x32\x1b.modelfleet.v1.NodeCapacity\x12.\n\tallocated\x18\x05 \x01(\x0b\x32\x1b.modelfleet.v1.NodeCapacity\x12/\n\x06labels\x18\x06 \x03(\x0b\x32\x1f.modelfleet.v1.Node.LabelsEntry\x12\x13\n\x0bschedulable\x18\x07 \x01(\x08\x12\x31\n\rregistered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0elast_heartbeat\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\ragent_version\x18\n \x01(\t\x12\x16\n\x0e\x61llocation_ids\x18\x0b \x03(\t\x12\x12\n\ngeneration\x18\x0c \x01(\x03\x12\x1a\n\x12\x61pplied_generation\x18\r \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"}\n\x10ListNodesRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.modelfleet.v1.PageRequest\x12\x16\n\x0elabel_selector\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.modelfleet.v1.NodeState\"P\n\x11ListNodesResponse\x12\"\n\x05nodes\x18\x01 \x03(\x0b\x32\x13.modelfleet.v1.Node\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"!\n\x0eGetNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"#\n\x10\x44rainNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"&\n\x13UncordonNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t*j\n\tNodeState\x12\x1a\n\x16NODE_STATE_UNSPECIFIED\x10\x00\x12\x14\n\x10NODE_STATE_READY\x10\x01\x12\x16\n\x12NODE_STATE_SUSPECT\x10\x02\x12\x13\n\x0fNODE_STATE_LOST\x10\x03\x32\xac\x02\n\x05Nodes\x12S\n\tListNodes\x12\x1f.modelfleet.v1.ListNodesRequest\x1a .modelfleet.v1.ListNodesResponse\"\x03\x90\x02\x01\x12\x42\n\x07GetNode\x12\x1d.modelfleet.v1.GetNodeRequest\x1a\x13.modelfleet.v1.Node\"\x03\x90\x02\x01\x12\x41\n\tDrainNode\x12\x1f.modelfleet.v1.DrainNodeRequest\x1a\x13.modelfleet.v1.Node\x12G\n\x0cUncordonNode\x12\".modelfleet.v1.UncordonNodeRequest\x1a\x13.modelfleet.v1.Nodeb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,22 +39,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_NODES'].methods_by_name['ListNodes']._serialized_options = b'\220\002\001'
   _globals['_NODES'].methods_by_name['GetNode']._loaded_options = None
   _globals['_NODES'].methods_by_name['GetNode']._serialized_options = b'\220\002\001'
-  _globals['_NODESTATE']._serialized_start=789
-  _globals['_NODESTATE']._serialized_end=895
+  _globals['_NODESTATE']._serialized_start=921
+  _globals['_NODESTATE']._serialized_end=1027
   _globals['_NODE']._serialized_start=106
   _globals['_NODE']._serialized_end=598
   _globals['_NODE_LABELSENTRY']._serialized_start=553
   _globals['_NODE_LABELSENTRY']._serialized_end=598
   _globals['_LISTNODESREQUEST']._serialized_start=600
-  _globals['_LISTNODESREQUEST']._serialized_end=618
-  _globals['_LISTNODESRESPONSE']._serialized_start=620
-  _globals['_LISTNODESRESPONSE']._serialized_end=675
-  _globals['_GETNODEREQUEST']._serialized_start=677
-  _globals['_GETNODEREQUEST']._serialized_end=710
-  _globals['_DRAINNODEREQUEST']._serialized_start=712
-  _globals['_DRAINNODEREQUEST']._serialized_end=747
-  _globals['_UNCORDONNODEREQUEST']._serialized_start=749
-  _globals['_UNCORDONNODEREQUEST']._serialized_end=787
-  _globals['_NODES']._serialized_start=898
-  _globals['_NODES']._serialized_end=1198
+  _globals['_LISTNODESREQUEST']._serialized_end=725
+  _globals['_LISTNODESRESPONSE']._serialized_start=727
+  _globals['_LISTNODESRESPONSE']._serialized_end=807
+  _globals['_GETNODEREQUEST']._serialized_start=809
+  _globals['_GETNODEREQUEST']._serialized_end=842
+  _globals['_DRAINNODEREQUEST']._serialized_start=844
+  _globals['_DRAINNODEREQUEST']._serialized_end=879
+  _globals['_UNCORDONNODEREQUEST']._serialized_start=881
+  _globals['_UNCORDONNODEREQUEST']._serialized_end=919
+  _globals['_NODES']._serialized_start=1030
+  _globals['_NODES']._serialized_end=1330
 # @@protoc_insertion_point(module_scope)

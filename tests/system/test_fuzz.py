@@ -192,7 +192,7 @@ def test_scenario_24_afterwards_everything_is_consistent(fuzz_target: dict[str, 
     worker = fuzz_target["worker"]
     assert _healthy(c.addr) == "SERVING" and _healthy(worker.address) == "SERVING"
     models = c.models.ListModels(models_pb2.ListModelsRequest()).models
-    deployments = c.deployments.ListDeployments(dpb.ListDeploymentsRequest()).deployments
+    deployments = c.deployments.ListDeployments(dpb.ListDeploymentsRequest(view=common_pb2.VIEW_FULL)).deployments
     nodes = {n.node_id for n in c.nodes.ListNodes(nodes_pb2.ListNodesRequest()).nodes}
     keys = auth_pb2_grpc.AuthStub(c.channel).ListApiKeys(auth_pb2.ListApiKeysRequest(include_inactive=True)).api_keys
     assert keys and "node-fuzz" in nodes

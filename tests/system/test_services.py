@@ -444,7 +444,9 @@ def test_pools_and_never_fits_and_fits_later(cluster: Cluster, nodes: dict[str, 
     dep = start(cluster, "green", model_version=1, resources=common_pb2.Resources(pool="green")).deployment
     alloc = dep.allocations[0]
     assert list(alloc.routing_table) == [nodes["b"]]
-    assert alloc.not_chosen[nodes["a"]] == "pool 'green' does not match the node's pool 'blue'"
+    assert [(r.reason, r.count, list(r.example_nodes)) for r in alloc.not_chosen_summary] == [
+        ("pool 'green' does not match the node's pool 'blue'", 1, [nodes["a"]])
+    ]
     for resources, words in [
         (common_pb2.Resources(pool="red"), "no node in pool 'red'"),
         (common_pb2.Resources(cpus=64), "no node can fit 64 cpus (largest has 16)"),
@@ -508,7 +510,9 @@ def test_dry_run_start_and_update_return_the_plan_and_change_nothing(cluster: Cl
     v1, v2 = resp.deployment.allocations
     assert [e.reason for e in v1.routing_table.values()] == ["would start here"]
     assert list(v2.routing_table) == [nodes["b"]] and v2.routing_table[nodes["b"]].routing_state == common_pb2.ROUTING_STATE_STARTING
-    assert v2.not_chosen[nodes["a"]] == "pool 'green' does not match the node's pool 'blue'"
+    assert [(r.reason, list(r.example_nodes)) for r in v2.not_chosen_summary] == [
+        ("pool 'green' does not match the node's pool 'blue'", [nodes["a"]])
+    ]
     assert "dry run" in resp.deployment.status_reason
     with pytest.raises(grpc.RpcError) as err:
         cluster.get("plan")
@@ -523,7 +527,7 @@ def test_dry_run_start_and_update_return_the_plan_and_change_nothing(cluster: Cl
     assert plan.dry_run
     (alloc,) = plan.deployment.allocations
     assert alloc.variant == "add-v2" and [e.reason for e in alloc.routing_table.values()] == ["would start here"]
-    assert alloc.not_chosen[nodes["a"]].startswith("pool 'green'")
+    assert alloc.not_chosen_summary[0].reason.startswith("pool 'green'") and list(alloc.not_chosen_summary[0].example_nodes) == [nodes["a"]]
     (retiring,) = plan.deployment.retiring
     assert retiring.variant == "add-v1"
     assert all(e.reason.startswith("would stop") for e in retiring.routing_table.values())

@@ -71,7 +71,7 @@ def pids_by_allocation(root: Path) -> dict[str, list[int]]:
 def running_allocations(c: Cluster) -> set[str]:
     """Allocation ids the control plane wants running (routing tables; desired-stopped ones drop out)."""
     ids = set()
-    for d in c.deployments.ListDeployments(dpb.ListDeploymentsRequest()).deployments:
+    for d in c.deployments.ListDeployments(dpb.ListDeploymentsRequest(view=S.VIEW_FULL)).deployments:
         for alloc in d.allocations:
             ids |= {e.allocation_id for e in alloc.routing_table.values() if e.routing_state == S.ROUTING_STATE_STARTED}
     return ids

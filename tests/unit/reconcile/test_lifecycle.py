@@ -201,7 +201,9 @@ def test_dry_runs_change_nothing() -> None:
     resp = w.start("d", model_version=1, inference_threads=2, dry_run=True)
     assert resp.dry_run and list(resp.allocation.routing_table) == ["a"]
     assert resp.allocation.routing_table["a"].reason == "would start here"
-    assert resp.allocation.not_chosen["b"] == "needs 2 cpus, 1 of 1 free"
+    assert not resp.allocation.not_chosen  # the dry run counts nodes by reason
+    [why] = resp.allocation.not_chosen_summary
+    assert (why.reason, why.count, list(why.example_nodes)) == ("needs 2 cpus, 1 of 1 free", 1, ["b"])
     assert w.store.get_deployment("d") is None and not w.store.list_allocations() and w.rec.events.since("d") == []
     w.start("d", model_version=1)
     w.all_started("a", "b")
