@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from control_plane.fleet.liveness import Fleet, Liveness
-from control_plane.planning import lifecycle, reasons, rollout, scheduler
+from control_plane.planning import lifecycle, planner, reasons, rollout, scheduler
 from control_plane.reconcile.reads import ReconcileReads
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2, nodes_pb2
@@ -82,18 +82,41 @@ def allocation_view(
     )
     _fill_routing_table(out, mine, reads=reads)
     if placement and rec.desired == RUNNING and shape.view == FULL:
-        _fill_reasons(out, {n: why for n, why in placement.not_chosen.items() if n not in out.routing_table}, shape=shape)
+        _fill_reasons(out, rec, variant, allocs, placement=placement, reads=reads, shape=shape)
     _finish(out, shape)
     routes = [a.routing_state for a in mine if a.desired == RUNNING and fresh(a)]
     out.allocation_state = lifecycle.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
     return out
 
 
-def _fill_reasons(out: deployments_pb2.Allocation, not_chosen: Mapping[str, str], *, shape: Shape) -> None:
-    for group in reasons.summarise(not_chosen):
+def _fill_reasons(
+    out: deployments_pb2.Allocation,
+    rec: records_pb2.DeploymentRecord,
+    variant: deployments_pb2.VariantSpec,
+    allocs: Sequence[records_pb2.AllocationRecord],
+    *,
+    placement: scheduler.Placement,
+    reads: ReconcileReads,
+    shape: Shape,
+) -> None:
+    """Placement reasons counted by reason; one per node as well when the shape asks for them."""
+    per_node: Mapping[str, str] | None = None
+    if placement.not_chosen:  # a placement planned for a dry run: every reason is at hand
+        per_node = {n: why for n, why in placement.not_chosen.items() if n not in out.routing_table}
+        groups: Sequence[reasons.ReasonGroup] = reasons.summarise(per_node)
+    else:  # the reconciler's, kept with its reasons counted only
+        groups = placement.summary
+    for group in groups:
         out.not_chosen_summary.add(reason=group.reason, count=group.count, example_nodes=group.examples)
-    if shape.per_node_reasons:
-        out.not_chosen.update(not_chosen)
+    if not shape.per_node_reasons:
+        return
+    model = reads.model_for(variant)
+    if per_node is None and model is not None:
+        per_node = planner.not_chosen_now(
+            deployment_id=rec.deployment_id, variant=variant, model=model, allocations=allocs,
+            node_views=reads.node_views(), cordoned=reads.cordoned(),
+        )  # fmt: skip
+    out.not_chosen.update({n: why for n, why in (per_node or {}).items() if n not in out.routing_table})
 
 
 def _finish(out: deployments_pb2.Allocation, shape: Shape) -> None:

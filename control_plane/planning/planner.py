@@ -274,6 +274,32 @@ def plan_variant(
     )
 
 
+def not_chosen_now(
+    *,
+    deployment_id: str,
+    variant: deployments_pb2.VariantSpec,
+    model: models_pb2.Model,
+    allocations: Sequence[records_pb2.AllocationRecord],
+    node_views: Mapping[str, scheduler.NodeView],
+    cordoned: Collection[str],
+) -> Mapping[str, str]:
+    """Why each node is not a target of the variant now, one reason per node.
+
+    The reconciler keeps placements with their reasons counted only (a
+    reason per node of every variant would be deployments x nodes); this
+    places the one variant again, as plan_variant does, for a caller who
+    asks for the full list.
+    """
+    template = rollout.allocation_spec(deployment_id=deployment_id, variant=variant, model=model)
+    fresh_nodes = {
+        a.node_id
+        for a in allocations
+        if a.variant == variant.name and a.desired == RUNNING and a.node_id not in cordoned and rollout.is_fresh(a.spec, template)
+    }
+    demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
+    return scheduler.place(demand, list(node_views.values()), current=fresh_nodes).not_chosen
+
+
 def _model_gone(variant: deployments_pb2.VariantSpec) -> VariantActions:
     return VariantActions(
         variant=variant.name,

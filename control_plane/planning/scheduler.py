@@ -36,6 +36,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from control_plane.planning import reasons
 from modelfleet.v1 import agent_pb2, deployments_pb2
 
 MIB = 1024 * 1024
@@ -93,11 +94,26 @@ class Placement:
     targets: the node ids that hold the variant (kept ones first).
     not_chosen: node_id -> why not, for every node of `nodes` not in targets.
     shortfall: why no node could ever hold the demand, else None.
+    summary: not_chosen counted by reason; a kept placement holds only this
+        (`compact`), since a reason per node of every variant is
+        deployments × nodes entries.
     """
 
     targets: tuple[str, ...]
     not_chosen: Mapping[str, str]
     shortfall: str | None = None
+    summary: tuple[reasons.ReasonGroup, ...] = ()
+
+    def compact(self) -> Placement:
+        """The placement without its per-node reasons, counted by reason instead."""
+        if not self.not_chosen:
+            return self
+        return Placement(
+            targets=self.targets, not_chosen={}, shortfall=self.shortfall, summary=tuple(reasons.summarise(self.not_chosen))
+        )
+
+    def reason_groups(self) -> tuple[reasons.ReasonGroup, ...]:
+        return self.summary or tuple(reasons.summarise(self.not_chosen))
 
 
 def estimate_memory(model_bytes: int) -> int:

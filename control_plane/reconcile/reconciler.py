@@ -61,6 +61,7 @@ moved, with a full tick when a node's liveness changed and every
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import time
@@ -335,12 +336,14 @@ class Reconciler:
         if model is None or actions.decision is None:
             log.error("deployment %s: %s", rec.deployment_id, actions.error)
             return None, actions.progress
-        self.placements[key] = actions.decision.placement
+        placement = actions.decision.placement.compact()  # kept for views: reasons counted, not one per node
+        self.placements[key] = placement
         self._apply_variant(rec, variant, model, actions, mine=mine, views=views, dirty_nodes=dirty_nodes)
         if actions.waiting:
             self._open.add(rec.deployment_id)
         if actions.quiet:
-            self._planned[key] = _Planned(inputs, actions.decision, actions.progress, self.views.epoch, actions.waiting)
+            decision = dataclasses.replace(actions.decision, placement=placement)
+            self._planned[key] = _Planned(inputs, decision, actions.progress, self.views.epoch, actions.waiting)
         else:
             self._planned.pop(key, None)  # it acted: plan again next time
         return actions.decision, actions.progress

@@ -110,7 +110,7 @@ class StatusWriter:
             ))
             failures += [a.reason for a in fresh if a.routing_state == RS.ROUTING_STATE_FAILED]
             if placement and not placement.targets and not stale:
-                waiting.append(placement.shortfall or _summarize(placement.not_chosen))
+                waiting.append(placement.shortfall or _summarize(placement))
         retiring = [a for a in allocs if a.variant not in names]
         also_serving += sum(1 for a in retiring if a.desired == RUNNING and a.routing_state == RS.ROUTING_STATE_STARTED)
         stopping_elsewhere = sum(1 for a in retiring if a.routing_state in (RS.ROUTING_STATE_STARTING, RS.ROUTING_STATE_STARTED, RS.ROUTING_STATE_STOPPING))
@@ -133,8 +133,8 @@ class StatusWriter:
         self._hub.notify(deployment_id)
 
 
-def _summarize(not_chosen: dict[str, str] | object) -> str:
-    items: dict[str, str] = dict(not_chosen)  # type: ignore[arg-type]
-    if not items:
+def _summarize(placement: scheduler.Placement) -> str:
+    groups = placement.reason_groups()
+    if not groups:
         return "no nodes have joined the fleet"
-    return reasons.describe_nodes(items)
+    return reasons.describe(list(groups))

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from control_plane.deployments import preview
 from control_plane.fleet.liveness import Fleet
-from control_plane.planning import planner
+from control_plane.planning import planner, reasons
 from control_plane.planning.rollout import allocation_spec
 from control_plane.planning.scheduler import NodeView
 from control_plane.reconcile.hub import ChangeHub
@@ -253,12 +253,17 @@ def test_the_dry_run_promises_what_one_tick_writes(
             assert old[a.allocation_id][0] == RUNNING  # keeps serving for now, stopped by a later tick
         else:
             assert old[a.allocation_id] == (a.desired, a.routing_state), a.allocation_id
-    assert {k[1]: p for k, p in world.rec.placements.items() if k[0] == "d"} == planned.placements
+    # the reconciler keeps its placements with their reasons counted (compact), the preview whole
+    assert {k[1]: p for k, p in world.rec.placements.items() if k[0] == "d"} == {v: p.compact() for v, p in planned.placements.items()}
     assert world.rec.rollouts.get("d", "") == shown.rollout
     for view in shown.allocations:
         placement = world.rec.placements.get(("d", view.variant))
         assert view.target_nodes == (len(placement.targets) if placement else 0)
-        assert dict(view.not_chosen) == {n: r for n, r in (placement.not_chosen.items() if placement else ()) if n in view.not_chosen}
+        promised = planned.placements.get(view.variant)
+        elsewhere = {n: r for n, r in (promised.not_chosen.items() if promised else ()) if n not in view.routing_table}
+        assert not view.not_chosen and [(g.reason, g.count) for g in view.not_chosen_summary] == [
+            (g.reason, g.count) for g in reasons.summarise(elsewhere)
+        ]
 
 
 @pytest.mark.parametrize("full", [False, True])
