@@ -31,7 +31,9 @@ signed by that CA (mTLS). The gateway reaches TLS workers trusting
 
 Once listening it writes DATA_DIR/endpoint (HOST:PORT actually bound, so
 --listen 127.0.0.1:0 works) atomically. SIGTERM/SIGINT: health goes
-NOT_SERVING, the server stops with a grace period, the store is closed.
+NOT_SERVING, the loops stop, agent streams end (agents reconnect to
+whoever serves next; no node is marked SUSPECT for it), in-flight calls get
+1 s, then the store is closed.
 """
 
 from __future__ import annotations
@@ -244,10 +246,16 @@ class ControlPlane:
             except Exception:
                 log.exception("pruning gateway channels failed; continuing")
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self, grace: float = 1.0) -> None:
+        """Shut down in order: health NOT_SERVING, loops cancelled, agent
+        streams ended (they are long-lived: the grace period would only wait
+        them out), in-flight calls given `grace` seconds, the gateway's
+        channels closed, and the store closed last, once nothing can use it."""
         await set_serving(self.health, False)
         for task in self._tasks:
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.agent_streams.close_all()
         await self.server.stop(grace)
         await self.gateway.close()
         self.store.close()

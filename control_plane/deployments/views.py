@@ -84,7 +84,11 @@ def allocation_view(
     if placement and rec.desired == RUNNING and shape.view == FULL:
         _fill_reasons(out, rec, variant, allocs, placement=placement, reads=reads, shape=shape)
     _finish(out, shape)
-    routes = [a.routing_state for a in mine if a.desired == RUNNING and fresh(a)]
+    if rec.desired == STOPPED:
+        out.target_nodes = 0  # a stopped deployment targets no node; its allocations are what remains
+        routes = [a.routing_state for a in mine]
+    else:
+        routes = [a.routing_state for a in mine if a.desired == RUNNING and fresh(a)]
     out.allocation_state = lifecycle.allocation_state(routes, target_count=out.target_nodes, stopping=rec.desired == STOPPED)
     return out
 
@@ -169,7 +173,8 @@ def retiring_view(
     _fill_routing_table(out, mine, reads=reads)
     _finish(out, shape)
     if all(a.desired == STOPPED for a in mine):
-        out.allocation_state = common_pb2.ALLOCATION_STATE_STOPPING
+        routes = [a.routing_state for a in mine]
+        out.allocation_state = lifecycle.allocation_state(routes, target_count=0, stopping=True)
     else:
         routes = [a.routing_state for a in mine if a.desired == RUNNING]
         out.allocation_state = lifecycle.allocation_state(routes, target_count=len(routes), stopping=False)

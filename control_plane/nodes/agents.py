@@ -56,6 +56,15 @@ class AgentStreams:
         self.store = store
         self.fleet = fleet
         self.keys = keys  # None: authentication is off
+        self._closing = False
+
+    def close_all(self) -> None:
+        """End every agent stream for a shutdown: the agents reconnect (to a
+        successor, or to this control plane once it is back), and nothing is
+        written for the streams that end, so no node turns SUSPECT."""
+        self._closing = True
+        for session in self.fleet.sessions():
+            session.close()
 
     def _register(self, reg: agent_pb2.RegisterNode, principal: Principal | None) -> None:
         info = reg.node
@@ -89,6 +98,8 @@ class AgentStreams:
     async def connect(
         self, requests: AsyncIterator[agent_pb2.AgentMessage], *, principal: Principal | None = None
     ) -> AsyncIterator[agent_pb2.ControlMessage]:
+        if self._closing:
+            raise errors.Unavailable("the control plane is shutting down")
         try:
             first = await anext(requests)
         except StopAsyncIteration:
@@ -117,7 +128,7 @@ class AgentStreams:
                 yield message
         finally:
             reader.cancel()
-            if self.fleet.detach(session):
+            if self.fleet.detach(session) and not self._closing:
                 log.warning("node %s disconnected", node_id)
                 self.agents.on_liveness_change([node_id])
 

@@ -36,6 +36,7 @@ _STOPPING = common_pb2.ROUTING_STATE_STOPPING
 _STOPPED = common_pb2.ROUTING_STATE_STOPPED
 _FAILED = common_pb2.ROUTING_STATE_FAILED
 _UNSPECIFIED = common_pb2.ROUTING_STATE_UNSPECIFIED
+_LIVE = frozenset({_STARTING, _STARTED, _STOPPING})  # a worker may still run
 
 
 # ---- routes -----------------------------------------------------------------------
@@ -111,16 +112,20 @@ def allocation_state(routes: Sequence[RoutingState], *, target_count: int, stopp
     """The allocation state of one variant.
 
     Args:
-        routes: the routing state of each of the variant's allocations.
+        routes: the routing state of each of the variant's allocations (the
+            wanted ones; when stopping, every one that remains).
         target_count: how many nodes the scheduler chose for it.
         stopping: the variant (or its deployment) is being stopped.
 
     Returns:
-        STOPPING if stopping; STARTING while no route is STARTED;
+        When stopping: STOPPING while a route is still starting, started or
+        stopping, then STOPPED. Else STARTING while no route is STARTED;
         FULLY_ALLOCATED once STARTED routes >= target_count > 0; else STARTED.
     """
     if stopping:
-        return common_pb2.ALLOCATION_STATE_STOPPING
+        if any(r in _LIVE for r in routes):
+            return common_pb2.ALLOCATION_STATE_STOPPING
+        return common_pb2.ALLOCATION_STATE_STOPPED
     started = sum(1 for r in routes if r == _STARTED)
     if started == 0:
         return common_pb2.ALLOCATION_STATE_STARTING

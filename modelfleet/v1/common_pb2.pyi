@@ -38,6 +38,7 @@ class AllocationState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ALLOCATION_STATE_STARTED: _ClassVar[AllocationState]
     ALLOCATION_STATE_FULLY_ALLOCATED: _ClassVar[AllocationState]
     ALLOCATION_STATE_STOPPING: _ClassVar[AllocationState]
+    ALLOCATION_STATE_STOPPED: _ClassVar[AllocationState]
 
 class DeploymentStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -72,6 +73,7 @@ ALLOCATION_STATE_STARTING: AllocationState
 ALLOCATION_STATE_STARTED: AllocationState
 ALLOCATION_STATE_FULLY_ALLOCATED: AllocationState
 ALLOCATION_STATE_STOPPING: AllocationState
+ALLOCATION_STATE_STOPPED: AllocationState
 DEPLOYMENT_STATUS_UNSPECIFIED: DeploymentStatus
 DEPLOYMENT_STATUS_DEPLOYING: DeploymentStatus
 DEPLOYMENT_STATUS_RUNNING: DeploymentStatus

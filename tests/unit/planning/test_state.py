@@ -51,7 +51,10 @@ STOPPED_STATUS = common_pb2.DEPLOYMENT_STATUS_STOPPED
     ("routes", "target_count", "stopping", "expected"),
     [
         ([STARTED, STARTED], 2, True, common_pb2.ALLOCATION_STATE_STOPPING),
-        ([], 0, True, common_pb2.ALLOCATION_STATE_STOPPING),
+        ([STARTED, STOPPED], 2, True, common_pb2.ALLOCATION_STATE_STOPPING),
+        ([STOPPING, FAILED], 0, True, common_pb2.ALLOCATION_STATE_STOPPING),
+        ([STOPPED, FAILED], 0, True, common_pb2.ALLOCATION_STATE_STOPPED),  # the final state
+        ([], 0, True, common_pb2.ALLOCATION_STATE_STOPPED),
         ([], 0, False, common_pb2.ALLOCATION_STATE_STARTING),
         ([STARTING, FAILED, STOPPING], 3, False, common_pb2.ALLOCATION_STATE_STARTING),
         ([STARTED, STARTING], 2, False, common_pb2.ALLOCATION_STATE_STARTED),
