@@ -59,7 +59,10 @@ SINGLE_MODEL_FIELDS = (
     "env",
 )
 PER_VARIANT_PATHS = ("model_version", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env")
-UPDATABLE_PATHS = frozenset({"variants", "description", "traffic_limit_qps", "auto_stop", *PER_VARIANT_PATHS})
+UPDATABLE_PATHS = frozenset(
+    {"variants", "description", "traffic_limit_qps", "auto_stop", "max_unavailable", *PER_VARIANT_PATHS}
+)
+MAX_UNAVAILABLE_LIMIT = 1000
 
 Resolver = Callable[[str, int], models_pb2.Model]
 
@@ -194,6 +197,11 @@ class SpecRules:
             check_auto_stop(spec.auto_stop)
         elif apply_default_auto_stop and self.default_auto_stop_s:
             spec.auto_stop.FromSeconds(self.default_auto_stop_s)
+        if not 0 <= spec.max_unavailable <= MAX_UNAVAILABLE_LIMIT:
+            raise errors.InvalidArgument(
+                f"max_unavailable must be 0..{MAX_UNAVAILABLE_LIMIT} (0 = never stop an old allocation before its "
+                f"replacement started), got {spec.max_unavailable}"
+            )
         if spec.traffic_limit_qps < 0 or spec.traffic_limit_qps != spec.traffic_limit_qps:
             raise errors.InvalidArgument(f"traffic_limit_qps {spec.traffic_limit_qps:g} must be >= 0 (0 = no limit)")
         return spec
@@ -271,6 +279,8 @@ class SpecRules:
             spec.description = given.description
         if "traffic_limit_qps" in paths:
             spec.traffic_limit_qps = given.traffic_limit_qps
+        if "max_unavailable" in paths:
+            spec.max_unavailable = given.max_unavailable
         if "auto_stop" in paths:
             if given.HasField("auto_stop"):
                 spec.auto_stop.CopyFrom(given.auto_stop)

@@ -175,6 +175,7 @@ def plan_deployment(
             node_views=views,
             cordoned=cordoned,
             lost_nodes=lost_nodes,
+            max_unavailable=record.spec.max_unavailable,
         )
         planned.append(actions)
         for start in actions.starts:
@@ -223,6 +224,7 @@ def plan_variant(
     node_views: Mapping[str, scheduler.NodeView],
     cordoned: Collection[str],
     lost_nodes: Collection[str],
+    max_unavailable: int = 0,
 ) -> VariantActions:
     """Plan one variant of a running deployment.
 
@@ -234,6 +236,8 @@ def plan_variant(
         node_views: every node's view, usage of every allocation included.
         cordoned: the drained nodes.
         lost_nodes: the LOST nodes among the allocations' nodes.
+        max_unavailable: old allocations a rolling update may stop before
+            their replacements started (the deployment's setting).
     """
     if model is None:
         return _model_gone(variant)
@@ -254,6 +258,7 @@ def plan_variant(
         draining=len(draining),
         draining_stale=sum(1 for a in draining if not rollout.is_fresh(a.spec, template)),
         name=variant.name,
+        max_unavailable=max_unavailable,
     )
     stops = tuple(
         _stop(a, DRAINED if a.node_id in cordoned else decision.stop[a.allocation_id], lost_nodes)

@@ -22,9 +22,10 @@ or the model changed by an update). Rules, per variant:
    at a time, each after the previous one has drained (it is in the way of a
    new allocation on its own node).
 4. When no node has room for a new allocation beside the old ones, nothing is
-   starting and nothing is draining, one stale allocation is replaced in
-   place (stopped first): the only break-before-make step, taken only when
-   the fleet has no room to surge.
+   starting and nothing is draining, the update waits and its rollout names
+   the shortfall: capacity is never taken away silently. Only with
+   `max_unavailable` > 0 are up to that many stale allocations replaced in
+   place (stopped first): the only break-before-make step.
 5. A fresh allocation that FAILED keeps every stale one serving: a broken
    new spec never takes the old workers down.
 
@@ -127,6 +128,7 @@ def plan_variant(
     draining: int,
     name: str,
     draining_stale: int = 0,
+    max_unavailable: int = 0,
 ) -> VariantPlan:
     """Plan one variant (rules in the module docstring).
 
@@ -138,6 +140,8 @@ def plan_variant(
         name: the variant's name, for reasons.
         draining_stale: how many of those are stale (the update is not done
             until they are gone and their room is used).
+        max_unavailable: how many stale allocations may be stopped before
+            their replacements started, when there is no room beside them.
     """
     alive = [m for m in members if not m.lost]
     fresh = [m for m in alive if m.fresh]
@@ -168,14 +172,26 @@ def plan_variant(
         for m in rest if enough else surplus:
             stop[m.allocation_id] = "replaced by new allocations on other nodes (rolling update)"
     quiet = draining == 0 and not starting
-    if blocking and quiet and (all_started or not targets) and not any(m.allocation_id in stop for m in rest):
-        # prefer one that does not serve, then by node id
-        victim = min(blocking, key=lambda m: (m.routing_state == _STARTED, m.node_id))
-        stop[victim.allocation_id] = "replaced in place: no node has room to start a new allocation beside it (rolling update)"
+    stuck = bool(blocking) and quiet and (all_started or not targets) and not any(m.allocation_id in stop for m in rest)
+    if stuck and max_unavailable > 0:
+        # prefer ones that do not serve, then by node id
+        for victim in sorted(blocking, key=lambda m: (m.routing_state == _STARTED, m.node_id))[:max_unavailable]:
+            stop[victim.allocation_id] = "replaced in place: no node has room to start a new allocation beside it (rolling update)"
 
     remaining = sum(1 for m in stale if m.allocation_id not in stop)
     rollout = _waits_for(placement, name=name, started=len(started_on), remaining=remaining)
+    if stuck and max_unavailable == 0:
+        rollout = _no_room(demand, name=name, blocked=len(blocking), remaining=remaining)
     return VariantPlan(placement=placement, start_on=start_on, stop=stop, rollout=rollout)
+
+
+def _no_room(demand: scheduler.Demand, *, name: str, blocked: int, remaining: int) -> str:
+    """Why an update with no room to surge waits, and how to let it proceed."""
+    return (
+        f"variant {name!r}: waiting for room: no node can start a new allocation ({scheduler.describe_demand(demand)}) "
+        f"beside the {blocked} old one(s) it would replace; {remaining} old ones still serving. Free capacity, add a "
+        "node, or update with max_unavailable >= 1 (--max-unavailable 1) to replace them in place"
+    )
 
 
 def _waits_for(placement: scheduler.Placement, *, name: str, started: int, remaining: int) -> str:

@@ -267,6 +267,17 @@ def _shortfall(demand: Demand, nodes: Sequence[NodeView]) -> str | None:
 
 
 # ---- formatting ---------------------------------------------------------------
+def describe_demand(demand: Demand) -> str:
+    """'needs 2 cpus, 64.0 MiB memory' for one allocation."""
+    parts = [_cpus(demand.cpus)]
+    if demand.memory_bytes:
+        parts.append(f"{_bytes(demand.memory_bytes)} memory")
+    if demand.gpus:
+        parts.append(_gpus(demand.gpus))
+    where = f" in pool {demand.pool!r}" if demand.pool else ""
+    return "needs " + ", ".join(parts) + where
+
+
 def _num(value: float) -> str:
     return f"{value:g}"
 

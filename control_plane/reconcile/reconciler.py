@@ -332,6 +332,7 @@ class Reconciler:
             node_views=views,
             cordoned=cordoned,
             lost_nodes={a.node_id for a in mine if self.fleet.state(a.node_id) == Liveness.LOST},
+            max_unavailable=rec.spec.max_unavailable,
         )
         if model is None or actions.decision is None:
             log.error("deployment %s: %s", rec.deployment_id, actions.error)

@@ -24,7 +24,7 @@ _VARIANT = re.compile(r"^(?P<model>[^:=\s]+)(?::v?(?P<version>\d+))?=(?P<weight>
 
 # flags copied into every variant (or sent as single-model fields): name -> field
 PER_VARIANT = ("model_version", "inference_threads", "model_threads", "queue_capacity", "instances")
-DEPLOYMENT_WIDE = ("description", "traffic_limit_qps")
+DEPLOYMENT_WIDE = ("description", "traffic_limit_qps", "max_unavailable")
 
 
 def duration(seconds: float) -> duration_pb2.Duration:
@@ -66,6 +66,9 @@ def add_flags(p: argparse.ArgumentParser, *, update: bool) -> None:
                    help="stop after 1h..24h (whole hours) from the start" + ("; 0 = never" if update else ""))
     p.add_argument("--traffic-limit", "--traffic-limit-qps", dest="traffic_limit_qps", type=float, metavar="QPS",
                    help="calls per second through the gateway; 0 = no limit")
+    p.add_argument("--max-unavailable", type=_COUNT, metavar="N",
+                   help="a rolling update with no room beside the old workers may stop up to N of them before "
+                        "their replacements started (default 0: it waits, naming the shortfall)")
     p.add_argument("--request-id", help="idempotency key for retries")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="show the routing table it would produce, with a reason for every node not chosen; change nothing")

@@ -71,7 +71,7 @@ class VariantSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., weight: _Optional[int] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ...) -> None: ...
 
 class StartDeploymentRequest(_message.Message):
-    __slots__ = ("model_id", "model_version", "deployment_id", "inference_threads", "model_threads", "queue_capacity", "timeout", "wait_for", "description", "instances", "resources", "env", "auto_stop", "traffic_limit_qps", "variants", "request_id", "dry_run")
+    __slots__ = ("model_id", "model_version", "deployment_id", "inference_threads", "model_threads", "queue_capacity", "timeout", "wait_for", "description", "instances", "resources", "env", "auto_stop", "traffic_limit_qps", "variants", "request_id", "dry_run", "max_unavailable")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class StartDeploymentRequest(_message.Message):
     VARIANTS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    MAX_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_version: int
     deployment_id: str
@@ -113,7 +114,8 @@ class StartDeploymentRequest(_message.Message):
     variants: _containers.RepeatedCompositeFieldContainer[VariantSpec]
     request_id: str
     dry_run: bool
-    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., deployment_id: _Optional[str] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., description: _Optional[str] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ...) -> None: ...
+    max_unavailable: int
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., deployment_id: _Optional[str] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., description: _Optional[str] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., max_unavailable: _Optional[int] = ...) -> None: ...
 
 class TaskParameters(_message.Message):
     __slots__ = ("model_id", "model_bytes", "inference_threads", "model_threads", "queue_capacity", "model_version", "sha256")

@@ -10,14 +10,17 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import pytest
 from cluster import Cluster, wait_until
 from modelbuild import onnx_add
 
 from modelfleet.v1 import common_pb2
 from modelfleet.v1 import deployments_pb2 as dpb
+from modelfleet.v1 import nodes_pb2 as npb
 
 
 @pytest.fixture
@@ -94,3 +97,37 @@ def test_sigterm_to_an_agent_with_a_worker_is_orderly(cluster: Cluster) -> None:
     print(f"agent with one worker: SIGTERM -> exit {code} in {took:.2f} s")
     assert code == 0 and "Traceback" not in log, log[-3000:]
     assert took < 8.0, f"agent shutdown took {took:.2f} s"
+
+
+def test_an_update_without_room_waits_serving_until_max_unavailable_allows_it(cluster: Cluster, tmp_path: Path) -> None:
+    c = cluster
+    c.upload(onnx_add(tmp_path / "add.onnx"), "add")
+    # one node, full: 1 x 2 threads = its 2 cpus
+    req = dpb.StartDeploymentRequest(model_id="add", instances=1, inference_threads=1, model_threads=2, wait_for=dpb.WAIT_FOR_STARTED)
+    req.timeout.FromSeconds(90)
+    started = c.deployments.StartDeployment(req, timeout=120)
+    [node] = list(started.allocation.routing_table)
+    for name in c.agents:  # the other node takes nothing
+        if c.node_id(name) != node:
+            c.nodes.DrainNode(npb.DrainNodeRequest(node_id=c.node_id(name)), timeout=10)
+    x = tmp_path / "x.npy"
+    np.save(x, np.ones((1, 4), dtype=np.float32))
+    update = cli(c, "deployments", "update", "add", "--queue-capacity", "32")
+    assert update.returncode == 0, update.stderr
+    dep = wait_until(lambda: _when(c.get("add"), lambda d: "waiting for room" in d.rollout), timeout=20, what="the rollout to wait")
+    assert "needs 2 cpus" in dep.rollout and "--max-unavailable 1" in dep.rollout
+    shown = cli(c, "deployments", "get", "add")
+    assert "waiting for room" in shown.stdout
+    for _ in range(5):  # the old worker keeps serving: no capacity was taken away
+        answer = cli(c, "infer", "add", "--input", f"x=@{x}")
+        assert answer.returncode == 0, answer.stderr
+    assert [e.routing_state for e in c.get("add").allocations[0].routing_table.values()] == [common_pb2.ROUTING_STATE_STARTED]
+    allowed = cli(c, "deployments", "update", "add", "--max-unavailable", "1", "--wait-for", "started", "--timeout", "90s")
+    assert allowed.returncode == 0, allowed.stderr
+    dep = wait_until(lambda: _when(c.get("add"), lambda d: not d.rollout), timeout=60, what="the rolling update to finish")
+    [entry] = dep.allocations[0].routing_table.values()
+    assert entry.routing_state == common_pb2.ROUTING_STATE_STARTED and dep.allocations[0].task_parameters.queue_capacity == 32
+
+
+def _when(dep: dpb.Deployment, holds: Callable[[dpb.Deployment], bool]) -> dpb.Deployment | None:
+    return dep if holds(dep) else None

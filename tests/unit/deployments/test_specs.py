@@ -49,6 +49,8 @@ def test_a_single_model_request_becomes_one_variant_with_defaults() -> None:
         (dpb.StartDeploymentRequest(model_id="m", env={"A": "x" * 40000}), "at most 32768"),
         (dpb.StartDeploymentRequest(model_id="m", env={f"V{i}": "" for i in range(129)}), "at most 128"),
         (dpb.StartDeploymentRequest(model_id="m", traffic_limit_qps=-1), "traffic_limit_qps"),
+        (dpb.StartDeploymentRequest(model_id="m", max_unavailable=-1), "max_unavailable must be 0..1000"),
+        (dpb.StartDeploymentRequest(model_id="m", max_unavailable=1001), "got 1001"),
         (dpb.StartDeploymentRequest(model_id="m", resources=common_pb2.Resources(gpus=-1)), "resources.gpus -1"),
     ],
 )

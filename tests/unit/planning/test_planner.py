@@ -127,15 +127,19 @@ def test_a_rolling_update_with_spare_room_surges_then_stops_the_old_one() -> Non
     assert p.rollout == "variant 'v': 1 of 1 new allocations started, 0 old ones still serving"
 
 
-def test_a_rolling_update_without_spare_room_replaces_in_place() -> None:
+def test_a_rolling_update_without_spare_room_waits_unless_max_unavailable_allows() -> None:
     v = variant(threads=4, instances=1)
     old = alloc("old", "a", v, threads=3)
     p = plan(record(v), [old], [node("a", used=3)])
+    assert not p.starts() and not p.stops() and "waiting for room" in p.rollout and "--max-unavailable 1" in p.rollout
+    rec = record(v)
+    rec.spec.max_unavailable = 1
+    p = plan(rec, [old], [node("a", used=3)])
     assert not p.starts()
     assert [s.reason for s in p.stops()] == ["replaced in place: no node has room to start a new allocation beside it (rolling update)"]
     # while it drains, nothing else happens; its room is then used
     old.desired, old.routing_state = STOPPED, S.ROUTING_STATE_STOPPING
-    p = plan(record(v), [old], [node("a", used=3)])
+    p = plan(rec, [old], [node("a", used=3)])
     assert not p.starts() and not p.stops() and "draining" in p.rollout
 
 

@@ -62,21 +62,31 @@ def test_a_failed_new_allocation_keeps_every_old_one_serving() -> None:
     assert "1 old ones still serving" in plan.rollout
 
 
-def test_without_room_to_surge_one_old_allocation_is_replaced_in_place_at_a_time() -> None:
+def test_without_room_to_surge_the_update_waits_and_names_the_shortfall() -> None:
     # two full nodes: the new spec needs 2 cpus, each node has 2 and the old allocation holds both
     nodes = [node("a", cpus=2, used=2), node("b", cpus=2, used=2)]
     members = [member("old-a", "a", fresh=False, cpus=2), member("old-b", "b", fresh=False, cpus=2)]
     plan = plan_variant(demand(2), nodes, members, draining=0, name="v")
+    assert plan.placement.targets == () and plan.stop == {} and plan.start_on == ()  # no capacity taken away
+    assert plan.rollout.startswith("variant 'v': waiting for room: no node can start a new allocation (needs 2 cpus")
+    assert "beside the 2 old one(s)" in plan.rollout and "--max-unavailable 1" in plan.rollout
+
+
+def test_with_max_unavailable_old_allocations_are_replaced_in_place_that_many_at_a_time() -> None:
+    nodes = [node("a", cpus=2, used=2), node("b", cpus=2, used=2)]
+    members = [member("old-a", "a", fresh=False, cpus=2), member("old-b", "b", fresh=False, cpus=2)]
+    plan = plan_variant(demand(2), nodes, members, draining=0, name="v", max_unavailable=1)
     assert plan.placement.targets == ()
     assert plan.stop == {"old-a": "replaced in place: no node has room to start a new allocation beside it (rolling update)"}
     assert "waiting for room" in plan.rollout
+    assert set(plan_variant(demand(2), nodes, members, draining=0, name="v", max_unavailable=2).stop) == {"old-a", "old-b"}
     # while it drains nothing else stops
-    assert plan_variant(demand(2), nodes, members, draining=1, name="v").stop == {}
+    assert plan_variant(demand(2), nodes, members, draining=1, name="v", max_unavailable=1).stop == {}
     # a: the new one started; b is still in the way and goes next, once a is done draining
     nodes = [node("a", cpus=2, used=2), node("b", cpus=2, used=2)]
     members = [member("new-a", "a", STARTED, fresh=True, cpus=2), member("old-b", "b", fresh=False, cpus=2)]
-    assert plan_variant(demand(2), nodes, members, draining=1, name="v").stop == {}
-    plan = plan_variant(demand(2), nodes, members, draining=0, name="v")
+    assert plan_variant(demand(2), nodes, members, draining=1, name="v", max_unavailable=1).stop == {}
+    plan = plan_variant(demand(2), nodes, members, draining=0, name="v", max_unavailable=1)
     assert list(plan.stop) == ["old-b"] and "in place" in plan.stop["old-b"]
 
 

@@ -134,11 +134,25 @@ def test_a_changed_worker_setting_starts_a_new_allocation_before_the_old_one_sto
     assert seq[(new[0].allocation_id, STARTED)] < seq[(old.allocation_id, S.ROUTING_STATE_STOPPING)] < seq[(old.allocation_id, S.ROUTING_STATE_STOPPED)]
 
 
-def test_without_room_to_surge_old_workers_are_replaced_one_at_a_time() -> None:
+def test_without_room_to_surge_an_update_waits_naming_the_shortfall() -> None:
+    w = World()
+    w.join("a", cpus=1)
+    w.start("d", model_version=1)
+    w.all_started("a")
+    (old,) = w.allocs("d")
+    w.update("d", ["queue_capacity"], queue_capacity=64)
+    assert w.store.get_allocation(old.allocation_id).desired == RUNNING and len(w.allocs("d", desired=None)) == 1
+    assert "waiting for room: no node can start a new allocation (needs 1 cpu" in w.service.get("d").rollout
+    assert [r.node_id for r in w.rec.route_table.by_deployment["d"]] == ["a"]  # still serving
+    w.update("d", ["max_unavailable"], max_unavailable=1)  # the operator allows the in-place step
+    assert w.store.get_allocation(old.allocation_id).desired == STOPPED
+
+
+def test_with_max_unavailable_1_old_workers_are_replaced_one_at_a_time() -> None:
     w = World()
     w.join("a", cpus=1)
     w.join("b", cpus=1)
-    w.start("d", model_version=1)  # every node; each is full with it
+    w.start("d", model_version=1, max_unavailable=1)  # every node; each is full with it
     w.all_started("a", "b")
     old = {a.node_id: a.allocation_id for a in w.allocs("d")}
     w.update("d", ["queue_capacity"], queue_capacity=64)
