@@ -63,6 +63,7 @@ from typing import Any
 import grpc
 
 from control_plane import errors
+from control_plane.gateway import versions
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
 from control_plane.gateway.stats import GatewayStats
@@ -158,16 +159,15 @@ class Gateway:
         routes: Sequence[Route] = self.source.routes(rec.deployment_id)
         if exclude:
             routes = [r for r in routes if r.allocation_id not in exclude]
+        variants = versions.select(rec, version)
         if version:
-            names = {v.name for v in rec.spec.variants}
-            if version not in names:
-                raise errors.NotFound(f"deployment '{rec.deployment_id}' has no variant '{version}' (variants: {', '.join(sorted(names))})")
-            routes = [r for r in routes if r.variant == version]
-        elif len(rec.spec.variants) > 1 or any(r.variant != rec.spec.variants[0].name for r in routes):
+            names = {v.name for v in variants}
+            routes = [r for r in routes if r.variant in names]
+        if len(variants) > 1 or any(r.variant != variants[0].name for r in routes):
             by_variant: dict[str, list[Route]] = collections.defaultdict(list)
             for r in routes:
                 by_variant[r.variant].append(r)
-            weighted = [(v.name, v.weight) for v in rec.spec.variants if by_variant.get(v.name) and v.weight > 0]
+            weighted = [(v.name, v.weight) for v in variants if by_variant.get(v.name) and v.weight > 0]
             if weighted:
                 chosen = random.choices([n for n, _ in weighted], weights=[w for _, w in weighted])[0]
                 routes = by_variant[chosen]
@@ -197,16 +197,16 @@ class Gateway:
             specs.check(specs.parse(request))
 
     def model_before_routing(self, rec: records_pb2.DeploymentRecord, version: str) -> tuple[str, int] | None:
-        """The model a call will reach when that is known before routing: the variant it
-        names, or the only one while no other (retiring) variant serves; else None."""
-        routes = self.source.routes(rec.deployment_id)
-        if version:
-            named = next((v for v in rec.spec.variants if v.name == version), None)
-        elif len(rec.spec.variants) == 1 and all(r.variant == rec.spec.variants[0].name for r in routes):
-            named = rec.spec.variants[0]
-        else:
-            named = None
-        return (named.model_id, named.model_version) if named is not None else None
+        """The model a call will reach when that is known before routing: the one model of the
+        variants `version` selects (control_plane.gateway.versions), while no other (retiring)
+        variant serves an unversioned call; else None."""
+        variants = versions.select(rec, version)
+        models = {(v.model_id, v.model_version) for v in variants}
+        if len(models) != 1:
+            return None
+        if not version and any(r.variant not in {v.name for v in variants} for r in self.source.routes(rec.deployment_id)):
+            return None
+        return models.pop()
 
     async def prune_channels(self) -> int:
         """Close channels to workers that no route names and no call uses. Returns how many."""
@@ -331,20 +331,21 @@ class Gateway:
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: object) -> pb.ModelReadyResponse:
         rec = self._record(request.name)
+        try:
+            names = {v.name for v in versions.select(rec, request.version)}
+        except errors.NotFound:
+            return pb.ModelReadyResponse(ready=False)
         routes = self.source.routes(rec.deployment_id)
-        return pb.ModelReadyResponse(ready=any(not request.version or r.variant == request.version for r in routes))
+        return pb.ModelReadyResponse(ready=any(not request.version or r.variant in names for r in routes))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: object) -> pb.ServerMetadataResponse:
         return pb.ServerMetadataResponse(name="modelfleet", version="0.1.0", extensions=["model_repository", "statistics"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object) -> pb.ModelMetadataResponse:
         rec = self._record(request.name)
-        variants = list(rec.spec.variants)
-        chosen = next((v for v in variants if v.name == request.version), None) if request.version else variants[0]
-        if chosen is None:
-            raise errors.NotFound(f"deployment '{rec.deployment_id}' has no variant '{request.version}'")
+        chosen = versions.select(rec, request.version)[0]
         model = self.source.model(chosen.model_id, chosen.model_version) or models_pb2.Model()
-        out = pb.ModelMetadataResponse(name=rec.deployment_id, versions=[v.name for v in variants], platform=_PLATFORMS.get(model.format, ""))
+        out = pb.ModelMetadataResponse(name=rec.deployment_id, versions=versions.numbers(rec), platform=_PLATFORMS.get(model.format, ""))
         for spec in model.inputs:
             out.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
         for spec in model.outputs:

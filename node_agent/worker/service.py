@@ -174,6 +174,7 @@ class WorkerService:
         name: str,
         version: str,
         model_threads: int,
+        model_version: int = 0,
         queue_capacity: int,
         loop: asyncio.AbstractEventLoop,
         stats: Stats | None = None,
@@ -183,6 +184,8 @@ class WorkerService:
         self.runtime = runtime
         self.name = name
         self.version = version
+        self.model_version = model_version  # the model's version number; 0 = unknown
+        self.model_threads = model_threads
         self.platform = PLATFORMS.get(runtime.format, runtime.format)
         self.stats = stats or Stats()
         self.batching = batching
@@ -245,12 +248,18 @@ class WorkerService:
 
     # ---- model identity --------------------------------------------------------
     def check_model(self, name: str, version: str) -> None:
-        """Raises NotFound unless (name, version) is this worker's model
-        (version "" means the served one)."""
+        """Raises NotFound unless (name, version) is this worker's model: version "" means the
+        served one; the variant name and the model's version number (as Triton clients send it) both name it."""
         if name != self.name:
             raise NotFound(f"unknown model '{name}'; this worker serves '{self.name}'")
-        if version not in ("", self.version):
-            raise NotFound(f"unknown version '{version}' of model '{name}'; this worker serves version '{self.version}'")
+        if version not in ("", *self.versions()):
+            raise NotFound(
+                f"unknown version '{version}' of model '{name}'; this worker serves version {' or '.join(map(repr, self.versions()))}"
+            )
+
+    def versions(self) -> tuple[str, ...]:
+        """The names of the served version: the model's version number (when known), then the variant."""
+        return (str(self.model_version), self.version) if self.model_version else (self.version,)
 
     @property
     def inputs(self) -> list[TensorSpec]:

@@ -137,7 +137,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         service.check_model(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=service.name,
-            versions=[service.version],
+            versions=list(service.versions()[:1]),
             platform=service.platform,
             inputs=_tensor_metadata(service.inputs),
             outputs=_tensor_metadata(service.outputs),
@@ -180,7 +180,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if request.name:  # "" asks for every model, as in Triton
             service.check_model(request.name, request.version)
         stats = model_statistics_pb(
-            service.snapshot(), name=service.name, version=service.version, batch_sizes=service.stats.batch_sizes()
+            service.snapshot(), name=service.name, version=service.versions()[0], batch_sizes=service.stats.batch_sizes()
         )
         return pb.ModelStatisticsResponse(model_stats=[stats])
 
@@ -190,7 +190,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reason = "" if service.ready else f"worker is {service.state.value.lower()}"
         if request.ready and not service.ready:
             return pb.RepositoryIndexResponse()
-        entry = pb.RepositoryIndexResponse.ModelIndex(name=service.name, version=service.version, state=state, reason=reason)
+        entry = pb.RepositoryIndexResponse.ModelIndex(name=service.name, version=service.versions()[0], state=state, reason=reason)
         return pb.RepositoryIndexResponse(models=[entry])
 
 
