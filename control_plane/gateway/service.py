@@ -63,7 +63,7 @@ from typing import Any
 import grpc
 
 from control_plane import errors
-from control_plane.gateway import versions
+from control_plane.gateway import describe, versions
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
 from control_plane.gateway.stats import GatewayStats
@@ -80,12 +80,10 @@ from control_plane.routes import Route, RouteSource
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.streams import answer_concurrently
-from modelfleet.v1 import models_pb2
 from modelfleet.wire import v2
 
 log = logging.getLogger(__name__)
 
-_PLATFORMS = {1: "onnxruntime_onnx", 2: "pytorch_libtorch"}
 UNKNOWN_DEPLOYMENT = "(unknown)"
 
 
@@ -342,15 +340,10 @@ class Gateway:
         return pb.ServerMetadataResponse(name="modelfleet", version="0.1.0", extensions=["model_repository", "statistics"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object) -> pb.ModelMetadataResponse:
-        rec = self._record(request.name)
-        chosen = versions.select(rec, request.version)[0]
-        model = self.source.model(chosen.model_id, chosen.model_version) or models_pb2.Model()
-        out = pb.ModelMetadataResponse(name=rec.deployment_id, versions=versions.numbers(rec), platform=_PLATFORMS.get(model.format, ""))
-        for spec in model.inputs:
-            out.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-        for spec in model.outputs:
-            out.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-        return out
+        return describe.model_metadata(self.source, self._record(request.name), request.version)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: object) -> pb.ModelConfigResponse:
+        return describe.model_config(self.source, self._record(request.name), request.version)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: object) -> pb.ModelStatisticsResponse:
         recs = [self._record(request.name)] if request.name else self.source.deployments()
@@ -408,6 +401,7 @@ def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:
         "ModelReady": unary(gateway.ModelReady, pb.ModelReadyRequest),
         "ServerMetadata": unary(gateway.ServerMetadata, pb.ServerMetadataRequest),
         "ModelMetadata": unary(gateway.ModelMetadata, pb.ModelMetadataRequest),
+        "ModelConfig": unary(gateway.ModelConfig, pb.ModelConfigRequest),
         "ModelStatistics": unary(gateway.ModelStatistics, pb.ModelStatisticsRequest),
         "RepositoryIndex": unary(gateway.RepositoryIndex, pb.RepositoryIndexRequest),
     }

@@ -186,6 +186,8 @@ class WorkerService:
         self.version = version
         self.model_version = model_version  # the model's version number; 0 = unknown
         self.model_threads = model_threads
+        # the agent hides every GPU but the allocation's (none: "")
+        self.on_gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
         self.platform = PLATFORMS.get(runtime.format, runtime.format)
         self.stats = stats or Stats()
         self.batching = batching

@@ -28,6 +28,7 @@ from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.streams import answer_concurrently
 from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from modelfleet.wire import triton
 from node_agent.runtime.base import TensorSpec
 from node_agent.worker.codec import RequestDecoder, encode_infer_response
 from node_agent.worker.errors import WorkerError
@@ -142,6 +143,21 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             inputs=_tensor_metadata(service.inputs),
             outputs=_tensor_metadata(service.outputs),
         )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        service = self._service
+        service.check_model(request.name, request.version)
+        batching = service.batching
+        config = triton.model_config(
+            name=service.name,
+            platform=service.platform,
+            inputs=service.inputs,
+            outputs=service.outputs,
+            max_batch_size=batching.max_batch_size if batching else 0,
+            max_queue_delay_us=round(batching.max_queue_delay_s * 1e6) if batching else 0,
+            instances=[triton.Instances(name=service.version, count=service.model_threads, gpu=service.on_gpu)],
+        )
+        return pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         return await self._infer(request, _deadline(context))

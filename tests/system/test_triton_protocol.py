@@ -131,3 +131,26 @@ def test_a_worker_answers_to_its_model_version_number(cluster: Cluster, tmp_path
         with pytest.raises(grpc.RpcError) as err:
             stub.ModelInfer(infer_request("1"), timeout=10)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+# ---- ModelConfig ------------------------------------------------------------------------------
+def test_tritonclient_reads_model_config_at_the_gateway_and_a_worker(cluster: Cluster, tmp_path: Path) -> None:
+    plain = triton("config", "--url", cluster.addr, "--model", "scorer", "--token", cluster.token, cwd=tmp_path)
+    assert "config" in plain, plain
+    cfg = plain["config"]
+    assert (cfg["name"], cfg["platform"], cfg["backend"]) == ("scorer", "onnxruntime_onnx", "onnxruntime")
+    assert cfg.get("max_batch_size", 0) == 0 and "dynamic_batching" not in cfg
+    assert [(t["name"], t["data_type"], t["dims"]) for t in cfg["input"]] == [("x", "TYPE_FP32", ["-1", "4"])]
+    assert [(t["name"], t["data_type"], t["dims"]) for t in cfg["output"]] == [("y", "TYPE_FP32", ["-1", "4"])]
+    assert [(g["name"], g["kind"], g["count"]) for g in cfg["instance_group"]] == [("add-v1", "KIND_CPU", 2)]  # 1 worker x 2 threads
+
+    batched = triton("config", "--url", cluster.addr, "--model", "scorer", "--model-version", "2", "--token", cluster.token, cwd=tmp_path)
+    cfg = batched["config"]
+    assert cfg["max_batch_size"] == 8 and cfg["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
+    assert [t["dims"] for t in cfg["input"]] == [["4"]]  # the batch dimension is left out, as in Triton
+
+    at_worker = triton("config", "--url", worker_address(cluster, "add-v2"), "--model", "scorer", "--token", cluster.token, cwd=tmp_path)
+    cfg = at_worker["config"]
+    assert (cfg["name"], cfg["platform"], cfg["max_batch_size"]) == ("scorer", "onnxruntime_onnx", 8)
+    assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
+    assert [(g["kind"], g["count"]) for g in cfg["instance_group"]] == [("KIND_CPU", 1)]
