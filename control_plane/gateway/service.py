@@ -63,7 +63,7 @@ from typing import Any
 import grpc
 
 from control_plane import errors
-from control_plane.gateway import describe, versions
+from control_plane.gateway import describe, statistics, versions
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
 from control_plane.gateway.stats import GatewayStats
@@ -346,23 +346,10 @@ class Gateway:
         return describe.model_config(self.source, self._record(request.name), request.version)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: object) -> pb.ModelStatisticsResponse:
+        # as in Triton, a version counts only with a name
         recs = [self._record(request.name)] if request.name else self.source.deployments()
-        out = pb.ModelStatisticsResponse()
-        for rec in recs:
-            for variant in rec.spec.variants:
-                if request.version and variant.name != request.version:
-                    continue
-                item = out.model_stats.add(name=rec.deployment_id, version=variant.name)
-                for stats in self.source.worker_stats(rec.deployment_id, variant.name):
-                    item.inference_count += stats.inference_count
-                    item.execution_count += stats.inference_count
-                    ns = int(stats.average_inference_time_ms * 1e6 * stats.inference_count)
-                    item.inference_stats.success.count += stats.inference_count
-                    item.inference_stats.success.ns += ns
-                    item.inference_stats.fail.count += stats.error_count
-                    if stats.HasField("last_access"):
-                        item.last_inference = max(item.last_inference, stats.last_access.ToMilliseconds())
-        return out
+        version = request.version if request.name else ""
+        return await statistics.model_statistics(source=self.source, method=self._channels.method, recs=recs, version=version)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: object) -> pb.RepositoryIndexResponse:
         out = pb.RepositoryIndexResponse()

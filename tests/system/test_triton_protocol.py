@@ -154,3 +154,36 @@ def test_tritonclient_reads_model_config_at_the_gateway_and_a_worker(cluster: Cl
     assert (cfg["name"], cfg["platform"], cfg["max_batch_size"]) == ("scorer", "onnxruntime_onnx", 8)
     assert cfg["dynamic_batching"]["max_queue_delay_microseconds"] == "500"
     assert [(g["kind"], g["count"]) for g in cfg["instance_group"]] == [("KIND_CPU", 1)]
+
+
+# ---- ModelStatistics ----------------------------------------------------------------------------
+def _entry(stub: v2_grpc.GRPCInferenceServiceStub, version: str = "") -> dict[str, v2.ModelStatistics]:
+    reply = stub.ModelStatistics(v2.ModelStatisticsRequest(name="scorer", version=version), timeout=10)
+    return {s.version: s for s in reply.model_stats}
+
+
+def test_statistics_break_down_queue_and_compute_per_version_summed_at_the_gateway(
+    cluster: Cluster, gw: v2_grpc.GRPCInferenceServiceStub
+) -> None:
+    before = _entry(gw)
+    assert set(before) == {"1", "2"}  # one entry per model version number, as Triton has
+    for _ in range(6):
+        gw.ModelInfer(infer_request("2"), timeout=10)
+    after = _entry(gw)
+    v2stats, v1stats = after["2"], after["1"]
+    assert v2stats.inference_count - before["2"].inference_count == 6
+    assert v1stats.inference_count == before["1"].inference_count
+    infer = v2stats.inference_stats
+    for part in ("success", "queue", "compute_input", "compute_infer", "compute_output"):
+        got = getattr(infer, part)
+        assert got.count - getattr(before["2"].inference_stats, part).count == 6, part
+        assert got.ns > 0, part
+    assert infer.success.ns >= infer.compute_infer.ns  # the whole call holds its parts
+    assert v2stats.execution_count >= 1 and sum(b.compute_infer.count for b in v2stats.batch_stats) == v2stats.execution_count
+    assert v2stats.last_inference > 0
+
+    # the worker's own entry is what the gateway summed (one worker serves v2)
+    with authed_channel(worker_address(cluster, "add-v2"), cluster.token) as channel:
+        (own,) = v2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(v2.ModelStatisticsRequest(name="scorer"), timeout=10).model_stats
+    assert own.version == "2" and own.inference_stats.success.count == infer.success.count
+    assert list(_entry(gw, "add-v2")) == ["2"] and list(_entry(gw, "2")) == ["2"]
