@@ -23,6 +23,9 @@ same path as a ModelInfer call, concurrently, and answers in completion
 order; a refused request gets a ModelStreamInferResponse with
 `error_message` and its id, and the stream goes on.
 
+A call to a stopped deployment is answered UNAVAILABLE "deployment … is
+stopped" before anything else about the request is looked at.
+
 Routing: the deployment's traffic limit (token bucket) first, then a variant
 by weight (or the variant named by model_version), then the started worker
 of that variant with the fewest calls in flight. A call the worker never
@@ -250,6 +253,8 @@ class Gateway:
             name, version = scan_model_name(request)
             rec = self._record(name)
             label = rec.deployment_id
+            if rec.desired == records_pb2.DESIRED_STATE_STOPPED:  # before validation: no request can help
+                raise errors.Unavailable(f"deployment '{rec.deployment_id}' is stopped")
             # Validate before routing when the model is known, so a bad request is
             # refused even while no worker serves; else once the route is chosen.
             checked = self.model_before_routing(rec, version)

@@ -187,3 +187,27 @@ def test_statistics_break_down_queue_and_compute_per_version_summed_at_the_gatew
         (own,) = v2_grpc.GRPCInferenceServiceStub(channel).ModelStatistics(v2.ModelStatisticsRequest(name="scorer"), timeout=10).model_stats
     assert own.version == "2" and own.inference_stats.success.count == infer.success.count
     assert list(_entry(gw, "add-v2")) == ["2"] and list(_entry(gw, "2")) == ["2"]
+
+
+# ---- a stopped deployment -----------------------------------------------------------------------
+def test_a_stopped_deployment_answers_unavailable_before_the_request_is_validated(
+    cluster: Cluster, gw: v2_grpc.GRPCInferenceServiceStub
+) -> None:
+    req = dpb.StartDeploymentRequest(model_id="add", model_version=1, deployment_id="stopper")
+    req.timeout.FromSeconds(60)
+    cluster.deployments.StartDeployment(req, timeout=90)
+    malformed = infer_request("", model="stopper")
+    malformed.inputs[0].shape[:] = [1, 3]  # the model takes 4 columns
+    with pytest.raises(grpc.RpcError) as err:
+        gw.ModelInfer(malformed, timeout=10)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # while it runs
+    stop = dpb.StopDeploymentRequest(deployment_id="stopper", wait=True)
+    stop.timeout.FromSeconds(30)
+    cluster.deployments.StopDeployment(stop, timeout=40)
+    for request in (malformed, infer_request("", model="stopper"), infer_request("7", model="stopper")):
+        with pytest.raises(grpc.RpcError) as err:
+            gw.ModelInfer(request, timeout=10)
+        assert (err.value.code(), err.value.details()) == (grpc.StatusCode.UNAVAILABLE, "deployment 'stopper' is stopped")
+    # the stream answers the same, and goes on
+    answers = list(gw.ModelStreamInfer(iter([malformed, infer_request("", model="scorer")]), timeout=30))
+    assert sorted(a.error_message for a in answers) == ["", "deployment 'stopper' is stopped"]
