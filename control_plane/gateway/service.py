@@ -83,7 +83,7 @@ from control_plane.routes import Route, RouteSource
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.streams import answer_concurrently
-from modelfleet.wire import v2
+from modelfleet.wire import triton, v2
 
 log = logging.getLogger(__name__)
 
@@ -342,7 +342,13 @@ class Gateway:
         return pb.ModelReadyResponse(ready=any(not request.version or r.variant in names for r in routes))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: object) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="modelfleet", version="0.1.0", extensions=["model_repository", "statistics"])
+        return pb.ServerMetadataResponse(name="modelfleet", version="0.1.0", extensions=list(triton.EXTENSIONS))
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: object) -> pb.RepositoryModelLoadResponse:
+        raise errors.Unimplemented(triton.UNSERVED["RepositoryModelLoad"])
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: object) -> pb.RepositoryModelUnloadResponse:
+        raise errors.Unimplemented(triton.UNSERVED["RepositoryModelUnload"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object) -> pb.ModelMetadataResponse:
         return describe.model_metadata(self.source, self._record(request.name), request.version)
@@ -396,5 +402,7 @@ def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:
         "ModelConfig": unary(gateway.ModelConfig, pb.ModelConfigRequest),
         "ModelStatistics": unary(gateway.ModelStatistics, pb.ModelStatisticsRequest),
         "RepositoryIndex": unary(gateway.RepositoryIndex, pb.RepositoryIndexRequest),
+        "RepositoryModelLoad": unary(gateway.RepositoryModelLoad, pb.RepositoryModelLoadRequest),
+        "RepositoryModelUnload": unary(gateway.RepositoryModelUnload, pb.RepositoryModelUnloadRequest),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

@@ -76,3 +76,22 @@ def model_config(
 
 def _dims(shape: Sequence[int], *, batching: bool) -> list[int]:
     return list(shape[1:]) if batching and shape else list(shape)
+
+
+# Triton's protocol extensions served (ServerMetadata.extensions): ModelConfig
+# and ModelStatistics. Not "model_repository": RepositoryIndex is served but
+# loading and unloading are modelfleet's deployments (UNSERVED below).
+EXTENSIONS = ("model_configuration", "statistics")
+
+# Triton methods answered UNIMPLEMENTED, with the modelfleet call that does the job.
+UNSERVED = {
+    "RepositoryModelLoad": (
+        "RepositoryModelLoad is not served: models are loaded by starting a deployment, "
+        "modelfleet.v1.Deployments/StartDeployment at the control plane (modelfleet deployments start MODEL; "
+        "a request with only deployment_id restarts a stopped one with its saved settings)"
+    ),
+    "RepositoryModelUnload": (
+        "RepositoryModelUnload is not served: models are unloaded by stopping their deployment, "
+        "modelfleet.v1.Deployments/StopDeployment at the control plane (modelfleet deployments stop ID)"
+    ),
+}

@@ -31,7 +31,7 @@ from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
 from modelfleet.wire import triton
 from node_agent.runtime.base import TensorSpec
 from node_agent.worker.codec import RequestDecoder, encode_infer_response
-from node_agent.worker.errors import WorkerError
+from node_agent.worker.errors import Unimplemented, WorkerError
 from node_agent.worker.service import WorkerService, rss_bytes
 from node_agent.worker.stats import Duration, StatsSnapshot
 
@@ -131,7 +131,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self._service.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=_server_version(), extensions=["statistics"])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=_server_version(), extensions=list(triton.EXTENSIONS))
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
+        raise Unimplemented(triton.UNSERVED["RepositoryModelLoad"])
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any) -> pb.RepositoryModelUnloadResponse:
+        raise Unimplemented(triton.UNSERVED["RepositoryModelUnload"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         service = self._service

@@ -211,3 +211,25 @@ def test_a_stopped_deployment_answers_unavailable_before_the_request_is_validate
     # the stream answers the same, and goes on
     answers = list(gw.ModelStreamInfer(iter([malformed, infer_request("", model="scorer")]), timeout=30))
     assert sorted(a.error_message for a in answers) == ["", "deployment 'stopper' is stopped"]
+
+
+# ---- repository control and extensions ----------------------------------------------------------
+@pytest.mark.parametrize("target", ["gateway", "worker"])
+def test_load_and_unload_name_the_modelfleet_call_and_extensions_list_what_is_served(cluster: Cluster, target: str) -> None:
+    address = cluster.addr if target == "gateway" else worker_address(cluster, "add-v1")
+    with authed_channel(address, cluster.token) as channel:
+        stub = v2_grpc.GRPCInferenceServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name="scorer"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "modelfleet.v1.Deployments/StartDeployment" in (err.value.details() or "")
+        with pytest.raises(grpc.RpcError) as err:
+            stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name="scorer"), timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+        assert "modelfleet.v1.Deployments/StopDeployment" in (err.value.details() or "")
+        assert cluster.get("scorer").allocations[0].routing_table  # nothing was unloaded
+
+        extensions = list(stub.ServerMetadata(v2.ServerMetadataRequest(), timeout=10).extensions)
+        assert extensions == ["model_configuration", "statistics"]  # not model_repository: no load/unload
+        assert stub.ModelConfig(v2.ModelConfigRequest(name="scorer"), timeout=10).config.name == "scorer"
+        assert stub.ModelStatistics(v2.ModelStatisticsRequest(name="scorer"), timeout=10).model_stats
