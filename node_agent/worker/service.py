@@ -305,8 +305,9 @@ class WorkerService:
     def _run_batch(self, items: list[_Pending]) -> list[dict[str, np.ndarray]]:
         """Runs on a model thread: one request alone, or a batch (see the module docstring)."""
         if len(items) == 1:
-            result = self._execute(items[0].request, items[0].admitted)
-            self.stats.record_batch(1)
+            rows = self._rows(items[0].request)
+            result = self._execute(items[0].request, items[0].admitted, rows=rows)
+            self.stats.record_batch(1, rows=rows)
             return [result]
         started = time.perf_counter_ns()
         names = items[0].request.outputs
@@ -339,7 +340,7 @@ class WorkerService:
                 self.stats.record_failure(total_ns=failed - p.admitted, model_error=True)
             raise
         done = time.perf_counter_ns()
-        self.stats.record_batch(len(items))
+        self.stats.record_batch(len(items), rows=total)
         results: list[dict[str, np.ndarray]] = []
         offset = 0
         for p, rows in zip(items, sizes, strict=True):
@@ -351,11 +352,17 @@ class WorkerService:
                 infer_ns=ran - started,
                 output_ns=done - ran,
                 total_ns=done - p.admitted + p.request.decode_ns,
+                rows=rows,
             )
         return results
 
-    def _execute(self, request: InferRequest, admitted: int) -> dict[str, np.ndarray]:
-        """Runs on a model thread: one request."""
+    def _rows(self, request: InferRequest) -> int:
+        """The inferences a call holds as Triton counts them: its rows with batching, else 1."""
+        first = next(iter(request.inputs.values()), None) if self.batching is not None else None
+        return int(first.shape[0]) if first is not None and first.ndim > 0 else 1
+
+    def _execute(self, request: InferRequest, admitted: int, *, rows: int = 1) -> dict[str, np.ndarray]:
+        """Runs on a model thread: one request (of `rows` inferences, for the statistics)."""
         started = time.perf_counter_ns()
         try:
             produced = self.runtime.run(request.inputs, request.outputs)
@@ -380,6 +387,7 @@ class WorkerService:
             infer_ns=ran - started,
             output_ns=done - ran,
             total_ns=done - admitted + request.decode_ns,
+            rows=rows,
         )
         return outputs
 

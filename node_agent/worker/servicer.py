@@ -88,15 +88,17 @@ def inference_stats_pb(snap: StatsSnapshot) -> common_pb2.InferenceStats:
 def model_statistics_pb(
     snap: StatsSnapshot, *, name: str, version: str, batch_sizes: dict[int, int] | None = None
 ) -> pb.ModelStatistics:
-    """The same counters as a KServe V2 ModelStatistics entry. With
-    `batch_sizes` (model runs by calls served), execution_count counts model
-    runs and batch_stats lists them by size, as Triton does."""
+    """The same counters as a KServe V2 ModelStatistics entry, counted as
+    Triton does: inference_count counts inferences (a batched call of N rows
+    is N), success/fail count calls; with `batch_sizes` (model runs by the
+    batch size they executed) execution_count counts model runs and
+    batch_stats lists them by size."""
     runs = sum(batch_sizes.values()) if batch_sizes else snap.inference_count
     return pb.ModelStatistics(
         name=name,
         version=version,
         last_inference=int(snap.last_inference * 1000) if snap.last_inference else 0,
-        inference_count=snap.inference_count,
+        inference_count=snap.inferences,
         execution_count=runs,
         batch_stats=[
             pb.InferBatchStatistics(batch_size=size, compute_infer=pb.StatisticDuration(count=count))

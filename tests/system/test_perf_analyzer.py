@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -36,8 +37,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.start_control_plane()
         c.start_agent("node-a", cpus=4)
         c.wait_nodes(1)
-        c.upload(onnx_add(root / "add.onnx"), "add")
-        req = dpb.StartDeploymentRequest(model_id="add", deployment_id="scorer", instances=1, wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED)
+        c.upload(onnx_add(root / "add1.onnx"), "add")
+        c.upload(onnx_add(root / "add2.onnx", constant=[10, 20, 30, 40]), "add")
+        req = dpb.StartDeploymentRequest(
+            deployment_id="scorer",
+            variants=[
+                dpb.VariantSpec(model_id="add", model_version=1, weight=100, instances=1),
+                dpb.VariantSpec(model_id="add", model_version=2, weight=0, instances=1, max_batch_size=8, max_queue_delay_us=200),
+            ],
+            wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED,
+        )
         req.timeout.FromSeconds(60)
         c.deployments.StartDeployment(req, timeout=90)
         yield c
@@ -45,7 +54,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         c.close()
 
 
-def perf_analyzer(address: str, token: str, tmp: Path) -> tuple[str, dict[str, str]]:
+def perf_analyzer(address: str, token: str, tmp: Path, *extra: str) -> tuple[str, dict[str, str]]:
     """Run perf_analyzer for a few short windows; (its output, the CSV row it measured)."""
     assert PERF_ANALYZER.exists(), f"{PERF_ANALYZER} is missing: pip install -e '.[test]' (tritonclient[grpc]==2.41.0)"
     report = tmp / "report.csv"
@@ -53,7 +62,7 @@ def perf_analyzer(address: str, token: str, tmp: Path) -> tuple[str, dict[str, s
     cmd = [
         str(PERF_ANALYZER), "-m", "scorer", "-i", "grpc", "-u", address, "-H", f"authorization:Bearer {token}",
         "--shape", "x:1,4", "--concurrency-range", "2", "--measurement-interval", "500",
-        "--stability-percentage", "1000", "--max-trials", "4", "-f", str(report),
+        "--stability-percentage", "1000", "--max-trials", "4", "-f", str(report), *extra,
     ]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
     output = result.stdout + result.stderr
@@ -67,7 +76,7 @@ def test_perf_analyzer_measures_through_the_gateway_and_at_a_worker(cluster: Clu
     if target == "gateway":
         address = cluster.addr
     else:
-        (alloc,) = cluster.get("scorer").allocations
+        alloc = cluster.get("scorer").allocations[0]
         address = next(iter(alloc.routing_table.values())).worker_address
     output, row = perf_analyzer(address, cluster.token, tmp_path)
     print(f"perf_analyzer against the {target} ({address}):\n{output}")
@@ -76,3 +85,16 @@ def test_perf_analyzer_measures_through_the_gateway_and_at_a_worker(cluster: Clu
     assert "Throughput:" in output and "Avg latency:" in output, output
     # its server-side figures come from our ModelStatistics breakdown
     assert "Server:" in output and "compute infer" in output, output
+
+
+def test_perf_analyzer_names_model_version_2_and_batches_through_the_gateway(cluster: Cluster, tmp_path: Path) -> None:
+    """-x 2 as Triton clients name a version; v2 batches (max_batch_size 8), so its config leaves
+    the batch dimension out and perf_analyzer sends batches of 4 rows (-b 4, shape x:4)."""
+    output, row = perf_analyzer(cluster.addr, cluster.token, tmp_path, "-x", "2", "-b", "4")
+    print(f"perf_analyzer -x 2 -b 4 against the gateway:\n{output}")
+    assert float(row["Inferences/Second"]) > 0, row
+    assert "Batch size: 4" in output and "error" not in output.lower(), output
+    # as in Triton, the server counts inferences (4 rows a request) apart from requests
+    inferences = int(re.search(r"Inference count: (\d+)", output).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"Successful request count: (\d+)", output).group(1))  # type: ignore[union-attr]
+    assert requests > 0 and inferences == 4 * requests, output
