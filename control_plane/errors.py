@@ -56,5 +56,9 @@ class PermissionDenied(ModelfleetError):
     code = "PERMISSION_DENIED"
 
 
+class Unimplemented(ModelfleetError):
+    code = "UNIMPLEMENTED"
+
+
 class DataLoss(ModelfleetError):
     code = "DATA_LOSS"

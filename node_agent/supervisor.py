@@ -332,7 +332,7 @@ class WorkerHandle:
         return [
             cfg.python, "-m", cfg.worker_module,
             "--model", str(model), "--format", fmt,
-            "--name", spec.deployment_id, "--version", spec.variant,
+            "--name", spec.deployment_id, "--version", spec.variant, "--model-version", str(spec.model_version),
             "--inference-threads", str(max(1, spec.inference_threads)),
             "--model-threads", str(max(1, spec.model_threads)),
             "--queue-capacity", str(spec.queue_capacity or 1024),

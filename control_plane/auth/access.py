@@ -142,6 +142,9 @@ METHOD_ACCESS: dict[str, Rule] = {
     f"{_V2}/ModelStreamInfer": needs(INFER),
     f"{_V2}/ModelStatistics": needs(INFER, MONITOR),
     f"{_V2}/RepositoryIndex": needs(INFER, MONITOR),
+    f"{_V2}/ModelConfig": needs(INFER, MONITOR),
+    f"{_V2}/RepositoryModelLoad": needs(MANAGE_DEPLOYMENTS),
+    f"{_V2}/RepositoryModelUnload": needs(MANAGE_DEPLOYMENTS),
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     # the schema is public (the protos are); reflection reveals no data

@@ -23,6 +23,9 @@ same path as a ModelInfer call, concurrently, and answers in completion
 order; a refused request gets a ModelStreamInferResponse with
 `error_message` and its id, and the stream goes on.
 
+A call to a stopped deployment is answered UNAVAILABLE "deployment … is
+stopped" before anything else about the request is looked at.
+
 Routing: the deployment's traffic limit (token bucket) first, then a variant
 by weight (or the variant named by model_version), then the started worker
 of that variant with the fewest calls in flight. A call the worker never
@@ -63,6 +66,7 @@ from typing import Any
 import grpc
 
 from control_plane import errors
+from control_plane.gateway import describe, statistics, versions
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
 from control_plane.gateway.stats import GatewayStats
@@ -79,12 +83,10 @@ from control_plane.routes import Route, RouteSource
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.store.v1 import records_pb2
 from modelfleet.streams import answer_concurrently
-from modelfleet.v1 import models_pb2
-from modelfleet.wire import v2
+from modelfleet.wire import triton, v2
 
 log = logging.getLogger(__name__)
 
-_PLATFORMS = {1: "onnxruntime_onnx", 2: "pytorch_libtorch"}
 UNKNOWN_DEPLOYMENT = "(unknown)"
 
 
@@ -158,16 +160,15 @@ class Gateway:
         routes: Sequence[Route] = self.source.routes(rec.deployment_id)
         if exclude:
             routes = [r for r in routes if r.allocation_id not in exclude]
+        variants = versions.select(rec, version)
         if version:
-            names = {v.name for v in rec.spec.variants}
-            if version not in names:
-                raise errors.NotFound(f"deployment '{rec.deployment_id}' has no variant '{version}' (variants: {', '.join(sorted(names))})")
-            routes = [r for r in routes if r.variant == version]
-        elif len(rec.spec.variants) > 1 or any(r.variant != rec.spec.variants[0].name for r in routes):
+            names = {v.name for v in variants}
+            routes = [r for r in routes if r.variant in names]
+        if len(variants) > 1 or any(r.variant != variants[0].name for r in routes):
             by_variant: dict[str, list[Route]] = collections.defaultdict(list)
             for r in routes:
                 by_variant[r.variant].append(r)
-            weighted = [(v.name, v.weight) for v in rec.spec.variants if by_variant.get(v.name) and v.weight > 0]
+            weighted = [(v.name, v.weight) for v in variants if by_variant.get(v.name) and v.weight > 0]
             if weighted:
                 chosen = random.choices([n for n, _ in weighted], weights=[w for _, w in weighted])[0]
                 routes = by_variant[chosen]
@@ -197,16 +198,16 @@ class Gateway:
             specs.check(specs.parse(request))
 
     def model_before_routing(self, rec: records_pb2.DeploymentRecord, version: str) -> tuple[str, int] | None:
-        """The model a call will reach when that is known before routing: the variant it
-        names, or the only one while no other (retiring) variant serves; else None."""
-        routes = self.source.routes(rec.deployment_id)
-        if version:
-            named = next((v for v in rec.spec.variants if v.name == version), None)
-        elif len(rec.spec.variants) == 1 and all(r.variant == rec.spec.variants[0].name for r in routes):
-            named = rec.spec.variants[0]
-        else:
-            named = None
-        return (named.model_id, named.model_version) if named is not None else None
+        """The model a call will reach when that is known before routing: the one model of the
+        variants `version` selects (control_plane.gateway.versions), while no other (retiring)
+        variant serves an unversioned call; else None."""
+        variants = versions.select(rec, version)
+        models = {(v.model_id, v.model_version) for v in variants}
+        if len(models) != 1:
+            return None
+        if not version and any(r.variant not in {v.name for v in variants} for r in self.source.routes(rec.deployment_id)):
+            return None
+        return models.pop()
 
     async def prune_channels(self) -> int:
         """Close channels to workers that no route names and no call uses. Returns how many."""
@@ -252,6 +253,8 @@ class Gateway:
             name, version = scan_model_name(request)
             rec = self._record(name)
             label = rec.deployment_id
+            if rec.desired == records_pb2.DESIRED_STATE_STOPPED:  # before validation: no request can help
+                raise errors.Unavailable(f"deployment '{rec.deployment_id}' is stopped")
             # Validate before routing when the model is known, so a bad request is
             # refused even while no worker serves; else once the route is chosen.
             checked = self.model_before_routing(rec, version)
@@ -331,44 +334,33 @@ class Gateway:
 
     async def ModelReady(self, request: pb.ModelReadyRequest, context: object) -> pb.ModelReadyResponse:
         rec = self._record(request.name)
+        try:
+            names = {v.name for v in versions.select(rec, request.version)}
+        except errors.NotFound:
+            return pb.ModelReadyResponse(ready=False)
         routes = self.source.routes(rec.deployment_id)
-        return pb.ModelReadyResponse(ready=any(not request.version or r.variant == request.version for r in routes))
+        return pb.ModelReadyResponse(ready=any(not request.version or r.variant in names for r in routes))
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: object) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name="modelfleet", version="0.1.0", extensions=["model_repository", "statistics"])
+        return pb.ServerMetadataResponse(name="modelfleet", version="0.1.0", extensions=list(triton.EXTENSIONS))
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: object) -> pb.RepositoryModelLoadResponse:
+        raise errors.Unimplemented(triton.UNSERVED["RepositoryModelLoad"])
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: object) -> pb.RepositoryModelUnloadResponse:
+        raise errors.Unimplemented(triton.UNSERVED["RepositoryModelUnload"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: object) -> pb.ModelMetadataResponse:
-        rec = self._record(request.name)
-        variants = list(rec.spec.variants)
-        chosen = next((v for v in variants if v.name == request.version), None) if request.version else variants[0]
-        if chosen is None:
-            raise errors.NotFound(f"deployment '{rec.deployment_id}' has no variant '{request.version}'")
-        model = self.source.model(chosen.model_id, chosen.model_version) or models_pb2.Model()
-        out = pb.ModelMetadataResponse(name=rec.deployment_id, versions=[v.name for v in variants], platform=_PLATFORMS.get(model.format, ""))
-        for spec in model.inputs:
-            out.inputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-        for spec in model.outputs:
-            out.outputs.add(name=spec.name, datatype=spec.datatype, shape=spec.shape)
-        return out
+        return describe.model_metadata(self.source, self._record(request.name), request.version)
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: object) -> pb.ModelConfigResponse:
+        return describe.model_config(self.source, self._record(request.name), request.version)
 
     async def ModelStatistics(self, request: pb.ModelStatisticsRequest, context: object) -> pb.ModelStatisticsResponse:
+        # as in Triton, a version counts only with a name
         recs = [self._record(request.name)] if request.name else self.source.deployments()
-        out = pb.ModelStatisticsResponse()
-        for rec in recs:
-            for variant in rec.spec.variants:
-                if request.version and variant.name != request.version:
-                    continue
-                item = out.model_stats.add(name=rec.deployment_id, version=variant.name)
-                for stats in self.source.worker_stats(rec.deployment_id, variant.name):
-                    item.inference_count += stats.inference_count
-                    item.execution_count += stats.inference_count
-                    ns = int(stats.average_inference_time_ms * 1e6 * stats.inference_count)
-                    item.inference_stats.success.count += stats.inference_count
-                    item.inference_stats.success.ns += ns
-                    item.inference_stats.fail.count += stats.error_count
-                    if stats.HasField("last_access"):
-                        item.last_inference = max(item.last_inference, stats.last_access.ToMilliseconds())
-        return out
+        version = request.version if request.name else ""
+        return await statistics.model_statistics(source=self.source, method=self._channels.method, recs=recs, version=version)
 
     async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: object) -> pb.RepositoryIndexResponse:
         out = pb.RepositoryIndexResponse()
@@ -407,7 +399,10 @@ def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:
         "ModelReady": unary(gateway.ModelReady, pb.ModelReadyRequest),
         "ServerMetadata": unary(gateway.ServerMetadata, pb.ServerMetadataRequest),
         "ModelMetadata": unary(gateway.ModelMetadata, pb.ModelMetadataRequest),
+        "ModelConfig": unary(gateway.ModelConfig, pb.ModelConfigRequest),
         "ModelStatistics": unary(gateway.ModelStatistics, pb.ModelStatisticsRequest),
         "RepositoryIndex": unary(gateway.RepositoryIndex, pb.RepositoryIndexRequest),
+        "RepositoryModelLoad": unary(gateway.RepositoryModelLoad, pb.RepositoryModelLoadRequest),
+        "RepositoryModelUnload": unary(gateway.RepositoryModelUnload, pb.RepositoryModelUnloadRequest),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))

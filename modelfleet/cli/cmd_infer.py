@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
                    help="V2 datatype (FP32, INT64, ...) of every input, or of NAME; default from ModelMetadata")
     p.add_argument("--output", dest="outputs", action="append", default=[], metavar="NAME",
                    help="only these outputs (repeatable; default all)")
-    p.add_argument("--model-version", default="", metavar="V", help="variant/version to call (default: by weight)")
+    p.add_argument("--model-version", default="", metavar="V", help="variant name or model version number to call (default: by weight)")
     p.add_argument("--timeout", type=arg_type(parse_duration, "duration"), default=DEFAULT_TIMEOUT,
                    metavar="DURATION", help="deadline of the call (default 60s)")
     p.set_defaults(func=infer_command)

@@ -65,3 +65,9 @@ class PermissionDenied(WorkerError):
     """Valid credentials that may not call this method."""
 
     code = "PERMISSION_DENIED"
+
+
+class Unimplemented(WorkerError):
+    """A Triton method modelfleet does not serve; the message names the call to use."""
+
+    code = "UNIMPLEMENTED"

@@ -1,7 +1,7 @@
 """`python -m node_agent.worker`: one inference worker process per allocation.
 
     python -m node_agent.worker --model PATH --format onnx|torchscript \
-        --name DEPLOYMENT_ID --version VARIANT \
+        --name DEPLOYMENT_ID --version VARIANT [--model-version N] \
         --inference-threads N --model-threads N --queue-capacity N \
         --host 127.0.0.1 --port 0 --ready-file PATH [--drain-timeout 30] \
         [--inputs-json JSON --outputs-json JSON] [--max-message-bytes 67108864] \
@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True, choices=FORMATS)
     p.add_argument("--name", required=True, help="the model name clients use (the deployment id)")
     p.add_argument("--version", default="1", help="the version clients may name (the variant)")
+    p.add_argument("--model-version", type=int, default=0,
+                   help="the model's version number, which clients may also name (0 = unknown: only --version)")
     p.add_argument("--inference-threads", type=int, default=1, help="threads per inference")
     p.add_argument("--model-threads", type=int, default=1, help="inferences run at once")
     p.add_argument("--queue-capacity", type=int, default=1024, help="calls that may wait beyond those running")
@@ -100,6 +102,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     checks = [
         (bool(args.name), "--name must not be empty"),
+        (0 <= args.model_version <= 2**31 - 1, "--model-version must be 0..2147483647"),
         (1 <= args.inference_threads <= 1024, "--inference-threads must be 1..1024"),
         (1 <= args.model_threads <= 1024, "--model-threads must be 1..1024"),
         (1 <= args.queue_capacity <= MAX_QUEUE_CAPACITY, f"--queue-capacity must be 1..{MAX_QUEUE_CAPACITY}"),
@@ -201,6 +204,7 @@ async def serve(args: argparse.Namespace, runtime: Runtime) -> int:
         runtime,
         name=args.name,
         version=args.version,
+        model_version=args.model_version,
         model_threads=args.model_threads,
         queue_capacity=args.queue_capacity,
         loop=loop,

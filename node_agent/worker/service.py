@@ -174,6 +174,7 @@ class WorkerService:
         name: str,
         version: str,
         model_threads: int,
+        model_version: int = 0,
         queue_capacity: int,
         loop: asyncio.AbstractEventLoop,
         stats: Stats | None = None,
@@ -183,6 +184,10 @@ class WorkerService:
         self.runtime = runtime
         self.name = name
         self.version = version
+        self.model_version = model_version  # the model's version number; 0 = unknown
+        self.model_threads = model_threads
+        # the agent hides every GPU but the allocation's (none: "")
+        self.on_gpu = bool(os.environ.get("CUDA_VISIBLE_DEVICES", "").strip())
         self.platform = PLATFORMS.get(runtime.format, runtime.format)
         self.stats = stats or Stats()
         self.batching = batching
@@ -245,12 +250,18 @@ class WorkerService:
 
     # ---- model identity --------------------------------------------------------
     def check_model(self, name: str, version: str) -> None:
-        """Raises NotFound unless (name, version) is this worker's model
-        (version "" means the served one)."""
+        """Raises NotFound unless (name, version) is this worker's model: version "" means the
+        served one; the variant name and the model's version number (as Triton clients send it) both name it."""
         if name != self.name:
             raise NotFound(f"unknown model '{name}'; this worker serves '{self.name}'")
-        if version not in ("", self.version):
-            raise NotFound(f"unknown version '{version}' of model '{name}'; this worker serves version '{self.version}'")
+        if version not in ("", *self.versions()):
+            raise NotFound(
+                f"unknown version '{version}' of model '{name}'; this worker serves version {' or '.join(map(repr, self.versions()))}"
+            )
+
+    def versions(self) -> tuple[str, ...]:
+        """The names of the served version: the model's version number (when known), then the variant."""
+        return (str(self.model_version), self.version) if self.model_version else (self.version,)
 
     @property
     def inputs(self) -> list[TensorSpec]:
@@ -294,8 +305,9 @@ class WorkerService:
     def _run_batch(self, items: list[_Pending]) -> list[dict[str, np.ndarray]]:
         """Runs on a model thread: one request alone, or a batch (see the module docstring)."""
         if len(items) == 1:
-            result = self._execute(items[0].request, items[0].admitted)
-            self.stats.record_batch(1)
+            rows = self._rows(items[0].request)
+            result = self._execute(items[0].request, items[0].admitted, rows=rows)
+            self.stats.record_batch(1, rows=rows)
             return [result]
         started = time.perf_counter_ns()
         names = items[0].request.outputs
@@ -328,7 +340,7 @@ class WorkerService:
                 self.stats.record_failure(total_ns=failed - p.admitted, model_error=True)
             raise
         done = time.perf_counter_ns()
-        self.stats.record_batch(len(items))
+        self.stats.record_batch(len(items), rows=total)
         results: list[dict[str, np.ndarray]] = []
         offset = 0
         for p, rows in zip(items, sizes, strict=True):
@@ -340,11 +352,17 @@ class WorkerService:
                 infer_ns=ran - started,
                 output_ns=done - ran,
                 total_ns=done - p.admitted + p.request.decode_ns,
+                rows=rows,
             )
         return results
 
-    def _execute(self, request: InferRequest, admitted: int) -> dict[str, np.ndarray]:
-        """Runs on a model thread: one request."""
+    def _rows(self, request: InferRequest) -> int:
+        """The inferences a call holds as Triton counts them: its rows with batching, else 1."""
+        first = next(iter(request.inputs.values()), None) if self.batching is not None else None
+        return int(first.shape[0]) if first is not None and first.ndim > 0 else 1
+
+    def _execute(self, request: InferRequest, admitted: int, *, rows: int = 1) -> dict[str, np.ndarray]:
+        """Runs on a model thread: one request (of `rows` inferences, for the statistics)."""
         started = time.perf_counter_ns()
         try:
             produced = self.runtime.run(request.inputs, request.outputs)
@@ -369,6 +387,7 @@ class WorkerService:
             infer_ns=ran - started,
             output_ns=done - ran,
             total_ns=done - admitted + request.decode_ns,
+            rows=rows,
         )
         return outputs
 

@@ -28,9 +28,10 @@ from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
 from modelfleet.streams import answer_concurrently
 from modelfleet.v1 import common_pb2, worker_pb2, worker_pb2_grpc
+from modelfleet.wire import triton
 from node_agent.runtime.base import TensorSpec
 from node_agent.worker.codec import RequestDecoder, encode_infer_response
-from node_agent.worker.errors import WorkerError
+from node_agent.worker.errors import Unimplemented, WorkerError
 from node_agent.worker.service import WorkerService, rss_bytes
 from node_agent.worker.stats import Duration, StatsSnapshot
 
@@ -87,15 +88,17 @@ def inference_stats_pb(snap: StatsSnapshot) -> common_pb2.InferenceStats:
 def model_statistics_pb(
     snap: StatsSnapshot, *, name: str, version: str, batch_sizes: dict[int, int] | None = None
 ) -> pb.ModelStatistics:
-    """The same counters as a KServe V2 ModelStatistics entry. With
-    `batch_sizes` (model runs by calls served), execution_count counts model
-    runs and batch_stats lists them by size, as Triton does."""
+    """The same counters as a KServe V2 ModelStatistics entry, counted as
+    Triton does: inference_count counts inferences (a batched call of N rows
+    is N), success/fail count calls; with `batch_sizes` (model runs by the
+    batch size they executed) execution_count counts model runs and
+    batch_stats lists them by size."""
     runs = sum(batch_sizes.values()) if batch_sizes else snap.inference_count
     return pb.ModelStatistics(
         name=name,
         version=version,
         last_inference=int(snap.last_inference * 1000) if snap.last_inference else 0,
-        inference_count=snap.inference_count,
+        inference_count=snap.inferences,
         execution_count=runs,
         batch_stats=[
             pb.InferBatchStatistics(batch_size=size, compute_infer=pb.StatisticDuration(count=count))
@@ -130,18 +133,39 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.ModelReadyResponse(ready=self._service.ready)
 
     async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: Any) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=_server_version(), extensions=["statistics"])
+        return pb.ServerMetadataResponse(name=SERVER_NAME, version=_server_version(), extensions=list(triton.EXTENSIONS))
+
+    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: Any) -> pb.RepositoryModelLoadResponse:
+        raise Unimplemented(triton.UNSERVED["RepositoryModelLoad"])
+
+    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: Any) -> pb.RepositoryModelUnloadResponse:
+        raise Unimplemented(triton.UNSERVED["RepositoryModelUnload"])
 
     async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: Any) -> pb.ModelMetadataResponse:
         service = self._service
         service.check_model(request.name, request.version)
         return pb.ModelMetadataResponse(
             name=service.name,
-            versions=[service.version],
+            versions=list(service.versions()[:1]),
             platform=service.platform,
             inputs=_tensor_metadata(service.inputs),
             outputs=_tensor_metadata(service.outputs),
         )
+
+    async def ModelConfig(self, request: pb.ModelConfigRequest, context: Any) -> pb.ModelConfigResponse:
+        service = self._service
+        service.check_model(request.name, request.version)
+        batching = service.batching
+        config = triton.model_config(
+            name=service.name,
+            platform=service.platform,
+            inputs=service.inputs,
+            outputs=service.outputs,
+            max_batch_size=batching.max_batch_size if batching else 0,
+            max_queue_delay_us=round(batching.max_queue_delay_s * 1e6) if batching else 0,
+            instances=[triton.Instances(name=service.version, count=service.model_threads, gpu=service.on_gpu)],
+        )
+        return pb.ModelConfigResponse(config=config)
 
     async def ModelInfer(self, request: pb.ModelInferRequest, context: Any) -> pb.ModelInferResponse:
         return await self._infer(request, _deadline(context))
@@ -180,7 +204,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         if request.name:  # "" asks for every model, as in Triton
             service.check_model(request.name, request.version)
         stats = model_statistics_pb(
-            service.snapshot(), name=service.name, version=service.version, batch_sizes=service.stats.batch_sizes()
+            service.snapshot(), name=service.name, version=service.versions()[0], batch_sizes=service.stats.batch_sizes()
         )
         return pb.ModelStatisticsResponse(model_stats=[stats])
 
@@ -190,7 +214,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         reason = "" if service.ready else f"worker is {service.state.value.lower()}"
         if request.ready and not service.ready:
             return pb.RepositoryIndexResponse()
-        entry = pb.RepositoryIndexResponse.ModelIndex(name=service.name, version=service.version, state=state, reason=reason)
+        entry = pb.RepositoryIndexResponse.ModelIndex(name=service.name, version=service.versions()[0], state=state, reason=reason)
         return pb.RepositoryIndexResponse(models=[entry])
 
 

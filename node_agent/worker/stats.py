@@ -94,6 +94,7 @@ class StatsSnapshot:
     compute_input: Duration
     compute_infer: Duration
     compute_output: Duration
+    inferences: int = 0  # Triton's inference_count: rows served when batching (a call of N rows is N), else calls
 
 
 class _Sum:
@@ -121,6 +122,7 @@ class Stats:
         self._last_access: float | None = None
         self._last_inference: float | None = None
         self._inference_count = 0
+        self._inferences = 0
         self._error_count = 0
         self._rejected = 0
         self._timeouts = 0
@@ -142,12 +144,15 @@ class Stats:
         with self._lock:
             self._last_access = now
 
-    def record_success(self, *, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, total_ns: int) -> None:
-        """One inference completed and its outputs are ready."""
+    def record_success(
+        self, *, queue_ns: int, input_ns: int, infer_ns: int, output_ns: int, total_ns: int, rows: int = 1
+    ) -> None:
+        """One inference completed and its outputs are ready; `rows`: the inferences it held (Triton's count)."""
         now = self._clock()
         second = int(now)
         with self._lock:
             self._inference_count += 1
+            self._inferences += rows
             self._last_inference = now
             self._success.add(total_ns)
             self._queue.add(queue_ns)
@@ -170,14 +175,15 @@ class Stats:
             if model_error:
                 self._error_count += 1
 
-    def record_batch(self, size: int) -> None:
-        """The model ran once for `size` calls (1 without batching)."""
+    def record_batch(self, size: int, *, rows: int = 0) -> None:
+        """The model ran once for `size` calls (1 without batching) holding `rows` rows (0: one per call)."""
+        rows = rows or size
         with self._lock:
             self._batch_hist.observe(size)
-            self._batch_sizes[size] = self._batch_sizes.get(size, 0) + 1
+            self._batch_sizes[rows] = self._batch_sizes.get(rows, 0) + 1
 
     def batch_sizes(self) -> dict[int, int]:
-        """Model runs by the number of calls they served (Triton's batch_stats)."""
+        """Model runs by the batch size they executed (rows with batching, else 1): Triton's batch_stats."""
         with self._lock:
             return dict(self._batch_sizes)
 
@@ -243,6 +249,7 @@ class Stats:
                 compute_input=self._input.frozen(),
                 compute_infer=self._infer.frozen(),
                 compute_output=self._output.frozen(),
+                inferences=self._inferences,
             )
 
     # ---- under the lock -------------------------------------------------

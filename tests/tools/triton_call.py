@@ -10,8 +10,10 @@ so tests never import tritonclient themselves; they run this script.
            prints {"results": {"0": {"y": "DIR/0-y.npy"}, ...}, "errors": ["message", ...]}
     python tests/tools/triton_call.py metadata --url H:P --model NAME
         (both take --token KEY, sent as `authorization: Bearer KEY`, and --ca PEM for TLS)
-    python tests/tools/triton_call.py descriptor --out FILE
-        -> writes tritonclient's serialized FileDescriptorProto of grpc_service.proto
+    python tests/tools/triton_call.py descriptor --out FILE [--file model_config]
+        -> writes tritonclient's serialized FileDescriptorProto of grpc_service.proto (or model_config.proto)
+    python tests/tools/triton_call.py config --url H:P --model NAME [--model-version V] [--token KEY]
+        -> get_model_config and get_inference_statistics: prints {"config": {...}, "statistics": {...}}
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 import numpy as np
 import tritonclient.grpc as tc
 from google.protobuf import descriptor_pb2, json_format
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
 
@@ -117,9 +119,19 @@ def metadata(args: argparse.Namespace) -> dict[str, object]:
     return {"metadata": json_format.MessageToDict(meta, preserving_proto_field_name=True), "ready": ready, "live": live}
 
 
+def config(args: argparse.Namespace) -> dict[str, object]:
+    client = _client(args)
+    try:
+        cfg = client.get_model_config(args.model, args.model_version, headers=_headers(args), as_json=True)
+        stats = client.get_inference_statistics(args.model, args.model_version, headers=_headers(args), as_json=True)
+    except InferenceServerException as exc:
+        return {"error": {"status": exc.status(), "message": exc.message()}}
+    return {"config": cfg["config"], "statistics": stats}
+
+
 def descriptor(args: argparse.Namespace) -> dict[str, object]:
     proto = descriptor_pb2.FileDescriptorProto()
-    service_pb2.DESCRIPTOR.CopyToProto(proto)
+    (model_config_pb2 if args.file == "model_config" else service_pb2).DESCRIPTOR.CopyToProto(proto)
     pathlib.Path(args.out).write_bytes(proto.SerializeToString())
     return {"file": proto.name, "package": proto.package}
 
@@ -155,8 +167,16 @@ def main() -> int:
     p.add_argument("--token", default="")
     p.add_argument("--ca", default="")
     p.set_defaults(fn=metadata)
+    p = sub.add_parser("config")
+    p.add_argument("--url", required=True)
+    p.add_argument("--model", required=True)
+    p.add_argument("--model-version", default="")
+    p.add_argument("--token", default="")
+    p.add_argument("--ca", default="")
+    p.set_defaults(fn=config)
     p = sub.add_parser("descriptor")
     p.add_argument("--out", required=True)
+    p.add_argument("--file", default="grpc_service", choices=["grpc_service", "model_config"])
     p.set_defaults(fn=descriptor)
     args = parser.parse_args()
     print(json.dumps(args.fn(args)))

@@ -77,6 +77,7 @@ def test_every_method_matches_triton(triton_file: descriptor_pb2.FileDescriptorP
     assert set(ours) == {
         "ServerLive", "ServerReady", "ModelReady", "ServerMetadata",
         "ModelMetadata", "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex",
+        "ModelConfig", "RepositoryModelLoad", "RepositoryModelUnload",
     }
     for name, signature in ours.items():
         assert theirs[name] == signature, name

@@ -213,9 +213,10 @@ def test_concurrent_calls_share_one_run_and_each_gets_its_own_rows(batching_work
         assert isinstance(reply, pb.ModelInferResponse), reply
         assert np.array_equal(_output(reply), x + mb.ADD_CONSTANT)  # bit-exact, own rows only
     after = _stats(worker)
-    assert after.inference_count - before.inference_count == 3
+    assert after.inference_count - before.inference_count == 4  # inferences, as Triton counts: 1 + 1 + 2 rows
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 3  # calls
     assert after.execution_count - before.execution_count == 1  # one model run served all three
-    assert any(b.batch_size == 3 and b.compute_infer.count >= 1 for b in after.batch_stats)
+    assert any(b.batch_size == 4 and b.compute_infer.count >= 1 for b in after.batch_stats)  # the rows it executed
 
 
 def test_malformed_call_never_joins_a_batch(batching_workers: dict[str, Worker]) -> None:
