@@ -1,0 +1,13 @@
+#!/bin/sh
+# System packages the test suite starts for real, installed only when missing:
+# Debian's libb64-0d (Triton's perf_analyzer links it). Needs root (or sudo)
+# when something is missing; does nothing when all is there.
+set -eu
+missing=""
+dpkg -s libb64-0d >/dev/null 2>&1 || missing="$missing libb64-0d"
+[ -z "$missing" ] && exit 0
+if [ "$(id -u)" -eq 0 ]; then as_root=""; else as_root="sudo"; fi
+echo "installing system packages:$missing" >&2
+$as_root apt-get update -qq
+# shellcheck disable=SC2086
+$as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing
