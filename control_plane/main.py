@@ -66,8 +66,11 @@ from control_plane.api.servicers import (
     ModelRegistryServicer,
     NodesServicer,
 )
+from control_plane.auth import audit
 from control_plane.auth.access import OpenCalls
+from control_plane.auth.audit import AuditLog
 from control_plane.auth.keys import ADMIN_KEY_FILE, KeyService
+from control_plane.auth.throttle import FailureThrottle
 from control_plane.deployments.service import (
     DEFAULT_MAX_DEPLOYMENTS_PER_USER,
     DeploymentService,
@@ -129,8 +132,11 @@ class ControlPlane:
         security: Security = Security(),
         recovery_grace: float | None = None,
         keepalive: Keepalive | None = None,
+        audit_log: AuditLog | None = None,
     ) -> None:
         self.data_dir = data_dir
+        self.audit_log = audit_log
+        self.auth_throttle = FailureThrottle()
         self.store = store
         self.security = security
         self.hub = ChangeHub()
@@ -167,6 +173,8 @@ class ControlPlane:
             authenticator=self.keys,
             keepalive=keepalive,
             open_calls=self.open_calls,
+            audit=audit_log,
+            throttle=self.auth_throttle,
         )
         self.agent_streams = AgentStreams(agents=self.reconciler.agents, store=store, fleet=self.fleet, keys=self.keys)
         self._add_services(store)
@@ -258,6 +266,8 @@ class ControlPlane:
         self.agent_streams.close_all()
         await self.server.stop(grace)
         await self.gateway.close()
+        if self.audit_log is not None:
+            self.audit_log.close()
         self.store.close()
 
 
@@ -300,6 +310,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="deployments one owner may have, stopped ones included (default %(default)s; 0 = no limit)")
     p.add_argument("--auth", choices=["on", "off"], default=os.environ.get("MODELFLEET_AUTH", "on"),
                    help="API key authentication (default on; off is refused unless --listen is loopback)")
+    audit.add_flags(p)
     p.add_argument("--tls-cert", default="", metavar="PEM", help="serve TLS with this certificate (chain)")
     p.add_argument("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--tls-client-ca", default="", metavar="PEM",
@@ -362,6 +373,7 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
             timeout_s=args.keepalive_timeout,
             min_ping_interval_s=args.keepalive_min_ping_interval,
         ),
+        audit_log=audit.from_flags(args, data_dir),
     )
     plane.reconciler.full_every = args.full_reconcile_every
     token = plane.bootstrap()
@@ -384,7 +396,7 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
 
         port = serve_metrics(
             store=plane.store, fleet=plane.fleet, reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
-            host=args.metrics_host, port=args.metrics_port,
+            host=args.metrics_host, port=args.metrics_port, auth_throttle=plane.auth_throttle,
         )  # fmt: skip
         tmp = data_dir / "metrics_endpoint.tmp"
         tmp.write_text(f"{args.metrics_host}:{port}")

@@ -30,6 +30,7 @@ from prometheus_client import CollectorRegistry, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from control_plane.auth.throttle import REASONS, FailureThrottle
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.gateway.service import Gateway
 from control_plane.reconcile.reconciler import Reconciler
@@ -58,10 +59,16 @@ class _Snapshot:
     deployments: collections.Counter[str] = field(default_factory=collections.Counter)
     calls: dict[tuple[str, str], int] = field(default_factory=dict)
     limited: dict[str, int] = field(default_factory=dict)
+    auth_failures: dict[str, int] = field(default_factory=dict)
+    auth_throttled: int = 0
 
 
 class ControlPlaneCollector(Collector):
-    def __init__(self, *, store: Store, fleet: Fleet, gateway: Gateway, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, *, store: Store, fleet: Fleet, gateway: Gateway, loop: asyncio.AbstractEventLoop,
+        auth_throttle: FailureThrottle | None = None,
+    ) -> None:  # fmt: skip
+        self._throttle = auth_throttle
         self._store = store
         self._fleet = fleet
         self._gateway = gateway
@@ -80,6 +87,9 @@ class ControlPlaneCollector(Collector):
             snap.routes.append((alloc.deployment_id, alloc.variant, alloc.node_id, routing))
         for rec in store.list_deployments():
             snap.deployments[common_pb2.DeploymentStatus.Name(rec.status).removeprefix("DEPLOYMENT_STATUS_")] += 1
+        if self._throttle is not None:
+            snap.auth_failures = dict(self._throttle.failures)
+            snap.auth_throttled = self._throttle.throttled
         snap.calls = dict(self._gateway.calls)
         snap.limited = dict(self._gateway.limited)
         return snap
@@ -121,6 +131,15 @@ class ControlPlaneCollector(Collector):
         for deployment, count in sorted(snap.limited.items()):
             limited.add_metric([deployment, "traffic_limit"], count)
         yield limited
+        failures = CounterMetricFamily(
+            "modelfleet_auth_failures", "calls refused for their credentials, by reason", labels=["reason"]
+        )
+        for reason in REASONS:
+            failures.add_metric([reason], snap.auth_failures.get(reason, 0))
+        yield failures
+        yield CounterMetricFamily(
+            "modelfleet_auth_throttled", "failed authentications answered after a delay", value=snap.auth_throttled
+        )
 
 
 def serve_metrics(
@@ -132,10 +151,11 @@ def serve_metrics(
     loop: asyncio.AbstractEventLoop,
     host: str,
     port: int,
+    auth_throttle: FailureThrottle | None = None,
 ) -> int:
     """Start /metrics on its own thread, hook the reconcile histogram; returns the bound port."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(ControlPlaneCollector(store=store, fleet=fleet, gateway=gateway, loop=loop))
+    registry.register(ControlPlaneCollector(store=store, fleet=fleet, gateway=gateway, loop=loop, auth_throttle=auth_throttle))
     duration = Histogram(
         "modelfleet_reconcile_duration_seconds", "duration of one reconcile tick", ["scope"],
         buckets=RECONCILE_BUCKETS, registry=registry,

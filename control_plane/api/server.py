@@ -29,6 +29,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from control_plane.auth.access import AccessInterceptor, Authenticator, OpenCalls
+from control_plane.auth.audit import AuditLog
+from control_plane.auth.throttle import FailureThrottle
 from modelfleet import rpc
 from modelfleet.inference import grpc_service_pb2
 from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
@@ -122,6 +124,8 @@ def build_server(
     keepalive: Keepalive | None = None,
     open_calls: OpenCalls | None = None,
     max_management_message_bytes: int = DEFAULT_MANAGEMENT_MESSAGE_BYTES,
+    audit: AuditLog | None = None,
+    throttle: FailureThrottle | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with every interceptor; authenticator None = authentication off.
 
@@ -134,7 +138,7 @@ def build_server(
     server = grpc.aio.server(
         interceptors=[
             ErrorMappingInterceptor(management_limit=min(max_management_message_bytes, max_message_bytes)),
-            AccessInterceptor(authenticator, open_calls=open_calls),
+            AccessInterceptor(authenticator, open_calls=open_calls, audit=audit, throttle=throttle),
         ],
         options=server_options(max_message_bytes, keepalive),
     )

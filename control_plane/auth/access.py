@@ -33,13 +33,21 @@ import asyncio
 import contextlib
 import contextvars
 import dataclasses
+import logging
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Protocol
 
 import grpc
 
+from control_plane.auth import throttle
+from control_plane.auth.audit import AuditLog
+from control_plane.auth.audit import target_of as audit_target
+from control_plane.auth.throttle import FailureThrottle
 from control_plane.errors import PermissionDenied, Unauthenticated
 from modelfleet import rpc
+
+log = logging.getLogger(__name__)
 
 # ---- privileges and roles ---------------------------------------------------------------
 MANAGE_DEPLOYMENTS = "manage_deployments"
@@ -91,10 +99,12 @@ class Principal:
 # ---- the table ----------------------------------------------------------------------------
 @dataclasses.dataclass(frozen=True)
 class Rule:
-    """public: no credentials; else a valid key holding one of any_of (empty = any valid key)."""
+    """public: no credentials; else a valid key holding one of any_of (empty = any valid key).
+    mutating: the call changes state, so it is written to the audit log (control_plane.auth.audit)."""
 
     public: bool = False
     any_of: frozenset[str] = frozenset()
+    mutating: bool = False
 
 
 PUBLIC = Rule(public=True)
@@ -105,19 +115,24 @@ def needs(*privileges: str) -> Rule:
     return Rule(any_of=frozenset(privileges))
 
 
+def changes(*privileges: str) -> Rule:
+    """needs(...), for a method that changes state (audited)."""
+    return Rule(any_of=frozenset(privileges), mutating=True)
+
+
 _V1 = "/modelfleet.v1"
 _V2 = "/inference.GRPCInferenceService"
 METHOD_ACCESS: dict[str, Rule] = {
-    f"{_V1}.ModelRegistry/UploadModel": needs(MANAGE_MODELS),
+    f"{_V1}.ModelRegistry/UploadModel": changes(MANAGE_MODELS),
     f"{_V1}.ModelRegistry/GetModel": needs(MONITOR),
     f"{_V1}.ModelRegistry/ListModels": needs(MONITOR),
-    f"{_V1}.ModelRegistry/DeleteModel": needs(MANAGE_MODELS),
+    f"{_V1}.ModelRegistry/DeleteModel": changes(MANAGE_MODELS),
     # agents fetch the model files they run; model bytes are not for viewers
     f"{_V1}.ModelRegistry/DownloadModel": needs(MANAGE_MODELS, AGENT),
-    f"{_V1}.Deployments/StartDeployment": needs(MANAGE_DEPLOYMENTS),
-    f"{_V1}.Deployments/StopDeployment": needs(MANAGE_DEPLOYMENTS),
-    f"{_V1}.Deployments/UpdateDeployment": needs(MANAGE_DEPLOYMENTS),
-    f"{_V1}.Deployments/DeleteDeployment": needs(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/StartDeployment": changes(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/StopDeployment": changes(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/UpdateDeployment": changes(MANAGE_DEPLOYMENTS),
+    f"{_V1}.Deployments/DeleteDeployment": changes(MANAGE_DEPLOYMENTS),
     f"{_V1}.Deployments/GetDeployment": needs(MONITOR),
     f"{_V1}.Deployments/ListDeployments": needs(MONITOR),
     f"{_V1}.Deployments/GetDeploymentStats": needs(MONITOR),
@@ -125,12 +140,12 @@ METHOD_ACCESS: dict[str, Rule] = {
     f"{_V1}.Deployments/ListDeploymentEvents": needs(MONITOR),
     f"{_V1}.Nodes/ListNodes": needs(MONITOR),
     f"{_V1}.Nodes/GetNode": needs(MONITOR),
-    f"{_V1}.Nodes/DrainNode": needs(MANAGE_NODES),
-    f"{_V1}.Nodes/UncordonNode": needs(MANAGE_NODES),
+    f"{_V1}.Nodes/DrainNode": changes(MANAGE_NODES),
+    f"{_V1}.Nodes/UncordonNode": changes(MANAGE_NODES),
     f"{_V1}.AgentControl/Connect": needs(AGENT),
-    f"{_V1}.Auth/CreateApiKey": needs(MANAGE_SECURITY),
+    f"{_V1}.Auth/CreateApiKey": changes(MANAGE_SECURITY),
     f"{_V1}.Auth/ListApiKeys": needs(MANAGE_SECURITY),
-    f"{_V1}.Auth/RevokeApiKey": needs(MANAGE_SECURITY),
+    f"{_V1}.Auth/RevokeApiKey": changes(MANAGE_SECURITY),
     f"{_V1}.Auth/WhoAmI": AUTHENTICATED,
     # KServe V2: liveness and readiness are probes (like grpc.health.v1)
     f"{_V2}/ServerLive": PUBLIC,
@@ -143,8 +158,8 @@ METHOD_ACCESS: dict[str, Rule] = {
     f"{_V2}/ModelStatistics": needs(INFER, MONITOR),
     f"{_V2}/RepositoryIndex": needs(INFER, MONITOR),
     f"{_V2}/ModelConfig": needs(INFER, MONITOR),
-    f"{_V2}/RepositoryModelLoad": needs(MANAGE_DEPLOYMENTS),
-    f"{_V2}/RepositoryModelUnload": needs(MANAGE_DEPLOYMENTS),
+    f"{_V2}/RepositoryModelLoad": changes(MANAGE_DEPLOYMENTS),
+    f"{_V2}/RepositoryModelUnload": changes(MANAGE_DEPLOYMENTS),
     "/grpc.health.v1.Health/Check": PUBLIC,
     "/grpc.health.v1.Health/Watch": PUBLIC,
     # the schema is public (the protos are); reflection reveals no data
@@ -255,14 +270,24 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         authenticator: verifies bearer tokens; None turns authentication off.
         table: full method name -> Rule (tests may pass their own).
         open_calls: where streaming calls are registered by key (see OpenCalls).
+        audit: where mutating calls are written (None: nowhere).
+        throttle: slows down repeated authentication failures (None: never).
     """
 
     def __init__(
-        self, authenticator: Authenticator | None, table: dict[str, Rule] | None = None, open_calls: OpenCalls | None = None
+        self,
+        authenticator: Authenticator | None,
+        table: dict[str, Rule] | None = None,
+        open_calls: OpenCalls | None = None,
+        *,
+        audit: AuditLog | None = None,
+        throttle: FailureThrottle | None = None,
     ) -> None:
         self._auth = authenticator
         self._table = METHOD_ACCESS if table is None else table
         self.open_calls = open_calls if open_calls is not None else OpenCalls()
+        self._audit = audit
+        self._throttle = throttle
 
     async def intercept_service(
         self,
@@ -274,9 +299,12 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             return handler
         method = details.method
         metadata = details.invocation_metadata
-        if self._auth is None:
-            return _wrap(handler, principal=None, anon_user=_metadata_user(metadata))
         rule = self._table.get(method)
+        audit = self._audit if rule is not None and rule.mutating else None
+        if self._auth is None:
+            anon = _metadata_user(metadata)
+            return _wrap(handler, principal=None, anon_user=anon, hooks=CallHooks(method, audit=audit, user=anon))
+        token = ""
         try:
             if rule is not None and rule.public:
                 return _wrap(handler, principal=None, anon_user=ANONYMOUS)
@@ -286,8 +314,67 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
             principal = await self._auth.authenticate(token)
             check(rule, method, principal)
         except (Unauthenticated, PermissionDenied) as exc:
-            return _wrap(handler, error=exc)
-        return _wrap(handler, principal=principal, anon_user=ANONYMOUS, open_calls=self.open_calls)
+            hooks = CallHooks(method, audit=audit, throttle=self._throttle, key_id=_key_id_of(token))
+            return _wrap(handler, error=exc, hooks=hooks)
+        hooks = CallHooks(method, audit=audit, user=principal.user, key_id=principal.key_id)
+        return _wrap(handler, principal=principal, anon_user=ANONYMOUS, open_calls=self.open_calls, hooks=hooks)
+
+
+_KEY_ID = re.compile(r"^mfk_([0-9a-f]{16})_")
+
+
+def _key_id_of(token: str) -> str:
+    """The key id a token names, if it has the shape of one (for throttling guesses per key)."""
+    match = _KEY_ID.match(token)
+    return match.group(1) if match else ""
+
+
+@dataclasses.dataclass(frozen=True)
+class CallHooks:
+    """What happens around one call besides the handler: the audit line of a
+    mutating call, and the slow-down of a failed authentication."""
+
+    method: str
+    audit: AuditLog | None = None
+    throttle: FailureThrottle | None = None
+    user: str = ANONYMOUS
+    key_id: str = ""
+
+    async def refused(self, error: Exception, request: Any, context: grpc.aio.ServicerContext) -> None:
+        """Before a refusal is answered: count, maybe wait, maybe log; audit it."""
+        message = getattr(error, "message", str(error))
+        client = throttle.client_host(context.peer() or "")
+        if self.throttle is not None and isinstance(error, Unauthenticated):
+            delay, warn = self.throttle.failed(client=client, key_id=self.key_id, reason=throttle.reason_of(message))
+            if warn:
+                log.warning("authentication failed for %s from %s: %s (further failures are slowed down)", self.method, client, message)
+            if delay:
+                await asyncio.sleep(delay)
+        self.write(rpc.status_of(error).name, message=message, request=request, context=context)
+
+    async def run(self, fn: Callable[..., Awaitable[Any]], request: Any, context: grpc.aio.ServicerContext) -> Any:
+        if self.audit is None:
+            return await fn(request, context)
+        try:
+            reply = await fn(request, context)
+        except asyncio.CancelledError:
+            self.write("CANCELLED", message="the client went away", request=request, context=context)
+            raise
+        except Exception as exc:
+            self.write(rpc.status_of(exc).name, message=getattr(exc, "message", "internal error"), request=request, context=context)
+            raise
+        self.write("OK", message="", request=request, context=context, reply=reply)
+        return reply
+
+    def write(self, outcome: str, *, message: str, request: Any, context: grpc.aio.ServicerContext, reply: Any = None) -> None:
+        if self.audit is not None:
+            self.audit.record(
+                method=self.method, user=self.user, key_id=self.key_id, target=audit_target(request, reply),
+                outcome=outcome, message=message, client=throttle.client_host(context.peer() or ""),
+            )  # fmt: skip
+
+
+_NO_HOOKS = CallHooks("")
 
 
 def _wrap(
@@ -297,6 +384,7 @@ def _wrap(
     anon_user: str = DEFAULT_USER,
     error: Exception | None = None,
     open_calls: OpenCalls | None = None,
+    hooks: CallHooks = _NO_HOOKS,
 ) -> grpc.RpcMethodHandler:
     """The handler with the caller recorded, or a stand-in of the same kind that raises `error`.
     With open_calls, a streaming call (either side a stream) is tracked under its key (see OpenCalls)."""
@@ -307,19 +395,21 @@ def _wrap(
 
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             if error is not None:
+                await hooks.refused(error, request, context)
                 raise error
             _PRINCIPAL.set(principal)
             _ANON_USER.set(anon_user)
             if not (tracked and key_id and open_calls is not None):
-                return await fn(request, context)
+                return await hooks.run(fn, request, context)
             with open_calls.track(key_id):
-                return await fn(request, context)
+                return await hooks.run(fn, request, context)
 
         return call
 
     def streaming(fn: Callable[..., Any], kind: rpc.RpcKind) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
             if error is not None:
+                await hooks.refused(error, request, context)
                 raise error
             _PRINCIPAL.set(principal)
             _ANON_USER.set(anon_user)
