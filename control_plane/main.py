@@ -284,7 +284,8 @@ def _auto_stop_hours(text: str) -> int:
     return int(hours)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The control plane's flags (deploy/ files are checked against it)."""
     p = argparse.ArgumentParser(prog="modelfleet-control-plane", description="The modelfleet control plane.")
     p.add_argument("--listen", default=os.environ.get("MODELFLEET_LISTEN", "127.0.0.1:7070"), help="HOST:PORT (port 0 = any free port)")
     p.add_argument("--data-dir", default=os.environ.get("MODELFLEET_DATA_DIR", "./cp"), help="SQLite store, model blobs, endpoint file")
@@ -323,6 +324,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    "port, written to DATA_DIR/metrics_endpoint; default off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server (default 127.0.0.1)")
     p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.full_reconcile_every <= 0:
         p.error("--full-reconcile-every must be positive")

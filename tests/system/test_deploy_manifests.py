@@ -1,0 +1,216 @@
+"""deploy/ against the code: every flag a manifest or unit passes exists in
+the real parser of its program (and the whole command line parses), ports
+match the flags, the user matches the image's, written volumes get the
+user's group, the image is named in one place (kustomize), probes use a
+command that speaks TLS, and the image's user can start the servers on a
+data dir owned the way the manifests leave it."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from cluster import ROOT, wait_until
+
+import control_plane.main as cp_main
+import node_agent.main as agent_main
+from modelfleet.cli import main as cli_main
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "kubernetes"
+DOCKERFILE = (DEPLOY / "container" / "Dockerfile").read_text()
+PARSERS = {"modelfleet-control-plane": cp_main.build_parser, "modelfleet-agent": agent_main.build_parser}
+
+
+def manifests() -> list[dict[str, Any]]:
+    docs = []
+    for path in sorted(K8S.glob("*.yaml")):
+        if path.name != "kustomization.yaml":
+            docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    return [(d["metadata"]["name"], d["spec"]["template"]) for d in manifests() if d["kind"] in ("StatefulSet", "DaemonSet", "Deployment")]
+
+
+def containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    return [(name, pod, c) for name, pod in pod_specs() for c in pod["spec"]["containers"]]
+
+
+def image_entrypoint() -> str:
+    return str(yaml.safe_load(re.search(r"^ENTRYPOINT (.+)$", DOCKERFILE, re.M).group(1))[0])  # type: ignore[union-attr]
+
+
+def substituted(args: list[str]) -> list[str]:
+    """Kubernetes' $(VAR) references with a plausible value (the parser checks types)."""
+    return [re.sub(r"\$\((\w+)\)", lambda m: "10.0.0.7" if m.group(1).endswith("IP") else "default", a) for a in args]
+
+
+def flag_value(args: list[str], flag: str) -> str:
+    for i, a in enumerate(args):
+        if a.startswith(flag + "="):
+            return a.split("=", 1)[1]
+        if a == flag:
+            return args[i + 1]
+    raise AssertionError(f"{flag} not in {args}")
+
+
+def test_every_container_command_line_parses_with_its_programs_real_flags() -> None:
+    seen = set()
+    for name, _, c in containers():
+        program = (c.get("command") or [image_entrypoint()])[0]
+        assert program in PARSERS, f"{name}/{c['name']}: unknown program {program}"
+        args = substituted(c.get("args", []))
+        if program == "modelfleet-control-plane":
+            cp_main.parse_args(args)  # the real validation too (auth on beyond loopback, ...)
+        else:
+            PARSERS[program]().parse_args(args)
+        seen.add(program)
+    assert seen == set(PARSERS)
+
+
+def test_ports_metrics_and_annotations_match_the_flags() -> None:
+    for name, pod, c in containers():
+        args = c.get("args", [])
+        ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+        if any(a.startswith("--listen") for a in args):
+            assert ports["grpc"] == int(flag_value(args, "--listen").rsplit(":", 1)[1]), name
+        assert ports["metrics"] == int(flag_value(args, "--metrics-port")), name
+        assert flag_value(args, "--metrics-host") == "0.0.0.0", f"{name}: /metrics must be reachable from the scraper"
+        annotations = pod["metadata"]["annotations"]
+        assert annotations["prometheus.io/scrape"] == "true" and annotations["prometheus.io/path"] == "/metrics"
+        assert int(annotations["prometheus.io/port"]) == ports["metrics"], name
+        assert str(ports["metrics"]) in re.search(r"^EXPOSE (.+)$", DOCKERFILE, re.M).group(1).split()  # type: ignore[union-attr]
+    services = [d for d in manifests() if d["kind"] == "Service"]
+    named = {p["name"] for _, _, c in containers() for p in c.get("ports", [])}
+    for svc in services:
+        for port in svc["spec"]["ports"]:
+            assert port["targetPort"] in named, f"service {svc['metadata']['name']} targets a port no container declares"
+
+
+def test_probes_run_a_command_that_can_speak_tls() -> None:
+    for name, _, c in containers():
+        for probe in ("readinessProbe", "livenessProbe"):
+            spec = c[probe]
+            assert "grpc" not in spec, f"{name}: a grpc: probe cannot use TLS"
+            if "exec" in spec:
+                command = spec["exec"]["command"]
+                assert command[:2] == ["modelfleet", "health"], name
+                parsed = cli_main.build_parser().parse_args(command[1:] + ["--tls-ca", "/ca.pem"])  # TLS flags exist
+                assert parsed.func.__name__ == "health"
+                assert flag_value(command, "--addr").rsplit(":", 1)[1] == flag_value(c["args"], "--listen").rsplit(":", 1)[1]
+            else:
+                port = spec["tcpSocket"]["port"]
+                assert port in {p["name"] for p in c["ports"]}, name
+
+
+def test_pods_run_as_the_images_user_and_can_write_their_volumes() -> None:
+    user = re.search(r"^USER (\d+):(\d+)$", DOCKERFILE, re.M)
+    assert user, "the Dockerfile names its user numerically (uid:gid)"
+    uid, gid = int(user.group(1)), int(user.group(2))
+    for name, pod in pod_specs():
+        ctx = pod["spec"]["securityContext"]
+        assert (ctx["runAsUser"], ctx["runAsGroup"], ctx["runAsNonRoot"]) == (uid, gid, True), name
+        assert ctx["fsGroup"] == gid, f"{name}: volumes must be writable by gid {gid}"
+        host_paths = [v for v in pod["spec"].get("volumes", []) if "hostPath" in v]
+        if host_paths:  # fsGroup does not apply to hostPath: an init container hands it over
+            [init] = pod["spec"]["initContainers"]
+            assert f"chown {uid}:{gid}" in " ".join(init["command"]) and init["securityContext"]["runAsUser"] == 0
+            mounted = {m["name"] for m in init["volumeMounts"]}
+            assert {v["name"] for v in host_paths} <= mounted, name
+
+
+def test_the_image_is_named_in_one_place_with_a_registry() -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    [image] = kustomization["images"]
+    assert image["name"] == "modelfleet" and "/" in image["newName"] and image["newTag"]
+    assert set(kustomization["resources"]) == {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
+    for name, pod in pod_specs():
+        for c in pod["spec"]["containers"] + pod["spec"].get("initContainers", []):
+            assert c["image"] == "modelfleet", f"{name}/{c['name']}: name the image only through kustomization.yaml"
+    kubectl = shutil.which("kubectl")
+    if kubectl:  # renders as a cluster would receive it
+        rendered = subprocess.run([kubectl, "kustomize", str(K8S)], capture_output=True, text=True, timeout=60)
+        assert rendered.returncode == 0, rendered.stderr
+        images = set(re.findall(r"image: (\S+)", rendered.stdout))
+        assert images == {f"{image['newName']}:{image['newTag']}"}
+
+
+def systemd_exec(unit: Path) -> tuple[str, list[str]]:
+    text = unit.read_text().replace("\\\n", " ")
+    line = re.search(r"^ExecStart=(.+)$", text, re.M).group(1)  # type: ignore[union-attr]
+    words = shlex.split(line)
+    return Path(words[0]).name, words[1:]
+
+
+def test_systemd_units_pass_only_flags_that_exist() -> None:
+    env = dict(
+        line.split("=", 1) for line in (DEPLOY / "systemd" / "modelfleet.env").read_text().splitlines()
+        if line and not line.startswith("#") and "=" in line
+    )  # fmt: skip
+    for unit in sorted((DEPLOY / "systemd").glob("*.service")):
+        program, words = systemd_exec(unit)
+        parser = PARSERS[program]()
+        expanded: list[str] = []
+        for word in words:
+            if re.fullmatch(r"\$\w+", word):  # $VAR alone: split at whitespace
+                expanded += env.get(word[1:], "").split()
+            else:
+                expanded.append(re.sub(r"\$\{(\w+)\}", lambda m: env.get(m.group(1), "x"), word))
+        flags = [w.split("=", 1)[0] for w in expanded if w.startswith("--")]
+        unknown = [f for f in flags if f not in parser._option_string_actions]
+        assert not unknown, f"{unit.name}: {unknown}"
+
+
+def _as_image_user() -> list[str]:
+    return ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", "--"]
+
+
+def _can_run_as_image_user() -> str:
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return "needs root and setpriv"
+    probe = subprocess.run([*_as_image_user(), sys.executable, "-c", "import control_plane.main, node_agent.main"],
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
+    return "" if probe.returncode == 0 else f"uid 10001 cannot read this checkout or its venv: {probe.stderr[-300:]}"
+
+
+def test_the_images_user_starts_both_servers_on_a_directory_owned_as_the_manifests_leave_it() -> None:
+    why = _can_run_as_image_user()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="mf-uid-"))
+    os.chmod(base, 0o755)
+    data = base / "var-lib-modelfleet"
+    data.mkdir()
+    os.chown(data, 10001, 10001)  # what fsGroup / the init container's chown leave
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        cp = subprocess.Popen([*_as_image_user(), sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0",
+                               "--data-dir", str(data / "control-plane"), "--auth", "off"], cwd=ROOT,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        procs.append(cp)
+        endpoint = data / "control-plane" / "endpoint"
+        addr = wait_until(lambda: endpoint.exists() and endpoint.read_text().strip(), timeout=30, what="the endpoint as uid 10001")
+        agent = subprocess.Popen([*_as_image_user(), sys.executable, "-m", "node_agent.main", "--control-plane", addr,
+                                  "--data-dir", str(data / "agent"), "--cpus", "1"], cwd=ROOT,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        procs.append(agent)
+        node_id = data / "agent" / "node_id"
+        wait_until(lambda: node_id.exists() or agent.poll() is not None, timeout=30, what="the agent's node id as uid 10001")
+        assert agent.poll() is None and cp.poll() is None
+        assert (data / "control-plane").stat().st_uid == 10001 and node_id.stat().st_uid == 10001
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
