@@ -84,7 +84,7 @@ from control_plane.nodes.agents import AgentStreams, NodeService
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
-from control_plane.store import Store, open_store
+from control_plane.store import SchemaVersionError, Store, StoreUnavailable, open_store
 from control_plane.store.cached import CachedStore
 from modelfleet.net import is_loopback
 from modelfleet.v1 import (
@@ -289,7 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelfleet-control-plane", description="The modelfleet control plane.")
     p.add_argument("--listen", default=os.environ.get("MODELFLEET_LISTEN", "127.0.0.1:7070"), help="HOST:PORT (port 0 = any free port)")
     p.add_argument("--data-dir", default=os.environ.get("MODELFLEET_DATA_DIR", "./cp"), help="SQLite store, model blobs, endpoint file")
-    p.add_argument("--store", default="", help="store URL (default: SQLite file in --data-dir; memory:// for tests)")
+    p.add_argument("--store", default="", help="store URL (default: SQLite file in --data-dir; "
+                   "postgresql://user@host:port/db; memory:// for tests)")
+    p.add_argument("--store-password-file", type=Path, default=None, metavar="FILE",
+                   help="the PostgreSQL password (first line of FILE); else libpq's PGPASSFILE / ~/.pgpass")
     p.add_argument("--heartbeat-interval", type=float, default=5.0, help="seconds between agent heartbeats (fractions allowed)")
     p.add_argument("--node-timeout", type=float, default=30.0, help="seconds without an agent before its node is lost")
     p.add_argument("--recovery-grace", type=float, default=None, metavar="S",
@@ -355,7 +358,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys' hashes and worker tokens live here
-    store = CachedStore(open_store(args.store or data_dir))  # reads from memory, writes through (store/cached.py)
+    try:
+        opened = open_store(args.store or data_dir, password_file=args.store_password_file)
+    except (ValueError, StoreUnavailable, SchemaVersionError) as exc:
+        raise SystemExit(f"error: {exc}") from None
+    store = CachedStore(opened)  # reads from memory, writes through (store/cached.py)
     plane = ControlPlane(
         data_dir=data_dir,
         store=store,

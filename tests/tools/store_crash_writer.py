@@ -1,6 +1,6 @@
 """Crash-test writer for tests/unit/store/test_store_sqlite.py: run as a subprocess, then SIGKILLed.
 
-Usage: python store_crash_writer.py DB_PATH COUNT
+Usage: python store_crash_writer.py DB_PATH_OR_URL COUNT
 
 Step i writes, in one transaction, deployment d<i:07d> (revision i, a ~12 KiB
 stop_reason so one record spans several pages), allocation a<key> with the
@@ -14,13 +14,13 @@ from __future__ import annotations
 import hashlib
 import sys
 
-from control_plane.store.sqlite import SqliteStore
+from control_plane.store import open_store
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import models_pb2
 
 
 def main() -> None:
-    store = SqliteStore(sys.argv[1])
+    store = open_store(sys.argv[1])  # a SQLite file or a postgresql:// URL
     for i in range(int(sys.argv[2])):
         key = f"d{i:07d}"
         payload = hashlib.sha256(key.encode()).hexdigest() * 192

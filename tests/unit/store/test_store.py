@@ -561,7 +561,7 @@ def test_open_store_memory() -> None:
     s.close()
 
 
-@pytest.mark.parametrize("bad", ["", "postgres://db/x", "sqlite://"])
+@pytest.mark.parametrize("bad", ["", "redis://db/x", "sqlite://"])
 def test_open_store_refuses(bad: str) -> None:
     with pytest.raises(ValueError):
         open_store(bad)

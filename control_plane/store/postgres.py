@@ -1,0 +1,182 @@
+"""PostgresStore: the Store on a PostgreSQL database (`--store postgresql://...`).
+
+The tables and statements are control_plane.store.sql's (shared with
+SQLite); this module holds PostgreSQL's schema steps, its connection and the
+transaction hooks.
+
+- One psycopg 3 connection per store, in autocommit mode, with the hooks
+  issuing BEGIN / COMMIT / ROLLBACK: the Store has one owning thread and never
+  awaits inside a transaction, so a pool would only add connections that
+  wait their turn. Each write commits before it returns (PostgreSQL's
+  default `synchronous_commit = on`: the WAL is flushed at COMMIT).
+- Transactions run at READ COMMITTED with one writer (this control plane).
+  Fencing a deposed leader (several replicas on one database) belongs in
+  `_commit`: it will check, inside the open transaction and before COMMIT,
+  that the leader lease row still carries this replica's epoch
+  (`SELECT epoch FROM leader_lease FOR SHARE`), and raise instead of
+  committing when it does not.
+- `schema_version` holds one integer; opening runs every missing migration
+  step in one transaction under an advisory lock (two replicas cannot
+  migrate at once) and refuses a database written by a newer schema.
+- The password never appears on the command line or in a URL: it comes
+  from `--store-password-file` or libpq's own PGPASSFILE / ~/.pgpass.
+  Errors name the URL with any password masked.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import psycopg
+
+from control_plane.store.sql import SqlStore, _int
+from control_plane.store.sqlite import SchemaVersionError
+
+logger = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 10
+_MIGRATION_LOCK = 0x6D66_7374  # pg_advisory_xact_lock key: "mfst"
+
+# _MIGRATIONS[i] moves the schema from version i to i + 1. Append only.
+_MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        "CREATE TABLE models (model_id TEXT NOT NULL, version INTEGER NOT NULL, data BYTEA NOT NULL, "
+        "PRIMARY KEY (model_id, version))",
+        "CREATE TABLE model_versions (model_id TEXT PRIMARY KEY, max_version INTEGER NOT NULL)",
+        "CREATE TABLE deployments (deployment_id TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+        "CREATE TABLE allocations (allocation_id TEXT PRIMARY KEY, deployment_id TEXT NOT NULL, "
+        "node_id TEXT NOT NULL, data BYTEA NOT NULL)",
+        "CREATE INDEX allocations_by_deployment ON allocations (deployment_id, allocation_id)",
+        "CREATE INDEX allocations_by_node ON allocations (node_id, allocation_id)",
+        "CREATE TABLE nodes (node_id TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+        "CREATE TABLE requests (request_id TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+        "CREATE TABLE event_logs (deployment_id TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+        "CREATE TABLE api_keys (key_id TEXT PRIMARY KEY, data BYTEA NOT NULL)",
+    ),
+)
+
+
+class ConnectError(RuntimeError):
+    """The database could not be reached or refused us; the message names the URL (password masked)."""
+
+
+def masked(url: str) -> str:
+    """The URL with any password replaced by ***."""
+    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that carries a password (it would show in `ps` and in logs)."""
+    if re.search(r"://[^/@]*:[^@]*@", url):
+        raise ValueError(
+            f"store URL {masked(url)} carries a password: remove it and give --store-password-file FILE or PGPASSFILE"
+        )
+
+
+class PostgresStore(SqlStore):
+    """Store in a PostgreSQL database; see the module docstring.
+
+    Args:
+        url: postgresql://user@host:port/dbname (no password in it).
+        password_file: a file whose first line is the password (None: libpq's PGPASSFILE / ~/.pgpass).
+
+    Raises:
+        ValueError: a password in the URL, or an unreadable password file.
+        ConnectError: the server refused the connection or could not be reached.
+        SchemaVersionError: the database has a newer schema than this code.
+    """
+
+    PLACEHOLDER = "%s"
+    GREATEST = "GREATEST"
+
+    def __init__(self, url: str, *, password_file: Path | None = None) -> None:
+        check_url(url)
+        self.url = url
+        extra: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "modelfleet-control-plane"}
+        if password_file is not None:
+            try:
+                extra["password"] = password_file.read_text().splitlines()[0].strip()
+            except (OSError, IndexError) as exc:
+                raise ValueError(f"cannot read the store password from {password_file}: {exc}") from None
+        super().__init__()
+        try:
+            self._conn = psycopg.connect(url, autocommit=True, **extra)  # type: ignore[arg-type]
+        except psycopg.Error as exc:
+            self._closed = True
+            raise ConnectError(f"cannot connect to the store {masked(url)}: {_first_line(exc)}") from None
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()
+            self._closed = True
+            raise
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({masked(self.url)!r})"
+
+    def _migrate(self) -> None:
+        latest = len(_MIGRATIONS)
+        with self.transaction():
+            self._run("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+            self._run("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)", ())
+            rows = self._fetch("SELECT version FROM schema_version", ())
+            if not rows:
+                self._run("INSERT INTO schema_version (version) VALUES (0)", ())
+                current = 0
+            else:
+                current = _int(rows[0][0])
+            if current > latest:
+                raise SchemaVersionError(
+                    f"{masked(self.url)} has store schema version {current}; this modelfleet knows up to {latest}"
+                )
+            for step in range(current, latest):
+                for statement in _MIGRATIONS[step]:
+                    self._run(statement, ())
+                logger.info("store %s: migrated schema to version %d", masked(self.url), step + 1)
+            if current != latest:
+                self._run("UPDATE schema_version SET version = %s", (latest,))
+
+    def schema_version(self) -> int:
+        row = self._query_one("SELECT version FROM schema_version", ())
+        return 0 if row is None else _int(row[0])
+
+    # ---- statements (SqlStore) ------------------------------------------------
+    def _run(self, sql: str, params: Sequence[object]) -> int:
+        with self._conn.cursor() as cur:
+            cur.execute(sql, params)
+            return cur.rowcount
+
+    def _fetch(self, sql: str, params: Sequence[object]) -> list[tuple[object, ...]]:
+        with self._conn.cursor() as cur:
+            cur.execute(sql, params)
+            return [tuple(row) for row in cur.fetchall()]
+
+    # ---- transaction hooks and lifecycle --------------------------------------
+    def _begin(self) -> None:
+        self._conn.execute("BEGIN")
+
+    def _commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def _abort(self) -> None:
+        try:
+            if self._conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                self._conn.execute("ROLLBACK")
+        except psycopg.Error:
+            logger.exception("store %s: ROLLBACK failed", masked(self.url))
+
+    def close(self) -> None:
+        """Close the connection (rolling back an open transaction). Idempotent; later calls raise."""
+        if self._closed:
+            return
+        self._closed = True
+        self._tx_depth = 0
+        self._abort()
+        self._conn.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
