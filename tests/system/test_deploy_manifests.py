@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 import yaml
+from certs import make_pki
 from cluster import ROOT, wait_until
 
 import control_plane.main as cp_main
@@ -214,3 +215,36 @@ def test_the_images_user_starts_both_servers_on_a_directory_owned_as_the_manifes
             p.terminate()
             p.wait(10)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _health(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    return subprocess.run([sys.executable, "-m", "modelfleet.cli", "health", *args], capture_output=True, text=True,
+                          timeout=60, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_the_probe_command_answers_a_tls_control_plane_as_the_manifests_comment_says(tmp_path: Path) -> None:
+    """What the probes run once TLS is on (the `grpc:` probe, plaintext, is refused at the handshake)."""
+    pki = make_pki(tmp_path / "pki")
+    data = tmp_path / "cp"
+    with (tmp_path / "cp.log").open("wb") as log:
+        cp = subprocess.Popen([sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0", "--data-dir", str(data),
+                               "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+                               "--tls-client-ca", str(pki.ca)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        endpoint = data / "endpoint"
+        wait_until(lambda: endpoint.exists() or cp.poll() is not None, timeout=60, what="the TLS control plane's endpoint")
+        assert cp.poll() is None, (tmp_path / "cp.log").read_text()
+        addr = ["--addr", endpoint.read_text().strip()]
+        tls = ["--tls-ca", str(pki.ca), "--tls-server-name", "localhost"]
+        client = ["--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
+        outcomes = {
+            "plaintext, as a grpc: probe": _health(*addr).returncode,
+            "tls without the client certificate mTLS wants": _health(*addr, *tls).returncode,
+            "tls with it": _health(*addr, *tls, *client).returncode,
+        }
+        assert outcomes == {"plaintext, as a grpc: probe": 1, "tls without the client certificate mTLS wants": 1,
+                            "tls with it": 0}  # fmt: skip
+    finally:
+        cp.terminate()
+        cp.wait(30)
