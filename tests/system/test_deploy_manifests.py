@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import yaml
 from certs import make_pki
-from cluster import ROOT, wait_until
+from cluster import ROOT, wait_until, worker_processes
+from modelbuild import onnx_add
 
 import control_plane.main as cp_main
 import node_agent.main as agent_main
@@ -248,3 +249,81 @@ def test_the_probe_command_answers_a_tls_control_plane_as_the_manifests_comment_
     finally:
         cp.terminate()
         cp.wait(30)
+
+
+def _as_image_user_with_read_search() -> list[str]:
+    """uid/gid 10001 with CAP_DAC_READ_SEARCH kept across exec (ambient): this machine's interpreter lives
+    under /root (0700), which the processes the servers spawn (the model probe, the workers) must reach.
+    The capability bypasses read and search checks only: every write is checked as in the pod."""
+    return ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--"]  # fmt: skip
+
+
+def _cli(addr: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    out = subprocess.run([sys.executable, "-m", "modelfleet.cli", "--addr", addr, *args], capture_output=True, text=True,
+                         timeout=120, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert out.returncode == 0, f"modelfleet {' '.join(args)}: {out.stderr}"
+    return out
+
+
+def _owned(path: Path, uid: int, gid: int, mode: int) -> Path:
+    path.mkdir(parents=True)
+    os.chown(path, uid, gid)
+    path.chmod(mode)
+    return path
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):  # the agent first: it drains its workers
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def test_uid_10001_on_the_ownership_kubernetes_leaves_serves_a_model(tmp_path: Path) -> None:
+    """The issue's reproduction and its fix, with the owners the kubelet and the init container leave:
+    a fresh volume is root:root 0755 (the control plane fails with PermissionError); fsGroup makes it
+    root:10001 2775; the DaemonSet's hostPath is root:root 0755 until the init container's own command
+    runs. The agent then caches a model and runs its worker as uid 10001."""
+    why = _can_run_as_image_user()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="mf-own-"))
+    os.chmod(base, 0o755)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        bare = _owned(base / "bare", 0, 0, 0o755)
+        failed = subprocess.run([*_as_image_user_with_read_search(), sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0",
+                                 "--data-dir", str(bare / "control-plane")], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert failed.returncode != 0 and "PermissionError" in failed.stderr
+        volume = _owned(base / "volume", 0, 10001, 0o2775)  # what fsGroup: 10001 leaves
+        procs.append(subprocess.Popen([*_as_image_user_with_read_search(), sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0",
+                                       "--data-dir", str(volume / "control-plane"), "--auth", "off"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        endpoint = volume / "control-plane" / "endpoint"
+        addr = wait_until(lambda: endpoint.exists() and endpoint.read_text().strip(), timeout=60, what="the endpoint as uid 10001")
+        host = _owned(base / "host" / "agent", 0, 0, 0o755)  # hostPath DirectoryOrCreate
+        [agent_pod] = [pod for name, pod in pod_specs() if name == "modelfleet-agent"]
+        [init] = agent_pod["spec"]["initContainers"]
+        mount = init["volumeMounts"][0]["mountPath"]
+        subprocess.run([c.replace(mount, str(host)) for c in init["command"]], check=True, timeout=30)
+        procs.append(subprocess.Popen([*_as_image_user_with_read_search(), sys.executable, "-m", "node_agent.main", "--control-plane", addr,
+                                       "--data-dir", str(host), "--cpus", "1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        node_id = host / "node_id"
+        wait_until(lambda: node_id.exists() and node_id.read_text().strip() in _cli(addr, "nodes", "list", "--state", "ready").stdout,
+                   timeout=60, what="the uid-10001 agent's node ready")  # fmt: skip
+        _cli(addr, "models", "upload", str(onnx_add(base / "add.onnx")), "--model-id", "add")
+        _cli(addr, "deployments", "start", "add", "--wait-for", "started", "--timeout", "60s")
+        assert "[[2.0, 4.0, 6.0, 8.0]]" in _cli(addr, "infer", "add", "--input", "x=[[1, 2, 3, 4]]").stdout.replace("\n", "")
+        workers = worker_processes(host)
+        assert workers and {Path(f"/proc/{pid}").stat().st_uid for pid in workers} == {10001}
+        assert {p.stat().st_uid for p in (host / "models").iterdir()} == {10001}
+    finally:
+        _stop_all(procs)
+        shutil.rmtree(base, ignore_errors=True)
