@@ -73,12 +73,30 @@ def test_every_container_command_line_parses_with_its_programs_real_flags() -> N
         program = (c.get("command") or [image_entrypoint()])[0]
         assert program in PARSERS, f"{name}/{c['name']}: unknown program {program}"
         args = substituted(c.get("args", []))
+        unknown = _not_spelled_out(PARSERS[program](), args)
+        assert not unknown, f"{name}/{c['name']}: {program} has no {unknown}"
         if program == "modelfleet-control-plane":
             cp_main.parse_args(args)  # the real validation too (auth on beyond loopback, ...)
         else:
             PARSERS[program]().parse_args(args)
         seen.add(program)
     assert seen == set(PARSERS)
+
+
+def _not_spelled_out(parser: Any, args: list[str]) -> list[str]:
+    """Flags the parser does not have under exactly that name (argparse itself takes abbreviations)."""
+    return [f for f in (a.split("=", 1)[0] for a in args if a.startswith("--")) if f not in parser._option_string_actions]
+
+
+def test_the_env_file_offers_only_flags_its_program_has() -> None:
+    """The flags modelfleet.env's comments list for each unit (its `modelfleet ...` CLI lines aside)."""
+    text = (DEPLOY / "systemd" / "modelfleet.env").read_text()
+    sections = dict(re.findall(r"^# --- (control plane|node agent) \(.*?\) ---\n(.*?)(?=^# ---|\Z)", text, re.M | re.S))
+    assert set(sections) == {"control plane", "node agent"}
+    for title, program in (("control plane", "modelfleet-control-plane"), ("node agent", "modelfleet-agent")):
+        offered = "\n".join(line for line in sections[title].splitlines() if "modelfleet " not in line)
+        flags = sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", offered)))
+        assert flags and not _not_spelled_out(PARSERS[program](), flags), f"modelfleet.env, {title}"
 
 
 def test_ports_metrics_and_annotations_match_the_flags() -> None:
