@@ -2,8 +2,9 @@
 the real parser of its program (and the whole command line parses), ports
 match the flags, the user matches the image's, written volumes get the
 user's group, the image is named in one place (kustomize), probes use a
-command that speaks TLS, and the image's user can start the servers on a
-data dir owned the way the manifests leave it."""
+command that speaks TLS (and answers a real TLS+mTLS control plane), and the
+image's user can start the servers, and serve a model, on data dirs owned
+the way the manifests leave them (a root-owned one reproduces the crash)."""
 
 from __future__ import annotations
 
