@@ -2,8 +2,9 @@
 the real parser of its program (and the whole command line parses), ports
 match the flags, the user matches the image's, written volumes get the
 user's group, the image is named in one place (kustomize), probes use a
-command that speaks TLS, and the image's user can start the servers on a
-data dir owned the way the manifests leave it."""
+command that speaks TLS (and answers a real TLS+mTLS control plane), and the
+image's user can start the servers, and serve a model, on data dirs owned
+the way the manifests leave them (a root-owned one reproduces the crash)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ from typing import Any
 
 import pytest
 import yaml
-from cluster import ROOT, wait_until
+from certs import make_pki
+from cluster import ROOT, wait_until, worker_processes
+from modelbuild import onnx_add
 
 import control_plane.main as cp_main
 import node_agent.main as agent_main
@@ -71,12 +74,30 @@ def test_every_container_command_line_parses_with_its_programs_real_flags() -> N
         program = (c.get("command") or [image_entrypoint()])[0]
         assert program in PARSERS, f"{name}/{c['name']}: unknown program {program}"
         args = substituted(c.get("args", []))
+        unknown = _not_spelled_out(PARSERS[program](), args)
+        assert not unknown, f"{name}/{c['name']}: {program} has no {unknown}"
         if program == "modelfleet-control-plane":
             cp_main.parse_args(args)  # the real validation too (auth on beyond loopback, ...)
         else:
             PARSERS[program]().parse_args(args)
         seen.add(program)
     assert seen == set(PARSERS)
+
+
+def _not_spelled_out(parser: Any, args: list[str]) -> list[str]:
+    """Flags the parser does not have under exactly that name (argparse itself takes abbreviations)."""
+    return [f for f in (a.split("=", 1)[0] for a in args if a.startswith("--")) if f not in parser._option_string_actions]
+
+
+def test_the_env_file_offers_only_flags_its_program_has() -> None:
+    """The flags modelfleet.env's comments list for each unit (its `modelfleet ...` CLI lines aside)."""
+    text = (DEPLOY / "systemd" / "modelfleet.env").read_text()
+    sections = dict(re.findall(r"^# --- (control plane|node agent) \(.*?\) ---\n(.*?)(?=^# ---|\Z)", text, re.M | re.S))
+    assert set(sections) == {"control plane", "node agent"}
+    for title, program in (("control plane", "modelfleet-control-plane"), ("node agent", "modelfleet-agent")):
+        offered = "\n".join(line for line in sections[title].splitlines() if "modelfleet " not in line)
+        flags = sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", offered)))
+        assert flags and not _not_spelled_out(PARSERS[program](), flags), f"modelfleet.env, {title}"
 
 
 def test_ports_metrics_and_annotations_match_the_flags() -> None:
@@ -213,4 +234,115 @@ def test_the_images_user_starts_both_servers_on_a_directory_owned_as_the_manifes
         for p in procs:
             p.terminate()
             p.wait(10)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _health(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    return subprocess.run([sys.executable, "-m", "modelfleet.cli", "health", *args], capture_output=True, text=True,
+                          timeout=60, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+
+
+def test_the_probe_command_answers_a_tls_control_plane_as_the_manifests_comment_says(tmp_path: Path) -> None:
+    """What the probes run once TLS is on (the `grpc:` probe, plaintext, is refused at the handshake)."""
+    pki = make_pki(tmp_path / "pki")
+    data = tmp_path / "cp"
+    with (tmp_path / "cp.log").open("wb") as log:
+        cp = subprocess.Popen([sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0", "--data-dir", str(data),
+                               "--tls-cert", str(pki.server.cert), "--tls-key", str(pki.server.key),
+                               "--tls-client-ca", str(pki.ca)], stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        endpoint = data / "endpoint"
+        wait_until(lambda: endpoint.exists() or cp.poll() is not None, timeout=60, what="the TLS control plane's endpoint")
+        assert cp.poll() is None, (tmp_path / "cp.log").read_text()
+        addr = ["--addr", endpoint.read_text().strip()]
+        tls = ["--tls-ca", str(pki.ca), "--tls-server-name", "localhost"]
+        client = ["--tls-cert", str(pki.client.cert), "--tls-key", str(pki.client.key)]
+        outcomes = {
+            "plaintext, as a grpc: probe": _health(*addr).returncode,
+            "tls without the client certificate mTLS wants": _health(*addr, *tls).returncode,
+            "tls with it": _health(*addr, *tls, *client).returncode,
+        }
+        assert outcomes == {"plaintext, as a grpc: probe": 1, "tls without the client certificate mTLS wants": 1,
+                            "tls with it": 0}  # fmt: skip
+    finally:
+        cp.terminate()
+        cp.wait(30)
+
+
+def _as_image_user_with_read_search() -> list[str]:
+    """uid/gid 10001 with CAP_DAC_READ_SEARCH kept across exec (ambient): this machine's interpreter lives
+    under /root (0700), which the processes the servers spawn (the model probe, the workers) must reach.
+    The capability bypasses read and search checks only: every write is checked as in the pod."""
+    return ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups",
+            "--inh-caps=+dac_read_search", "--ambient-caps=+dac_read_search", "--"]  # fmt: skip
+
+
+def _cli(addr: str, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELFLEET_")}
+    out = subprocess.run([sys.executable, "-m", "modelfleet.cli", "--addr", addr, *args], capture_output=True, text=True,
+                         timeout=120, env=env, stdin=subprocess.DEVNULL)  # fmt: skip
+    assert out.returncode == 0, f"modelfleet {' '.join(args)}: {out.stderr}"
+    return out
+
+
+def _owned(path: Path, uid: int, gid: int, mode: int) -> Path:
+    path.mkdir(parents=True)
+    os.chown(path, uid, gid)
+    path.chmod(mode)
+    return path
+
+
+def _stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for p in reversed(procs):  # the agent first: it drains its workers
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def test_uid_10001_on_the_ownership_kubernetes_leaves_serves_a_model(tmp_path: Path) -> None:
+    """The issue's reproduction and its fix, with the owners the kubelet and the init container leave:
+    a fresh volume is root:root 0755 (the control plane fails with PermissionError); fsGroup makes it
+    root:10001 2775; the DaemonSet's hostPath is root:root 0755 until the init container's own command
+    runs. The agent then caches a model and runs its worker as uid 10001."""
+    why = _can_run_as_image_user()
+    if why:
+        pytest.skip(why)
+    base = Path(tempfile.mkdtemp(prefix="mf-own-"))
+    os.chmod(base, 0o755)
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        bare = _owned(base / "bare", 0, 0, 0o755)
+        failed = subprocess.run([*_as_image_user_with_read_search(), sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0",
+                                 "--data-dir", str(bare / "control-plane")], capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert failed.returncode != 0 and "PermissionError" in failed.stderr
+        volume = _owned(base / "volume", 0, 10001, 0o2775)  # what fsGroup: 10001 leaves
+        procs.append(subprocess.Popen([*_as_image_user_with_read_search(), sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0",
+                                       "--data-dir", str(volume / "control-plane"), "--auth", "off"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        endpoint = volume / "control-plane" / "endpoint"
+        addr = wait_until(lambda: endpoint.exists() and endpoint.read_text().strip(), timeout=60, what="the endpoint as uid 10001")
+        host = _owned(base / "host" / "agent", 0, 0, 0o755)  # hostPath DirectoryOrCreate
+        [agent_pod] = [pod for name, pod in pod_specs() if name == "modelfleet-agent"]
+        [init] = agent_pod["spec"]["initContainers"]
+        mount = init["volumeMounts"][0]["mountPath"]
+        subprocess.run([c.replace(mount, str(host)) for c in init["command"]], check=True, timeout=30)
+        procs.append(subprocess.Popen([*_as_image_user_with_read_search(), sys.executable, "-m", "node_agent.main", "--control-plane", addr,
+                                       "--data-dir", str(host), "--cpus", "1"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))  # fmt: skip
+        node_id = host / "node_id"
+        wait_until(lambda: node_id.exists() and node_id.read_text().strip() in _cli(addr, "nodes", "list", "--state", "ready").stdout,
+                   timeout=60, what="the uid-10001 agent's node ready")  # fmt: skip
+        _cli(addr, "models", "upload", str(onnx_add(base / "add.onnx")), "--model-id", "add")
+        _cli(addr, "deployments", "start", "add", "--wait-for", "started", "--timeout", "60s")
+        assert "[[2.0, 4.0, 6.0, 8.0]]" in _cli(addr, "infer", "add", "--input", "x=[[1, 2, 3, 4]]").stdout.replace("\n", "")
+        workers = worker_processes(host)
+        assert workers and {Path(f"/proc/{pid}").stat().st_uid for pid in workers} == {10001}
+        assert {p.stat().st_uid for p in (host / "models").iterdir()} == {10001}
+    finally:
+        _stop_all(procs)
         shutil.rmtree(base, ignore_errors=True)
