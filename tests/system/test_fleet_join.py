@@ -69,10 +69,12 @@ def test_hosts_join_with_one_token_then_act_on_their_own_keys(cluster: Cluster) 
     agent(cluster, "b", token_file)
     a_id, b_id = cluster.node_id("a"), cluster.node_id("b")
     wait_until(lambda: {a_id, b_id} <= ready_nodes(cluster), timeout=30, what="a and b READY")
+    node_keys = {k.node_id: k for k in auth_pb2_grpc.AuthStub(cluster.channel).ListApiKeys(auth_pb2.ListApiKeysRequest()).api_keys}
     for name, node_id in (("a", a_id), ("b", b_id)):
         node_key = cluster.root / name / "node.key"
         assert stat.S_IMODE(node_key.stat().st_mode) == 0o600
-        assert node_key.read_text().strip() != token_file.read_text().strip()
+        assert node_key.read_text().strip().startswith(f"mfk_{node_keys[node_id].key_id}_")
+        assert list(node_keys[node_id].roles) == ["agent"]
     assert (key(cluster, join_id).uses, key(cluster, join_id).active) == (2, False)
 
     third = agent(cluster, "c", token_file)  # the use count is spent
