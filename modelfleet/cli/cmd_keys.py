@@ -3,7 +3,9 @@
 A new key's token is shown once: printed, or with `--output FILE` written
 to a new file of mode 0600 (never world-readable, unlike a shell redirect;
 an existing file is kept unless `--force`), e.g. `modelfleet keys create
---role agent --output agent.key`. The server keeps only a salted hash. `whoami` shows which key the CLI is
+--role agent --output agent.key`. `--join [--uses N] [--ttl D]` makes a
+join token that any number of hosts may register with (each then gets its
+own key); `keys list` shows its uses left. The server keeps only a salted hash. `whoami` shows which key the CLI is
 using and what it may do.
 """
 
