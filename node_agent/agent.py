@@ -26,7 +26,13 @@ Security: every call carries the agent's API key (`authorization: Bearer`,
 a key with the `agent` privilege; the token file is reread on every
 reconnect so a rotated key needs no restart), over TLS when configured (and
 with a client certificate for mTLS). The control plane lets the key act for
-this node only. ``credentials`` messages (verifiers of keys that may call
+this node only. With a join token the welcome carries this node's own key
+(``node_credential``): it is written to DIR/node.key (0600), the stream is
+reopened with it at once, and it wins over the token file and
+MODELFLEET_TOKEN from then on, restarts included. A refusal for good
+(UNAUTHENTICATED / PERMISSION_DENIED on the stream) is logged once at ERROR,
+naming the key's file, and ends ``run()`` with ``refused`` set (the process
+then exits EXIT_REFUSED); UNAVAILABLE and the rest are retried with backoff. ``credentials`` messages (verifiers of keys that may call
 workers directly) are written to DIR/workers/credentials.pb for the workers.
 
 Concurrency model
@@ -69,6 +75,8 @@ STATS_TIMEOUT = 1.0  # at most, per heartbeat
 KEEPALIVE_TIME = 10.0  # RELIABILITY.md: keepalive on the agent stream, 10 s time, 10 s timeout
 KEEPALIVE_TIMEOUT = 10.0
 MAX_DOWNLOAD_MESSAGE = 64 * 1024 * 1024
+NODE_CREDENTIAL_FILE = "node.key"
+_REFUSED_CODES = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
 
 
 def keepalive_options(time_s: float = KEEPALIVE_TIME, timeout_s: float = KEEPALIVE_TIMEOUT) -> list[tuple[str, int]]:
@@ -127,6 +135,15 @@ class ControlPlaneLink:
     credentials: grpc.ChannelCredentials | None = None  # TLS (None = plaintext)
     token: str = ""  # MODELFLEET_TOKEN
     token_file: Path | None = None  # wins over token; reread at every connect
+    credential_file: Path | None = None  # this node's own key (DIR/node.key): wins over both
+
+    def source(self) -> str:
+        """Where the key sent now comes from, for messages."""
+        if self.credential_file is not None and self.credential_file.exists():
+            return f"the node credential file {self.credential_file}"
+        if self.token_file is not None:
+            return f"the token file {self.token_file}"
+        return "MODELFLEET_TOKEN" if self.token else "nowhere (no API key was sent)"
 
     def channel(self, options: list[tuple[str, int]]) -> grpc.aio.Channel:
         if self.credentials is not None:
@@ -135,7 +152,12 @@ class ControlPlaneLink:
 
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
         token = self.token
-        if self.token_file is not None:
+        if self.credential_file is not None and self.credential_file.exists():
+            try:
+                token = self.credential_file.read_text().strip()
+            except OSError as exc:
+                log.error("cannot read the node credential file %s: %s", self.credential_file, exc.strerror)
+        elif self.token_file is not None:
             try:
                 token = self.token_file.read_text().strip()
             except OSError as exc:
@@ -222,10 +244,11 @@ class AgentConfig:
     credentials: grpc.ChannelCredentials | None = None  # TLS to the control plane
     token: str = ""
     token_file: Path | None = None
+    credential_file: Path | None = None  # where a join gives this node its own key
 
     @property
     def link(self) -> ControlPlaneLink:
-        return ControlPlaneLink(self.control_plane, self.credentials, self.token, self.token_file)
+        return ControlPlaneLink(self.control_plane, self.credentials, self.token, self.token_file, self.credential_file)
     keepalive_time: float = KEEPALIVE_TIME
     keepalive_timeout: float = KEEPALIVE_TIMEOUT
 
@@ -254,6 +277,8 @@ class Agent:
         self._session_live = False  # a welcomed stream is open
         self._closing = False
         self._closed = asyncio.Event()  # the stream must be half-closed and not reopened
+        self._reconnect_now = False  # a join just issued this node's key: reopen with it at once
+        self.refused = ""  # why the control plane refused this agent for good ("" = it did not)
 
     @property
     def node_id(self) -> str:
@@ -275,7 +300,9 @@ class Agent:
         if adopted:
             log.info("adopted %d running worker(s): %s", len(adopted), ", ".join(adopted))
         connection = asyncio.create_task(self._connection_loop(), name="agent stream")
-        await stop.wait()
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({stopped, connection}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
         log.info("shutting down: stopping %d allocation(s)", len(self.allocations.handles))
         self._closing = True  # assignments from now on are ignored
         # STOPPING reaches the control plane (it stops routing) before any worker refuses calls.
@@ -302,6 +329,13 @@ class Agent:
             try:
                 await self._session()
             except grpc.aio.AioRpcError as exc:
+                if exc.code() in _REFUSED_CODES:
+                    self.refused = f"{exc.code().name}: {exc.details()}"
+                    log.error(
+                        "the control plane refused this agent for good (%s; the API key came from %s): exiting",
+                        self.refused, self._link.source(),
+                    )  # fmt: skip
+                    return
                 log.warning("control plane stream: %s: %s", exc.code().name, exc.details())
             except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 log.warning("control plane stream ended: %s", exc)
@@ -316,7 +350,7 @@ class Agent:
                 self._session_live = False
             if self._closed.is_set():
                 return
-            delay = backoff.next()
+            delay, self._reconnect_now = (0.0 if self._reconnect_now else backoff.next()), False
             log.info("reconnecting to %s in %.2f s", self._config.control_plane, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
@@ -351,6 +385,9 @@ class Agent:
                     message = None if reader.cancelled() else reader.result()
                     if message is None or message is grpc.aio.EOF:
                         log.warning("control plane closed the stream")
+                        return
+                    if message.HasField("welcome") and message.welcome.node_credential:
+                        self._save_node_credential(message.welcome.node_credential)
                         return
                     if message.HasField("welcome"):
                         self._session_live = True
@@ -392,6 +429,16 @@ class Agent:
             self._heartbeat_interval,
             welcome.node_timeout.ToTimedelta().total_seconds(),
         )
+
+    def _save_node_credential(self, token: str) -> None:
+        """Keep the key a join issued this node (0600) and reconnect with it at once."""
+        path = self._link.credential_file
+        if path is None:
+            log.error("the control plane issued this node a key, but the agent has no place to keep it")
+            return
+        write_private(path, (token + "\n").encode())
+        self._reconnect_now = True
+        log.info("joined: this node's own API key is in %s (mode 0600) and is used from now on", path)
 
     def _on_credentials(self, credentials: agent_pb2.InferenceCredentials) -> None:
         """Hand the verifiers of keys that may call workers directly to the workers (a 0600 file)."""

@@ -11,6 +11,13 @@ non-zero code) is a crash that the restart budget covers. The reason
 carries the exit summary and the last lines of the worker's own log (its
 stderr), read from where this run of the worker began.
 
+The agent's own exit status: 0 after SIGTERM/SIGINT, ``EXIT_REFUSED`` (78,
+sysexits' EX_CONFIG) when the control plane refused its credential for good
+(UNAUTHENTICATED or PERMISSION_DENIED: a bad, expired or revoked key, a used-up
+join token, a node held by another key); retrying cannot help until an
+operator gives it a new key, so service managers should not restart it
+(systemd: RestartPreventExitStatus=78).
+
 Pure functions over a log file; no processes, no asyncio.
 """
 
@@ -24,6 +31,7 @@ from pathlib import Path
 EXIT_OK = 0
 EXIT_BAD_ARGUMENTS = 2
 EXIT_LOAD_ERROR = 3
+EXIT_REFUSED = 78  # the agent: refused for good by the control plane
 STDERR_TAIL_LINES = 20
 MAX_REASON_CHARS = 2000
 _TAIL_BYTES = 64 * 1024

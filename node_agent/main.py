@@ -19,7 +19,11 @@ event. Detection runs once before the loop starts.
 Security
 --------
 The agent authenticates with an API key of role ``agent``: ``--token-file``
-(reread on every reconnect) or ``MODELFLEET_TOKEN``. ``--tls-ca`` turns on
+(reread on every reconnect) or ``MODELFLEET_TOKEN``, which may be a join
+token; the node's own key the control plane then issues is kept in
+``DIR/node.key`` (0600) and preferred from then on. Refused for good
+(UNAUTHENTICATED / PERMISSION_DENIED), the agent logs one ERROR line and
+exits with ``EXIT_REFUSED`` (node_agent.exits). ``--tls-ca`` turns on
 TLS to the control plane (``--tls-cert``/``--tls-key``: the client
 certificate for mTLS). ``--worker-tls-cert``/``--worker-tls-key`` make the
 workers serve TLS (``--worker-tls-client-ca``: mTLS); see
@@ -46,8 +50,9 @@ from pathlib import Path
 import grpc
 
 from modelfleet.v1 import agent_pb2, common_pb2
-from node_agent.agent import KEEPALIVE_TIME, KEEPALIVE_TIMEOUT, Agent, AgentConfig
+from node_agent.agent import KEEPALIVE_TIME, KEEPALIVE_TIMEOUT, NODE_CREDENTIAL_FILE, Agent, AgentConfig
 from node_agent.allocations import gpu_devices
+from node_agent.exits import EXIT_REFUSED
 from node_agent.supervisor import SupervisorConfig
 from node_agent.worker_security import WorkerSecurity, read_pem
 
@@ -211,7 +216,9 @@ def check_security_args(p: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.worker_tls_client_ca and not args.worker_tls_cert:
         p.error("--worker-tls-client-ca (mTLS) needs --worker-tls-cert and --worker-tls-key")
     files = [args.tls_ca, args.tls_cert, args.tls_key, args.worker_tls_cert, args.worker_tls_key,
-             args.worker_tls_client_ca, args.worker_tls_ca, str(args.token_file or "")]  # fmt: skip
+             args.worker_tls_client_ca, args.worker_tls_ca]  # fmt: skip
+    if not (args.data_dir / NODE_CREDENTIAL_FILE).exists():  # the node's own key wins over --token-file
+        files.append(str(args.token_file or ""))
     for path in filter(None, files):
         if not os.access(path, os.R_OK):
             p.error(f"cannot read {path}")
@@ -252,8 +259,8 @@ def write_endpoint(path: Path, endpoint: str) -> None:
 
 
 async def serve(agent: Agent, *, metrics: tuple[str, int] | None = None, data_dir: Path | None = None,
-                worker_host: str = "127.0.0.1") -> None:
-    """Run agent until SIGTERM or SIGINT, then shut it down gracefully.
+                worker_host: str = "127.0.0.1") -> int:
+    """Run agent until SIGTERM or SIGINT (or a refusal for good), then shut it down gracefully; the exit status.
 
     Args:
         metrics: (host, port) of the /metrics server to start, or None.
@@ -271,6 +278,7 @@ async def serve(agent: Agent, *, metrics: tuple[str, int] | None = None, data_di
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, stop, sig)
     await agent.run(stop)
+    return EXIT_REFUSED if agent.refused else 0
 
 
 def _on_signal(stop: asyncio.Event, sig: signal.Signals) -> None:
@@ -319,15 +327,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         credentials=channel_credentials(args),
         token=os.environ.get("MODELFLEET_TOKEN", ""),
         token_file=args.token_file.resolve() if args.token_file else None,
+        credential_file=data_dir / NODE_CREDENTIAL_FILE,
         keepalive_time=args.keepalive_time,
         keepalive_timeout=args.keepalive_timeout,
     )
-    if config.token_file is None and not config.token:
+    if config.token_file is None and not config.token and not (data_dir / NODE_CREDENTIAL_FILE).exists():
         log.warning("no API key (--token-file or MODELFLEET_TOKEN): a control plane with authentication on refuses this agent")
     metrics = (args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
     (data_dir / "metrics_endpoint").unlink(missing_ok=True)
-    asyncio.run(serve(Agent(config), metrics=metrics, data_dir=data_dir, worker_host=args.worker_host))
-    return 0
+    return asyncio.run(serve(Agent(config), metrics=metrics, data_dir=data_dir, worker_host=args.worker_host))
 
 
 if __name__ == "__main__":

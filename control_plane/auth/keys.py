@@ -20,6 +20,12 @@ Rules:
   cannot be taken over by another agent key; revoke the old key first.
   `node_id = "*"` makes a key for any node (one key shared by a Kubernetes
   DaemonSet): weaker, since each holder can then act for every node.
+- Join tokens (`join`, role agent only, optional ttl and `max_uses`): any
+  number of hosts may register with one; each registration (`join`) uses
+  it once and issues that node its own agent key bound to it, which the
+  agent keeps and uses from then on. Revoking or expiring the join token
+  stops new joins only; revoking a node's key evicts that node. A join
+  token never takes over a node held by another active agent key.
 - On first start with no key at all, `bootstrap` creates an admin key, writes
   it to DATA_DIR/admin.key (mode 0600) and returns it to be printed once.
 
@@ -65,6 +71,7 @@ MAX_TTL_S = 100 * 365 * 24 * 3600
 _CACHE_LIMIT = 10_000
 ADMIN_KEY_FILE = "admin.key"
 ANY_NODE = "*"
+MAX_JOIN_USES = 1_000_000
 
 
 def hash_secret(secret: str, salt: bytes, iterations: int) -> bytes:
@@ -122,7 +129,11 @@ class KeyService:
 
     def active(self, key_id: str) -> bool:
         record = self._records.get(key_id)
-        return record is not None and not record.HasField("revoked_at") and not self._expired(record)
+        return record is not None and not record.HasField("revoked_at") and not self._expired(record) and not _used_up(record)
+
+    def is_join_token(self, key_id: str) -> bool:
+        record = self._records.get(key_id)
+        return record is not None and record.join
 
     def principal_of(self, record: records_pb2.ApiKeyRecord) -> access.Principal:
         return access.Principal(
@@ -144,6 +155,9 @@ class KeyService:
             created_by=record.created_by,
             node_id=record.node_id,
             active=self.active(record.key_id),
+            join=record.join,
+            max_uses=record.max_uses,
+            uses=record.uses,
         )
         for name in ("created_at", "expires_at", "revoked_at"):
             if record.HasField(name):
@@ -244,6 +258,7 @@ class KeyService:
         roles, extra, wanted = _checked_grants(req)
         user = req.user or (creator.user if creator is not None else access.DEFAULT_USER)
         node_id = _checked_holder(req, user=user, wanted=wanted)
+        _check_join(req, wanted=wanted, node_id=node_id)
         expires_at = self._checked_expiry(req)
         if creator is not None:
             _check_creator_may_grant(creator, wanted=wanted, expires_at=expires_at)
@@ -258,6 +273,7 @@ class KeyService:
             created_by=creator.key_id if creator is not None else "",
             node_id=node_id,
         )
+        record.join, record.max_uses = req.join, req.max_uses
         self._save(record)
         log.info("API key %s created for user %s (roles %s, privileges %s)", record.key_id, user, roles, extra)
         return auth_pb2.CreateApiKeyResponse(api_key=self.view(record), token=token)
@@ -341,6 +357,40 @@ class KeyService:
             self._records[bound.key_id] = bound
             log.info("API key %s is now bound to node %s", bound.key_id, node_id)
 
+    def join(self, principal: access.Principal, node_id: str, registered_by: str) -> tuple[str, str]:
+        """Register node_id with a join token: use it once, return (key_id, token) of the node's own new key.
+
+        Raises:
+            PermissionDenied: the token is used up, or the node is held by another active agent key.
+            ResourceExhausted: MAX_KEYS keys exist.
+        """
+        record = self._records.get(principal.key_id)
+        if record is None or not record.join:
+            raise errors.Unauthenticated("invalid API key")
+        if _used_up(record):
+            raise errors.PermissionDenied(
+                f"join token {record.key_id} is used up: it registered {record.uses} of at most {record.max_uses} nodes"
+            )
+        if registered_by and self.active(registered_by):
+            raise errors.PermissionDenied(
+                f"node {node_id} already belongs to the agent of API key {registered_by}; a join token cannot take "
+                "it over (use that node's key, or revoke it to rejoin)"
+            )
+        if len(self._records) >= MAX_KEYS:
+            raise errors.ResourceExhausted(f"there are {len(self._records)} API keys; at most {MAX_KEYS} are kept")
+        used = records_pb2.ApiKeyRecord()
+        used.CopyFrom(record)
+        used.uses += 1
+        node_key, token = self._new_record(
+            user=record.user, roles=["agent"], privileges=[], name=f"node {node_id} (joined with {record.key_id})",
+            expires_at=None, created_by=record.key_id, node_id=node_id,
+        )  # fmt: skip
+        self.store.put_api_key(used)
+        self._records[used.key_id] = used
+        self._save(node_key)
+        log.info("node %s joined with join token %s (use %d); its API key is %s", node_id, record.key_id, used.uses, node_key.key_id)
+        return node_key.key_id, token
+
     def credentials(self) -> agent_pb2.InferenceCredentials:
         """Verifiers of every active key with the infer privilege (what workers accept)."""
         out = agent_pb2.InferenceCredentials(version=time.time_ns())
@@ -372,6 +422,26 @@ class KeyService:
         write_secret_file(data_dir / ADMIN_KEY_FILE, token + "\n")
         self._save(record)
         return token
+
+
+def _used_up(record: records_pb2.ApiKeyRecord) -> bool:
+    return record.join and record.max_uses > 0 and record.uses >= record.max_uses
+
+
+def _check_join(req: auth_pb2.CreateApiKeyRequest, *, wanted: frozenset[str], node_id: str) -> None:
+    """A join token grants only the agent privilege, binds no node, and max_uses is for join tokens only."""
+    if not req.join:
+        if req.max_uses:
+            raise errors.InvalidArgument("max_uses limits a join token: set join as well")
+        return
+    if wanted != {access.AGENT}:
+        raise errors.InvalidArgument(
+            f"a join token grants only the agent privilege (role agent), not {', '.join(sorted(wanted - {access.AGENT}))}"
+        )
+    if node_id:
+        raise errors.InvalidArgument("a join token binds no node (node_id must be empty): each node it registers gets its own key")
+    if not 0 <= req.max_uses <= MAX_JOIN_USES:
+        raise errors.InvalidArgument(f"max_uses must be between 0 (any number) and {MAX_JOIN_USES}, got {req.max_uses}")
 
 
 def _checked_grants(req: auth_pb2.CreateApiKeyRequest) -> tuple[list[str], list[str], frozenset[str]]:

@@ -5,7 +5,10 @@ One stream per node. Lifecycle of a stream (each step owned here):
 1. The first message must be `register`; the node id is checked, and the
    caller's agent key must be allowed to act for that node (bound to it, and
    the node not held by another active agent key: KeyService.authorize_node)
-   before anything changes; then the node record (identity, capacity,
+   before anything changes. A stream that registers with a join token
+   (KeyService.join) instead issues the node its own agent key, sent once in
+   `welcome.node_credential`; the stream then belongs to that key (revoking
+   the join token leaves it open). Then the node record (identity, capacity,
    labels, the registering key) is written to the store. An agent can
    only ever speak for the node its stream registered: every later report
    is applied to that node's own allocations only.
@@ -66,22 +69,27 @@ class AgentStreams:
         for session in self.fleet.sessions():
             session.close()
 
-    def _register(self, reg: agent_pb2.RegisterNode, principal: Principal | None) -> None:
+    def _register(self, reg: agent_pb2.RegisterNode, principal: Principal | None) -> tuple[str, str]:
+        """Check and record the registration; returns (key id the stream acts as, new node key token or "")."""
         info = reg.node
         check_id("register.node.node_id", info.node_id)
         if info.capacity.cpus <= 0:
             raise errors.InvalidArgument(f"register.node.capacity.cpus must be > 0, got {info.capacity.cpus:g}")
         record = self.store.get_node(info.node_id)
-        if self.keys is not None:
+        key_id, node_credential = (principal.key_id if principal is not None else ""), ""
+        if self.keys is not None and principal is not None and self.keys.is_join_token(principal.key_id):
+            key_id, node_credential = self.keys.join(principal, info.node_id, record.agent_key_id if record else "")
+        elif self.keys is not None:
             self.keys.authorize_node(principal, info.node_id, record.agent_key_id if record else "")
         if record is None:
             record = records_pb2.NodeRecord(schedulable=True, registered_at=now_ts())
         record.info.CopyFrom(info)
         if not record.info.hostname:
             record.info.hostname = socket.gethostname()
-        if principal is not None:
-            record.agent_key_id = principal.key_id
+        if key_id:
+            record.agent_key_id = key_id
         self.store.put_node(record)
+        return key_id, node_credential
 
     def credentials_changed(self, revoked_key_id: str = "") -> None:
         """Send every connected agent the new inference credentials; close streams of a revoked key."""
@@ -107,12 +115,12 @@ class AgentStreams:
         if first.WhichOneof("kind") != "register":
             raise errors.InvalidArgument("the first AgentMessage on a stream must be register")
         reg = first.register
-        self._register(reg, principal)
+        key_id, node_credential = self._register(reg, principal)
         node_id = reg.node.node_id
         session = self.fleet.attach(node_id)
-        session.key_id = principal.key_id if principal is not None else ""
+        session.key_id = key_id
         log.info("node %s connected (%d allocations reported, generation %d)", node_id, len(reg.allocations), reg.applied_generation)
-        welcome = agent_pb2.Welcome(node_id=node_id)
+        welcome = agent_pb2.Welcome(node_id=node_id, node_credential=node_credential)
         welcome.heartbeat_interval.FromNanoseconds(int(self.fleet.heartbeat_interval * 1e9))
         welcome.node_timeout.FromNanoseconds(int(self.fleet.node_timeout * 1e9))
         session.send(agent_pb2.ControlMessage(welcome=welcome))

@@ -89,27 +89,51 @@ LOCAL_ADMIN_KEYS = (Path(".modelfleet/control-plane/admin.key"), Path("cp/admin.
 
 
 def resolve_token(addr: str, *, token: str | None = None, token_file: str | None = None) -> str:
-    """The API key to send: token (MODELFLEET_TOKEN), else token_file (MODELFLEET_TOKEN_FILE),
-    else, for a control plane on this machine, its bootstrap admin key
-    ($MODELFLEET_DATA_DIR/admin.key, .modelfleet/control-plane/admin.key, cp/admin.key)
-    when this user can read it. "" = none.
+    """The API key to send ("" = none); see resolve_credential."""
+    return resolve_credential(addr, token=token, token_file=token_file)[0]
+
+
+def resolve_credential(addr: str, *, token: str | None = None, token_file: str | None = None) -> tuple[str, str]:
+    """The API key to send and where it came from (shown when it is refused).
+
+    token (MODELFLEET_TOKEN), else token_file (MODELFLEET_TOKEN_FILE), else
+    the bootstrap admin key of the control plane on this machine that answers
+    at addr: $MODELFLEET_DATA_DIR/admin.key, .modelfleet/control-plane/admin.key
+    or cp/admin.key, used only when the endpoint file beside it (the address
+    that control plane bound) is addr, so the key of one control plane is
+    never sent to another. ("", "") = none.
 
     Raises:
         OSError: token_file cannot be read.
     """
     if token:
-        return token.strip()
+        return token.strip(), "MODELFLEET_TOKEN"
     if token_file:
-        return Path(token_file).read_text().strip()
+        return Path(token_file).read_text().strip(), f"the token file {token_file}"
     if not is_loopback(addr):
-        return ""
+        return "", ""
     data_dir = os.environ.get("MODELFLEET_DATA_DIR")
     for path in ([Path(data_dir) / "admin.key"] if data_dir else []) + list(LOCAL_ADMIN_KEYS):
         try:
-            return path.read_text().strip()
+            if not same_endpoint((path.parent / "endpoint").read_text().strip(), addr):
+                continue
+            return path.read_text().strip(), f"the admin key file {path}"
         except OSError:
             continue
-    return ""
+    return "", ""
+
+
+_LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0", "::", ""})
+
+
+def same_endpoint(bound: str, addr: str) -> bool:
+    """Does addr reach the control plane that bound `bound` (HOST:PORT) on this machine?"""
+    def split(text: str) -> tuple[str, str]:
+        host, _, port = with_default_port(text).rpartition(":")
+        host = host.strip("[]").lower()
+        return ("localhost" if host in _LOCAL_HOSTS or host.startswith("127.") else host), port
+
+    return split(bound) == split(addr)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,14 +230,17 @@ def is_connect_failure(err: grpc.RpcError) -> bool:
     return code == grpc.StatusCode.UNAVAILABLE and any(h in details.lower() for h in _CONNECT_HINTS)
 
 
-def format_rpc_error(err: grpc.RpcError, addr: str) -> str:
-    """The one line shown for a failed call: `error: <STATUS_CODE>: <details>`."""
+def format_rpc_error(err: grpc.RpcError, addr: str, *, token_source: str = "") -> str:
+    """The one line shown for a failed call: `error: <STATUS_CODE>: <details>`;
+    a refusal names the key sent (token_source: where it came from)."""
     code = err.code() if hasattr(err, "code") else None
     name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     details = (err.details() if hasattr(err, "details") else None) or str(code or err)
     details = " ".join(details.split())
     if is_connect_failure(err):
         details = f"cannot reach the control plane at {addr} (is it running? set --addr or MODELFLEET_ADDR): {details}"
+    elif code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED) and token_source:
+        details += f" (the API key sent came from {token_source})"
     elif code == grpc.StatusCode.UNAUTHENTICATED:
-        details += " (set MODELFLEET_TOKEN or --token-file to an API key)"
+        details += " (no API key was sent: set MODELFLEET_TOKEN or --token-file to an API key)"
     return f"error: {name}: {details}"

@@ -3,7 +3,9 @@
 A new key's token is shown once: printed, or with `--output FILE` written
 to a new file of mode 0600 (never world-readable, unlike a shell redirect;
 an existing file is kept unless `--force`), e.g. `modelfleet keys create
---role agent --output agent.key`. The server keeps only a salted hash. `whoami` shows which key the CLI is
+--role agent --output agent.key`. `--join [--uses N] [--ttl D]` makes a
+join token that any number of hosts may register with (each then gets its
+own key); `keys list` shows its uses left. The server keeps only a salted hash. `whoami` shows which key the CLI is
 using and what it may do.
 """
 
@@ -38,6 +40,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
                    help="expire after this long (e.g. 90d, 12h; default never)")
     p.add_argument("--node-id", default="",
                    help="agent keys: the only node it may act for (default: the first it registers; '*': any node)")
+    p.add_argument("--join", action="store_true",
+                   help="a join token (with --role agent): any number of hosts may register with it; each gets its own key")
+    p.add_argument("--uses", type=int, default=0, metavar="N",
+                   help="with --join: at most N hosts may register with it (default any number)")
     p.add_argument("--token-only", action="store_true", help="print only the token")
     p.add_argument("--output", type=Path, metavar="FILE",
                    help="write the token to FILE (created with mode 0600) instead of printing it")
@@ -54,8 +60,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     ksub.add_parser("whoami", help="the key in use and its privileges", parents=parents).set_defaults(func=whoami)
 
 
+def _uses(key: auth_pb2.ApiKey) -> str:
+    """How much of a join token is left: 'N of M uses left' / 'N used, no limit'."""
+    if key.max_uses:
+        return f"{max(0, key.max_uses - key.uses)} of {key.max_uses} uses left"
+    return f"{key.uses} used, no limit"
+
+
 def _row(key: auth_pb2.ApiKey) -> tuple[object, ...]:
-    state = "active" if key.active else ("revoked" if key.HasField("revoked_at") else "expired")
+    if key.HasField("revoked_at"):
+        state = "revoked"
+    elif key.join and key.max_uses and key.uses >= key.max_uses:
+        state = "used up"
+    elif not key.active:
+        state = "expired"
+    else:
+        state = f"join: {_uses(key)}" if key.join else "active"
     return (key.key_id, key.user, ",".join(key.roles) or "-", state,
             render.timestamp(key.expires_at, empty="never"), key.node_id or "-", key.name or "-")  # fmt: skip
 
@@ -73,6 +93,8 @@ def _print_key(key: auth_pb2.ApiKey) -> None:
         ("node_id", key.node_id or "-"),
         ("active", str(key.active).lower()),
     ]
+    if key.join:
+        rows.insert(-1, ("join", f"join token: {_uses(key)}"))
     for name, value in rows:
         print(f"{name + ':':<13}{value}")
 
@@ -94,7 +116,8 @@ def create_key(args: argparse.Namespace, client: Client) -> int:
     if args.output is not None and args.output.exists() and not args.force:
         raise CliError(f"--output {args.output} exists: give --force to replace it", code=2)
     req = auth_pb2.CreateApiKeyRequest(
-        user=args.user, roles=args.role, privileges=args.privilege, name=args.name, node_id=args.node_id
+        user=args.user, roles=args.role, privileges=args.privilege, name=args.name, node_id=args.node_id,
+        join=args.join, max_uses=args.uses,
     )
     if args.ttl:
         req.ttl.CopyFrom(duration_pb2.Duration(seconds=int(args.ttl), nanos=int(args.ttl % 1 * 1e9)))

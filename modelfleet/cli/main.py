@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import grpc
 
 from modelfleet.cli import cmd_deployments, cmd_health, cmd_infer, cmd_keys, cmd_models, cmd_nodes, up
-from modelfleet.cli.client import DEFAULT_ADDR, Client, Tls, format_rpc_error, resolve_token, with_default_port
+from modelfleet.cli.client import DEFAULT_ADDR, Client, Tls, format_rpc_error, resolve_credential, with_default_port
 from modelfleet.cli.errors import CliError
 
 EPILOG = """\
@@ -93,7 +93,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     """Parse and run one command; returns the exit status (argparse may SystemExit)."""
     args = build_parser().parse_args(argv)
     try:
-        token = resolve_token(args.addr, token=os.environ.get("MODELFLEET_TOKEN"), token_file=args.token_file)
+        token, source = resolve_credential(args.addr, token=os.environ.get("MODELFLEET_TOKEN"), token_file=args.token_file)
     except OSError as exc:
         print(f"error: cannot read the token file {args.token_file}: {exc.strerror}", file=sys.stderr)
         return 1
@@ -105,7 +105,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         code: int = args.func(args, client)
         return code
     except grpc.RpcError as err:
-        print(format_rpc_error(err, args.addr), file=sys.stderr)
+        print(format_rpc_error(err, args.addr, token_source=source), file=sys.stderr)
         return 1
     except CliError as exc:
         print(f"error: {exc.message}", file=sys.stderr)

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from modelfleet.v1 import common_pb2 as modelfleet_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18modelfleet/v1/auth.proto\x12\rmodelfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelfleet/v1/common.proto\"\x9c\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x12\n\nprivileges\x18\x04 \x03(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x0f\n\x07node_id\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x0b \x01(\x08\"\x8d\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x12\n\nprivileges\x18\x03 \x03(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07node_id\x18\x06 \x01(\t\"M\n\x14\x43reateApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.modelfleet.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"f\n\x12ListApiKeysRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\x12(\n\x04page\x18\x03 \x01(\x0b\x32\x1a.modelfleet.v1.PageRequest\"W\n\x13ListApiKeysResponse\x12\'\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.modelfleet.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\">\n\x14RevokeApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.modelfleet.v1.ApiKey\"\x0f\n\rWhoAmIRequest\"z\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12&\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.modelfleet.v1.ApiKey\x12\x12\n\nprivileges\x18\x03 \x03(\t\x12\x1e\n\x16\x61uthentication_enabled\x18\x04 \x01(\x08\x32\xe4\x02\n\x04\x41uth\x12W\n\x0c\x43reateApiKey\x12\".modelfleet.v1.CreateApiKeyRequest\x1a#.modelfleet.v1.CreateApiKeyResponse\x12Y\n\x0bListApiKeys\x12!.modelfleet.v1.ListApiKeysRequest\x1a\".modelfleet.v1.ListApiKeysResponse\"\x03\x90\x02\x01\x12\\\n\x0cRevokeApiKey\x12\".modelfleet.v1.RevokeApiKeyRequest\x1a#.modelfleet.v1.RevokeApiKeyResponse\"\x03\x90\x02\x02\x12J\n\x06WhoAmI\x12\x1c.modelfleet.v1.WhoAmIRequest\x1a\x1d.modelfleet.v1.WhoAmIResponse\"\x03\x90\x02\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18modelfleet/v1/auth.proto\x12\rmodelfleet.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1amodelfleet/v1/common.proto\"\xca\x02\n\x06\x41piKey\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0c\n\x04user\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x12\n\nprivileges\x18\x04 \x03(\t\x12\x0c\n\x04name\x18\x05 \x01(\t\x12.\n\ncreated_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nrevoked_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ncreated_by\x18\t \x01(\t\x12\x0f\n\x07node_id\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x0b \x01(\x08\x12\x0c\n\x04join\x18\x0c \x01(\x08\x12\x10\n\x08max_uses\x18\r \x01(\x05\x12\x0c\n\x04uses\x18\x0e \x01(\x05\"\xad\x01\n\x13\x43reateApiKeyRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\r\n\x05roles\x18\x02 \x03(\t\x12\x12\n\nprivileges\x18\x03 \x03(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07node_id\x18\x06 \x01(\t\x12\x0c\n\x04join\x18\x07 \x01(\x08\x12\x10\n\x08max_uses\x18\x08 \x01(\x05\"M\n\x14\x43reateApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.modelfleet.v1.ApiKey\x12\r\n\x05token\x18\x02 \x01(\t\"f\n\x12ListApiKeysRequest\x12\x0c\n\x04user\x18\x01 \x01(\t\x12\x18\n\x10include_inactive\x18\x02 \x01(\x08\x12(\n\x04page\x18\x03 \x01(\x0b\x32\x1a.modelfleet.v1.PageRequest\"W\n\x13ListApiKeysResponse\x12\'\n\x08\x61pi_keys\x18\x01 \x03(\x0b\x32\x15.modelfleet.v1.ApiKey\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"%\n\x13RevokeApiKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\">\n\x14RevokeApiKeyResponse\x12&\n\x07\x61pi_key\x18\x01 \x01(\x0b\x32\x15.modelfleet.v1.ApiKey\"\x0f\n\rWhoAmIRequest\"z\n\x0eWhoAmIResponse\x12\x0c\n\x04user\x18\x01 \x01(\t\x12&\n\x07\x61pi_key\x18\x02 \x01(\x0b\x32\x15.modelfleet.v1.ApiKey\x12\x12\n\nprivileges\x18\x03 \x03(\t\x12\x1e\n\x16\x61uthentication_enabled\x18\x04 \x01(\x08\x32\xe4\x02\n\x04\x41uth\x12W\n\x0c\x43reateApiKey\x12\".modelfleet.v1.CreateApiKeyRequest\x1a#.modelfleet.v1.CreateApiKeyResponse\x12Y\n\x0bListApiKeys\x12!.modelfleet.v1.ListApiKeysRequest\x1a\".modelfleet.v1.ListApiKeysResponse\"\x03\x90\x02\x01\x12\\\n\x0cRevokeApiKey\x12\".modelfleet.v1.RevokeApiKeyRequest\x1a#.modelfleet.v1.RevokeApiKeyResponse\"\x03\x90\x02\x02\x12J\n\x06WhoAmI\x12\x1c.modelfleet.v1.WhoAmIRequest\x1a\x1d.modelfleet.v1.WhoAmIResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,23 +41,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTH'].methods_by_name['WhoAmI']._loaded_options = None
   _globals['_AUTH'].methods_by_name['WhoAmI']._serialized_options = b'\220\002\001'
   _globals['_APIKEY']._serialized_start=137
-  _globals['_APIKEY']._serialized_end=421
-  _globals['_CREATEAPIKEYREQUEST']._serialized_start=424
-  _globals['_CREATEAPIKEYREQUEST']._serialized_end=565
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=567
-  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=644
-  _globals['_LISTAPIKEYSREQUEST']._serialized_start=646
-  _globals['_LISTAPIKEYSREQUEST']._serialized_end=748
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=750
-  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=837
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=839
-  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=876
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=878
-  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=940
-  _globals['_WHOAMIREQUEST']._serialized_start=942
-  _globals['_WHOAMIREQUEST']._serialized_end=957
-  _globals['_WHOAMIRESPONSE']._serialized_start=959
-  _globals['_WHOAMIRESPONSE']._serialized_end=1081
-  _globals['_AUTH']._serialized_start=1084
-  _globals['_AUTH']._serialized_end=1440
+  _globals['_APIKEY']._serialized_end=467
+  _globals['_CREATEAPIKEYREQUEST']._serialized_start=470
+  _globals['_CREATEAPIKEYREQUEST']._serialized_end=643
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_start=645
+  _globals['_CREATEAPIKEYRESPONSE']._serialized_end=722
+  _globals['_LISTAPIKEYSREQUEST']._serialized_start=724
+  _globals['_LISTAPIKEYSREQUEST']._serialized_end=826
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_start=828
+  _globals['_LISTAPIKEYSRESPONSE']._serialized_end=915
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_start=917
+  _globals['_REVOKEAPIKEYREQUEST']._serialized_end=954
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_start=956
+  _globals['_REVOKEAPIKEYRESPONSE']._serialized_end=1018
+  _globals['_WHOAMIREQUEST']._serialized_start=1020
+  _globals['_WHOAMIREQUEST']._serialized_end=1035
+  _globals['_WHOAMIRESPONSE']._serialized_start=1037
+  _globals['_WHOAMIRESPONSE']._serialized_end=1159
+  _globals['_AUTH']._serialized_start=1162
+  _globals['_AUTH']._serialized_end=1518
 # @@protoc_insertion_point(module_scope)

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApiKey(_message.Message):
-    __slots__ = ("key_id", "user", "roles", "privileges", "name", "created_at", "expires_at", "revoked_at", "created_by", "node_id", "active")
+    __slots__ = ("key_id", "user", "roles", "privileges", "name", "created_at", "expires_at", "revoked_at", "created_by", "node_id", "active", "join", "max_uses", "uses")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
@@ -24,6 +24,9 @@ class ApiKey(_message.Message):
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     user: str
     roles: _containers.RepeatedScalarFieldContainer[str]
@@ -35,23 +38,30 @@ class ApiKey(_message.Message):
     created_by: str
     node_id: str
     active: bool
-    def __init__(self, key_id: _Optional[str] = ..., user: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., privileges: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., node_id: _Optional[str] = ..., active: _Optional[bool] = ...) -> None: ...
+    join: bool
+    max_uses: int
+    uses: int
+    def __init__(self, key_id: _Optional[str] = ..., user: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., privileges: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., node_id: _Optional[str] = ..., active: _Optional[bool] = ..., join: _Optional[bool] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
 
 class CreateApiKeyRequest(_message.Message):
-    __slots__ = ("user", "roles", "privileges", "name", "ttl", "node_id")
+    __slots__ = ("user", "roles", "privileges", "name", "ttl", "node_id", "join", "max_uses")
     USER_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     PRIVILEGES_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     TTL_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
     user: str
     roles: _containers.RepeatedScalarFieldContainer[str]
     privileges: _containers.RepeatedScalarFieldContainer[str]
     name: str
     ttl: _duration_pb2.Duration
     node_id: str
-    def __init__(self, user: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., privileges: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., node_id: _Optional[str] = ...) -> None: ...
+    join: bool
+    max_uses: int
+    def __init__(self, user: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., privileges: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., node_id: _Optional[str] = ..., join: _Optional[bool] = ..., max_uses: _Optional[int] = ...) -> None: ...
 
 class CreateApiKeyResponse(_message.Message):
     __slots__ = ("api_key", "token")

@@ -115,7 +115,7 @@ class EventLogRecord(_message.Message):
     def __init__(self, deployment_id: _Optional[str] = ..., events: _Optional[_Iterable[_Union[_deployments_pb2.DeploymentEvent, _Mapping]]] = ..., last_seq: _Optional[int] = ...) -> None: ...
 
 class ApiKeyRecord(_message.Message):
-    __slots__ = ("key_id", "user", "roles", "privileges", "name", "salt", "secret_hash", "hash_iterations", "created_at", "expires_at", "revoked_at", "created_by", "node_id")
+    __slots__ = ("key_id", "user", "roles", "privileges", "name", "salt", "secret_hash", "hash_iterations", "created_at", "expires_at", "revoked_at", "created_by", "node_id", "join", "max_uses", "uses")
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
@@ -129,6 +129,9 @@ class ApiKeyRecord(_message.Message):
     REVOKED_AT_FIELD_NUMBER: _ClassVar[int]
     CREATED_BY_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    JOIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_USES_FIELD_NUMBER: _ClassVar[int]
+    USES_FIELD_NUMBER: _ClassVar[int]
     key_id: str
     user: str
     roles: _containers.RepeatedScalarFieldContainer[str]
@@ -142,4 +145,7 @@ class ApiKeyRecord(_message.Message):
     revoked_at: _timestamp_pb2.Timestamp
     created_by: str
     node_id: str
-    def __init__(self, key_id: _Optional[str] = ..., user: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., privileges: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., salt: _Optional[bytes] = ..., secret_hash: _Optional[bytes] = ..., hash_iterations: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
+    join: bool
+    max_uses: int
+    uses: int
+    def __init__(self, key_id: _Optional[str] = ..., user: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., privileges: _Optional[_Iterable[str]] = ..., name: _Optional[str] = ..., salt: _Optional[bytes] = ..., secret_hash: _Optional[bytes] = ..., hash_iterations: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., expires_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., revoked_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., created_by: _Optional[str] = ..., node_id: _Optional[str] = ..., join: _Optional[bool] = ..., max_uses: _Optional[int] = ..., uses: _Optional[int] = ...) -> None: ...
