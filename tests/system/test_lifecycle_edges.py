@@ -122,6 +122,8 @@ def test_an_update_without_room_waits_serving_until_max_unavailable_allows_it(cl
         answer = cli(c, "infer", "add", "--input", f"x=@{x}")
         assert answer.returncode == 0, answer.stderr
     assert [e.routing_state for e in c.get("add").allocations[0].routing_table.values()] == [common_pb2.ROUTING_STATE_STARTED]
+    too_many = cli(c, "deployments", "update", "add", "--max-unavailable", "2")  # it has 1 allocation
+    assert too_many.returncode != 0 and "max_unavailable must be 0..1" in too_many.stderr, too_many.stderr
     allowed = cli(c, "deployments", "update", "add", "--max-unavailable", "1", "--wait-for", "started", "--timeout", "90s")
     assert allowed.returncode == 0, allowed.stderr
     dep = wait_until(lambda: _when(c.get("add"), lambda d: not d.rollout), timeout=60, what="the rolling update to finish")
