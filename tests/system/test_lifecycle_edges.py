@@ -1,7 +1,8 @@
 """Lifecycle edges of issue 13 through real processes: a stopped deployment's
 allocations reach their final state (`stopped`, not `stopping` for good), and
-SIGTERM shuts a control plane with agents connected down in order, fast and
-without a traceback."""
+SIGTERM shuts a control plane with agents connected (and a watch open) down
+in order, fast and without a traceback, and an agent drains its workers;
+a rolling update without room waits until max_unavailable allows it."""
 
 from __future__ import annotations
 
@@ -139,3 +140,32 @@ def test_an_update_without_room_waits_serving_until_max_unavailable_allows_it(cl
 
 def _when(dep: dpb.Deployment, holds: Callable[[dpb.Deployment], bool]) -> dpb.Deployment | None:
     return dep if holds(dep) else None
+
+
+def test_sigterm_with_a_deployment_and_a_watch_open_is_still_fast_and_clean(cluster: Cluster) -> None:
+    c = cluster
+    c.upload(onnx_add(c.root / "add.onnx"), "add")
+    req = dpb.StartDeploymentRequest(model_id="add", instances=2, wait_for=dpb.WAIT_FOR_STARTED)
+    req.timeout.FromSeconds(90)
+    c.deployments.StartDeployment(req, timeout=120)
+    env = {**os.environ, "MODELFLEET_ADDR": c.addr, "MODELFLEET_TOKEN": c.token}
+    watch = subprocess.Popen([sys.executable, "-m", "modelfleet.cli", "deployments", "watch", "add"], env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert watch.stdout is not None
+        first = watch.stdout.readline()  # the stream is open once its first line came
+        assert "add" in first, first
+        began = time.monotonic()
+        c.cp.signal(signal.SIGTERM)
+        code = c.cp.popen.wait(30)
+        took = time.monotonic() - began
+        _, err = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(10)
+    log = c.cp.log()
+    print(f"control plane with a deployment and a watch open: SIGTERM -> exit {code} in {took:.2f} s; watch exit {watch.returncode}: {err.strip()[-300:]}")
+    assert code == 0 and took < 3.0, (code, took, log[-2000:])
+    assert "Traceback" not in log and "is closed" not in log, log[-3000:]
+    assert watch.returncode != 0 and "UNAVAILABLE" in err and "shutting down" in err and "Traceback" not in err, err
