@@ -32,8 +32,9 @@ signed by that CA (mTLS). The gateway reaches TLS workers trusting
 Once listening it writes DATA_DIR/endpoint (HOST:PORT actually bound, so
 --listen 127.0.0.1:0 works) atomically. SIGTERM/SIGINT: health goes
 NOT_SERVING, the loops stop, agent streams end (agents reconnect to
-whoever serves next; no node is marked SUSPECT for it), in-flight calls get
-1 s, then the store is closed.
+whoever serves next; no node is marked SUSPECT for it), watches and
+`wait_for` waits end with UNAVAILABLE, other in-flight calls get 1 s, then
+the store is closed.
 """
 
 from __future__ import annotations
@@ -256,14 +257,15 @@ class ControlPlane:
 
     async def stop(self, grace: float = 1.0) -> None:
         """Shut down in order: health NOT_SERVING, loops cancelled, agent
-        streams ended (they are long-lived: the grace period would only wait
-        them out), in-flight calls given `grace` seconds, the gateway's
+        streams, watches and `wait_for` waits ended (UNAVAILABLE: they are
+        long-lived, the grace period would only wait them out), in-flight calls given `grace` seconds, the gateway's
         channels closed, and the store closed last, once nothing can use it."""
         await set_serving(self.health, False)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.agent_streams.close_all()
+        self.hub.close()  # waits and watches end now, not after the grace period
         await self.server.stop(grace)
         await self.gateway.close()
         if self.audit_log is not None:

@@ -245,7 +245,7 @@ class DeploymentService:
                     f"{_WAIT_NAMES[wait_for]}; allocation state is {reached_names}{why}{pending}; "
                     f"the deployment keeps {'updating' if settled else 'starting'}"
                 )
-            seen = await self.hub.wait_change(deployment_id, seen, remaining)
+            seen = await self._next_change(deployment_id, seen, remaining)
 
     # ---- stop / delete / update -----------------------------------------------------
     async def stop(self, req: deployments_pb2.StopDeploymentRequest) -> deployments_pb2.StopDeploymentResponse:
@@ -274,7 +274,7 @@ class DeploymentService:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 raise errors.DeadlineExceeded(f"timed out after {timeout:g}s waiting for deployment '{deployment_id}' to stop; it keeps stopping")
-            seen = await self.hub.wait_change(deployment_id, seen, remaining)
+            seen = await self._next_change(deployment_id, seen, remaining)
 
     def delete(self, req: deployments_pb2.DeleteDeploymentRequest) -> deployments_pb2.DeleteDeploymentResponse:
         digest = _digest(req, method="DeleteDeployment")
@@ -389,7 +389,14 @@ class DeploymentService:
                 if fresh:
                     last_seq = fresh[-1].seq
                 yield deployments_pb2.WatchDeploymentResponse(deployment=deployment, events=fresh, resumed=first and resumed)
-            seen = await self.hub.wait_change(deployment_id, seen)
+            seen = await self._next_change(deployment_id, seen)
+
+    async def _next_change(self, deployment_id: str, seen: int, timeout: float | None = None) -> int:
+        """The hub's next version of deployment_id; UNAVAILABLE once the control plane shuts down."""
+        version = await self.hub.wait_change(deployment_id, seen, timeout)
+        if self.hub.closed:
+            raise errors.Unavailable("the control plane is shutting down; retry once it is back")
+        return version
 
     def model_in_use(self, model_id: str, version: int) -> bool:
         """True if a deployment that is not stopped runs (model_id, version); 0 = any version."""

@@ -133,6 +133,25 @@ def check_env(env: dict[str, str] | object, *, prefix: str = "") -> None:
             )
 
 
+def check_max_unavailable(spec: deployments_pb2.StartDeploymentRequest) -> None:
+    """max_unavailable is 0..the most allocations a variant has.
+
+    A variant with a fixed `instances` has that many allocations; one on every
+    eligible node (instances 0) has as many as the fleet has nodes, which the
+    spec does not know, so MAX_UNAVAILABLE_LIMIT bounds it.
+    """
+    fixed = [v.instances for v in spec.variants]
+    if fixed and all(n > 0 for n in fixed):
+        limit, why = max(fixed), "the most allocations a variant has (its instances)"
+    else:
+        limit, why = MAX_UNAVAILABLE_LIMIT, "a variant runs on every eligible node"
+    if not 0 <= spec.max_unavailable <= limit:
+        raise errors.InvalidArgument(
+            f"max_unavailable must be 0..{limit} ({why}; 0 = never stop an old allocation before its "
+            f"replacement started), got {spec.max_unavailable}"
+        )
+
+
 class SpecRules:
     """Normalizes start requests and merges updates (rules in the module docstring).
 
@@ -197,11 +216,7 @@ class SpecRules:
             check_auto_stop(spec.auto_stop)
         elif apply_default_auto_stop and self.default_auto_stop_s:
             spec.auto_stop.FromSeconds(self.default_auto_stop_s)
-        if not 0 <= spec.max_unavailable <= MAX_UNAVAILABLE_LIMIT:
-            raise errors.InvalidArgument(
-                f"max_unavailable must be 0..{MAX_UNAVAILABLE_LIMIT} (0 = never stop an old allocation before its "
-                f"replacement started), got {spec.max_unavailable}"
-            )
+        check_max_unavailable(spec)
         if spec.traffic_limit_qps < 0 or spec.traffic_limit_qps != spec.traffic_limit_qps:
             raise errors.InvalidArgument(f"traffic_limit_qps {spec.traffic_limit_qps:g} must be >= 0 (0 = no limit)")
         return spec

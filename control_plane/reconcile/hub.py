@@ -11,6 +11,10 @@ Waiters are futures kept per key, so a change wakes only the waiters of that
 key (and of "*"): with a thousand deployments starting at once, each
 notification costs O(its own waiters), never O(all waiters). Unknown keys
 cost nothing until someone notifies or waits on them. Event-loop only.
+
+`close()` (at shutdown) wakes every waiter and makes later waits return at
+once; `closed` tells them to give up, so long waits and watch streams end
+before the server's grace period instead of being cancelled by it.
 """
 
 from __future__ import annotations
@@ -24,6 +28,20 @@ class ChangeHub:
     def __init__(self) -> None:
         self._versions: dict[str, int] = {}
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Wake every waiter for good: the control plane is shutting down."""
+        self._closed = True
+        waiters = [f for futures in self._waiters.values() for f in futures]
+        self._waiters.clear()
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
 
     def version(self, key: str) -> int:
         return self._versions.get(key, 0)
@@ -39,7 +57,7 @@ class ChangeHub:
 
     async def wait_change(self, key: str, seen: int, timeout: float | None = None) -> int:
         """Wait until key's version differs from `seen` (or timeout). Returns the version."""
-        if self.version(key) == seen:
+        if self.version(key) == seen and not self._closed:
             future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             waiters = self._waiters.setdefault(key, set())
             waiters.add(future)

@@ -68,7 +68,7 @@ def add_flags(p: argparse.ArgumentParser, *, update: bool) -> None:
                    help="calls per second through the gateway; 0 = no limit")
     p.add_argument("--max-unavailable", type=_COUNT, metavar="N",
                    help="a rolling update with no room beside the old workers may stop up to N of them before "
-                        "their replacements started (default 0: it waits, naming the shortfall)")
+                        "their replacements started (default 0: it waits, naming the shortfall; at most --instances)")
     p.add_argument("--request-id", help="idempotency key for retries")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="show the routing table it would produce, with a reason for every node not chosen; change nothing")
