@@ -91,7 +91,11 @@ def test_the_audit_log_rotates_at_its_size(cluster: Cluster) -> None:
     for i in range(40):
         c.create_key("viewer", user=f"u{i}")
     wait_until(lambda: (c.root / "cp" / "audit.log.1").exists(), timeout=10, what="a rotated audit log")
-    created = [e for e in lines(c) if e["method"].endswith("/CreateApiKey")]
+    def all_written() -> list[dict[str, str]] | None:  # lines reach the file through the writer thread
+        found = [e for e in lines(c) if e["method"].endswith("/CreateApiKey")]
+        return found if len(found) >= 41 else None
+
+    created = wait_until(all_written, timeout=10, what="41 CreateApiKey lines")
     assert len(created) == 41 and len({e["target"] for e in created}) == 41  # the agent's key and these 40, none lost
     assert not (c.root / "cp" / "audit.log.4").exists()  # --audit-log-backups 3
     assert all((c.root / "cp" / name).stat().st_size <= 4096 for name in ("audit.log", "audit.log.1"))
