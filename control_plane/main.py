@@ -82,6 +82,7 @@ from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
 from control_plane.routefeed.feed import RoutesFeed
+from control_plane.routefeed.recovering import RecoveringRouteSource
 from control_plane.routefeed.servicer import GatewaysServicer
 from control_plane.store import Store, open_store
 from control_plane.store.cached import CachedStore
@@ -164,7 +165,7 @@ class ControlPlane:
             worker_credentials=security.worker_credentials(),
         )
         self.routes_feed = RoutesFeed(
-            source=self.gateway.source, hub=self.hub, credentials=self.keys.credentials if self.keys is not None else None
+            source=RecoveringRouteSource(source=self.gateway.source, store=store, fleet=self.fleet), hub=self.hub, credentials=self.keys.credentials if self.keys is not None else None
         )
         self.open_calls = OpenCalls()
         self.server, self.health = build_server(
