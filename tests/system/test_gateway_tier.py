@@ -8,6 +8,8 @@ without the gateway role and revisions from the future, and resumes.
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 import urllib.request
@@ -167,6 +169,28 @@ def test_the_watch_resumes_and_refuses_a_revision_from_the_future(fleet: dict[st
         next(stream)
     assert future.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"revision {update.revision + 1000} is beyond" in (future.value.details() or "")
+
+
+def test_an_agent_runs_a_gateway_beside_it(fleet: dict[str, Any]) -> None:
+    c, key = fleet["cluster"], fleet["infer_key"]
+    token_file = c.root / "node-b.gateway.key"
+    token_file.write_text(c.create_key("gateway", name="beside node-b").token + "\n")
+    agent = c.start_agent("node-b", cpus=1, extra_args=["--gateway-port", "0", "--gateway-token-file", str(token_file)])
+    ready = c.root / "node-b" / "gateway.ready"
+    info = wait_until(lambda: ready.exists() and json.loads(ready.read_text()), timeout=60, what="node-b's gateway")
+    address = f"127.0.0.1:{info['port']}"
+    wait_until(lambda: _answers(address, key.token), timeout=30, what="the gateway beside node-b to serve 'add'")
+    gateway_pid = info["pids"][0]
+    assert agent.stop() == 0
+    wait_until(lambda: not _alive(gateway_pid), timeout=15, what="the gateway to stop with its agent")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _load(address: str, token: str, stop: threading.Event, results: dict[str, Any]) -> None:
