@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from cluster import Cluster, Proc, wait_until
@@ -27,7 +26,9 @@ class GatewayProc:
         return self.proc.stop()
 
 
-def start_gateway(c: Cluster, name: str, *, processes: int = 1, token: str = "", extra_args: tuple[str, ...] = ()) -> GatewayProc:
+def start_gateway(
+    c: Cluster, name: str, *, processes: int = 1, token: str = "", control_plane: str = "", extra_args: tuple[str, ...] = ()
+) -> GatewayProc:
     """Start gateway `name` with `processes` processes; waits until every one serves."""
     if not token and c.auth:
         token = c.create_key("gateway", name=f"gateway {name}").token
@@ -36,7 +37,7 @@ def start_gateway(c: Cluster, name: str, *, processes: int = 1, token: str = "",
     token_file.chmod(0o600)
     ready = c.root / f"{name}.gateway.ready"
     ready.unlink(missing_ok=True)
-    args = [sys.executable, "-m", "control_plane.gateway.main", "--control-plane", c.addr, "--listen", "127.0.0.1:0",
+    args = [sys.executable, "-m", "control_plane.gateway.main", "--control-plane", control_plane or c.addr, "--listen", "127.0.0.1:0",
             "--processes", str(processes), "--metrics-port", "0", "--ready-file", str(ready), *extra_args]
     if c.auth:
         args += ["--token-file", str(token_file)]
@@ -48,7 +49,3 @@ def start_gateway(c: Cluster, name: str, *, processes: int = 1, token: str = "",
         return json.loads(ready.read_text()) if ready.exists() else None
 
     return GatewayProc(proc, wait_until(read, timeout=60, what=f"gateway {name}'s ready file"))
-
-
-def read_ready(path: Path) -> dict[str, Any]:
-    return dict(json.loads(path.read_text()))

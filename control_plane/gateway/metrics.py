@@ -8,6 +8,7 @@ gateway's counters (dict copies are atomic under the GIL) and formats them:
 - modelfleet_gateway_stale_seconds: how long it has been stale (0 when fresh)
 - modelfleet_gateway_routes_revision: the revision of the routes held
 - modelfleet_gateway_watch_reconnects_total: streams of the routes watch that ended
+- modelfleet_gateway_snapshots_total: full snapshots applied (a resumed stream applies none)
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ class GatewayCollector(Collector):
         yield CounterMetricFamily(
             "modelfleet_gateway_watch_reconnects", "routes watch streams that ended", value=self._follower.reconnects
         )
+        yield CounterMetricFamily("modelfleet_gateway_snapshots", "full snapshots applied", value=self._source.snapshots)
 
 
 def serve_metrics(port: int, collector: GatewayCollector, host: str = "127.0.0.1") -> int:

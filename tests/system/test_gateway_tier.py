@@ -22,6 +22,7 @@ import pytest
 from cluster import Cluster, authed_channel, wait_until
 from gatewayproc import GatewayProc, start_gateway
 from modelbuild import ADD_CONSTANT, onnx_add
+from tcpproxy import TcpProxy
 
 from modelfleet.inference import grpc_service_pb2 as pb
 from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
@@ -169,6 +170,27 @@ def test_the_watch_resumes_and_refuses_a_revision_from_the_future(fleet: dict[st
         next(stream)
     assert future.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert f"revision {update.revision + 1000} is beyond" in (future.value.details() or "")
+
+
+def test_a_gateway_whose_stream_breaks_resumes_without_a_snapshot(fleet: dict[str, Any]) -> None:
+    c = fleet["cluster"]
+    proxy = TcpProxy(c.addr)
+    gw = start_gateway(c, "behind-proxy", control_plane=proxy.address)
+    try:
+        port = gw.metrics_ports[0]
+        first = wait_until(lambda: (m := _metrics(port))["modelfleet_gateway_stale"] == 0 and m, timeout=30, what="synced")
+        assert first["modelfleet_gateway_snapshots_total"] == 1
+        assert proxy.cut() > 0
+        c.create_key("inference", name="made while the stream was cut")  # an update to resume into
+        wait_until(
+            lambda: (m := _metrics(port))["modelfleet_gateway_watch_reconnects_total"] >= 1
+            and m["modelfleet_gateway_stale"] == 0 and m["modelfleet_gateway_routes_revision"] > first["modelfleet_gateway_routes_revision"],
+            timeout=10, what="the gateway to reconnect and catch up",
+        )  # fmt: skip
+        assert _metrics(port)["modelfleet_gateway_snapshots_total"] == 1, "a resume, not a fresh snapshot"
+    finally:
+        gw.stop()
+        proxy.close()
 
 
 def test_an_agent_runs_a_gateway_beside_it(fleet: dict[str, Any]) -> None:
