@@ -14,7 +14,10 @@ fresh snapshot. A revision beyond the current one is refused.
 
 `run` refreshes after every change the hub sees and at least every
 `interval` seconds (route tables are rebuilt after reconcile ticks, which do
-not always notify); `refresh` may also be called directly (key changes).
+not always notify), but only while a gateway watches: a refresh reads every
+deployment, and with no watcher the next one's first refresh publishes
+everything that changed meanwhile as one update. `refresh` may also be
+called directly (key changes).
 Event-loop only.
 """
 
@@ -56,6 +59,7 @@ class RoutesFeed:
         self._creds = b""  # serialized verifiers (without their version)
         self._log: collections.deque[gateways_pb2.RoutesUpdate] = collections.deque(maxlen=keep)
         self._changed = asyncio.Event()
+        self.watchers = 0
 
     # ---- publishing --------------------------------------------------------------
     def _current(self) -> dict[str, gateways_pb2.DeploymentRoutes]:
@@ -124,7 +128,8 @@ class RoutesFeed:
         """Refresh after every change and every `interval` seconds, until cancelled."""
         seen = self._hub.version(ANY)
         while True:
-            self.refresh()
+            if self.watchers:
+                self.refresh()
             seen = await self._hub.wait_change(ANY, seen, timeout=self._interval)
 
     # ---- watching ----------------------------------------------------------------
@@ -132,7 +137,7 @@ class RoutesFeed:
         """The updates after `revision`, or None when they are no longer all kept."""
         if revision == self.revision:
             return []
-        if not self._log or self._log[0].revision > revision + 1:
+        if revision > self.revision or not self._log or self._log[0].revision > revision + 1:
             return None
         return [u for u in self._log if u.revision > revision]
 
@@ -147,6 +152,14 @@ class RoutesFeed:
             )
         self.refresh()
         sent = request.revision if request.epoch == self.epoch else -1
+        self.watchers += 1
+        try:
+            async for update in self._follow(sent):
+                yield update
+        finally:
+            self.watchers -= 1
+
+    async def _follow(self, sent: int) -> AsyncIterator[gateways_pb2.RoutesUpdate]:
         while True:
             pending = self._after(sent) if sent >= 0 else None
             if pending is None:
