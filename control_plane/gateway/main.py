@@ -40,6 +40,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from control_plane.gateway.callers import GatewayAccess, Verifiers
 from control_plane.gateway.follow import Follower
 from control_plane.gateway.metrics import GatewayCollector, serve_metrics
+from control_plane.gateway.processes import CHILD_READY_ENV, run_processes
 from control_plane.gateway.service import Gateway, add_gateway_to_server
 from control_plane.gateway.watched import WatchedRouteSource
 from modelfleet import rpc
@@ -137,10 +138,12 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     await health_servicer.set(WATCH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     collector = GatewayCollector(gateway=gateway, follower=follower, source=source)
     metrics_port = serve_metrics(args.metrics_port, collector) if args.metrics_port >= 0 else -1
+    stop = asyncio.Event()
     tasks = [asyncio.create_task(follower.run()), asyncio.create_task(_prune(gateway))]
+    if os.environ.get(CHILD_READY_ENV):
+        tasks.append(asyncio.create_task(_orphaned(stop)))
     on_ready({"port": port, "pid": os.getpid(), "metrics_port": metrics_port})
     log.info("gateway serving on port %d, following %s", port, ",".join(args.addresses))
-    stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
@@ -151,6 +154,15 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     await gateway.close()
 
 
+async def _orphaned(stop: asyncio.Event) -> None:
+    """A process of `--processes N` stops when its supervisor is gone (killed with SIGKILL)."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        await asyncio.sleep(1.0)
+    log.warning("the supervisor (pid %d) is gone: stopping", parent)
+    stop.set()
+
+
 async def _prune(gateway: Gateway) -> None:
     while True:
         await asyncio.sleep(30)
@@ -158,8 +170,6 @@ async def _prune(gateway: Gateway) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from control_plane.gateway.processes import run_processes
-
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level, format=f"%(asctime)s gateway[{os.getpid()}] %(levelname)s %(name)s: %(message)s")
     run_processes(args, serve=serve)

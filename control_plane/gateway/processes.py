@@ -9,7 +9,8 @@ listens, so no other program takes the port meanwhile), starts N children
 spreads connections over them), waits until each wrote its ready file,
 then writes `--ready-file`. SIGTERM/SIGINT is passed on to the children;
 when one child exits by itself the others are stopped and the supervisor
-exits 1, for systemd or Kubernetes to restart the whole set.
+exits 1, for systemd or Kubernetes to restart the whole set. A child whose
+supervisor is gone (SIGKILL) stops within a second (control_plane.gateway.main).
 """
 
 from __future__ import annotations

@@ -193,6 +193,21 @@ def test_a_gateway_whose_stream_breaks_resumes_without_a_snapshot(fleet: dict[st
         proxy.close()
 
 
+def test_processes_share_the_port_and_stop_when_their_supervisor_is_killed(fleet: dict[str, Any]) -> None:
+    c, key = fleet["cluster"], fleet["infer_key"]
+    gw = start_gateway(c, "supervised", processes=2)
+    try:
+        assert len(set(gw.pids)) == 2 and len(set(gw.metrics_ports)) == 2
+        for port in gw.metrics_ports:  # each process follows the watch on its own
+            wait_until(lambda port=port: _metrics(port)["modelfleet_gateway_stale"] == 0, timeout=30, what="synced")
+        assert _answers(gw.address, key.token)
+        gw.proc.kill()  # SIGKILL: the supervisor cannot pass anything on
+        for pid in gw.pids:
+            wait_until(lambda pid=pid: not _alive(pid), timeout=15, what=f"gateway process {pid} to stop")
+    finally:
+        gw.stop()
+
+
 def test_an_agent_runs_a_gateway_beside_it(fleet: dict[str, Any]) -> None:
     c, key = fleet["cluster"], fleet["infer_key"]
     token_file = c.root / "node-b.gateway.key"
