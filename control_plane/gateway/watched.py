@@ -9,7 +9,13 @@ replace the gateway's (control_plane.gateway.callers). Each deployment's
 record cache keys on. An update that does not follow the held revision
 (another epoch, or a gap) is refused with `OutOfOrder`, so the follower
 asks for a fresh snapshot instead of serving a mix. Worker statistics are
-not on the watch: `worker_stats` yields nothing. Pure logic, no I/O.
+not on the watch: `worker_stats` yields nothing.
+
+Traffic limits are shared: every update says how many gateway processes
+watch, and `deployment` hands the gateway a record whose
+`traffic_limit_qps` is this process's share (limit / gateways), so the
+limit holds for the deployment as a whole; a change of the count re-shares
+every deployment (their versions grow). Pure logic, no I/O.
 """
 
 from __future__ import annotations
@@ -41,7 +47,9 @@ class WatchedRouteSource:
         self.epoch = 0
         self.revision = 0
         self.snapshots = 0  # how many snapshots were applied (a resume applies none)
-        self._records: dict[str, records_pb2.DeploymentRecord] = {}
+        self.gateways = 1  # gateway processes sharing the traffic limits
+        self._records: dict[str, records_pb2.DeploymentRecord] = {}  # as received
+        self._shared: dict[str, records_pb2.DeploymentRecord] = {}  # with this process's share of the limit
         self._routes: dict[str, tuple[Route, ...]] = {}
         self._versions: dict[str, int] = {}
         self._counter = 0
@@ -65,18 +73,35 @@ class WatchedRouteSource:
             gone = set(update.removed_deployments)
         for deployment_id in gone:
             self._records.pop(deployment_id, None)
+            self._shared.pop(deployment_id, None)
             self._routes.pop(deployment_id, None)
             self._bump(deployment_id)
+        gateways = max(1, update.gateways)
+        reshare = gateways != self.gateways
+        self.gateways = gateways
         for entry in update.deployments:
             deployment_id = entry.record.deployment_id
             self._records[deployment_id] = entry.record
             self._routes[deployment_id] = tuple(_route(r) for r in entry.routes)
-            self._bump(deployment_id)
+            if not reshare:
+                self._share(deployment_id)
+        for deployment_id in self._records if reshare else ():
+            self._share(deployment_id)
         for model in update.models:
             self._models[(model.model_id, model.version)] = model
         if update.has_credentials:
             self.verifiers.replace(update.credentials)
         self.epoch, self.revision = update.epoch, update.revision
+
+    def _share(self, deployment_id: str) -> None:
+        rec = self._records[deployment_id]
+        if rec.spec.traffic_limit_qps > 0 and self.gateways > 1:
+            shared = records_pb2.DeploymentRecord()
+            shared.CopyFrom(rec)
+            shared.spec.traffic_limit_qps = rec.spec.traffic_limit_qps / self.gateways
+            rec = shared
+        self._shared[deployment_id] = rec
+        self._bump(deployment_id)
 
     def _bump(self, deployment_id: str) -> None:
         self._counter += 1
@@ -93,10 +118,10 @@ class WatchedRouteSource:
         return self._versions.get(deployment_id, 0)
 
     def deployment(self, deployment_id: str) -> records_pb2.DeploymentRecord | None:
-        return self._records.get(deployment_id)
+        return self._shared.get(deployment_id)
 
     def deployments(self) -> list[records_pb2.DeploymentRecord]:
-        return [self._records[k] for k in sorted(self._records)]
+        return [self._shared[k] for k in sorted(self._shared)]
 
     def model(self, model_id: str, version: int) -> models_pb2.Model | None:
         return self._models.get((model_id, version))

@@ -10,7 +10,10 @@ model versions they reference, and the verifiers when they changed. The
 last `keep` updates are kept so that a gateway that reconnects with the
 epoch and revision it last applied gets only what it missed; anything else
 (another epoch, i.e. a restarted control plane, or too far back) gets a
-fresh snapshot. A revision beyond the current one is refused.
+fresh snapshot. A revision beyond the current one is refused. Every update
+carries the number of open watch streams (gateway processes), and one is
+published when it changes: each gateway enforces that share of every
+deployment's traffic limit, so the limit holds for the deployment as a whole.
 
 `run` refreshes after every change the hub sees and at least every
 `interval` seconds (route tables are rebuilt after reconcile ticks, which do
@@ -59,7 +62,8 @@ class RoutesFeed:
         self._creds = b""  # serialized verifiers (without their version)
         self._log: collections.deque[gateways_pb2.RoutesUpdate] = collections.deque(maxlen=keep)
         self._changed = asyncio.Event()
-        self.watchers = 0
+        self.watchers = 0  # open WatchRoutes streams: gateway processes, among which traffic limits are shared
+        self._gateways = 0  # the count last published
 
     # ---- publishing --------------------------------------------------------------
     def _current(self) -> dict[str, gateways_pb2.DeploymentRoutes]:
@@ -95,13 +99,14 @@ class RoutesFeed:
         removed = sorted(set(self._published) - set(serialized))
         creds = self._current_credentials()
         creds_data = creds.SerializeToString(deterministic=True) if creds is not None else b""
-        if not changed and not removed and creds_data == self._creds:
+        if not changed and not removed and creds_data == self._creds and self.watchers == self._gateways:
             return False
         self.revision += 1
         update = gateways_pb2.RoutesUpdate(
             epoch=self.epoch, revision=self.revision, deployments=changed, removed_deployments=removed,
-            models=self._models(changed),
+            models=self._models(changed), gateways=self.watchers,
         )  # fmt: skip
+        self._gateways = self.watchers
         if creds is not None and creds_data != self._creds:
             update.has_credentials = True
             update.credentials.CopyFrom(creds)
@@ -117,6 +122,7 @@ class RoutesFeed:
         entries = [gateways_pb2.DeploymentRoutes.FromString(data) for _, data in sorted(self._published.items())]
         out = gateways_pb2.RoutesUpdate(
             epoch=self.epoch, revision=self.revision, snapshot=True, deployments=entries, models=self._models(entries),
+            gateways=self._gateways,
         )  # fmt: skip
         if self._credentials is not None:
             out.has_credentials = True
@@ -150,21 +156,23 @@ class RoutesFeed:
                 f"revision {request.revision} is beyond this control plane's current revision {self.revision} "
                 f"(epoch {self.epoch}): send the revision of the last update applied"
             )
-        self.refresh()
         sent = request.revision if request.epoch == self.epoch else -1
         self.watchers += 1
         try:
+            self.refresh()  # publishes the new gateway count (the others' shares shrink)
             async for update in self._follow(sent):
                 yield update
         finally:
             self.watchers -= 1
+            self.refresh()
 
     async def _follow(self, sent: int) -> AsyncIterator[gateways_pb2.RoutesUpdate]:
         while True:
             pending = self._after(sent) if sent >= 0 else None
             if pending is None:
-                yield self.snapshot()
-                sent = self.revision
+                snapshot = self.snapshot()
+                yield snapshot
+                sent = snapshot.revision  # updates may have been published while it was being sent
                 continue
             for update in pending:
                 yield update

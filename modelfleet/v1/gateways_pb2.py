@@ -27,7 +27,7 @@ from modelfleet.v1 import agent_pb2 as modelfleet_dot_v1_dot_agent__pb2
 from modelfleet.v1 import models_pb2 as modelfleet_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelfleet/v1/gateways.proto\x12\rmodelfleet.v1\x1a!modelfleet/store/v1/records.proto\x1a\x19modelfleet/v1/agent.proto\x1a\x1amodelfleet/v1/models.proto\"I\n\x12WatchRoutesRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\ngateway_id\x18\x03 \x01(\t\"\x90\x01\n\x0cGatewayRoute\x12\x15\n\rallocation_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\"v\n\x10\x44\x65ploymentRoutes\x12\x35\n\x06record\x18\x01 \x01(\x0b\x32%.modelfleet.store.v1.DeploymentRecord\x12+\n\x06routes\x18\x02 \x03(\x0b\x32\x1b.modelfleet.v1.GatewayRoute\"\x8d\x02\n\x0cRoutesUpdate\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x34\n\x0b\x64\x65ployments\x18\x04 \x03(\x0b\x32\x1f.modelfleet.v1.DeploymentRoutes\x12\x1b\n\x13removed_deployments\x18\x05 \x03(\t\x12$\n\x06models\x18\x06 \x03(\x0b\x32\x14.modelfleet.v1.Model\x12\x17\n\x0fhas_credentials\x18\x07 \x01(\x08\x12\x38\n\x0b\x63redentials\x18\x08 \x01(\x0b\x32#.modelfleet.v1.InferenceCredentials2[\n\x08Gateways\x12O\n\x0bWatchRoutes\x12!.modelfleet.v1.WatchRoutesRequest\x1a\x1b.modelfleet.v1.RoutesUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelfleet/v1/gateways.proto\x12\rmodelfleet.v1\x1a!modelfleet/store/v1/records.proto\x1a\x19modelfleet/v1/agent.proto\x1a\x1amodelfleet/v1/models.proto\"I\n\x12WatchRoutesRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\ngateway_id\x18\x03 \x01(\t\"\x90\x01\n\x0cGatewayRoute\x12\x15\n\rallocation_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\"v\n\x10\x44\x65ploymentRoutes\x12\x35\n\x06record\x18\x01 \x01(\x0b\x32%.modelfleet.store.v1.DeploymentRecord\x12+\n\x06routes\x18\x02 \x03(\x0b\x32\x1b.modelfleet.v1.GatewayRoute\"\x9f\x02\n\x0cRoutesUpdate\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x34\n\x0b\x64\x65ployments\x18\x04 \x03(\x0b\x32\x1f.modelfleet.v1.DeploymentRoutes\x12\x1b\n\x13removed_deployments\x18\x05 \x03(\t\x12$\n\x06models\x18\x06 \x03(\x0b\x32\x14.modelfleet.v1.Model\x12\x17\n\x0fhas_credentials\x18\x07 \x01(\x08\x12\x38\n\x0b\x63redentials\x18\x08 \x01(\x0b\x32#.modelfleet.v1.InferenceCredentials\x12\x10\n\x08gateways\x18\t \x01(\x05\x32[\n\x08Gateways\x12O\n\x0bWatchRoutes\x12!.modelfleet.v1.WatchRoutesRequest\x1a\x1b.modelfleet.v1.RoutesUpdate0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,7 +41,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DEPLOYMENTROUTES']._serialized_start=359
   _globals['_DEPLOYMENTROUTES']._serialized_end=477
   _globals['_ROUTESUPDATE']._serialized_start=480
-  _globals['_ROUTESUPDATE']._serialized_end=749
-  _globals['_GATEWAYS']._serialized_start=751
-  _globals['_GATEWAYS']._serialized_end=842
+  _globals['_ROUTESUPDATE']._serialized_end=767
+  _globals['_GATEWAYS']._serialized_start=769
+  _globals['_GATEWAYS']._serialized_end=860
 # @@protoc_insertion_point(module_scope)

@@ -46,7 +46,7 @@ class DeploymentRoutes(_message.Message):
     def __init__(self, record: _Optional[_Union[_records_pb2.DeploymentRecord, _Mapping]] = ..., routes: _Optional[_Iterable[_Union[GatewayRoute, _Mapping]]] = ...) -> None: ...
 
 class RoutesUpdate(_message.Message):
-    __slots__ = ("epoch", "revision", "snapshot", "deployments", "removed_deployments", "models", "has_credentials", "credentials")
+    __slots__ = ("epoch", "revision", "snapshot", "deployments", "removed_deployments", "models", "has_credentials", "credentials", "gateways")
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
@@ -55,6 +55,7 @@ class RoutesUpdate(_message.Message):
     MODELS_FIELD_NUMBER: _ClassVar[int]
     HAS_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
     epoch: int
     revision: int
     snapshot: bool
@@ -63,4 +64,5 @@ class RoutesUpdate(_message.Message):
     models: _containers.RepeatedCompositeFieldContainer[_models_pb2.Model]
     has_credentials: bool
     credentials: _agent_pb2.InferenceCredentials
-    def __init__(self, epoch: _Optional[int] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., deployments: _Optional[_Iterable[_Union[DeploymentRoutes, _Mapping]]] = ..., removed_deployments: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_models_pb2.Model, _Mapping]]] = ..., has_credentials: _Optional[bool] = ..., credentials: _Optional[_Union[_agent_pb2.InferenceCredentials, _Mapping]] = ...) -> None: ...
+    gateways: int
+    def __init__(self, epoch: _Optional[int] = ..., revision: _Optional[int] = ..., snapshot: _Optional[bool] = ..., deployments: _Optional[_Iterable[_Union[DeploymentRoutes, _Mapping]]] = ..., removed_deployments: _Optional[_Iterable[str]] = ..., models: _Optional[_Iterable[_Union[_models_pb2.Model, _Mapping]]] = ..., has_credentials: _Optional[bool] = ..., credentials: _Optional[_Union[_agent_pb2.InferenceCredentials, _Mapping]] = ..., gateways: _Optional[int] = ...) -> None: ...

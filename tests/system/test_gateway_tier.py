@@ -134,6 +134,63 @@ def test_a_revoked_key_is_refused_at_three_gateways_within_a_second(fleet: dict[
     assert _answers(gateways[0].address, fleet["infer_key"].token), "other keys still work"
 
 
+def _limited(address: str, token: str) -> bool:
+    with authed_channel(address, token) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(10):
+            try:
+                stub.ModelInfer(_request(), timeout=5)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    return True
+    return False
+
+
+def _paced(address: str, token: str, *, rate: float, seconds: float, out: list[tuple[str, bool]]) -> None:
+    """`rate` calls per second for `seconds` (a schedule, not a wait for a state); records (code, pushback)."""
+    with authed_channel(address, token) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        start = time.monotonic()
+        for i in range(int(rate * seconds)):
+            delay = start + i / rate - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            try:
+                stub.ModelInfer(_request(), timeout=5)
+                out.append(("OK", False))
+            except grpc.RpcError as exc:
+                trailers = dict(exc.trailing_metadata() or ())  # type: ignore[attr-defined]
+                out.append((exc.code().name, "grpc-retry-pushback-ms" in trailers))
+
+
+def test_one_traffic_limit_across_three_gateway_processes(fleet: dict[str, Any]) -> None:
+    c, gateways, key = fleet["cluster"], fleet["gateways"], fleet["infer_key"]
+    update = dpb.UpdateDeploymentRequest(deployment_id="add", spec=dpb.StartDeploymentRequest(traffic_limit_qps=60))
+    update.update_mask.paths.append("traffic_limit_qps")
+    c.deployments.UpdateDeployment(update, timeout=10)
+    try:
+        for gw in gateways:
+            wait_until(lambda gw=gw: _limited(gw.address, key.token), timeout=10, what=f"the limit at {gw.address}")
+        seconds = 3.0
+        results: list[list[tuple[str, bool]]] = [[] for _ in gateways]
+        threads = [
+            threading.Thread(target=_paced, args=(gw.address, key.token), kwargs={"rate": 60.0, "seconds": seconds, "out": out})
+            for gw, out in zip(gateways, results)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        calls = [r for out in results for r in out]
+        accepted = sum(code == "OK" for code, _ in calls) / seconds
+        rejected = [(code, pushback) for code, pushback in calls if code != "OK"]
+        assert 54 <= accepted <= 66, f"accepted {accepted:.1f}/s of 180/s offered against a limit of 60/s"
+        assert rejected and all(r == ("RESOURCE_EXHAUSTED", True) for r in rejected), set(rejected)
+    finally:
+        update.spec.traffic_limit_qps = 0
+        c.deployments.UpdateDeployment(update, timeout=10)
+
+
 def _watch(c: Cluster, token: str, **fields: Any) -> Any:
     channel = authed_channel(c.addr, token)
     return channel, gateways_pb2_grpc.GatewaysStub(channel).WatchRoutes(gateways_pb2.WatchRoutesRequest(**fields), timeout=30)
@@ -160,11 +217,16 @@ def test_the_watch_resumes_and_refuses_a_revision_from_the_future(fleet: dict[st
     assert snapshot.models and snapshot.has_credentials
     channel, stream = _watch(c, token, epoch=snapshot.epoch, revision=snapshot.revision)
     with channel:
+        first = next(stream)  # what was missed (this watcher joining, the first one leaving) comes first
         c.create_key("inference", name="a change")  # new verifiers: one update
-        update = next(stream)
+        updates = [first]
+        while not updates[-1].has_credentials and len(updates) < 10:
+            updates.append(next(stream))
         stream.cancel()
-    assert not update.snapshot and update.epoch == snapshot.epoch
-    assert update.revision > snapshot.revision and update.has_credentials
+    assert not any(u.snapshot for u in updates) and {u.epoch for u in updates} == {snapshot.epoch}
+    assert [u.revision for u in updates] == list(range(snapshot.revision + 1, snapshot.revision + 1 + len(updates)))
+    assert updates[-1].has_credentials
+    update = updates[-1]
     channel, stream = _watch(c, token, epoch=snapshot.epoch, revision=update.revision + 1000)
     with channel, pytest.raises(grpc.RpcError) as future:
         next(stream)
