@@ -85,6 +85,9 @@ from control_plane.nodes.agents import AgentStreams, NodeService
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
+from control_plane.routefeed.feed import RoutesFeed
+from control_plane.routefeed.recovering import RecoveringRouteSource
+from control_plane.routefeed.servicer import GatewaysServicer
 from control_plane.store import SchemaVersionError, Store, StoreUnavailable, open_store
 from control_plane.store.cached import CachedStore
 from modelfleet.net import is_loopback
@@ -92,6 +95,7 @@ from modelfleet.v1 import (
     agent_pb2_grpc,
     auth_pb2_grpc,
     deployments_pb2_grpc,
+    gateways_pb2_grpc,
     models_pb2_grpc,
     nodes_pb2_grpc,
 )
@@ -167,6 +171,9 @@ class ControlPlane:
             stats=self.gateway_stats,
             worker_credentials=security.worker_credentials(),
         )
+        self.routes_feed = RoutesFeed(
+            source=RecoveringRouteSource(source=self.gateway.source, store=store, fleet=self.fleet), hub=self.hub, credentials=self.keys.credentials if self.keys is not None else None
+        )
         self.open_calls = OpenCalls()
         self.server, self.health = build_server(
             max_message_bytes=max_message_bytes,
@@ -194,10 +201,12 @@ class ControlPlane:
         # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
         auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
         add_gateway_to_server(self.gateway, self.server)
+        gateways_pb2_grpc.add_GatewaysServicer_to_server(GatewaysServicer(self.routes_feed), self.server)
 
     def _keys_changed(self, revoked_key_id: str) -> None:
         """A key was created or revoked: agents get new verifiers; a revoked key's open calls end."""
         self.agent_streams.credentials_changed(revoked_key_id)
+        self.routes_feed.refresh()  # standalone gateways get the new verifiers at once
         if revoked_key_id:
             ended = self.open_calls.end_key(revoked_key_id, f"API key {revoked_key_id} was revoked")
             if ended:
@@ -227,6 +236,7 @@ class ControlPlane:
             asyncio.create_task(self._loop("liveness sweep", min(self.fleet.heartbeat_interval, 1.0) / 2, self._sweep)),
             asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.tick)),
             asyncio.create_task(self._prune_loop()),
+            asyncio.create_task(self.routes_feed.run()),
         ]
         tmp = self.data_dir / "endpoint.tmp"
         tmp.write_text(endpoint)

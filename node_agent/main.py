@@ -27,7 +27,8 @@ exits with ``EXIT_REFUSED`` (node_agent.exits). ``--tls-ca`` turns on
 TLS to the control plane (``--tls-cert``/``--tls-key``: the client
 certificate for mTLS). ``--worker-tls-cert``/``--worker-tls-key`` make the
 workers serve TLS (``--worker-tls-client-ca``: mTLS); see
-node_agent/worker_security.py and docs/security.md.
+node_agent/worker_security.py and docs/security.md. ``--gateway-port`` also
+runs ``modelfleet-gateway`` beside the agent (node_agent/gateway_child.py).
 """
 
 from __future__ import annotations
@@ -53,6 +54,8 @@ from modelfleet.v1 import agent_pb2, common_pb2
 from node_agent.agent import KEEPALIVE_TIME, KEEPALIVE_TIMEOUT, NODE_CREDENTIAL_FILE, Agent, AgentConfig
 from node_agent.allocations import gpu_devices
 from node_agent.exits import EXIT_REFUSED
+from node_agent.gateway_child import READY_FILE as GATEWAY_READY_FILE
+from node_agent.gateway_child import GatewayChild, gateway_argv
 from node_agent.supervisor import SupervisorConfig
 from node_agent.worker_security import WorkerSecurity, read_pem
 
@@ -203,6 +206,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what the agent trusts when it calls its TLS workers (default: --tls-ca)")
     p.add_argument("--worker-max-message-bytes", type=_non_negative_int, default=0, metavar="BYTES",
                    help="largest message a worker accepts or sends (default: the worker's, 64 MiB)")
+    p.add_argument("--gateway-port", type=int, default=-1, metavar="P",
+                   help="also run modelfleet-gateway beside the agent on P (0 = any free port); default off")
+    p.add_argument("--gateway-host", default="127.0.0.1", help="address of the gateway beside the agent")
+    p.add_argument("--gateway-processes", type=int, default=1, metavar="N", help="its processes (default 1)")
+    p.add_argument("--gateway-token-file", type=Path, metavar="PATH",
+                   help="its key, of role gateway (default: $MODELFLEET_GATEWAY_TOKEN)")
+    p.add_argument("--gateway-metrics-port", type=int, default=-1, metavar="P", help="its /metrics port (default off)")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -335,7 +345,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.warning("no API key (--token-file or MODELFLEET_TOKEN): a control plane with authentication on refuses this agent")
     metrics = (args.metrics_host, args.metrics_port) if args.metrics_port >= 0 else None
     (data_dir / "metrics_endpoint").unlink(missing_ok=True)
-    return asyncio.run(serve(Agent(config), metrics=metrics, data_dir=data_dir, worker_host=args.worker_host))
+    gateway = None
+    if args.gateway_port >= 0:
+        gateway = GatewayChild(gateway_argv(args, data_dir), ready_file=data_dir / GATEWAY_READY_FILE)
+        gateway.start()
+    try:
+        return asyncio.run(serve(Agent(config), metrics=metrics, data_dir=data_dir, worker_host=args.worker_host))
+    finally:
+        if gateway is not None:
+            gateway.stop()
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ from control_plane.auth.audit import AuditLog
 from control_plane.auth.throttle import FailureThrottle
 from modelfleet import rpc
 from modelfleet.inference import grpc_service_pb2
-from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, models_pb2, nodes_pb2
+from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, gateways_pb2, models_pb2, nodes_pb2
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ SERVICE_NAMES = [
     nodes_pb2.DESCRIPTOR.services_by_name["Nodes"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
+    gateways_pb2.DESCRIPTOR.services_by_name["Gateways"].full_name,
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 ]
 

@@ -57,9 +57,10 @@ INFER = "infer"
 MANAGE_NODES = "manage_nodes"
 MANAGE_SECURITY = "manage_security"
 AGENT = "agent"
+GATEWAY = "gateway"  # standalone gateways: the routes watch (worker tokens, key verifiers)
 
 PRIVILEGES: frozenset[str] = frozenset(
-    {MANAGE_DEPLOYMENTS, MANAGE_MODELS, MONITOR, INFER, MANAGE_NODES, MANAGE_SECURITY, AGENT}
+    {MANAGE_DEPLOYMENTS, MANAGE_MODELS, MONITOR, INFER, MANAGE_NODES, MANAGE_SECURITY, AGENT, GATEWAY}
 )
 ROLES: dict[str, frozenset[str]] = {
     "admin": PRIVILEGES,
@@ -67,6 +68,7 @@ ROLES: dict[str, frozenset[str]] = {
     "viewer": frozenset({MONITOR}),
     "inference": frozenset({INFER}),
     "agent": frozenset({AGENT}),
+    "gateway": frozenset({GATEWAY}),
 }
 
 DEFAULT_USER = "default"
@@ -147,6 +149,7 @@ METHOD_ACCESS: dict[str, Rule] = {
     f"{_V1}.Auth/ListApiKeys": needs(MANAGE_SECURITY),
     f"{_V1}.Auth/RevokeApiKey": changes(MANAGE_SECURITY),
     f"{_V1}.Auth/WhoAmI": AUTHENTICATED,
+    f"{_V1}.Gateways/WatchRoutes": needs(GATEWAY),
     # KServe V2: liveness and readiness are probes (like grpc.health.v1)
     f"{_V2}/ServerLive": PUBLIC,
     f"{_V2}/ServerReady": PUBLIC,

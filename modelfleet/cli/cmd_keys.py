@@ -23,8 +23,8 @@ from modelfleet.cli.errors import CliError
 from modelfleet.cli.parsing import arg_type, parse_duration
 from modelfleet.v1 import auth_pb2
 
-ROLES = ("admin", "deployer", "viewer", "inference", "agent")
-PRIVILEGES = ("manage_deployments", "manage_models", "monitor", "infer", "manage_nodes", "manage_security", "agent")
+ROLES = ("admin", "deployer", "viewer", "inference", "agent", "gateway")
+PRIVILEGES = ("manage_deployments", "manage_models", "monitor", "infer", "manage_nodes", "manage_security", "agent", "gateway")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: list[argparse.ArgumentParser]) -> None:
