@@ -1,7 +1,8 @@
 """The PostgreSQL store against a real server (tests/pg.py starts a private
 one): the one Store contract suite, bare and behind the cache, reopening,
 the schema version, URLs with passwords refused, a refused connection named
-with the password masked, and crash consistency: a writer process SIGKILLed
+with the password masked, a password read from --store-password-file or
+PGPASSFILE (and a wrong or missing one refused, never shown), and crash consistency: a writer process SIGKILLed
 mid-way loses no acknowledged write."""
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg import PgServer, fresh_database, postgres_server  # noqa: F401  (the session's server)
+from pg import PgServer, fresh_database, password_database, postgres_server  # noqa: F401  (the session's server)
 from storerecords import StoreFactory, deployment
 from test_store import StoreContract
 
@@ -58,6 +59,40 @@ def test_open_store_takes_postgresql_urls_and_a_password_file(postgres_server: P
     for location in (url, url.replace("postgresql://", "postgres://")):
         s = open_store(location, password_file=secret)
         assert isinstance(s, PostgresStore)
+        s.close()
+
+
+def test_the_password_comes_from_the_password_file(postgres_server: PgServer, tmp_path: Path) -> None:  # noqa: F811
+    url = password_database(postgres_server, "s3cret-one")
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret-one\n")
+    s = open_store(url, password_file=secret)
+    try:
+        s.put_deployment(deployment("d1"))
+        assert s.get_deployment("d1") == deployment("d1")
+    finally:
+        s.close()
+    secret.write_text("wrong-password\n")
+    with pytest.raises(StoreUnavailable, match=rf"cannot connect to the store {url}: .*password") as err:
+        open_store(url, password_file=secret)
+    assert "wrong-password" not in str(err.value)
+
+
+def test_the_password_comes_from_pgpassfile(
+    postgres_server: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    url = password_database(postgres_server, "s3cret-two")
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
+    with pytest.raises(StoreUnavailable, match=rf"cannot connect to the store {url}: .*password"):
+        open_store(url)  # no password anywhere: refused, one line
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{postgres_server.port}:*:mf_password:s3cret-two\n")
+    passfile.chmod(0o600)  # libpq ignores a pgpass file others can read
+    monkeypatch.setenv("PGPASSFILE", str(passfile))
+    s = open_store(url)
+    try:
+        assert isinstance(s, PostgresStore) and s.schema_version() == 1
+    finally:
         s.close()
 
 
