@@ -103,6 +103,31 @@ def test_a_password_in_the_url_is_refused_and_never_shown() -> None:
     assert masked("postgresql://u:p@h/d") == "postgresql://u:***@h/d" and masked("postgresql://u@h/d") == "postgresql://u@h/d"
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://:pw@db/x", "postgresql://:***@db/x"),
+        ("postgresql://mf:p@ss@db:5432/x", "postgresql://mf:***@db:5432/x"),
+        ("postgresql://mf@db/x?sslmode=require&password=pw", "postgresql://mf@db/x?sslmode=require&password=***"),
+        ("postgres://mf@db/x?PASSWORD=pw&sslmode=require", "postgres://mf@db/x?PASSWORD=***&sslmode=require"),
+    ],
+)
+def test_every_spelling_of_a_password_in_the_url_is_refused_masked(url: str, shown: str) -> None:
+    with pytest.raises(ValueError, match="carries a password") as err:
+        open_store(url)
+    assert shown in str(err.value) and "pw" not in str(err.value).replace(shown, "") and "ss@" not in str(err.value)
+
+
+@pytest.mark.parametrize("content", ["", "\n", "   \nsecond-line\n"])
+def test_an_empty_password_file_is_refused_naming_it(tmp_path: Path, content: str) -> None:
+    secret = tmp_path / "pw"
+    secret.write_text(content)
+    with pytest.raises(ValueError, match=rf"the store password file {secret} is empty; its first line is the password"):
+        open_store("postgresql://mf@127.0.0.1:1/x", password_file=secret)
+    with pytest.raises(ValueError, match=rf"cannot read the store password from {tmp_path / 'missing'}"):
+        open_store("postgresql://mf@127.0.0.1:1/x", password_file=tmp_path / "missing")
+
+
 def test_a_refused_connection_names_the_url(postgres_server: PgServer) -> None:  # noqa: F811
     dead = f"postgresql://nobody@127.0.0.1:{postgres_server.port + 1}/none"
     with pytest.raises(StoreUnavailable, match=rf"cannot connect to the store {dead}"):
