@@ -2,12 +2,12 @@
 free port of 127.0.0.1, trust auth, as the unprivileged `postgres` user when
 we are root (the server refuses to run as root); stopped at the end.
 
-`postgres_server()` gives the session's server; `fresh_database(server)`
-a new empty database on it, as a postgresql:// URL; `password_database`
-one whose owner must log in with a password (scram-sha-256), for the
-password file and PGPASSFILE. Where no PostgreSQL
-is installed the tests FAIL saying how to install it (CI installs Debian's
-`postgresql` package through scripts/test-deps.sh), unless
+`postgres_server` (a fixture tests/conftest.py registers) is the session's
+server; `fresh_database(server)` a new empty database on it, as a
+postgresql:// URL; `password_database` one whose owner must log in with a
+password (scram-sha-256), for the password file and PGPASSFILE. Where no
+PostgreSQL is installed the tests FAIL saying how to install it (CI installs
+Debian's `postgresql` package through scripts/test-deps.sh), unless
 MODELFLEET_TESTS_WITHOUT_POSTGRES=1 is set, which skips them, saying so.
 """
 

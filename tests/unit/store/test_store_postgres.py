@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg import PgServer, fresh_database, password_database, postgres_server  # noqa: F401  (the session's server)
+from pg import PgServer, fresh_database, password_database  # postgres_server: tests/conftest.py registers pg
 from storerecords import StoreFactory, deployment
 from test_store import StoreContract
 
@@ -29,7 +29,7 @@ WRITER = REPO_ROOT / "tests" / "tools" / "store_crash_writer.py"
 
 class TestPostgresStore(StoreContract):
     @pytest.fixture
-    def make_store(self, postgres_server: PgServer) -> StoreFactory:  # noqa: F811
+    def make_store(self, postgres_server: PgServer) -> StoreFactory:
         url = fresh_database(postgres_server)
         return lambda: PostgresStore(url)
 
@@ -47,12 +47,12 @@ class TestPostgresStore(StoreContract):
 
 class TestCachedPostgresStore(StoreContract):
     @pytest.fixture
-    def make_store(self, postgres_server: PgServer) -> StoreFactory:  # noqa: F811
+    def make_store(self, postgres_server: PgServer) -> StoreFactory:
         url = fresh_database(postgres_server)
         return lambda: CachedStore(PostgresStore(url))
 
 
-def test_open_store_takes_postgresql_urls_and_a_password_file(postgres_server: PgServer, tmp_path: Path) -> None:  # noqa: F811
+def test_open_store_takes_postgresql_urls_and_a_password_file(postgres_server: PgServer, tmp_path: Path) -> None:
     url = fresh_database(postgres_server)
     secret = tmp_path / "pw"
     secret.write_text("unused-with-trust-auth\n")
@@ -62,7 +62,7 @@ def test_open_store_takes_postgresql_urls_and_a_password_file(postgres_server: P
         s.close()
 
 
-def test_the_password_comes_from_the_password_file(postgres_server: PgServer, tmp_path: Path) -> None:  # noqa: F811
+def test_the_password_comes_from_the_password_file(postgres_server: PgServer, tmp_path: Path) -> None:
     url = password_database(postgres_server, "s3cret-one")
     secret = tmp_path / "pw"
     secret.write_text("s3cret-one\n")
@@ -79,7 +79,7 @@ def test_the_password_comes_from_the_password_file(postgres_server: PgServer, tm
 
 
 def test_the_password_comes_from_pgpassfile(
-    postgres_server: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+    postgres_server: PgServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     url = password_database(postgres_server, "s3cret-two")
     monkeypatch.setenv("PGPASSFILE", str(tmp_path / "none"))
@@ -128,14 +128,14 @@ def test_an_empty_password_file_is_refused_naming_it(tmp_path: Path, content: st
         open_store("postgresql://mf@127.0.0.1:1/x", password_file=tmp_path / "missing")
 
 
-def test_a_refused_connection_names_the_url(postgres_server: PgServer) -> None:  # noqa: F811
+def test_a_refused_connection_names_the_url(postgres_server: PgServer) -> None:
     dead = f"postgresql://nobody@127.0.0.1:{postgres_server.port + 1}/none"
     with pytest.raises(StoreUnavailable, match=rf"cannot connect to the store {dead}"):
         open_store(dead)
 
 
 @pytest.mark.parametrize("kill_after", [1, 300])
-def test_sigkill_loses_no_acknowledged_write(postgres_server: PgServer, kill_after: int) -> None:  # noqa: F811
+def test_sigkill_loses_no_acknowledged_write(postgres_server: PgServer, kill_after: int) -> None:
     url = fresh_database(postgres_server)
     proc = subprocess.Popen([sys.executable, str(WRITER), url, "1000000"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT)  # fmt: skip
