@@ -12,6 +12,11 @@ import sys
 
 import pytest
 
+# tests/pg.py's session-scoped `postgres_server`, registered once here so that
+# every test module shares one server (a fixture imported into each module
+# would be a separate definition per module, one server each).
+pytest_plugins = ["pg"]
+
 
 @pytest.fixture(autouse=True)
 def _no_tritonclient_in_process() -> None:

@@ -2,10 +2,12 @@
 free port of 127.0.0.1, trust auth, as the unprivileged `postgres` user when
 we are root (the server refuses to run as root); stopped at the end.
 
-`postgres_server()` gives the session's server; `fresh_database(server)`
-a new empty database on it, as a postgresql:// URL. Where no PostgreSQL
-is installed the tests FAIL saying how to install it (CI installs Debian's
-`postgresql` package through scripts/test-deps.sh), unless
+`postgres_server` (a fixture tests/conftest.py registers) is the session's
+server; `fresh_database(server)` a new empty database on it, as a
+postgresql:// URL; `password_database` one whose owner must log in with a
+password (scram-sha-256), for the password file and PGPASSFILE. Where no
+PostgreSQL is installed the tests FAIL saying how to install it (CI installs
+Debian's `postgresql` package through scripts/test-deps.sh), unless
 MODELFLEET_TESTS_WITHOUT_POSTGRES=1 is set, which skips them, saying so.
 """
 
@@ -27,6 +29,9 @@ import pytest
 
 _COUNTER = itertools.count()
 OPT_OUT = "MODELFLEET_TESTS_WITHOUT_POSTGRES"
+# The one role that must log in with a password (scram-sha-256); every other
+# role gets trust auth on 127.0.0.1. `password_database` creates it.
+PASSWORD_USER = "mf_password"
 
 
 @dataclass
@@ -81,6 +86,7 @@ def start_server() -> PgServer:
     init = _as_owner([str(bin_dir / "initdb"), "-D", str(root / "data"), "-U", user, "-A", "trust", "-E", "UTF8",
                       "--no-sync"], user)  # fmt: skip
     assert init.returncode == 0, init.stdout + init.stderr
+    _require_password_for(root / "data" / "pg_hba.conf", PASSWORD_USER)
     for _ in range(5):
         port = _free_port()  # PostgreSQL cannot be told "any port"; a taken one fails start, then another is tried
         server = PgServer(root=root, port=port, bin_dir=bin_dir, user=user)
@@ -90,6 +96,11 @@ def start_server() -> PgServer:
             return server
     log = root / "log" / "server.log"
     raise AssertionError(f"PostgreSQL did not start: {started.stderr}\n{log.read_text()[-2000:] if log.exists() else ''}")
+
+
+def _require_password_for(hba: Path, user: str) -> None:
+    """Put a scram-sha-256 line for `user` first in pg_hba.conf (the first matching line wins)."""
+    hba.write_text(f"host all {user} 127.0.0.1/32 scram-sha-256\n" + hba.read_text())
 
 
 def stop_server(server: PgServer) -> None:
@@ -104,6 +115,21 @@ def fresh_database(server: PgServer) -> str:
     with psycopg.connect(server.url(), autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     return server.url(name)
+
+
+def password_database(server: PgServer, password: str) -> str:
+    """A new database owned by PASSWORD_USER, whose login needs `password`; its URL (no password in it)."""
+    import psycopg
+    from psycopg import sql
+
+    url = fresh_database(server)
+    name = url.rsplit("/", 1)[1]
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (PASSWORD_USER,)).fetchone()
+        verb = "ALTER" if exists else "CREATE"
+        conn.execute(sql.SQL(verb + " ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(PASSWORD_USER), sql.Literal(password)))
+        conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(name), sql.Identifier(PASSWORD_USER)))
+    return f"postgresql://{PASSWORD_USER}@127.0.0.1:{server.port}/{name}"
 
 
 @pytest.fixture(scope="session")

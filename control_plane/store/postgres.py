@@ -63,14 +63,20 @@ class ConnectError(RuntimeError):
     """The database could not be reached or refused us; the message names the URL (password masked)."""
 
 
+# userinfo's password runs to the last "@" before the path or query; libpq also takes
+# `?password=...` among the query parameters.
+_USERINFO_PASSWORD = re.compile(r"(://[^:/@]*):[^/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&]*", re.IGNORECASE)
+
+
 def masked(url: str) -> str:
-    """The URL with any password replaced by ***."""
-    return re.sub(r"(://[^:/@]+):[^@]*@", r"\1:***@", url)
+    """The URL with any password (in the user part or a `password=` parameter) replaced by ***."""
+    return _QUERY_PASSWORD.sub(r"\1***", _USERINFO_PASSWORD.sub(r"\1:***@", url))
 
 
 def check_url(url: str) -> None:
     """Refuse a URL that carries a password (it would show in `ps` and in logs)."""
-    if re.search(r"://[^/@]*:[^@]*@", url):
+    if _USERINFO_PASSWORD.search(url) or _QUERY_PASSWORD.search(url):
         raise ValueError(
             f"store URL {masked(url)} carries a password: remove it and give --store-password-file FILE or PGPASSFILE"
         )
@@ -98,9 +104,12 @@ class PostgresStore(SqlStore):
         extra: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "modelfleet-control-plane"}
         if password_file is not None:
             try:
-                extra["password"] = password_file.read_text().splitlines()[0].strip()
-            except (OSError, IndexError) as exc:
+                lines = password_file.read_text().splitlines()
+            except OSError as exc:
                 raise ValueError(f"cannot read the store password from {password_file}: {exc}") from None
+            if not lines or not lines[0].strip():
+                raise ValueError(f"the store password file {password_file} is empty; its first line is the password")
+            extra["password"] = lines[0].strip()
         super().__init__()
         try:
             self._conn = psycopg.connect(url, autocommit=True, **extra)  # type: ignore[arg-type]

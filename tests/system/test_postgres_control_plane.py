@@ -1,6 +1,7 @@
 """A real control plane on a real PostgreSQL server (`--store postgresql://`):
 a deployment started, inference answered, the control plane restarted with
-its state intact; a refused database at start-up is one clear line naming the
+its state intact; a control plane logging in with --store-password-file;
+a refused database at start-up is one clear line naming the
 URL, no traceback."""
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from pathlib import Path
 import pytest
 from cluster import ROOT, Cluster, wait_until
 from modelbuild import onnx_add
-from pg import PgServer, fresh_database, postgres_server  # noqa: F401  (the session's server)
+from pg import PgServer, fresh_database, password_database  # postgres_server: tests/conftest.py registers pg
 
 from modelfleet.v1 import common_pb2
 from modelfleet.v1 import deployments_pb2 as dpb
 
 
 @pytest.fixture
-def cluster(tmp_path: Path, postgres_server: PgServer) -> Iterator[Cluster]:  # noqa: F811
+def cluster(tmp_path: Path, postgres_server: PgServer) -> Iterator[Cluster]:
     c = Cluster(tmp_path, cp_args=["--store", fresh_database(postgres_server)])
     try:
         c.start_control_plane()
@@ -61,7 +62,22 @@ def test_state_on_postgresql_survives_a_restart_and_serves(cluster: Cluster, tmp
     assert c.get("add").status in (common_pb2.DEPLOYMENT_STATUS_RUNNING, common_pb2.DEPLOYMENT_STATUS_CONCERNING)
 
 
-def test_a_database_that_refuses_is_one_clear_line(tmp_path: Path, postgres_server: PgServer) -> None:  # noqa: F811
+def test_a_control_plane_logs_in_with_its_password_file(tmp_path: Path, postgres_server: PgServer) -> None:
+    url = password_database(postgres_server, "cp-s3cret")
+    secret = tmp_path / "store-password"
+    secret.write_text("cp-s3cret\n")
+    secret.chmod(0o600)
+    c = Cluster(tmp_path, cp_args=["--store", url, "--store-password-file", str(secret)])
+    try:
+        c.start_control_plane()
+        c.start_agent("node-a", cpus=1)
+        assert [n.node_id for n in c.wait_nodes(1)] == [c.node_id("node-a")]  # registered: written to the database
+        assert "cp-s3cret" not in " ".join(map(str, c.cp.popen.args))  # not on the command line
+    finally:
+        c.close()
+
+
+def test_a_database_that_refuses_is_one_clear_line(tmp_path: Path, postgres_server: PgServer) -> None:
     url = f"postgresql://nobody@127.0.0.1:{postgres_server.port + 1}/none"
     proc = subprocess.run([sys.executable, "-m", "control_plane.main", "--listen", "127.0.0.1:0", "--data-dir",
                            str(tmp_path / "cp"), "--store", url], capture_output=True, text=True, cwd=ROOT, timeout=60)  # fmt: skip
