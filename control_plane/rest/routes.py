@@ -1,0 +1,28 @@
+"""The one REST route table: it drives both aiohttp registration and the OpenAPI document."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One HTTP operation: method, path, handler and what the OpenAPI document says of it."""
+
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def register(app: web.Application, routes: list[Route]) -> None:
+    """Add every route of the table to the aiohttp application."""
+    for route in routes:
+        app.router.add_route(route.method, route.path, route.handler)

@@ -1,0 +1,56 @@
+"""KServe V2 REST health and metadata through a real control plane started with --http-listen."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster import Cluster, wait_until
+
+
+@pytest.fixture
+def rest(tmp_path: Path) -> Iterator[str]:
+    cluster = Cluster(tmp_path)
+    try:
+        cluster.start_control_plane(extra_args=["--http-listen", "127.0.0.1:0"])
+        endpoint_file = tmp_path / "cp" / "http_endpoint"
+        endpoint = wait_until(lambda: endpoint_file.exists() and endpoint_file.read_text().strip(), timeout=30,
+                              what="the control plane's http_endpoint file")
+        yield f"http://{endpoint}"
+    finally:
+        cluster.close()
+
+
+def _get(url: str) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def test_health_and_server_metadata_answer_over_http(rest: str) -> None:
+    assert _get(f"{rest}/v2/health/live") == (200, {})
+    assert _get(f"{rest}/v2/health/ready") == (200, {})
+    status, meta = _get(f"{rest}/v2")
+    assert status == 200
+    assert meta["name"] == "modelfleet"
+    assert "binary_tensor_data" in meta["extensions"]
+
+
+def test_openapi_document_lists_every_served_route(rest: str) -> None:
+    status, doc = _get(f"{rest}/openapi.json")
+    assert status == 200
+    assert doc["openapi"].startswith("3.")
+    assert {"/v2/health/live", "/v2/health/ready", "/v2"} <= set(doc["paths"])
+
+
+def test_unknown_path_is_404_not_500(rest: str) -> None:
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"{rest}/v2/no/such/route", timeout=10)
+    assert err.value.code == 404
