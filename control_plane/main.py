@@ -432,7 +432,7 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
         os.replace(tmp, data_dir / "metrics_endpoint")
         log.info("serving /metrics on %s:%d", args.metrics_host, port)
     stopping = asyncio.Event()
-    rest = await _start_rest(args.http_listen, data_dir=data_dir, is_ready=lambda: not stopping.is_set())
+    rest = await _start_rest(args.http_listen, plane=plane, is_ready=lambda: not stopping.is_set())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
@@ -443,12 +443,14 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
     await plane.stop()
 
 
-async def _start_rest(listen: str, *, data_dir: Path, is_ready: Callable[[], bool]) -> RestServer | None:
+async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[], bool]) -> RestServer | None:
     """Serve REST on --http-listen (if given) and publish the bound address in DATA_DIR/http_endpoint."""
+    data_dir = plane.data_dir
     (data_dir / "http_endpoint").unlink(missing_ok=True)
     if not listen:
         return None
-    rest = RestServer(build_app(version=product_version(), is_ready=is_ready))
+    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready)
+    rest = RestServer(app)
     endpoint = await rest.start(listen)
     tmp = data_dir / "http_endpoint.tmp"
     tmp.write_text(endpoint)

@@ -20,9 +20,11 @@ class Route:
     handler: Handler
     summary: str
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # the gRPC method whose row of the access table (control_plane/auth/access.py) guards this route
+    access: str = ""
 
 
-def register(app: web.Application, routes: list[Route]) -> None:
-    """Add every route of the table to the aiohttp application."""
+def register(app: web.Application, routes: list[Route], *, guard: Callable[[Route], Handler]) -> None:
+    """Add every route of the table to the aiohttp application, each behind `guard(route)`."""
     for route in routes:
-        app.router.add_route(route.method, route.path, route.handler)
+        app.router.add_route(route.method, route.path, guard(route))

@@ -11,6 +11,9 @@ from importlib import metadata
 
 from aiohttp import web
 
+from control_plane.auth.access import Authenticator
+from control_plane.gateway.service import Gateway
+from control_plane.rest.guard import make_guard
 from control_plane.rest.openapi import document
 from control_plane.rest.routes import Route, register
 from control_plane.rest.v2 import v2_routes
@@ -24,16 +27,18 @@ def product_version() -> str:
         return "0.0.0"
 
 
-def build_app(*, version: str, is_ready: Callable[[], bool]) -> web.Application:
-    """The aiohttp application: every route of the table plus /openapi.json generated from it."""
-    routes: list[Route] = v2_routes(version=version, is_ready=is_ready)
+def build_app(*, gateway: Gateway, authenticator: Authenticator | None, version: str,
+              is_ready: Callable[[], bool]) -> web.Application:
+    """The aiohttp application: every route of the table (each behind the access table's rule)
+    plus /openapi.json generated from it."""
+    routes: list[Route] = v2_routes(gateway=gateway, is_ready=is_ready)
     spec = document(routes, version=version)
 
     async def openapi(_: web.Request) -> web.Response:
         return web.json_response(spec)
 
     app = web.Application()
-    register(app, routes)
+    register(app, routes, guard=make_guard(authenticator))
     app.router.add_get("/openapi.json", openapi)
     return app
 

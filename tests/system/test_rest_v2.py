@@ -14,21 +14,27 @@ from cluster import Cluster, wait_until
 
 
 @pytest.fixture
-def rest(tmp_path: Path) -> Iterator[str]:
+def served(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
     cluster = Cluster(tmp_path)
     try:
         cluster.start_control_plane(extra_args=["--http-listen", "127.0.0.1:0"])
         endpoint_file = tmp_path / "cp" / "http_endpoint"
         endpoint = wait_until(lambda: endpoint_file.exists() and endpoint_file.read_text().strip(), timeout=30,
                               what="the control plane's http_endpoint file")
-        yield f"http://{endpoint}"
+        yield cluster, f"http://{endpoint}"
     finally:
         cluster.close()
 
 
-def _get(url: str) -> tuple[int, Any]:
+@pytest.fixture
+def rest(served: tuple[Cluster, str]) -> str:
+    return served[1]
+
+
+def _get(url: str, token: str = "") -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=10) as resp:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=10) as resp:
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -40,7 +46,7 @@ def test_health_and_server_metadata_answer_over_http(rest: str) -> None:
     status, meta = _get(f"{rest}/v2")
     assert status == 200
     assert meta["name"] == "modelfleet"
-    assert "binary_tensor_data" in meta["extensions"]
+    assert "statistics" in meta["extensions"]  # the same list as gRPC ServerMetadata
 
 
 def test_openapi_document_lists_every_served_route(rest: str) -> None:
@@ -54,3 +60,16 @@ def test_unknown_path_is_404_not_500(rest: str) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"{rest}/v2/no/such/route", timeout=10)
     assert err.value.code == 404
+
+
+def test_model_routes_need_a_key_and_answer_errors_as_json(served: tuple[Cluster, str]) -> None:
+    cluster, rest = served
+    status, body = _get(f"{rest}/v2/models/nosuch")
+    assert status == 401
+    assert "Bearer" in body["error"]
+    status, body = _get(f"{rest}/v2/models/nosuch", token="mfk_0000000000000000_bogus")
+    assert status == 401
+    for suffix in ("", "/ready", "/config", "/stats", "/versions/1"):
+        status, body = _get(f"{rest}/v2/models/nosuch{suffix}", token=cluster.token)
+        assert status == 404, suffix
+        assert "nosuch" in body["error"]
