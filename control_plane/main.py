@@ -85,6 +85,7 @@ from control_plane.nodes.agents import AgentStreams, NodeService
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
+from control_plane.rest.server import RestServer, build_app, product_version
 from control_plane.routefeed.feed import RoutesFeed
 from control_plane.routefeed.recovering import RecoveringRouteSource
 from control_plane.routefeed.servicer import GatewaysServicer
@@ -338,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int, default=-1, help="serve Prometheus /metrics on this port (0 = any free "
                    "port, written to DATA_DIR/metrics_endpoint; default off)")
     p.add_argument("--metrics-host", default="127.0.0.1", help="address of the /metrics server (default 127.0.0.1)")
+    p.add_argument("--http-listen", default="", metavar="HOST:PORT",
+                   help="also serve the KServe V2 REST API on HOST:PORT (port 0 = any free port; default off); "
+                        "the bound address is written to DATA_DIR/http_endpoint")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -428,12 +432,31 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
         os.replace(tmp, data_dir / "metrics_endpoint")
         log.info("serving /metrics on %s:%d", args.metrics_host, port)
     stopping = asyncio.Event()
+    rest = await _start_rest(args.http_listen, plane=plane, is_ready=lambda: not stopping.is_set())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stopping.set)
     await stopping.wait()
     log.info("shutting down")
+    if rest is not None:
+        await rest.stop()
     await plane.stop()
+
+
+async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[], bool]) -> RestServer | None:
+    """Serve REST on --http-listen (if given) and publish the bound address in DATA_DIR/http_endpoint."""
+    data_dir = plane.data_dir
+    (data_dir / "http_endpoint").unlink(missing_ok=True)
+    if not listen:
+        return None
+    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready)
+    rest = RestServer(app)
+    endpoint = await rest.start(listen)
+    tmp = data_dir / "http_endpoint.tmp"
+    tmp.write_text(endpoint)
+    os.replace(tmp, data_dir / "http_endpoint")
+    log.info("serving REST on http://%s", endpoint)
+    return rest
 
 
 def main(argv: list[str] | None = None, *, wall_clock: Callable[[], float] = time.time) -> None:
