@@ -46,6 +46,11 @@ def agent(c: Cluster, name: str, token_file: Path, *, addr: str = "") -> Proc:
     return proc
 
 
+def joined(c: Cluster, *names: str) -> bool:
+    """Each agent has written the key its join issued it (the node is READY a moment before)."""
+    return all((c.root / name / "node.key").exists() for name in names)
+
+
 def ready_nodes(c: Cluster) -> set[str]:
     return {n.node_id for n in c.nodes.ListNodes(nodes_pb2.ListNodesRequest()).nodes if n.state == nodes_pb2.NODE_STATE_READY}
 
@@ -69,7 +74,7 @@ def test_hosts_join_with_one_token_then_act_on_their_own_keys(cluster: Cluster) 
     agent(cluster, "a", token_file)
     agent(cluster, "b", token_file)
     a_id, b_id = cluster.node_id("a"), cluster.node_id("b")
-    wait_until(lambda: {a_id, b_id} <= ready_nodes(cluster), timeout=30, what="a and b READY")
+    wait_until(lambda: joined(cluster, "a", "b") and {a_id, b_id} <= ready_nodes(cluster), timeout=30, what="a and b joined")
     node_keys = {k.node_id: k for k in auth_pb2_grpc.AuthStub(cluster.channel).ListApiKeys(auth_pb2.ListApiKeysRequest()).api_keys}
     for name, node_id in (("a", a_id), ("b", b_id)):
         node_key = cluster.root / name / "node.key"
@@ -111,7 +116,7 @@ def test_revoking_the_join_token_stops_new_joins_only(cluster: Cluster) -> None:
     agent(cluster, "d", token_file)
     agent(cluster, "e", token_file)
     d_id, e_id = cluster.node_id("d"), cluster.node_id("e")
-    wait_until(lambda: {d_id, e_id} <= ready_nodes(cluster), timeout=30, what="d and e READY")
+    wait_until(lambda: joined(cluster, "d", "e") and {d_id, e_id} <= ready_nodes(cluster), timeout=30, what="d and e joined")
     assert key(cluster, join_id).uses == 2
 
     auth_pb2_grpc.AuthStub(cluster.channel).RevokeApiKey(auth_pb2.RevokeApiKeyRequest(key_id=join_id))
