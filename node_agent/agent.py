@@ -348,7 +348,7 @@ class Agent:
                 log.exception("control plane stream failed")
             finally:
                 self._session_live = False
-            if self._closed.is_set():
+            if self._closed.is_set() or self.refused:
                 return
             delay, self._reconnect_now = (0.0 if self._reconnect_now else backoff.next()), False
             log.info("reconnecting to %s in %.2f s", self._config.control_plane, delay)
@@ -431,12 +431,26 @@ class Agent:
         )
 
     def _save_node_credential(self, token: str) -> None:
-        """Keep the key a join issued this node (0600) and reconnect with it at once."""
+        """Keep the key a join issued this node (0600) and reconnect with it at once.
+
+        A key that cannot be kept ends the agent (self.refused, one ERROR
+        line): the join has already bound the node to that key, so retrying
+        with the join token would only be refused.
+        """
         path = self._link.credential_file
-        if path is None:
-            log.error("the control plane issued this node a key, but the agent has no place to keep it")
+        problem = "the agent has no place to keep it" if path is None else ""
+        if path is not None:
+            try:
+                write_private(path, (token + "\n").encode())
+            except OSError as exc:
+                problem = f"cannot write {path}: {exc.strerror or exc}"
+        if problem:
+            self.refused = f"the key the control plane issued node {self.node_id} at its join could not be kept ({problem})"
+            log.error(
+                "%s: exiting; fix that, then revoke the node's key (keys list shows it by node id) so that it can rejoin",
+                self.refused,
+            )  # fmt: skip
             return
-        write_private(path, (token + "\n").encode())
         self._reconnect_now = True
         log.info("joined: this node's own API key is in %s (mode 0600) and is used from now on", path)
 

@@ -14,8 +14,9 @@ stderr), read from where this run of the worker began.
 The agent's own exit status: 0 after SIGTERM/SIGINT, ``EXIT_REFUSED`` (78,
 sysexits' EX_CONFIG) when the control plane refused its credential for good
 (UNAUTHENTICATED or PERMISSION_DENIED: a bad, expired or revoked key, a used-up
-join token, a node held by another key); retrying cannot help until an
-operator gives it a new key, so service managers should not restart it
+join token, a node held by another key), or when the key a join issued
+its node cannot be written to DIR/node.key (the node is already bound to
+that key); retrying cannot help until an operator acts, so service managers should not restart it
 (systemd: RestartPreventExitStatus=78).
 
 Pure functions over a log file; no processes, no asyncio.

@@ -5,6 +5,7 @@ of a node's key; agents refused for good exit; the CLI's choice of key."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -37,12 +38,17 @@ def join_token(c: Cluster, name: str, **fields: object) -> tuple[str, Path]:
     return created.api_key.key_id, path
 
 
-def agent(c: Cluster, name: str, token_file: Path) -> Proc:
-    args = [sys.executable, "-m", "node_agent.main", "--control-plane", c.addr, "--data-dir", str(c.root / name),
+def agent(c: Cluster, name: str, token_file: Path, *, addr: str = "") -> Proc:
+    args = [sys.executable, "-m", "node_agent.main", "--control-plane", addr or c.addr, "--data-dir", str(c.root / name),
             "--cpus", "1", "--drain-timeout", "5", "--token-file", str(token_file)]  # fmt: skip
     proc = Proc(name, args, log_path=c.root / f"{name}.log")
     c.agents[name] = proc
     return proc
+
+
+def joined(c: Cluster, *names: str) -> bool:
+    """Each agent has written the key its join issued it (the node is READY a moment before)."""
+    return all((c.root / name / "node.key").exists() for name in names)
 
 
 def ready_nodes(c: Cluster) -> set[str]:
@@ -68,7 +74,7 @@ def test_hosts_join_with_one_token_then_act_on_their_own_keys(cluster: Cluster) 
     agent(cluster, "a", token_file)
     agent(cluster, "b", token_file)
     a_id, b_id = cluster.node_id("a"), cluster.node_id("b")
-    wait_until(lambda: {a_id, b_id} <= ready_nodes(cluster), timeout=30, what="a and b READY")
+    wait_until(lambda: joined(cluster, "a", "b") and {a_id, b_id} <= ready_nodes(cluster), timeout=30, what="a and b joined")
     node_keys = {k.node_id: k for k in auth_pb2_grpc.AuthStub(cluster.channel).ListApiKeys(auth_pb2.ListApiKeysRequest()).api_keys}
     for name, node_id in (("a", a_id), ("b", b_id)):
         node_key = cluster.root / name / "node.key"
@@ -103,6 +109,34 @@ def test_an_expired_join_token_is_refused(cluster: Cluster) -> None:
     line = refused_exit(agent(cluster, "late", token_file), why="expired")
     assert str(token_file) in line
     assert not (cluster.root / "late" / "node.key").exists()
+
+
+def test_revoking_the_join_token_stops_new_joins_only(cluster: Cluster) -> None:
+    join_id, token_file = join_token(cluster, "open")  # no use count: only revocation stops it
+    agent(cluster, "d", token_file)
+    agent(cluster, "e", token_file)
+    d_id, e_id = cluster.node_id("d"), cluster.node_id("e")
+    wait_until(lambda: joined(cluster, "d", "e") and {d_id, e_id} <= ready_nodes(cluster), timeout=30, what="d and e joined")
+    assert key(cluster, join_id).uses == 2
+
+    auth_pb2_grpc.AuthStub(cluster.channel).RevokeApiKey(auth_pb2.RevokeApiKeyRequest(key_id=join_id))
+    line = refused_exit(agent(cluster, "f", token_file), why="was revoked")
+    assert str(token_file) in line and not (cluster.root / "f" / "node.key").exists()
+    assert key(cluster, join_id).uses == 2
+    # the joined nodes keep their streams: both are still READY after the refusal was answered
+    assert {d_id, e_id} <= ready_nodes(cluster)
+    assert cluster.agents["d"].alive() and cluster.agents["e"].alive()
+
+
+def test_an_unreachable_control_plane_is_retried_not_fatal(cluster: Cluster) -> None:
+    _, token_file = join_token(cluster, "patient")
+    with socket.socket() as closed:  # bound, never listening: every connect is refused (UNAVAILABLE)
+        closed.bind(("127.0.0.1", 0))
+        proc = agent(cluster, "g", token_file, addr=f"127.0.0.1:{closed.getsockname()[1]}")
+        wait_until(lambda: proc.log().count("reconnecting to") >= 2, timeout=30, what="g to retry twice")
+        assert proc.alive(), proc.log()[-2000:]
+        assert " ERROR " not in proc.log()
+        assert proc.stop() == 0
 
 
 def cli(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
