@@ -93,6 +93,7 @@ class Principal:
     privileges: frozenset[str]
     node_id: str = ""  # agent keys: the node it is bound to ("" = not yet)
     expires_at: float | None = None  # Unix seconds; None = never
+    join: bool = False  # a join token: it may only register a node (JOIN_METHOD)
 
     def describe(self) -> str:
         return f"API key {self.key_id} (user {self.user}, roles {', '.join(self.roles) or 'none'})"
@@ -124,6 +125,7 @@ def changes(*privileges: str) -> Rule:
 
 _V1 = "/modelfleet.v1"
 _V2 = "/inference.GRPCInferenceService"
+JOIN_METHOD = f"{_V1}.AgentControl/Connect"
 METHOD_ACCESS: dict[str, Rule] = {
     f"{_V1}.ModelRegistry/UploadModel": changes(MANAGE_MODELS),
     f"{_V1}.ModelRegistry/GetModel": needs(MONITOR),
@@ -217,6 +219,11 @@ def check(rule: Rule | None, method: str, principal: Principal) -> None:
     """Raise PermissionDenied unless principal may call method under rule."""
     if rule is None:
         raise PermissionDenied(f"method {method} is not in the access table; denied")
+    if principal.join and method != JOIN_METHOD:
+        raise PermissionDenied(
+            f"{principal.describe()} is a join token: it may only register a node ({JOIN_METHOD}); "
+            "the node's own key does the rest"
+        )
     if rule.any_of and not principal.privileges & rule.any_of:
         need = " or ".join(sorted(rule.any_of))
         raise PermissionDenied(f"{principal.describe()} lacks the privilege {need} required by {method}")

@@ -143,6 +143,7 @@ class KeyService:
             privileges=access.privileges_of(record.roles, record.privileges),
             node_id=record.node_id,
             expires_at=_seconds(record.expires_at) if record.HasField("expires_at") else None,
+            join=record.join,
         )
 
     def view(self, record: records_pb2.ApiKeyRecord) -> auth_pb2.ApiKey:

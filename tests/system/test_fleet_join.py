@@ -12,11 +12,12 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
-from cluster import Cluster, Proc, wait_until
+from cluster import Cluster, Proc, authed_channel, wait_until
 from google.protobuf import duration_pb2
 
-from modelfleet.v1 import auth_pb2, auth_pb2_grpc, nodes_pb2
+from modelfleet.v1 import auth_pb2, auth_pb2_grpc, models_pb2, models_pb2_grpc, nodes_pb2
 
 EXIT_REFUSED = 78
 
@@ -164,3 +165,12 @@ def test_the_cli_sends_a_local_admin_key_only_to_its_own_control_plane(cluster: 
     assert f"came from the admin key file {Path('cp/admin.key')}" in result.stderr
     (own / "admin.key").write_text(cluster.token + "\n")
     assert cli(tmp_path, "--addr", cluster.addr, "keys", "list").returncode == 0
+
+
+def test_a_join_token_may_only_register_a_node(cluster: Cluster) -> None:
+    created = cluster.create_key("agent", join=True, name="only-joins")
+    stub = models_pb2_grpc.ModelRegistryStub(authed_channel(cluster.addr, created.token))
+    with pytest.raises(grpc.RpcError) as err:
+        next(iter(stub.DownloadModel(models_pb2.DownloadModelRequest(model_id="any"), timeout=10)))
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "is a join token: it may only register a node (/modelfleet.v1.AgentControl/Connect)" in (err.value.details() or "")
