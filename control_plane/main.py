@@ -276,6 +276,7 @@ class ControlPlane:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self.agent_streams.close_all()
+        self.gateway.end_streams()
         self.hub.close()  # waits and watches end now, not after the grace period
         await self.server.stop(grace)
         await self.gateway.close()

@@ -147,6 +147,7 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
+    gateway.end_streams()
     await server.stop(1.0)
     for task in tasks:
         task.cancel()

@@ -119,6 +119,15 @@ class Gateway:
         self.limited: collections.Counter[str] = collections.Counter()
         # deployment_id -> (hub version when read, the record); see the module docstring
         self._records: dict[str, tuple[int, records_pb2.DeploymentRecord]] = {}
+        self._streams: set[asyncio.Task[Any]] = set()  # open ModelStreamInfer calls
+        self._closing = False
+
+    def end_streams(self) -> None:
+        """For a shutdown: end every open ModelStreamInfer with UNAVAILABLE now (a
+        stream would only wait out the server's grace period, then be cancelled)."""
+        self._closing = True
+        for task in self._streams:
+            task.cancel()
 
     async def close(self) -> None:
         await self._channels.close()
@@ -238,8 +247,20 @@ class Gateway:
                 log.exception("unexpected error in ModelStreamInfer")
                 return stream_error(request, "internal error")
 
-        async for answer in answer_concurrently(requests, one):
-            yield answer
+        if self._closing:
+            raise errors.Unavailable("the gateway is shutting down; retry against another one or once it is back")
+        task = asyncio.current_task()
+        assert task is not None
+        self._streams.add(task)
+        try:
+            async for answer in answer_concurrently(requests, one):
+                yield answer
+        except asyncio.CancelledError:
+            if not self._closing:
+                raise  # the client went away
+            raise errors.Unavailable("the gateway is shutting down; retry against another one or once it is back") from None
+        finally:
+            self._streams.discard(task)
 
     async def infer(self, request: bytes, time_remaining: Callable[[], float | None]) -> bytes:
         """One V2 request (serialized) -> the worker's reply bytes; counted for stats and /metrics.

@@ -10,10 +10,12 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import grpc
 import numpy as np
 import pytest
 from cluster import Cluster, wait_until, worker_processes
@@ -169,3 +171,37 @@ def test_sigterm_with_a_deployment_and_a_watch_open_is_still_fast_and_clean(clus
     assert code == 0 and took < 3.0, (code, took, log[-2000:])
     assert "Traceback" not in log and "is closed" not in log, log[-3000:]
     assert watch.returncode != 0 and "UNAVAILABLE" in err and "shutting down" in err and "Traceback" not in err, err
+
+
+def test_sigterm_with_an_inference_stream_open_ends_it_with_unavailable_at_once(cluster: Cluster, tmp_path: Path) -> None:
+    from modelfleet.inference import grpc_service_pb2 as pb
+    from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
+
+    c = cluster
+    c.upload(onnx_add(tmp_path / "add.onnx"), "add")
+    req = dpb.StartDeploymentRequest(model_id="add", instances=1, wait_for=dpb.WAIT_FOR_STARTED)
+    req.timeout.FromSeconds(90)
+    c.deployments.StartDeployment(req, timeout=120)
+    gate = threading.Event()
+
+    def requests() -> Iterator[pb.ModelInferRequest]:
+        tensor = pb.ModelInferRequest.InferInputTensor(name="x", datatype="FP32", shape=[1, 4])
+        tensor.contents.fp32_contents.extend([1, 2, 3, 4])
+        yield pb.ModelInferRequest(model_name="add", inputs=[tensor])
+        gate.wait(30)  # keep the stream open
+
+    stream = pb_grpc.GRPCInferenceServiceStub(c.channel).ModelStreamInfer(requests(), timeout=60)
+    first = next(iter(stream))
+    assert not first.error_message, first.error_message
+    began = time.monotonic()
+    c.cp.signal(signal.SIGTERM)
+    with pytest.raises(grpc.RpcError) as err:
+        for _ in stream:
+            pass
+    code = c.cp.popen.wait(30)
+    took = time.monotonic() - began
+    gate.set()
+    log = c.cp.log()
+    print(f"control plane with an inference stream open: SIGTERM -> exit {code} in {took:.2f} s")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE and "shutting down" in (err.value.details() or "")
+    assert code == 0 and took < 3.0 and "Traceback" not in log and "CancelledError" not in log, log[-3000:]
