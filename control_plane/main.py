@@ -56,8 +56,6 @@ from control_plane.api.server import (
     DEFAULT_MANAGEMENT_MESSAGE_BYTES,
     Keepalive,
     build_server,
-    channel_credentials,
-    server_credentials,
     set_serving,
 )
 from control_plane.api.servicers import (
@@ -92,6 +90,7 @@ from control_plane.routefeed.servicer import GatewaysServicer
 from control_plane.store import SchemaVersionError, Store, StoreUnavailable, open_store
 from control_plane.store.cached import CachedStore
 from modelfleet.net import is_loopback
+from modelfleet.tls import channel_credentials, server_credentials
 from modelfleet.v1 import (
     agent_pb2_grpc,
     auth_pb2_grpc,

@@ -1,6 +1,7 @@
-"""TLS credentials from PEM files, for servers and clients of either process
-(the standalone gateway uses them; the flags are the control plane's:
---tls-cert/--tls-key to serve, --tls-client-ca for mTLS, a CA to trust)."""
+"""TLS credentials from PEM files, for the servers and clients of the control
+plane and the standalone gateway (the flags: --tls-cert/--tls-key to serve,
+--tls-client-ca for mTLS, a CA to trust). Unreadable files end the program
+with one line naming them."""
 
 from __future__ import annotations
 

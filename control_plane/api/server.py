@@ -95,29 +95,6 @@ def server_options(max_message_bytes: int, keepalive: Keepalive | None = None) -
     ]
 
 
-def server_credentials(cert: str, key: str, client_ca: str = "") -> grpc.ServerCredentials:
-    """TLS from PEM files; with client_ca, clients must present a certificate it signed (mTLS)."""
-    root = _read(client_ca) if client_ca else None
-    return grpc.ssl_server_credentials([(_read(key), _read(cert))], root_certificates=root, require_client_auth=root is not None)
-
-
-def channel_credentials(ca: str = "", cert: str = "", key: str = "") -> grpc.ChannelCredentials:
-    """TLS for a client: trust ca (default: the system roots); cert/key = a client certificate for mTLS."""
-    return grpc.ssl_channel_credentials(
-        root_certificates=_read(ca) if ca else None,
-        private_key=_read(key) if key else None,
-        certificate_chain=_read(cert) if cert else None,
-    )
-
-
-def _read(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise SystemExit(f"error: cannot read {path}: {exc.strerror}") from None
-
-
 def build_server(
     *,
     max_message_bytes: int,
