@@ -405,32 +405,9 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
         audit_log=audit.from_flags(args, data_dir),
     )
     plane.reconciler.full_every = args.full_reconcile_every
-    token = plane.bootstrap()
-    if token is not None:
-        # Shown once on a terminal (never logged); stdout that is not a terminal
-        # (a journal, a log file) would keep the key, so only its path is printed there.
-        key_file = data_dir / ADMIN_KEY_FILE
-        if sys.stdout.isatty():
-            print(f"modelfleet: created the bootstrap admin API key; it is saved in {key_file} "
-                  f"(mode 0600) and shown only this once:\n  {token}", flush=True)
-        else:
-            print(f"modelfleet: created the bootstrap admin API key in {key_file} (mode 0600); "
-                  "it is not printed because stdout is not a terminal", flush=True)
-    elif args.auth == "off":
-        log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
+    _announce_bootstrap(plane.bootstrap(), data_dir=data_dir, args=args)
     await plane.start(args.listen)
-    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
-    if args.metrics_port >= 0:
-        from control_plane.api.metrics import serve_metrics
-
-        port = serve_metrics(
-            store=plane.store, fleet=plane.fleet, reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
-            host=args.metrics_host, port=args.metrics_port, auth_throttle=plane.auth_throttle,
-        )  # fmt: skip
-        tmp = data_dir / "metrics_endpoint.tmp"
-        tmp.write_text(f"{args.metrics_host}:{port}")
-        os.replace(tmp, data_dir / "metrics_endpoint")
-        log.info("serving /metrics on %s:%d", args.metrics_host, port)
+    _serve_metrics(plane, data_dir=data_dir, args=args)
     stopping = asyncio.Event()
     rest = await _start_rest(args.http_listen, plane=plane, is_ready=lambda: not stopping.is_set())
     loop = asyncio.get_running_loop()
@@ -441,6 +418,38 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
     if rest is not None:
         await rest.stop()
     await plane.stop()
+
+
+def _announce_bootstrap(token: str | None, *, data_dir: Path, args: argparse.Namespace) -> None:
+    """Say where the new bootstrap admin key is. Shown once on a terminal (never logged);
+    stdout that is not a terminal (a journal, a log file) would keep it, so only its path."""
+    if token is not None:
+        key_file = data_dir / ADMIN_KEY_FILE
+        if sys.stdout.isatty():
+            print(f"modelfleet: created the bootstrap admin API key; it is saved in {key_file} "
+                  f"(mode 0600) and shown only this once:\n  {token}", flush=True)
+        else:
+            print(f"modelfleet: created the bootstrap admin API key in {key_file} (mode 0600); "
+                  "it is not printed because stdout is not a terminal", flush=True)
+    elif args.auth == "off":
+        log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
+
+
+def _serve_metrics(plane: ControlPlane, *, data_dir: Path, args: argparse.Namespace) -> None:
+    """/metrics when --metrics-port asks for it; its bound address goes to DATA_DIR/metrics_endpoint."""
+    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
+    if args.metrics_port < 0:
+        return
+    from control_plane.api.metrics import serve_metrics
+
+    port = serve_metrics(
+        store=plane.store, fleet=plane.fleet, reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
+        host=args.metrics_host, port=args.metrics_port, auth_throttle=plane.auth_throttle,
+    )  # fmt: skip
+    tmp = data_dir / "metrics_endpoint.tmp"
+    tmp.write_text(f"{args.metrics_host}:{port}")
+    os.replace(tmp, data_dir / "metrics_endpoint")
+    log.info("serving /metrics on %s:%d", args.metrics_host, port)
 
 
 async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[], bool]) -> RestServer | None:

@@ -173,16 +173,20 @@ def plan_variant(
             stop[m.allocation_id] = "replaced by new allocations on other nodes (rolling update)"
     quiet = draining == 0 and not starting
     stuck = bool(blocking) and quiet and (all_started or not targets) and not any(m.allocation_id in stop for m in rest)
-    if stuck and max_unavailable > 0:
-        # prefer ones that do not serve, then by node id
-        for victim in sorted(blocking, key=lambda m: (m.routing_state == _STARTED, m.node_id))[:max_unavailable]:
-            stop[victim.allocation_id] = "replaced in place: no node has room to start a new allocation beside it (rolling update)"
-
+    if stuck:
+        stop.update(_in_place(blocking, max_unavailable))
     remaining = sum(1 for m in stale if m.allocation_id not in stop)
     rollout = _waits_for(placement, name=name, started=len(started_on), remaining=remaining)
     if stuck and max_unavailable == 0:
         rollout = _no_room(demand, name=name, blocked=len(blocking), remaining=remaining)
     return VariantPlan(placement=placement, start_on=start_on, stop=stop, rollout=rollout)
+
+
+def _in_place(blocking: Sequence[Member], max_unavailable: int) -> dict[str, str]:
+    """The stale allocations to stop before their replacements start: up to
+    max_unavailable, ones that do not serve first, then by node id."""
+    chosen = sorted(blocking, key=lambda m: (m.routing_state == _STARTED, m.node_id))[:max_unavailable]
+    return {m.allocation_id: "replaced in place: no node has room to start a new allocation beside it (rolling update)" for m in chosen}
 
 
 def _no_room(demand: scheduler.Demand, *, name: str, blocked: int, remaining: int) -> str:
