@@ -42,3 +42,6 @@ class GatewayStats:
         self._counts.pop(deployment_id, None)
         self._last.pop(deployment_id, None)
 
+
+    def deployments(self) -> list[str]:
+        return sorted(self._counts)
