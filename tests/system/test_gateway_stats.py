@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -95,6 +96,11 @@ def test_stats_sum_every_gateway_and_a_killed_one_drops_out(fleet: dict[str, Any
     for gw in (gw0, gw1):
         info = listed[gw.address]
         assert info.live and info.watching and not info.stale and info.revision > 0 and info.behind >= 0
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{gw0.metrics_ports[0]}/metrics", timeout=5).read().decode()
+    assert 'modelfleet_gateway_request_duration_seconds_count{deployment="add"} 3.0' in text
+    assert 'modelfleet_gateway_request_duration_seconds_bucket{deployment="add",le="+Inf"} 3.0' in text
+    assert 'modelfleet_gateway_requests_total{deployment="add",status="OK"} 3.0' in text
 
     os.kill(gw1.pids[0], signal.SIGKILL)
     wait_until(lambda: len(_stats(c).gateways) == 2, timeout=10, what="the killed gateway dropping out of the stats")
