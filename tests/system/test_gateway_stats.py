@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import urllib.request
 from collections.abc import Iterator
 from typing import Any
@@ -96,6 +98,15 @@ def test_stats_sum_every_gateway_and_a_killed_one_drops_out(fleet: dict[str, Any
     for gw in (gw0, gw1):
         info = listed[gw.address]
         assert info.live and info.watching and not info.stale and info.revision > 0 and info.behind >= 0
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "modelfleet.cli", "--addr", c.addr, "gateways", "list"],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "MODELFLEET_TOKEN": c.token},
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    rows = {line.split()[1]: line.split() for line in cli.stdout.splitlines()[1:] if line.strip()}
+    assert rows[c.addr][2] == "embedded"
+    assert rows[gw0.address][2:3] == ["standalone"] and "live" in rows[gw0.address] and "fresh" in rows[gw0.address]
 
     text = urllib.request.urlopen(f"http://127.0.0.1:{gw0.metrics_ports[0]}/metrics", timeout=5).read().decode()
     assert 'modelfleet_gateway_request_duration_seconds_count{deployment="add"} 3.0' in text
