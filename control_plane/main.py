@@ -86,6 +86,7 @@ from control_plane.reconcile.source import StoreRouteSource
 from control_plane.rest.server import RestServer, build_app, product_version
 from control_plane.routefeed.feed import RoutesFeed
 from control_plane.routefeed.recovering import RecoveringRouteSource
+from control_plane.routefeed.reports import GatewayReports
 from control_plane.routefeed.servicer import GatewaysServicer
 from control_plane.store import SchemaVersionError, Store, StoreUnavailable, open_store
 from control_plane.store.cached import CachedStore
@@ -151,6 +152,7 @@ class ControlPlane:
             store=store, fleet=self.fleet, hub=self.hub, wall_clock=wall_clock, worker_tokens=security.auth
         )
         self.gateway_stats = GatewayStats()
+        self.gateway_reports = GatewayReports(embedded=self.gateway_stats.get)
         self.keys = KeyService(store=store) if security.auth else None
         self.registry = ModelRegistry(
             store=store,
@@ -163,7 +165,7 @@ class ControlPlane:
             registry=self.registry,
             default_auto_stop_s=default_auto_stop_s,
             max_deployments_per_user=max_deployments_per_user,
-            gateway_stats=self.gateway_stats.get,
+            gateway_stats=self.gateway_reports.deployment,
         )
         self.gateway = Gateway(
             source=StoreRouteSource(table=self.reconciler.route_table, store=store, hub=self.hub, fleet=self.fleet),
@@ -201,7 +203,7 @@ class ControlPlane:
         # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
         auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
         add_gateway_to_server(self.gateway, self.server)
-        gateways_pb2_grpc.add_GatewaysServicer_to_server(GatewaysServicer(self.routes_feed), self.server)
+        gateways_pb2_grpc.add_GatewaysServicer_to_server(GatewaysServicer(self.routes_feed, self.gateway_reports), self.server)
 
     def _keys_changed(self, revoked_key_id: str) -> None:
         """A key was created or revoked: agents get new verifiers; a revoked key's open calls end."""
@@ -230,6 +232,7 @@ class ControlPlane:
         await self.server.start()
         host = listen.rsplit(":", 1)[0]
         endpoint = f"{host}:{port}"
+        self.gateway_reports.embedded_address = endpoint
         self.reconciler.reconcile()
         await set_serving(self.health, True)
         self._tasks = [

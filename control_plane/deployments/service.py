@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from control_plane import errors, ids, paging
 from control_plane.auth.access import current_principal
@@ -74,7 +74,7 @@ class DeploymentService:
         registry: ModelRegistry,
         default_auto_stop_s: int = 0,
         max_deployments_per_user: int = DEFAULT_MAX_DEPLOYMENTS_PER_USER,
-        gateway_stats: Callable[[str], common_pb2.InferenceStats | None] | None = None,
+        gateway_stats: Callable[[str], Sequence[deployments_pb2.GatewayCounters]] | None = None,
     ) -> None:
         self.reconciler = reconciler
         self.store = reconciler.store

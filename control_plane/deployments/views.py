@@ -263,16 +263,25 @@ def node_view(node: records_pb2.NodeRecord, *, reads: ReconcileReads) -> nodes_p
     return out
 
 
+def _add_gateway_counts(total: common_pb2.InferenceStats, one: common_pb2.InferenceStats) -> None:
+    for name in ("inference_count", "error_count", "rejected_execution_count", "timeout_count", "cancelled_count"):
+        setattr(total, name, getattr(total, name) + getattr(one, name))
+    if one.HasField("last_access") and (
+        not total.HasField("last_access") or one.last_access.ToNanoseconds() > total.last_access.ToNanoseconds()
+    ):
+        total.last_access.CopyFrom(one.last_access)
+
+
 def stats_view(
     rec: records_pb2.DeploymentRecord,
     *,
     reads: ReconcileReads,
-    gateway_stats: Callable[[str], common_pb2.InferenceStats | None] | None = None,
+    gateway_stats: Callable[[str], Sequence[deployments_pb2.GatewayCounters]] | None = None,
 ) -> deployments_pb2.GetDeploymentStatsResponse:
     out = deployments_pb2.GetDeploymentStatsResponse(deployment_id=rec.deployment_id, status=rec.status)
-    seen = gateway_stats(rec.deployment_id) if gateway_stats is not None else None
-    if seen is not None:
-        out.gateway.CopyFrom(seen)
+    for seen in gateway_stats(rec.deployment_id) if gateway_stats is not None else ():
+        out.gateways.add().CopyFrom(seen)
+        _add_gateway_counts(out.gateway, seen.stats)
     total = out.total
     weighted_ms = 0.0
     for alloc in reads.store.list_allocations(deployment_id=rec.deployment_id):

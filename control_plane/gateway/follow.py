@@ -46,7 +46,7 @@ class Follower:
         self._addresses = list(addresses)
         self._source = source
         self._metadata = (("authorization", f"Bearer {token}"),) if token else None
-        self._gateway_id = gateway_id
+        self.gateway_id = gateway_id
         self._credentials = credentials
         self._on_state = on_state
         self.stale = True
@@ -64,9 +64,9 @@ class Follower:
 
     def _request(self) -> gateways_pb2.WatchRoutesRequest:
         if self._fresh or not self._source.synced:
-            return gateways_pb2.WatchRoutesRequest(gateway_id=self._gateway_id)
+            return gateways_pb2.WatchRoutesRequest(gateway_id=self.gateway_id)
         return gateways_pb2.WatchRoutesRequest(
-            epoch=self._source.epoch, revision=self._source.revision, gateway_id=self._gateway_id
+            epoch=self._source.epoch, revision=self._source.revision, gateway_id=self.gateway_id
         )
 
     def _channel(self, address: str) -> grpc.aio.Channel:

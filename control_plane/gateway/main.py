@@ -41,6 +41,7 @@ from control_plane.gateway.callers import GatewayAccess, Verifiers
 from control_plane.gateway.follow import Follower
 from control_plane.gateway.metrics import GatewayCollector, serve_metrics
 from control_plane.gateway.processes import CHILD_READY_ENV, run_processes
+from control_plane.gateway.report import report_forever
 from control_plane.gateway.service import Gateway, add_gateway_to_server
 from control_plane.gateway.watched import WatchedRouteSource
 from modelfleet import rpc
@@ -140,6 +141,11 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     metrics_port = serve_metrics(args.metrics_port, collector) if args.metrics_port >= 0 else -1
     stop = asyncio.Event()
     tasks = [asyncio.create_task(follower.run()), asyncio.create_task(_prune(gateway))]
+    tasks.append(asyncio.create_task(report_forever(
+        addresses=args.addresses, token=args.token, gateway_id=follower.gateway_id, stats=gateway.stats, source=source,
+        credentials=channel_credentials(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None,
+        address=f"{args.listen.rpartition(':')[0]}:{port}", follower=follower,
+    )))  # fmt: skip
     if os.environ.get(CHILD_READY_ENV):
         tasks.append(asyncio.create_task(_orphaned(stop)))
     on_ready({"port": port, "pid": os.getpid(), "metrics_port": metrics_port})

@@ -3,6 +3,7 @@ prometheus_client's HTTP server on its own thread. A scrape copies the
 gateway's counters (dict copies are atomic under the GIL) and formats them:
 
 - modelfleet_gateway_requests_total{deployment, status}: calls by final gRPC status
+- modelfleet_gateway_request_duration_seconds{deployment}: histogram of call durations (answered or not)
 - modelfleet_gateway_rejected_total{deployment, reason="traffic_limit"}
 - modelfleet_gateway_stale: 1 while the routes watch is down (serving from the last snapshot)
 - modelfleet_gateway_stale_seconds: how long it has been stale (0 when fresh)
@@ -17,7 +18,7 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, start_http_server
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from control_plane.gateway.follow import Follower
@@ -36,6 +37,12 @@ class GatewayCollector(Collector):
         for (deployment, status), n in dict(self._gateway.calls).items():
             requests.add_metric([deployment, status], n)
         yield requests
+        durations = HistogramMetricFamily(
+            "modelfleet_gateway_request_duration_seconds", "gateway call durations", labels=["deployment"]
+        )
+        for deployment, (buckets, total) in self._gateway.durations.snapshot().items():
+            durations.add_metric([deployment], buckets, total)
+        yield durations
         limited = CounterMetricFamily("modelfleet_gateway_rejected", "calls refused by the gateway", labels=["deployment", "reason"])
         for deployment, n in dict(self._gateway.limited).items():
             limited.add_metric([deployment, "traffic_limit"], n)

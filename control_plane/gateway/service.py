@@ -60,6 +60,7 @@ import asyncio
 import collections
 import logging
 import random
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -69,7 +70,7 @@ from control_plane import errors
 from control_plane.gateway import describe, statistics, versions
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
-from control_plane.gateway.stats import GatewayStats
+from control_plane.gateway.stats import DurationHistogram, GatewayStats
 from control_plane.gateway.wire import (
     IDENTITY,
     SERVICE,
@@ -117,6 +118,7 @@ class Gateway:
         self.stats = stats or GatewayStats()
         self.calls: collections.Counter[tuple[str, str]] = collections.Counter()
         self.limited: collections.Counter[str] = collections.Counter()
+        self.durations = DurationHistogram()  # seconds per call, by deployment (/metrics)
         # deployment_id -> (hub version when read, the record); see the module docstring
         self._records: dict[str, tuple[int, records_pb2.DeploymentRecord]] = {}
         self._streams: set[asyncio.Task[Any]] = set()  # open ModelStreamInfer calls
@@ -270,6 +272,7 @@ class Gateway:
             _Relayed: the worker's error status, to pass on unchanged.
         """
         label, status = UNKNOWN_DEPLOYMENT, "OK"  # for /metrics; unknown names share one label
+        started = time.perf_counter()
         try:
             name, version = scan_model_name(request)
             rec = self._record(name)
@@ -311,6 +314,7 @@ class Gateway:
             raise
         finally:
             self.calls[(label, status)] += 1
+            self.durations.observe(label, time.perf_counter() - started)
 
     async def _forward(
         self,

@@ -63,6 +63,7 @@ class RoutesFeed:
         self._log: collections.deque[gateways_pb2.RoutesUpdate] = collections.deque(maxlen=keep)
         self._changed = asyncio.Event()
         self.watchers = 0  # open WatchRoutes streams: gateway processes, among which traffic limits are shared
+        self.watching: collections.Counter[str] = collections.Counter()  # gateway_id -> open streams
         self._gateways = 0  # the count last published
 
     # ---- publishing --------------------------------------------------------------
@@ -158,12 +159,16 @@ class RoutesFeed:
             )
         sent = request.revision if request.epoch == self.epoch else -1
         self.watchers += 1
+        self.watching[request.gateway_id] += 1
         try:
             self.refresh()  # publishes the new gateway count (the others' shares shrink)
             async for update in self._follow(sent):
                 yield update
         finally:
             self.watchers -= 1
+            self.watching[request.gateway_id] -= 1
+            if self.watching[request.gateway_id] <= 0:
+                del self.watching[request.gateway_id]
             self.refresh()
 
     async def _follow(self, sent: int) -> AsyncIterator[gateways_pb2.RoutesUpdate]:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from modelfleet.cli import cmd_deployments, cmd_health, cmd_infer, cmd_keys, cmd_models, cmd_nodes, up
+from modelfleet.cli import cmd_deployments, cmd_gateways, cmd_health, cmd_infer, cmd_keys, cmd_models, cmd_nodes, up
 from modelfleet.cli.client import DEFAULT_ADDR, Client, Tls, format_rpc_error, resolve_credential, with_default_port
 from modelfleet.cli.errors import CliError
 
@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_models.register(sub, parents)
     cmd_deployments.register(sub, parents)
     cmd_nodes.register(sub, parents)
+    cmd_gateways.register(sub, parents)
     cmd_infer.register(sub, parents)
     cmd_keys.register(sub, parents)
     cmd_health.register(sub, parents)

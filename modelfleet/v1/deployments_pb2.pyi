@@ -353,18 +353,32 @@ class NodeStats(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., stats: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
 
 class GetDeploymentStatsResponse(_message.Message):
-    __slots__ = ("deployment_id", "status", "nodes", "total", "gateway")
+    __slots__ = ("deployment_id", "status", "nodes", "total", "gateway", "gateways")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    GATEWAYS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     status: _common_pb2.DeploymentStatus
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
     total: _common_pb2.InferenceStats
     gateway: _common_pb2.InferenceStats
-    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateway: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
+    gateways: _containers.RepeatedCompositeFieldContainer[GatewayCounters]
+    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateway: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateways: _Optional[_Iterable[_Union[GatewayCounters, _Mapping]]] = ...) -> None: ...
+
+class GatewayCounters(_message.Message):
+    __slots__ = ("gateway_id", "address", "stats", "last_report")
+    GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    STATS_FIELD_NUMBER: _ClassVar[int]
+    LAST_REPORT_FIELD_NUMBER: _ClassVar[int]
+    gateway_id: str
+    address: str
+    stats: _common_pb2.InferenceStats
+    last_report: _timestamp_pb2.Timestamp
+    def __init__(self, gateway_id: _Optional[str] = ..., address: _Optional[str] = ..., stats: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., last_report: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class WatchDeploymentRequest(_message.Message):
     __slots__ = ("deployment_id", "after_seq")

@@ -22,26 +22,42 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from modelfleet.store.v1 import records_pb2 as modelfleet_dot_store_dot_v1_dot_records__pb2
+from modelfleet.v1 import common_pb2 as modelfleet_dot_v1_dot_common__pb2
 from modelfleet.v1 import agent_pb2 as modelfleet_dot_v1_dot_agent__pb2
 from modelfleet.v1 import models_pb2 as modelfleet_dot_v1_dot_models__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelfleet/v1/gateways.proto\x12\rmodelfleet.v1\x1a!modelfleet/store/v1/records.proto\x1a\x19modelfleet/v1/agent.proto\x1a\x1amodelfleet/v1/models.proto\"I\n\x12WatchRoutesRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\ngateway_id\x18\x03 \x01(\t\"\x90\x01\n\x0cGatewayRoute\x12\x15\n\rallocation_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\"v\n\x10\x44\x65ploymentRoutes\x12\x35\n\x06record\x18\x01 \x01(\x0b\x32%.modelfleet.store.v1.DeploymentRecord\x12+\n\x06routes\x18\x02 \x03(\x0b\x32\x1b.modelfleet.v1.GatewayRoute\"\x9f\x02\n\x0cRoutesUpdate\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x34\n\x0b\x64\x65ployments\x18\x04 \x03(\x0b\x32\x1f.modelfleet.v1.DeploymentRoutes\x12\x1b\n\x13removed_deployments\x18\x05 \x03(\t\x12$\n\x06models\x18\x06 \x03(\x0b\x32\x14.modelfleet.v1.Model\x12\x17\n\x0fhas_credentials\x18\x07 \x01(\x08\x12\x38\n\x0b\x63redentials\x18\x08 \x01(\x0b\x32#.modelfleet.v1.InferenceCredentials\x12\x10\n\x08gateways\x18\t \x01(\x05\x32[\n\x08Gateways\x12O\n\x0bWatchRoutes\x12!.modelfleet.v1.WatchRoutesRequest\x1a\x1b.modelfleet.v1.RoutesUpdate0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cmodelfleet/v1/gateways.proto\x12\rmodelfleet.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a!modelfleet/store/v1/records.proto\x1a\x1amodelfleet/v1/common.proto\x1a\x19modelfleet/v1/agent.proto\x1a\x1amodelfleet/v1/models.proto\"I\n\x12WatchRoutesRequest\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x12\n\ngateway_id\x18\x03 \x01(\t\"\x90\x01\n\x0cGatewayRoute\x12\x15\n\rallocation_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x04 \x01(\t\x12\r\n\x05token\x18\x05 \x01(\t\x12\x10\n\x08model_id\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\x03\"v\n\x10\x44\x65ploymentRoutes\x12\x35\n\x06record\x18\x01 \x01(\x0b\x32%.modelfleet.store.v1.DeploymentRecord\x12+\n\x06routes\x18\x02 \x03(\x0b\x32\x1b.modelfleet.v1.GatewayRoute\"\x9f\x02\n\x0cRoutesUpdate\x12\r\n\x05\x65poch\x18\x01 \x01(\x03\x12\x10\n\x08revision\x18\x02 \x01(\x03\x12\x10\n\x08snapshot\x18\x03 \x01(\x08\x12\x34\n\x0b\x64\x65ployments\x18\x04 \x03(\x0b\x32\x1f.modelfleet.v1.DeploymentRoutes\x12\x1b\n\x13removed_deployments\x18\x05 \x03(\t\x12$\n\x06models\x18\x06 \x03(\x0b\x32\x14.modelfleet.v1.Model\x12\x17\n\x0fhas_credentials\x18\x07 \x01(\x08\x12\x38\n\x0b\x63redentials\x18\x08 \x01(\x0b\x32#.modelfleet.v1.InferenceCredentials\x12\x10\n\x08gateways\x18\t \x01(\x05\"Y\n\x12\x44\x65ploymentCounters\x12\x15\n\rdeployment_id\x18\x01 \x01(\t\x12,\n\x05stats\x18\x02 \x01(\x0b\x32\x1d.modelfleet.v1.InferenceStats\"\xa8\x01\n\x19ReportGatewayStatsRequest\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\r\n\x05\x65poch\x18\x03 \x01(\x03\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\r\n\x05stale\x18\x05 \x01(\x08\x12\x36\n\x0b\x64\x65ployments\x18\x06 \x03(\x0b\x32!.modelfleet.v1.DeploymentCounters\"7\n\x1aReportGatewayStatsResponse\x12\x19\n\x11report_interval_s\x18\x01 \x01(\x01\"?\n\x13ListGatewaysRequest\x12(\n\x04page\x18\x01 \x01(\x0b\x32\x1a.modelfleet.v1.PageRequest\"\xe4\x01\n\x0bGatewayInfo\x12\x12\n\ngateway_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x10\n\x08\x65mbedded\x18\x03 \x01(\x08\x12\x10\n\x08revision\x18\x04 \x01(\x03\x12\x0e\n\x06\x62\x65hind\x18\x05 \x01(\x03\x12\r\n\x05stale\x18\x06 \x01(\x08\x12\x10\n\x08watching\x18\x07 \x01(\x08\x12\x0c\n\x04live\x18\x08 \x01(\x08\x12/\n\x0blast_report\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14seconds_since_report\x18\n \x01(\x01\"]\n\x14ListGatewaysResponse\x12,\n\x08gateways\x18\x01 \x03(\x0b\x32\x1a.modelfleet.v1.GatewayInfo\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xa4\x02\n\x08Gateways\x12O\n\x0bWatchRoutes\x12!.modelfleet.v1.WatchRoutesRequest\x1a\x1b.modelfleet.v1.RoutesUpdate0\x01\x12i\n\x12ReportGatewayStats\x12(.modelfleet.v1.ReportGatewayStatsRequest\x1a).modelfleet.v1.ReportGatewayStatsResponse\x12\\\n\x0cListGateways\x12\".modelfleet.v1.ListGatewaysRequest\x1a#.modelfleet.v1.ListGatewaysResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'modelfleet.v1.gateways_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_WATCHROUTESREQUEST']._serialized_start=137
-  _globals['_WATCHROUTESREQUEST']._serialized_end=210
-  _globals['_GATEWAYROUTE']._serialized_start=213
-  _globals['_GATEWAYROUTE']._serialized_end=357
-  _globals['_DEPLOYMENTROUTES']._serialized_start=359
-  _globals['_DEPLOYMENTROUTES']._serialized_end=477
-  _globals['_ROUTESUPDATE']._serialized_start=480
-  _globals['_ROUTESUPDATE']._serialized_end=767
-  _globals['_GATEWAYS']._serialized_start=769
-  _globals['_GATEWAYS']._serialized_end=860
+  _globals['_GATEWAYS'].methods_by_name['ListGateways']._loaded_options = None
+  _globals['_GATEWAYS'].methods_by_name['ListGateways']._serialized_options = b'\220\002\001'
+  _globals['_WATCHROUTESREQUEST']._serialized_start=198
+  _globals['_WATCHROUTESREQUEST']._serialized_end=271
+  _globals['_GATEWAYROUTE']._serialized_start=274
+  _globals['_GATEWAYROUTE']._serialized_end=418
+  _globals['_DEPLOYMENTROUTES']._serialized_start=420
+  _globals['_DEPLOYMENTROUTES']._serialized_end=538
+  _globals['_ROUTESUPDATE']._serialized_start=541
+  _globals['_ROUTESUPDATE']._serialized_end=828
+  _globals['_DEPLOYMENTCOUNTERS']._serialized_start=830
+  _globals['_DEPLOYMENTCOUNTERS']._serialized_end=919
+  _globals['_REPORTGATEWAYSTATSREQUEST']._serialized_start=922
+  _globals['_REPORTGATEWAYSTATSREQUEST']._serialized_end=1090
+  _globals['_REPORTGATEWAYSTATSRESPONSE']._serialized_start=1092
+  _globals['_REPORTGATEWAYSTATSRESPONSE']._serialized_end=1147
+  _globals['_LISTGATEWAYSREQUEST']._serialized_start=1149
+  _globals['_LISTGATEWAYSREQUEST']._serialized_end=1212
+  _globals['_GATEWAYINFO']._serialized_start=1215
+  _globals['_GATEWAYINFO']._serialized_end=1443
+  _globals['_LISTGATEWAYSRESPONSE']._serialized_start=1445
+  _globals['_LISTGATEWAYSRESPONSE']._serialized_end=1538
+  _globals['_GATEWAYS']._serialized_start=1541
+  _globals['_GATEWAYS']._serialized_end=1833
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,16 @@ class GatewaysStub:
                 request_serializer=modelfleet_dot_v1_dot_gateways__pb2.WatchRoutesRequest.SerializeToString,
                 response_deserializer=modelfleet_dot_v1_dot_gateways__pb2.RoutesUpdate.FromString,
                 _registered_method=True)
+        self.ReportGatewayStats = channel.unary_unary(
+                '/modelfleet.v1.Gateways/ReportGatewayStats',
+                request_serializer=modelfleet_dot_v1_dot_gateways__pb2.ReportGatewayStatsRequest.SerializeToString,
+                response_deserializer=modelfleet_dot_v1_dot_gateways__pb2.ReportGatewayStatsResponse.FromString,
+                _registered_method=True)
+        self.ListGateways = channel.unary_unary(
+                '/modelfleet.v1.Gateways/ListGateways',
+                request_serializer=modelfleet_dot_v1_dot_gateways__pb2.ListGatewaysRequest.SerializeToString,
+                response_deserializer=modelfleet_dot_v1_dot_gateways__pb2.ListGatewaysResponse.FromString,
+                _registered_method=True)
 
 
 class GatewaysServicer:
@@ -52,6 +62,22 @@ class GatewaysServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportGatewayStats(self, request, context):
+        """Each gateway process sends its counters about every second (gateway role);
+        one that has not reported for a few seconds drops out of the stats and the list.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGateways(self, request, context):
+        """The gateways the control plane knows of: its own (embedded) and every
+        standalone process that reported or watches, ordered by gateway_id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewaysServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +85,16 @@ def add_GatewaysServicer_to_server(servicer, server):
                     servicer.WatchRoutes,
                     request_deserializer=modelfleet_dot_v1_dot_gateways__pb2.WatchRoutesRequest.FromString,
                     response_serializer=modelfleet_dot_v1_dot_gateways__pb2.RoutesUpdate.SerializeToString,
+            ),
+            'ReportGatewayStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportGatewayStats,
+                    request_deserializer=modelfleet_dot_v1_dot_gateways__pb2.ReportGatewayStatsRequest.FromString,
+                    response_serializer=modelfleet_dot_v1_dot_gateways__pb2.ReportGatewayStatsResponse.SerializeToString,
+            ),
+            'ListGateways': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGateways,
+                    request_deserializer=modelfleet_dot_v1_dot_gateways__pb2.ListGatewaysRequest.FromString,
+                    response_serializer=modelfleet_dot_v1_dot_gateways__pb2.ListGatewaysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +124,60 @@ class Gateways:
             '/modelfleet.v1.Gateways/WatchRoutes',
             modelfleet_dot_v1_dot_gateways__pb2.WatchRoutesRequest.SerializeToString,
             modelfleet_dot_v1_dot_gateways__pb2.RoutesUpdate.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportGatewayStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelfleet.v1.Gateways/ReportGatewayStats',
+            modelfleet_dot_v1_dot_gateways__pb2.ReportGatewayStatsRequest.SerializeToString,
+            modelfleet_dot_v1_dot_gateways__pb2.ReportGatewayStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGateways(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/modelfleet.v1.Gateways/ListGateways',
+            modelfleet_dot_v1_dot_gateways__pb2.ListGatewaysRequest.SerializeToString,
+            modelfleet_dot_v1_dot_gateways__pb2.ListGatewaysResponse.FromString,
             options,
             channel_credentials,
             insecure,
