@@ -56,13 +56,13 @@ from control_plane import errors, paging
 from control_plane.auth import access
 from control_plane.ids import check_id
 from control_plane.store import Store
+from modelfleet import keycheck
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, auth_pb2
 
 log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "mfk_"
-_TOKEN = re.compile(r"^mfk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 _USER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
 HASH_ITERATIONS = 20_000
 MAX_NAME_CHARS = 200
@@ -172,7 +172,7 @@ class KeyService:
         Raises:
             Unauthenticated: malformed, unknown, wrong secret, revoked or expired.
         """
-        match = _TOKEN.match(token)
+        match = keycheck.TOKEN.match(token)
         if match is None:
             raise errors.Unauthenticated("malformed API key: expected mfk_<key id>_<secret>")
         key_id, secret = match.groups()

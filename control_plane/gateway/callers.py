@@ -16,19 +16,13 @@ Event-loop only; the PBKDF2 of a token not seen before runs in a thread.
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import hashlib
-import hmac
-import re
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
 from control_plane.errors import PermissionDenied, Unauthenticated
-from modelfleet import rpc
+from modelfleet import keycheck, rpc
 from modelfleet.v1 import agent_pb2
 
 _V2 = "/inference.GRPCInferenceService"
@@ -40,8 +34,6 @@ PUBLIC = frozenset({
 CALLERS = frozenset(f"{_V2}/{m}" for m in (
     "ModelReady", "ModelMetadata", "ModelInfer", "ModelStreamInfer", "ModelStatistics", "RepositoryIndex", "ModelConfig",
 ))  # fmt: skip
-_TOKEN = re.compile(r"^mfk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
-_CACHE_LIMIT = 10_000
 
 
 def bearer(metadata: Any) -> str:
@@ -58,7 +50,7 @@ class Verifiers:
 
     def __init__(self) -> None:
         self.keys: dict[str, agent_pb2.KeyVerifier] | None = None  # None: none received yet
-        self._verified: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        self._verified = keycheck.VerifiedTokens()
 
     def replace(self, creds: agent_pb2.InferenceCredentials) -> None:
         self.keys = {k.key_id: k for k in creds.keys}
@@ -67,22 +59,16 @@ class Verifiers:
         """Raise Unauthenticated unless token is a current key with infer."""
         if not token:
             raise Unauthenticated(f"{method} needs credentials: send 'authorization: Bearer <api key>'")
-        match = _TOKEN.match(token)
+        match = keycheck.TOKEN.match(token)
         if match is None:
             raise Unauthenticated("malformed API key: expected mfk_<key id>_<secret>")
         key_id, secret = match.groups()
         verifier = (self.keys or {}).get(key_id)
         if verifier is None:
             raise Unauthenticated(f"API key {key_id} may not call this gateway: it is unknown, revoked or lacks infer")
-        digest = hashlib.sha256(token.encode()).digest()
-        if self._verified.get(digest) != key_id:
-            got = await asyncio.to_thread(hashlib.pbkdf2_hmac, "sha256", secret.encode(), verifier.salt, verifier.iterations)
-            if not hmac.compare_digest(got, verifier.secret_hash):
-                raise Unauthenticated("invalid API key")
-            self._verified[digest] = key_id
-            if len(self._verified) > _CACHE_LIMIT:
-                self._verified.popitem(last=False)
-        if verifier.HasField("expires_at") and time.time() >= verifier.expires_at.seconds + verifier.expires_at.nanos / 1e9:
+        if not await self._verified.secret_matches(token, key_id=key_id, secret=secret, verifier=verifier):
+            raise Unauthenticated("invalid API key")
+        if keycheck.expired(verifier):
             raise Unauthenticated(f"API key {key_id} has expired")
 
 

@@ -24,13 +24,9 @@ SHA-256 of its token (never the token).
 
 from __future__ import annotations
 
-import asyncio
-import collections
-import hashlib
 import hmac
 import logging
 import os
-import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -38,7 +34,7 @@ from typing import Any
 
 import grpc
 
-from modelfleet import rpc
+from modelfleet import keycheck, rpc
 from modelfleet.v1 import agent_pb2
 from node_agent.worker.errors import PermissionDenied, Unauthenticated
 
@@ -68,9 +64,7 @@ WORKER_ACCESS: dict[str, str] = {
     "/grpc.health.v1.Health/Watch": PUBLIC,
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo": PUBLIC,
 }
-_TOKEN = re.compile(r"^mfk_([0-9a-f]{16})_([A-Za-z0-9_-]{43})$")
 RELOAD_EVERY_S = 0.5
-_CACHE_LIMIT = 10_000
 
 
 def _bearer(metadata: Any) -> str:
@@ -96,7 +90,7 @@ class WorkerAccess(grpc.aio.ServerInterceptor):
         self._stamp: tuple[int, int] | None = None
         self._checked = 0.0
         self._keys: dict[str, agent_pb2.KeyVerifier] = {}
-        self._verified: collections.OrderedDict[bytes, str] = collections.OrderedDict()
+        self._verified = keycheck.VerifiedTokens()
 
     def _reload(self) -> None:
         now = time.monotonic()
@@ -124,7 +118,7 @@ class WorkerAccess(grpc.aio.ServerInterceptor):
             raise Unauthenticated(f"{method} needs credentials: send 'authorization: Bearer <api key>'")
         if hmac.compare_digest(token.encode(), self._token):
             return
-        match = _TOKEN.match(token)
+        match = keycheck.TOKEN.match(token)
         if match is None:
             raise Unauthenticated("invalid credentials")
         if rule == AGENT:
@@ -134,15 +128,9 @@ class WorkerAccess(grpc.aio.ServerInterceptor):
         verifier = self._keys.get(key_id)
         if verifier is None:
             raise Unauthenticated(f"API key {key_id} may not call this worker: it is unknown, revoked or lacks infer")
-        digest = hashlib.sha256(token.encode()).digest()
-        if self._verified.get(digest) != key_id:
-            got = await asyncio.to_thread(hashlib.pbkdf2_hmac, "sha256", secret.encode(), verifier.salt, verifier.iterations)
-            if not hmac.compare_digest(got, verifier.secret_hash):
-                raise Unauthenticated("invalid credentials")
-            self._verified[digest] = key_id
-            if len(self._verified) > _CACHE_LIMIT:
-                self._verified.popitem(last=False)
-        if verifier.HasField("expires_at") and time.time() >= verifier.expires_at.seconds + verifier.expires_at.nanos / 1e9:
+        if not await self._verified.secret_matches(token, key_id=key_id, secret=secret, verifier=verifier):
+            raise Unauthenticated("invalid credentials")
+        if keycheck.expired(verifier):
             raise Unauthenticated(f"API key {key_id} has expired")
 
     async def intercept_service(
