@@ -129,9 +129,10 @@ def add_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @contextlib.contextmanager
 def make_plane(root: Path, add_model: Path) -> Iterator[dict[str, Any]]:
-    """A control plane (slow heartbeats: nothing changes on its own), a scripted agent on node-x,
+    """A control plane (slow heartbeats and an hour's node timeout: nothing changes on its own, and the
+    scripted agents' streams stay open however long a slow run takes), a scripted agent on node-x,
     models add and spare, deployment add (STARTING on node-x), and keys of every kind."""
-    c = Cluster(root, heartbeat=30, node_timeout=120)
+    c = Cluster(root, heartbeat=30, node_timeout=3600)
     agents: list[FakeAgent] = []
     try:
         c.start_control_plane()
