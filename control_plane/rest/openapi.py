@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from control_plane.rest.routes import Route
 
 ERROR_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+_PATH_PARAMETER = re.compile(r"{(\w+)(?::[^}]*)?}")
+
+
+def path_parameters(path: str) -> list[dict[str, Any]]:
+    """The OpenAPI parameters of a path's `{name}` segments: required strings without '/'."""
+    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}}
+            for name in _PATH_PARAMETER.findall(path)]
 
 
 def document(routes: list[Route], *, version: str) -> dict[str, Any]:
@@ -15,9 +23,12 @@ def document(routes: list[Route], *, version: str) -> dict[str, Any]:
     for route in routes:
         responses = {code: {"description": body.get("description", ""), "content": {"application/json": {
             "schema": body["schema"]}}} for code, body in route.responses.items()}
-        paths.setdefault(route.path, {})[route.method.lower()] = {
+        operation: dict[str, Any] = {
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_') or 'root'}",
             "responses": responses or {"200": {"description": "OK"}},
         }
+        if parameters := path_parameters(route.path):
+            operation["parameters"] = parameters
+        paths.setdefault(route.path, {})[route.method.lower()] = operation
     return {"openapi": "3.0.3", "info": {"title": "modelfleet REST API", "version": version}, "paths": paths}
