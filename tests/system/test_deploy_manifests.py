@@ -208,6 +208,36 @@ def test_systemd_units_pass_only_flags_that_exist() -> None:
         assert not unknown, f"{unit.name}: {unknown}"
 
 
+
+def _doc_commands(section: str) -> list[list[str]]:
+    """The command lines of a deploy/README.md section (code blocks, and inline `modelfleet...` spans
+    without an ellipsis), comments and line continuations dropped."""
+    text = re.search(rf"^## {section}\n(.*?)(?=^## )", (DEPLOY / "README.md").read_text(), re.M | re.S).group(1)  # type: ignore[union-attr]
+    lines = [line.split("  #")[0] for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.replace("\\\n", " ").splitlines()]
+    lines += [span for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S).replace("\n", " "))
+              if re.match(r"modelfleet(-\w+)? \S", span) and "..." not in span]  # fmt: skip
+    return [shlex.split(line) for line in lines if line.strip()]
+
+
+def test_the_gateways_section_commands_parse_with_the_real_programs() -> None:
+    commands = _doc_commands("Gateways")
+    ran = set()
+    for words in commands:
+        if words[0] == "modelfleet":
+            args = cli_main.build_parser().parse_args(words[1:])
+            assert callable(args.func), words
+        elif words[0] == "modelfleet-gateway":
+            unknown = _not_spelled_out(gw_main.build_parser(), words[1:])
+            assert not unknown, unknown
+            gw_main.build_parser().parse_args(words[1:])
+        elif words[0] in ("install", "systemctl", "kubectl"):
+            continue
+        else:
+            raise AssertionError(f"deploy/README.md, Gateways: an unchecked command {words}")
+        ran.add(" ".join(words[:3]))
+    assert {"modelfleet keys create", "modelfleet health --addr", "modelfleet gateways list"} <= ran, ran
+    assert any(r.startswith("modelfleet-gateway") for r in ran) and any(r.startswith("modelfleet infer") for r in ran)
+
 def _as_image_user() -> list[str]:
     return ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", "--"]
 
