@@ -6,7 +6,8 @@ req/s and latency percentiles.
     python benchmarks/loadgen.py stream --target HOST:PORT --model NAME --shape 784 ...
     python benchmarks/loadgen.py raw --onnx MODEL.onnx --threads 1 --model-threads 2 ...
 
-`grpc`: V2 ModelInfer over one grpc.aio channel; the request is serialized
+`grpc`: V2 ModelInfer over one grpc.aio channel (`--channels N`: N separate
+connections, callers spread over them); the request is serialized
 once and sent as raw bytes, and replies are not decoded (one is, before the
 clock starts, to check the answer), so the generator spends as little CPU as
 a Python client can. `stream`: the same requests on one ModelStreamInfer
@@ -17,6 +18,8 @@ serialized once, its id naming the slot). `raw`: onnxruntime in this process, th
 (the same bounded concurrency the worker's model threads give), on one
 session with `--threads` intra-op threads. Calls that complete in the
 warm-up are not counted; the measured window is `--duration` seconds.
+`--cpu-pids` adds the CPU seconds (utime + stime from /proc) each of those
+processes used in that window, read by this process at its two ends.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import threading
 import time
@@ -65,18 +69,36 @@ def _request_body(args: argparse.Namespace, request_id: str = "") -> bytes:
     return req.SerializeToString()
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all its threads), from /proc/PID/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _cpu_over_window(pids: list[int], measure_from: float, stop_at: float) -> dict[str, float]:
+    """CPU seconds each pid used between measure_from and stop_at (perf_counter times)."""
+    await asyncio.sleep(max(0.0, measure_from - time.perf_counter()))
+    before = {pid: cpu_seconds(pid) for pid in pids}
+    await asyncio.sleep(max(0.0, stop_at - time.perf_counter()))
+    return {str(pid): cpu_seconds(pid) - before[pid] for pid in pids}
+
+
 async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
     import grpc
 
     from modelfleet.inference import grpc_service_pb2 as pb
 
     body = _request_body(args)
-    async with grpc.aio.insecure_channel(args.target, options=_CHANNEL_OPTIONS) as channel:
-        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer")
-        metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
-        reply = pb.ModelInferResponse.FromString(await call(body, timeout=60, metadata=metadata))
-        if not reply.raw_output_contents:
-            raise SystemExit(f"unexpected reply: {reply}")
+    # distinct connections (no shared subchannel), so N server processes on one port each get some
+    options = [*_CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.aio.insecure_channel(args.target, options=options) for _ in range(args.channels)]
+    calls = [channel.unary_unary("/inference.GRPCInferenceService/ModelInfer") for channel in channels]
+    metadata = (("authorization", f"Bearer {args.token}"),) if args.token else None
+    try:
+        for call in calls:
+            reply = pb.ModelInferResponse.FromString(await call(body, timeout=60, metadata=metadata))
+            if not reply.raw_output_contents:
+                raise SystemExit(f"unexpected reply: {reply}")
         start = time.perf_counter()
         measure_from = start + args.warmup
         stop_at = measure_from + args.duration
@@ -84,7 +106,7 @@ async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
         errors = [0]
         first_error = [""]
 
-        async def caller() -> None:
+        async def caller(call: grpc.aio.UnaryUnaryMultiCallable) -> None:
             while True:
                 t0 = time.perf_counter()
                 if t0 >= stop_at:
@@ -99,8 +121,13 @@ async def run_grpc(args: argparse.Namespace) -> dict[str, object]:
                 if t0 >= measure_from and t1 <= stop_at:
                     latencies.append(t1 - t0)
 
-        await asyncio.gather(*(caller() for _ in range(args.concurrency)))
-    return _summary(latencies, errors[0], args.duration, first_error[0])
+        cpu = asyncio.create_task(_cpu_over_window(args.cpu_pids, measure_from, stop_at))
+        await asyncio.gather(*(caller(calls[i % len(calls)]) for i in range(args.concurrency)))
+        result = _summary(latencies, errors[0], args.duration, first_error[0])
+        return result | ({"cpu_s": await cpu} if args.cpu_pids else {})
+    finally:
+        for channel in channels:
+            await channel.close()
 
 
 def run_raw(args: argparse.Namespace) -> dict[str, object]:
@@ -201,6 +228,9 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--duration", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--channels", type=int, default=1, help="grpc: callers spread over this many connections")
+    p.add_argument("--cpu-pids", type=lambda s: [int(v) for v in s.split(",") if v], default=[],
+                   help="grpc: report the CPU seconds of these processes over the measured window")
     args = p.parse_args()
     if args.mode == "raw":
         result = run_raw(args)

@@ -4,20 +4,23 @@ the routes watch (modelfleet.v1.Gateways/WatchRoutes) of the control plane.
     modelfleet-gateway --control-plane ADDR[,ADDR...] --listen HOST:PORT \
         [--processes N] [--token-file F | MODELFLEET_TOKEN=...] \
         [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--tls-ca PEM] \
-        [--worker-tls-ca PEM] [--metrics-port P] [--ready-file F]
+        [--worker-tls-ca PEM] [--metrics-port P [--metrics-host ADDR]] [--ready-file F]
 
 Each process serves `inference.GRPCInferenceService` with the one gateway
 implementation the control plane embeds (control_plane.gateway.service),
 reading routes from a `WatchedRouteSource`, checking callers' API keys
 against the streamed verifiers (control_plane.gateway.callers), plus
-grpc.health (service "modelfleet.v1.Gateways" is NOT_SERVING while the
-watch is down: a detail for operators; "" stays SERVING, the gateway keeps
-serving from its last snapshot). N processes (default: one per core) share
+grpc.health: "" is SERVING from the first snapshot on (before it the
+gateway knows no route; a readiness probe) and stays SERVING while the watch
+is down, as the gateway keeps serving from its last snapshot; service
+"modelfleet.v1.Gateways" is NOT_SERVING while the watch is down (a detail
+for operators, never a probe: it would take every gateway out of a load
+balancer in a control-plane outage). N processes (default: one per core) share
 the port with SO_REUSEPORT (control_plane.gateway.processes). The token is a
 key of the `gateway` role. `--tls-ca` is the CA that signed the control
 plane's certificate (a client certificate for mTLS is --tls-cert/--tls-key);
 `--worker-tls-ca` reaches TLS workers. Process i serves /metrics on
-`--metrics-port` + i (0: any free port). `--ready-file` gets JSON
+`--metrics-port` + i (0: any free port) on `--metrics-host`. `--ready-file` gets JSON
 `{"port": P, "pids": [...], "metrics_ports": [...]}` once every process serves.
 """
 
@@ -51,7 +54,7 @@ log = logging.getLogger("modelfleet.gateway")
 WATCH_SERVICE = "modelfleet.v1.Gateways"
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelfleet-gateway", description="the inference gateway, fed by the control plane's routes watch")
     p.add_argument("--control-plane", required=True, metavar="ADDR[,ADDR...]", help="control plane address(es), tried in turn")
     p.add_argument("--listen", default="127.0.0.1:8001", metavar="HOST:PORT", help="where to serve (port 0 = any free port)")
@@ -63,10 +66,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--tls-ca", default="", metavar="PEM", help="reach the control plane over TLS, trusting this CA")
     p.add_argument("--worker-tls-ca", default="", metavar="PEM", help="reach workers over TLS, trusting this CA")
     p.add_argument("--metrics-port", type=int, default=-1, metavar="P", help="Prometheus /metrics on P + process index (0: any)")
+    p.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="address /metrics binds (0.0.0.0 for a scraper elsewhere)")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
     p.add_argument("--ready-file", default="", metavar="F")
     p.add_argument("--gateway-id", default=f"{socket.gethostname()}", help=argparse.SUPPRESS)
     p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what the processes of --processes N are started with
     if args.processes < 1 or args.processes > 256:
@@ -109,11 +118,15 @@ def _follower(args: argparse.Namespace, source: WatchedRouteSource, health_servi
     loop = asyncio.get_running_loop()
     pending: set[asyncio.Task[None]] = set()
 
-    def on_state(stale: bool) -> None:
-        status = health_pb2.HealthCheckResponse.NOT_SERVING if stale else health_pb2.HealthCheckResponse.SERVING
-        task = loop.create_task(health_servicer.set(WATCH_SERVICE, status))
+    def set_status(service: str, status: Any) -> None:
+        task = loop.create_task(health_servicer.set(service, status))
         pending.add(task)
         task.add_done_callback(pending.discard)
+
+    def on_state(stale: bool) -> None:
+        set_status(WATCH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING if stale else health_pb2.HealthCheckResponse.SERVING)
+        if not stale:  # the first snapshot: from now on "" stays SERVING, through any outage
+            set_status("", health_pb2.HealthCheckResponse.SERVING)
 
     return Follower(
         addresses=args.addresses, source=source, token=args.token, gateway_id=f"{args.gateway_id}/{os.getpid()}",
@@ -135,10 +148,10 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     follower = _follower(args, source, health_servicer)
     await server.start()
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)  # until the first snapshot
     await health_servicer.set(WATCH_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
     collector = GatewayCollector(gateway=gateway, follower=follower, source=source)
-    metrics_port = serve_metrics(args.metrics_port, collector) if args.metrics_port >= 0 else -1
+    metrics_port = serve_metrics(args.metrics_port, collector, host=args.metrics_host) if args.metrics_port >= 0 else -1
     stop = asyncio.Event()
     tasks = [asyncio.create_task(follower.run()), asyncio.create_task(_prune(gateway))]
     tasks.append(asyncio.create_task(report_forever(

@@ -9,7 +9,8 @@ replace the gateway's (control_plane.gateway.callers). Each deployment's
 record cache keys on. An update that does not follow the held revision
 (another epoch, or a gap) is refused with `OutOfOrder`, so the follower
 asks for a fresh snapshot instead of serving a mix. Worker statistics are
-not on the watch: `worker_stats` yields nothing.
+not on the watch (`worker_stats` yields nothing): the gateway's
+ModelStatistics asks the workers themselves (control_plane/gateway/statistics.py).
 
 Traffic limits are shared: every update says how many gateway processes
 watch, and `deployment` hands the gateway a record whose

@@ -56,3 +56,22 @@ def test_control_plane_scale_benchmark_small(tmp_path: Path) -> None:
     assert report["routing_entries_started"] == 20
     assert report["reports_sent"] >= 20 and report["rss_mb"] > 0
     assert report["reconcile_scoped_ticks"] > 0
+
+
+def test_gateway_tier_benchmark_small(tmp_path: Path) -> None:
+    report_file = tmp_path / "gateway_tier.json"
+    out = run(
+        ["benchmarks/gateway_tier.py", "--concurrency", "2", "--duration", "0.3", "--warmup", "0.1", "--rounds", "1",
+         "--proxy-channels", "1,2", "--workdir", str(tmp_path / "work"), "--json", str(report_file)],
+        timeout=180,
+    )  # fmt: skip
+    report = json.loads(report_file.read_text())
+    assert {r["path"] for r in report["results"]} == {"proxy-ch1", "proxy-ch2", "gateway-x1", "gateway-x2"}
+    for row in report["results"]:
+        assert row["count"] > 0 and row["errors"] == 0, row
+        assert row["server_us"] > 0 and row["worker_us"] > 0 and row["cp_us"] >= 0, row
+    point = report["summary"]["2"]
+    assert point["best_proxy"] in ("proxy-ch1", "proxy-ch2")
+    assert point["gateway-x1"]["cpu_vs_proxy"] > 0 and point["x2_vs_x1_rps"] > 0
+    assert sum(point["gateway-x2"]["process_shares"]) > 0.9  # the 2-process gateway's /metrics counted the calls
+    assert "| conc | proxy (best) req/s |" in out.stdout and "gw ×1 ÷ proxy" in out.stdout and "target ≤ 1.3" in out.stdout

@@ -4,34 +4,46 @@ match the flags, the user matches the image's, written volumes get the
 user's group, the image is named in one place (kustomize), probes use a
 command that speaks TLS (and answers a real TLS+mTLS control plane), and the
 image's user can start the servers, and serve a model, on data dirs owned
-the way the manifests leave them (a root-owned one reproduces the crash)."""
+the way the manifests leave them (a root-owned one reproduces the crash),
+and the gateway Deployment's command line serves a fleet with probes that
+hold through a control-plane outage."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 from certs import make_pki
-from cluster import ROOT, wait_until, worker_processes
+from cluster import ROOT, Cluster, Proc, authed_channel, wait_until, worker_processes
 from modelbuild import onnx_add
 
+import control_plane.gateway.main as gw_main
 import control_plane.main as cp_main
 import node_agent.main as agent_main
 from modelfleet.cli import main as cli_main
+from modelfleet.inference import grpc_service_pb2 as pb
+from modelfleet.inference import grpc_service_pb2_grpc as pb_grpc
+from modelfleet.v1 import deployments_pb2 as dpb
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "kubernetes"
 DOCKERFILE = (DEPLOY / "container" / "Dockerfile").read_text()
-PARSERS = {"modelfleet-control-plane": cp_main.build_parser, "modelfleet-agent": agent_main.build_parser}
+PARSERS = {
+    "modelfleet-control-plane": cp_main.build_parser, "modelfleet-agent": agent_main.build_parser,
+    "modelfleet-gateway": gw_main.build_parser,
+}  # fmt: skip
 
 
 def manifests() -> list[dict[str, Any]]:
@@ -78,6 +90,8 @@ def test_every_container_command_line_parses_with_its_programs_real_flags() -> N
         assert not unknown, f"{name}/{c['name']}: {program} has no {unknown}"
         if program == "modelfleet-control-plane":
             cp_main.parse_args(args)  # the real validation too (auth on beyond loopback, ...)
+        elif program == "modelfleet-gateway":
+            gw_main.parse_args(args)  # --listen, --processes, TLS pairs
         else:
             PARSERS[program]().parse_args(args)
         seen.add(program)
@@ -92,9 +106,10 @@ def _not_spelled_out(parser: Any, args: list[str]) -> list[str]:
 def test_the_env_file_offers_only_flags_its_program_has() -> None:
     """The flags modelfleet.env's comments list for each unit (its `modelfleet ...` CLI lines aside)."""
     text = (DEPLOY / "systemd" / "modelfleet.env").read_text()
-    sections = dict(re.findall(r"^# --- (control plane|node agent) \(.*?\) ---\n(.*?)(?=^# ---|\Z)", text, re.M | re.S))
-    assert set(sections) == {"control plane", "node agent"}
-    for title, program in (("control plane", "modelfleet-control-plane"), ("node agent", "modelfleet-agent")):
+    sections = dict(re.findall(r"^# --- (control plane|node agent|gateway) \(.*?\) ---\n(.*?)(?=^# ---|\Z)", text, re.M | re.S))
+    units = {"control plane": "modelfleet-control-plane", "node agent": "modelfleet-agent", "gateway": "modelfleet-gateway"}
+    assert set(sections) == set(units)
+    for title, program in units.items():
         offered = "\n".join(line for line in sections[title].splitlines() if "modelfleet " not in line)
         flags = sorted(set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", offered)))
         assert flags and not _not_spelled_out(PARSERS[program](), flags), f"modelfleet.env, {title}"
@@ -192,6 +207,36 @@ def test_systemd_units_pass_only_flags_that_exist() -> None:
         unknown = [f for f in flags if f not in parser._option_string_actions]
         assert not unknown, f"{unit.name}: {unknown}"
 
+
+
+def _doc_commands(section: str) -> list[list[str]]:
+    """The command lines of a deploy/README.md section (code blocks, and inline `modelfleet...` spans
+    without an ellipsis), comments and line continuations dropped."""
+    text = re.search(rf"^## {section}\n(.*?)(?=^## )", (DEPLOY / "README.md").read_text(), re.M | re.S).group(1)  # type: ignore[union-attr]
+    lines = [line.split("  #")[0] for block in re.findall(r"```sh\n(.*?)```", text, re.S) for line in block.replace("\\\n", " ").splitlines()]
+    lines += [span for span in re.findall(r"`([^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S).replace("\n", " "))
+              if re.match(r"modelfleet(-\w+)? \S", span) and "..." not in span]  # fmt: skip
+    return [shlex.split(line) for line in lines if line.strip()]
+
+
+def test_the_gateways_section_commands_parse_with_the_real_programs() -> None:
+    commands = _doc_commands("Gateways")
+    ran = set()
+    for words in commands:
+        if words[0] == "modelfleet":
+            args = cli_main.build_parser().parse_args(words[1:])
+            assert callable(args.func), words
+        elif words[0] == "modelfleet-gateway":
+            unknown = _not_spelled_out(gw_main.build_parser(), words[1:])
+            assert not unknown, unknown
+            gw_main.build_parser().parse_args(words[1:])
+        elif words[0] in ("install", "systemctl", "kubectl"):
+            continue
+        else:
+            raise AssertionError(f"deploy/README.md, Gateways: an unchecked command {words}")
+        ran.add(" ".join(words[:3]))
+    assert {"modelfleet keys create", "modelfleet health --addr", "modelfleet gateways list"} <= ran, ran
+    assert any(r.startswith("modelfleet-gateway") for r in ran) and any(r.startswith("modelfleet infer") for r in ran)
 
 def _as_image_user() -> list[str]:
     return ["setpriv", "--reuid=10001", "--regid=10001", "--clear-groups", "--"]
@@ -346,3 +391,71 @@ def test_uid_10001_on_the_ownership_kubernetes_leaves_serves_a_model(tmp_path: P
     finally:
         _stop_all(procs)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _gateway_as_deployed(args: list[str], *, control_plane: str, token: str, ready: Path, log: Path) -> tuple[Proc, str]:
+    """The gateway Deployment's container command on 127.0.0.1 (any free ports), its key in the
+    environment as the Secret puts it there; returns the process and the address it serves."""
+    local = {"--control-plane": control_plane, "--listen": "127.0.0.1:0", "--metrics-port": "0", "--metrics-host": "127.0.0.1"}
+    argv = [f"{a.split('=', 1)[0]}={local[a.split('=', 1)[0]]}" if a.split("=", 1)[0] in local else a for a in args]
+    proc = Proc("gateway", [sys.executable, "-m", "control_plane.gateway.main", *argv, "--ready-file", str(ready)],
+                log_path=log, env={"MODELFLEET_TOKEN": token})  # fmt: skip
+    port = wait_until(lambda: ready.exists() and json.loads(ready.read_text())["port"], timeout=60, what=f"{log.name}'s ready file")
+    return proc, f"127.0.0.1:{port}"
+
+
+def _infer_add(address: str, token: str) -> list[float]:
+    req = pb.ModelInferRequest(model_name="add")
+    req.inputs.add(name="x", datatype="FP32", shape=[1, 4], contents=pb.InferTensorContents(fp32_contents=[1, 2, 3, 4]))
+    with authed_channel(address, token) as channel:
+        reply = pb_grpc.GRPCInferenceServiceStub(channel).ModelInfer(req, timeout=30)
+    return [float(v) for v in np.frombuffer(reply.raw_output_contents[0], dtype=np.float32)]
+
+
+def test_the_gateway_deployment_serves_and_its_probes_hold_through_a_control_plane_outage(tmp_path: Path) -> None:
+    """The manifest's gateway command line, against a real fleet: the readiness command fails until the
+    first routes snapshot (a gateway that knows no route takes no traffic), then passes, and keeps passing
+    (serving too) after kill -9 of the control plane; the liveness port answers throughout."""
+    [(_, _, container)] = [(n, p, c) for n, p, c in containers() if n == "modelfleet-gateway"]
+    readiness = container["readinessProbe"]["exec"]["command"]
+    assert container["livenessProbe"]["tcpSocket"]["port"] == "grpc"
+
+    def ready_probe(address: str) -> subprocess.CompletedProcess[str]:
+        return _health(*[address if a == flag_value(readiness, "--addr") else a for a in readiness[2:]])
+
+    c = Cluster(tmp_path / "fleet")
+    gateways: list[Proc] = []
+    unreachable = socket.socket()
+    unreachable.bind(("127.0.0.1", 0))  # bound, never listening: connections to it are refused
+    try:
+        c.start_control_plane()
+        c.start_agent("node-a", cpus=2)
+        c.wait_nodes(1)
+        c.upload(onnx_add(tmp_path / "add.onnx"), "add")
+        start = dpb.StartDeploymentRequest(model_id="add", wait_for=dpb.WAIT_FOR_STARTED)
+        start.timeout.FromSeconds(60)
+        c.deployments.StartDeployment(start, timeout=90)
+        gw_key, caller = c.create_key("gateway").token, c.create_key("inference").token
+        lonely, lonely_addr = _gateway_as_deployed(
+            container["args"], control_plane=f"127.0.0.1:{unreachable.getsockname()[1]}", token=gw_key,
+            ready=tmp_path / "lonely.ready", log=tmp_path / "lonely.log")  # fmt: skip
+        gateways.append(lonely)
+        gw, gw_addr = _gateway_as_deployed(container["args"], control_plane=c.addr, token=gw_key,
+                                           ready=tmp_path / "gw.ready", log=tmp_path / "gw.log")  # fmt: skip
+        gateways.append(gw)
+        wait_until(lambda: ready_probe(gw_addr).returncode == 0, timeout=60, what="the gateway's readiness after its snapshot")
+        assert _infer_add(gw_addr, caller) == [2.0, 4.0, 6.0, 8.0]
+        never_synced = ready_probe(lonely_addr)
+        assert never_synced.returncode == 1 and "NOT_SERVING" in never_synced.stdout, never_synced.stdout
+        assert c.cp is not None
+        c.cp.kill()
+        for address in (gw_addr, lonely_addr):  # the liveness probe: the gRPC port accepts connections
+            socket.create_connection(("127.0.0.1", int(address.rsplit(":", 1)[1])), timeout=10).close()
+        assert ready_probe(gw_addr).returncode == 0, "an outage must not take the gateway out of its Service"
+        assert _infer_add(gw_addr, caller) == [2.0, 4.0, 6.0, 8.0]
+    finally:
+        unreachable.close()
+        for p in gateways:
+            p.stop()
+        c.close()
+

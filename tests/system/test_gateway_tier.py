@@ -100,6 +100,9 @@ def test_a_standalone_gateway_answers_like_the_embedded_one(fleet: dict[str, Any
         meta = stub.ModelMetadata(pb.ModelMetadataRequest(name="add"), timeout=10)
         assert [(i.name, i.datatype) for i in meta.inputs] == [("x", "FP32")]
         assert stub.ModelReady(pb.ModelReadyRequest(name="add"), timeout=10).ready
+        # worker-side statistics: the gateway asks the workers themselves, as the embedded one does
+        [stats] = stub.ModelStatistics(pb.ModelStatisticsRequest(name="add"), timeout=10).model_stats
+        assert stats.inference_count >= 1 and stats.inference_stats.compute_infer.count >= 1
         with pytest.raises(grpc.RpcError) as bad:
             stub.ModelInfer(pb.ModelInferRequest(model_name="add"), timeout=10)
         assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
