@@ -75,7 +75,7 @@ def _parse(data: dict[str, Any], message: M) -> M:
     except json_format.ParseError as exc:
         raise InvalidArgument(f"the request does not fit {message.DESCRIPTOR.name}: {exc}") from None
     if mask is not None:
-        message.update_mask.paths.extend(_mask_paths(mask))  # type: ignore[attr-defined]
+        message.update_mask.paths.extend(_mask_paths(mask))
     return message
 
 

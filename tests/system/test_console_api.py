@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
+import signal
+import subprocess
+import sys
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -162,3 +167,31 @@ def test_the_deployment_owner_is_the_key_user(fleet: tuple[Cluster, Api]) -> Non
     assert body["deployment"]["owner"] == "dora"
     assert api.call("POST", "/api/v1/deployments/doras/stop", {"wait": True}, token=deployer)[0] == 200
     assert api.call("DELETE", "/api/v1/deployments/doras", token=deployer)[0] == 200
+
+
+def test_up_prints_the_console_address_and_serves_it(tmp_path: Path) -> None:
+    out = tmp_path / "up.out"
+    with open(out, "wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelfleet.cli", "up", "--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
+             "--no-demo", "--data-dir", str(tmp_path / "data")],
+            stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            line = wait_until(lambda: _console_line(proc, out), timeout=120, what="`modelfleet up` to print the console")
+            url = line.split("Console: ", 1)[1].split()[0]
+            with urllib.request.urlopen(url, timeout=30) as resp:
+                page = resp.read().decode()
+            assert resp.headers["Content-Type"].startswith("text/html") and 'src="app.js"' in page
+            with urllib.request.urlopen(url.removesuffix("console/"), timeout=30) as resp:
+                assert resp.url == url  # / redirects to the console
+        finally:
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(60) == 0
+
+
+def _console_line(proc: subprocess.Popen[bytes], out: Path) -> str:
+    text = out.read_text(errors="replace")
+    if proc.poll() is not None:
+        raise AssertionError(f"modelfleet up exited {proc.returncode}:\n{text}")
+    return next((line for line in text.splitlines() if line.startswith("Console: http://")), "")
