@@ -17,6 +17,7 @@ change hub's "*" key.
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -24,7 +25,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from control_plane.auth.access import DEFAULT_USER, Principal
+from control_plane.auth.access import DEFAULT_USER, OpenCalls, Principal
 from control_plane.auth.keys import KeyService
 from control_plane.deployments.service import DeploymentService
 from control_plane.errors import InvalidArgument
@@ -55,6 +56,8 @@ class Services:
     keys: KeyService
     hub: ChangeHub
     streams: sse.Streams
+    # streams are registered under the key that opened them, so revoking the key ends them (as gRPC's watch)
+    open_calls: OpenCalls
 
 
 def to_json(message: Message) -> dict[str, Any]:
@@ -206,15 +209,20 @@ def _fleet_routes(s: Services) -> list[Route]:
 
 
 def _watch_routes(s: Services) -> list[Route]:
+    async def serve(request: web.Request, source: AsyncGenerator[bytes, None]) -> web.StreamResponse:
+        principal = principal_of(request)
+        with s.open_calls.track(principal.key_id if principal is not None else ""):
+            return await s.streams.serve(request, source)
+
     async def watch_one(request: web.Request) -> web.StreamResponse:
         req = from_query(request, dpb.WatchDeploymentRequest(), deployment_id=request.match_info["id"])
         snapshots = s.deployments.watch(req.deployment_id, after_seq=req.after_seq)
-        return await s.streams.serve(request, sse.messages(snapshots, to_json))
+        return await serve(request, sse.messages(snapshots, to_json))
 
     async def watch_list(request: web.Request) -> web.StreamResponse:
         req = from_query(request, dpb.ListDeploymentsRequest())
         lists = sse.hub_snapshots(s.hub, lambda: s.deployments.list(req))
-        return await s.streams.serve(request, sse.messages(lists, to_json))
+        return await serve(request, sse.messages(lists, to_json))
 
     stream: dict[str, dict[str, Any]] = {"200": {"description": "server-sent events, one `data:` JSON message per change",
                       "content_type": sse.CONTENT_TYPE, "schema": sse.EVENT_SCHEMA}, **_ERRORS}

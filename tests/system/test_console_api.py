@@ -19,6 +19,8 @@ import pytest
 from cluster import Cluster, wait_until
 from modelbuild import onnx_add
 
+from modelfleet.v1 import auth_pb2, auth_pb2_grpc
+
 
 class Api:
     def __init__(self, base: str, token: str) -> None:
@@ -195,3 +197,15 @@ def _console_line(proc: subprocess.Popen[bytes], out: Path) -> str:
     if proc.poll() is not None:
         raise AssertionError(f"modelfleet up exited {proc.returncode}:\n{text}")
     return next((line for line in text.splitlines() if line.startswith("Console: http://")), "")
+
+
+def test_revoking_a_key_ends_its_open_event_stream(fleet: tuple[Cluster, Api]) -> None:
+    cluster, api = fleet
+    made = cluster.create_key("viewer", user="rita")
+    changes: queue.Queue[dict[str, Any]] = queue.Queue()
+    reader = Api(api.base, made.token).events("/api/v1/watch/deployments", changes)
+    changes.get(timeout=30)
+    auth_pb2_grpc.AuthStub(cluster.channel).RevokeApiKey(auth_pb2.RevokeApiKeyRequest(key_id=made.api_key.key_id))
+    reader.join(timeout=60)
+    assert not reader.is_alive(), "the revoked key's stream is still open"
+    assert api.call("GET", "/api/v1/watch/deployments", token=made.token)[0] == 401
