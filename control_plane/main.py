@@ -464,7 +464,7 @@ async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[]
     if not listen:
         return None
     services = Services(deployments=plane.deployments, registry=plane.registry, nodes=plane.nodes,
-                        keys=plane.auth_service, hub=plane.hub, streams=Streams(), open_calls=plane.open_calls)
+                        keys=plane.auth_service, hub=plane.hub, streams=Streams(), open_calls=plane.open_calls, audit=plane.audit_log)
     app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready,
                     services=services)
     rest = RestServer(app)

@@ -16,6 +16,7 @@ change hub's "*" key.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -25,7 +26,8 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from control_plane.auth.access import DEFAULT_USER, OpenCalls, Principal
+from control_plane.auth.access import DEFAULT_USER, METHOD_ACCESS, OpenCalls, Principal
+from control_plane.auth.audit import AuditLog, target_of
 from control_plane.auth.keys import KeyService
 from control_plane.deployments.service import DeploymentService
 from control_plane.errors import InvalidArgument
@@ -35,6 +37,7 @@ from control_plane.reconcile.hub import ChangeHub
 from control_plane.rest import sse
 from control_plane.rest.openapi import ERROR_SCHEMA
 from control_plane.rest.routes import Route
+from modelfleet.errors import StatusError
 from modelfleet.v1 import deployments_pb2 as dpb
 from modelfleet.v1 import models_pb2, nodes_pb2
 
@@ -58,6 +61,7 @@ class Services:
     streams: sse.Streams
     # streams are registered under the key that opened them, so revoking the key ends them (as gRPC's watch)
     open_calls: OpenCalls
+    audit: AuditLog | None = None  # where mutating calls are written, as the gRPC interceptor writes its own
 
 
 def to_json(message: Message) -> dict[str, Any]:
@@ -105,12 +109,14 @@ def from_query(request: web.Request, message: M, **fixed: Any) -> M:
             raise InvalidArgument(f"query parameter {name!r} is not a field of {message.DESCRIPTOR.name}")
     if page:
         data["page"] = page
-    return _parse({**data, **fixed}, message)
+    request["message"] = _parse({**data, **fixed}, message)
+    return message
 
 
 async def from_body(request: web.Request, message: M, **fixed: Any) -> M:
     """The request message from the JSON body (an empty body is the empty message); path parameters win."""
     text = await request.text()
+    request["message"] = message
     if not text.strip():
         return _parse(fixed, message)
     try:
@@ -236,6 +242,33 @@ def _watch_routes(s: Services) -> list[Route]:
     ]
 
 
+def _audited(route: Route, audit: AuditLog | None) -> Route:
+    """The route, writing each call to the audit log when its access row is mutating (as gRPC's calls are)."""
+    rule = METHOD_ACCESS.get(route.access)
+    if audit is None or rule is None or not rule.mutating:
+        return route
+    handler = route.handler
+
+    async def audited(request: web.Request) -> web.StreamResponse:
+        outcome, message = "OK", ""
+        try:
+            return await handler(request)
+        except StatusError as exc:
+            outcome, message = exc.code, exc.message
+            raise
+        except Exception:
+            outcome, message = "INTERNAL", "internal error"
+            raise
+        finally:
+            principal = principal_of(request)
+            audit.record(method=route.access, user=user_of(request), key_id=principal.key_id if principal else "",
+                         target=target_of(request.get("message")) or request.match_info.get("id", ""),
+                         outcome=outcome, message=message, client=request.remote or "")
+
+    return dataclasses.replace(route, handler=audited)
+
+
 def api_v1_routes(services: Services) -> list[Route]:
     """Every /api/v1 route, each guarded by its gRPC method's row of the access table."""
-    return [*_deployment_routes(services), *_fleet_routes(services), *_watch_routes(services)]
+    routes = [*_deployment_routes(services), *_fleet_routes(services), *_watch_routes(services)]
+    return [_audited(route, services.audit) for route in routes]

@@ -209,3 +209,20 @@ def test_revoking_a_key_ends_its_open_event_stream(fleet: tuple[Cluster, Api]) -
     reader.join(timeout=60)
     assert not reader.is_alive(), "the revoked key's stream is still open"
     assert api.call("GET", "/api/v1/watch/deployments", token=made.token)[0] == 401
+
+
+def test_mutating_calls_are_written_to_the_audit_log(fleet: tuple[Cluster, Api]) -> None:
+    cluster, api = fleet
+    assert api.call("POST", "/api/v1/deployments", {"deployment_id": "audited", "model_id": "adder", "dry_run": True})[0] == 200
+    assert api.call("POST", "/api/v1/deployments", {"deployment_id": "audited", "model_id": "adder", "traffic_limit_qps": -1})[0] == 400
+    log = cluster.root / "cp" / "audit.log"
+
+    def lines() -> list[dict[str, Any]]:
+        found = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        mine = [e for e in found if e["method"].endswith("/StartDeployment") and e["target"] == "audited"]
+        return mine if len(mine) >= 2 else []
+
+    entries = wait_until(lines, timeout=30, what="the REST calls in the audit log")
+    assert [e["outcome"] for e in entries[-2:]] == ["OK", "INVALID_ARGUMENT"]
+    assert entries[-1]["user"] == "admin" and entries[-1]["client"] == "127.0.0.1"
+    assert "traffic_limit_qps" in entries[-1]["message"]
