@@ -83,7 +83,9 @@ from control_plane.nodes.agents import AgentStreams, NodeService
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
+from control_plane.rest.api_v1 import Services
 from control_plane.rest.server import RestServer, build_app, product_version
+from control_plane.rest.sse import Streams
 from control_plane.routefeed.feed import RoutesFeed
 from control_plane.routefeed.recovering import RecoveringRouteSource
 from control_plane.routefeed.reports import GatewayReports
@@ -186,6 +188,9 @@ class ControlPlane:
             audit=audit_log,
             throttle=self.auth_throttle,
         )
+        self.nodes = NodeService(store=store, hub=self.hub, reads=self.reconciler.reads, reconcile=self.reconciler.reconcile)
+        # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
+        self.auth_service = self.keys or KeyService(store=store)
         self.agent_streams = AgentStreams(agents=self.reconciler.agents, store=store, fleet=self.fleet, keys=self.keys)
         self._add_services(store)
         if self.keys is not None:
@@ -196,12 +201,9 @@ class ControlPlane:
         """Every modelfleet.v1 service and the gateway, on the one server."""
         models_pb2_grpc.add_ModelRegistryServicer_to_server(ModelRegistryServicer(self.registry), self.server)
         deployments_pb2_grpc.add_DeploymentsServicer_to_server(DeploymentsServicer(self.deployments), self.server)
-        nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(NodeService(
-            store=store, hub=self.hub, reads=self.reconciler.reads, reconcile=self.reconciler.reconcile,
-        )), self.server)
+        nodes_pb2_grpc.add_NodesServicer_to_server(NodesServicer(self.nodes), self.server)
         agent_pb2_grpc.add_AgentControlServicer_to_server(AgentControlServicer(self.agent_streams), self.server)
-        # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
-        auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.keys or KeyService(store=store)), self.server)
+        auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.auth_service), self.server)
         add_gateway_to_server(self.gateway, self.server)
         gateways_pb2_grpc.add_GatewaysServicer_to_server(GatewaysServicer(self.routes_feed, self.gateway_reports), self.server)
 
@@ -461,13 +463,16 @@ async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[]
     (data_dir / "http_endpoint").unlink(missing_ok=True)
     if not listen:
         return None
-    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready)
+    services = Services(deployments=plane.deployments, registry=plane.registry, nodes=plane.nodes,
+                        keys=plane.auth_service, hub=plane.hub, streams=Streams(), open_calls=plane.open_calls, audit=plane.audit_log)
+    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready,
+                    services=services)
     rest = RestServer(app)
     endpoint = await rest.start(listen)
     tmp = data_dir / "http_endpoint.tmp"
     tmp.write_text(endpoint)
     os.replace(tmp, data_dir / "http_endpoint")
-    log.info("serving REST on http://%s", endpoint)
+    log.info("serving REST on http://%s; the console on http://%s/console/", endpoint, endpoint)
     return rest
 
 

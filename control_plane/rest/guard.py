@@ -38,7 +38,9 @@ def make_guard(authenticator: Authenticator | None) -> Callable[[Route], Handler
                     token = token_of(request.headers.get("Authorization", ""))
                     if not token:
                         raise Unauthenticated(f"{request.path} needs credentials: send 'Authorization: Bearer <api key>'")
-                    check(rule, route.access or request.path, await authenticator.authenticate(token))
+                    principal = await authenticator.authenticate(token)
+                    check(rule, route.access or request.path, principal)
+                    request["principal"] = principal  # the caller, for handlers that need it (owner, WhoAmI)
                 return await route.handler(request)
             except StatusError as exc:
                 return v2_error(exc)

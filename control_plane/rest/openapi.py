@@ -21,8 +21,9 @@ def document(routes: list[Route], *, version: str) -> dict[str, Any]:
     """Build the OpenAPI 3.0 document describing every route in `routes`."""
     paths: dict[str, dict[str, Any]] = {}
     for route in routes:
-        responses = {code: {"description": body.get("description", ""), "content": {"application/json": {
-            "schema": body["schema"]}}} for code, body in route.responses.items()}
+        responses = {code: {"description": body.get("description", ""), "content": {
+            body.get("content_type", "application/json"): {"schema": body.get("schema", {"type": "string"})}}}
+            for code, body in route.responses.items()}
         operation: dict[str, Any] = {
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_') or 'root'}",

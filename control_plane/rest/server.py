@@ -13,6 +13,8 @@ from aiohttp import web
 
 from control_plane.auth.access import Authenticator
 from control_plane.gateway.service import Gateway
+from control_plane.rest.api_v1 import Services, api_v1_routes
+from control_plane.rest.console import add_console
 from control_plane.rest.guard import make_guard
 from control_plane.rest.openapi import document
 from control_plane.rest.routes import Route, register
@@ -28,10 +30,11 @@ def product_version() -> str:
 
 
 def build_app(*, gateway: Gateway, authenticator: Authenticator | None, version: str,
-              is_ready: Callable[[], bool]) -> web.Application:
+              is_ready: Callable[[], bool], services: Services | None = None) -> web.Application:
     """The aiohttp application: every route of the table (each behind the access table's rule)
-    plus /openapi.json generated from it."""
+    plus /openapi.json generated from it; with `services`, the console and its /api/v1 too."""
     routes: list[Route] = v2_routes(gateway=gateway, is_ready=is_ready)
+    routes += api_v1_routes(services) if services is not None else []
     spec = document(routes, version=version)
 
     async def openapi(_: web.Request) -> web.Response:
@@ -40,6 +43,9 @@ def build_app(*, gateway: Gateway, authenticator: Authenticator | None, version:
     app = web.Application()
     register(app, routes, guard=make_guard(authenticator))
     app.router.add_get("/openapi.json", openapi)
+    if services is not None:
+        add_console(app)
+        app.on_shutdown.append(services.streams.shutdown)
     return app
 
 

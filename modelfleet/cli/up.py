@@ -70,6 +70,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     p.add_argument("--data-dir", type=Path, default=Path(".modelfleet"), help="default ./.modelfleet")
     p.add_argument("--listen", default="127.0.0.1:7070", type=with_default_port,
                    help="control plane HOST[:PORT] (port default 7070); 127.0.0.1:0 picks a free port")
+    p.add_argument("--http-listen", default="", metavar="HOST:PORT",
+                   help="also serve REST and the web console there (127.0.0.1:0 picks a free port; default off)")
     p.add_argument("--agents", type=arg_type(positive_int, "count"), default=1, help="local node agents (default 1)")
     p.add_argument("--no-demo", action="store_true", help="do not upload and deploy the demo model")
     p.add_argument("--auth", choices=["on", "off"], default="on",
@@ -127,9 +129,10 @@ class LocalFleet:
     """The control plane and agents of one `up` run (see the module docstring)."""
 
     def __init__(self, data_dir: Path, *, listen: str, agents: int, start_timeout: float,
-                 shutdown_timeout: float, auth: bool = True, mint: Minter = mint_agent_key) -> None:
+                 shutdown_timeout: float, auth: bool = True, mint: Minter = mint_agent_key, http_listen: str = "") -> None:
         self.data_dir = data_dir
         self.listen = listen
+        self.http_listen = http_listen  # REST and the console ("" = off)
         self.auth = auth
         self.mint = mint
         self.token = ""  # the admin key (auth on)
@@ -175,7 +178,8 @@ class LocalFleet:
         self.control_plane = Child(
             "control-plane",
             (cp_argv or [sys.executable, "-m", "control_plane.main"])
-            + ["--listen", self.listen, "--data-dir", str(cp_dir), *([] if self.auth else ["--auth", "off"])],
+            + ["--listen", self.listen, "--data-dir", str(cp_dir), *([] if self.auth else ["--auth", "off"]),
+               *(["--http-listen", self.http_listen] if self.http_listen else [])],
             self.logs / "control-plane.log",
         )
         say(f"starting the control plane (--listen {self.listen}) ...")
@@ -183,6 +187,10 @@ class LocalFleet:
         bound = wait_for_file(endpoint, timeout=self.start_timeout, watch=[self.control_plane], parse=parse_endpoint)
         self.addr = client_address(bound)
         say(f"control plane listening on {bound} (pid {self.control_plane.pid})")
+        if self.http_listen:
+            http = wait_for_file(cp_dir / "http_endpoint", timeout=self.start_timeout, watch=[self.control_plane],
+                                 parse=parse_endpoint)
+            say(f"Console: http://{client_address(http)}/console/ (sign in with the admin key)")
         if self.auth:
             try:
                 self.token = (cp_dir / "admin.key").read_text().strip()
@@ -374,7 +382,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 def up_command(args: argparse.Namespace, client: Client) -> int:
     data_dir = args.data_dir.resolve()
     fleet = LocalFleet(data_dir, listen=args.listen, agents=args.agents, start_timeout=args.start_timeout,
-                       shutdown_timeout=args.shutdown_timeout, auth=args.auth == "on")
+                       shutdown_timeout=args.shutdown_timeout, auth=args.auth == "on", http_listen=args.http_listen)
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     # Ctrl-C must stop `up` even when it was started with SIGINT ignored
     # (a background job of a non-interactive shell).
