@@ -47,6 +47,7 @@ class _Worker:
     until: float | None = None  # ejected until this time; None = in the rotation
     trial: bool = False  # a trial call is in flight (the worker is out until it ends)
     returned_at: float = 0.0
+    deployment: str = ""  # of the worker's last failure: the gauge's label
 
 
 class Outliers:
@@ -74,6 +75,10 @@ class Outliers:
         """True while the worker is ejected or on trial (what the gauge counts)."""
         w = self._workers.get(address)
         return w is not None and w.until is not None
+
+    def ejected(self) -> collections.Counter[str]:
+        """Deployment -> its workers now out (ejected or on trial); safe from a scrape thread."""
+        return collections.Counter(w.deployment for w in list(self._workers.values()) if w.until is not None)
 
     def available(self, address: str) -> bool:
         """True when a call may go to the worker: in the rotation, or due for its trial call."""
@@ -118,6 +123,7 @@ class Outliers:
     def failed(self, address: str, *, deployment: str, trial: bool, reason: str) -> None:
         """A call to the worker failed on the transport (no connection, broken, or past its deadline)."""
         w = self._workers.setdefault(address, _Worker())
+        w.deployment = deployment
         if trial:
             w.trial = False
             self._eject(address, w, deployment=deployment, reason=f"trial call failed: {reason}")
@@ -137,6 +143,7 @@ class Outliers:
     def channel_failed(self, address: str, *, deployment: str) -> None:
         """The worker's channel is in TRANSIENT_FAILURE: out now, or out again if on probation."""
         w = self._workers.setdefault(address, _Worker())
+        w.deployment = deployment
         if w.until is not None and (w.trial or self._clock() < w.until):
             return
         self._eject(address, w, deployment=deployment, reason="channel in TRANSIENT_FAILURE")
