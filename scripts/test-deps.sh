@@ -8,6 +8,7 @@ set -eu
 missing=""
 dpkg -s libb64-0d >/dev/null 2>&1 || missing="$missing libb64-0d"
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
+command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" -eq 0 ]; then as_root=""; else as_root="sudo"; fi
 echo "installing system packages:$missing" >&2

@@ -44,10 +44,11 @@ class ChannelPool:
             entry = self._channels[address] = (channel, call)
         return entry[1]
 
-    def failing(self, address: str) -> bool:
-        """True when the worker's channel is in TRANSIENT_FAILURE (False with no channel yet)."""
+    def state(self, address: str, *, connect: bool = False) -> grpc.ChannelConnectivity | None:
+        """The connectivity of the worker's channel (None: no channel yet); `connect` starts
+        connecting an idle one."""
         entry = self._channels.get(address)
-        return entry is not None and entry[0].get_state(try_to_connect=False) == grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return entry[0].get_state(try_to_connect=connect) if entry is not None else None
 
     def method(self, address: str, name: str) -> grpc.aio.UnaryUnaryMultiCallable:
         """Another V2 method of the worker at address, raw bytes in and out, on the same channel."""

@@ -4,15 +4,17 @@ their node lost (Envoy's outlier detection, consecutive-failure kind).
 
 A worker (keyed by its address: one channel per address) is ejected when
 `threshold` calls in a row failed on the transport: the connection could
-not be made or broke (UNAVAILABLE that is not the worker's own answer), or
-the call passed its deadline (a silent host: packets dropped, no reset);
-or at once when its channel is in TRANSIENT_FAILURE. Any answer from the
-worker, an error status included, ends the streak: the worker is reachable.
+not be made (UNAVAILABLE that is not the worker's own answer), or the call
+passed its deadline (a silent host: packets dropped, no reset); or at once
+when a call failed because its connection broke (the gateway's keepalive
+closes a connection whose peer went silent) or the channel is in
+TRANSIENT_FAILURE. Any answer from the worker, an error status included,
+ends the streak: the worker is reachable.
 
 An ejected worker stays out for a back-off, `base_s` doubling with each
-ejection in a row up to `max_s`; then it is probed: its channel's state is
-checked (still TRANSIENT_FAILURE: ejected again, longer) and one trial call
-is let through, the others still go elsewhere. Any answer (the trial's
+ejection in a row up to `max_s`; then it is probed: the gateway checks its
+channel (not connected: ejected again, longer, while it connects) and lets
+one trial call through, the others still going elsewhere. Any answer (the trial's
 or a late one) returns the worker to the rotation; a failed trial ejects it
 again. The
 doubling resets once a returned worker has stayed in for `max_s`.
@@ -120,8 +122,14 @@ class Outliers:
         if w.until is None and not w.level:
             del self._workers[address]
 
-    def failed(self, address: str, *, deployment: str, trial: bool, reason: str) -> None:
-        """A call to the worker failed on the transport (no connection, broken, or past its deadline)."""
+    def due(self, address: str) -> bool:
+        """True when the worker is out, its back-off is over and no trial call is in flight."""
+        w = self._workers.get(address)
+        return w is not None and w.until is not None and not w.trial and self._clock() >= w.until
+
+    def failed(self, address: str, *, deployment: str, trial: bool, reason: str, at_once: bool = False) -> None:
+        """A call to the worker failed on the transport (no connection, broken, or past its
+        deadline); `at_once`: its connection is gone, so no streak is waited for."""
         w = self._workers.setdefault(address, _Worker())
         w.deployment = deployment
         if trial:
@@ -131,7 +139,7 @@ class Outliers:
         if w.until is not None:
             return  # already out (a call sent in panic mode, or before the ejection)
         w.streak += 1
-        if w.streak >= self.threshold:
+        if at_once or w.streak >= self.threshold:
             self._eject(address, w, deployment=deployment, reason=f"{w.streak} calls in a row failed, last: {reason}")
 
     def abandoned(self, address: str, *, trial: bool) -> None:
@@ -140,13 +148,14 @@ class Outliers:
         if trial and w is not None:
             w.trial = False
 
-    def channel_failed(self, address: str, *, deployment: str) -> None:
-        """The worker's channel is in TRANSIENT_FAILURE: out now, or out again if on probation."""
+    def channel_failed(self, address: str, *, deployment: str, reason: str = "channel in TRANSIENT_FAILURE") -> None:
+        """The worker's channel is failing (or, at a probe, not connected): out now, or out
+        again for longer when its back-off is over."""
         w = self._workers.setdefault(address, _Worker())
         w.deployment = deployment
         if w.until is not None and (w.trial or self._clock() < w.until):
             return
-        self._eject(address, w, deployment=deployment, reason="channel in TRANSIENT_FAILURE")
+        self._eject(address, w, deployment=deployment, reason=reason)
 
     def forget(self, keep: Callable[[str], bool]) -> None:
         """Drop the state of workers `keep` refuses (gone from every route)."""

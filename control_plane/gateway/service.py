@@ -197,10 +197,16 @@ class Gateway:
 
     def _in_rotation(self, deployment_id: str, routes: Sequence[Route]) -> Sequence[Route]:
         """The routes outlier ejection leaves in (all of them rather than none); a worker whose
-        channel is in TRANSIENT_FAILURE is ejected here, before any call waits on it."""
+        channel is in TRANSIENT_FAILURE is ejected here, before any call waits on it, and one due
+        for its probe stays out while its channel is not connected."""
         for route in routes:
-            if self._channels.failing(route.address):
+            state = self._channels.state(route.address)
+            if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
                 self.outliers.channel_failed(route.address, deployment=deployment_id)
+            elif state not in (None, grpc.ChannelConnectivity.READY) and self.outliers.due(route.address):
+                # probe: a trial call only over a live connection, so none waits on a silent host
+                self._channels.state(route.address, connect=True)
+                self.outliers.channel_failed(route.address, deployment=deployment_id, reason=f"probe: channel {state.name}")
         return self.outliers.routable(routes, _address)
 
     # ---- validation ----------------------------------------------------------------
@@ -373,7 +379,10 @@ class Gateway:
         except grpc.aio.AioRpcError as exc:
             details = exc.details() or ""
             if transport_failure(exc.code(), details):
-                self.outliers.failed(route.address, deployment=deployment, trial=trial, reason=f"{exc.code().name} {details}")
+                broken = self._channels.state(route.address) != grpc.ChannelConnectivity.READY
+                self.outliers.failed(
+                    route.address, deployment=deployment, trial=trial, reason=f"{exc.code().name} {details}", at_once=broken
+                )
             else:
                 self.outliers.answered(route.address, trial=trial)
             raise
