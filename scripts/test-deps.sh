@@ -2,7 +2,8 @@
 # System packages the test suite starts for real, installed only when missing:
 # Debian's libb64-0d (Triton's perf_analyzer links it) and postgresql (the
 # PostgreSQL store's tests start a private server with its initdb/pg_ctl,
-# which Debian keeps in /usr/lib/postgresql/*/bin). Needs root (or sudo)
+# which Debian keeps in /usr/lib/postgresql/*/bin) and iptables (the network
+# fault tests' DROP and loss rules, tests/netns.py). Needs root (or sudo)
 # when something is missing; does nothing when all is there.
 set -eu
 missing=""

@@ -13,6 +13,13 @@ N1. silent partition of one serving host among two (its link down, no
 N2. data path cut, stream up (only the worker's port dropped): the gateway
     ejects the worker (gauge and counter on /metrics) while the control
     plane still sees the node READY.
+N3. stream cut, data path up (only the agent's control-plane port dropped):
+    the worker keeps answering, the node is lost by T and the allocation
+    moves as today; when the stream is back the stale allocation is fenced
+    and stopped, and two hosts are never routed for one slot past H.
+N4. random loss on both hosts' links under steady load: at 10 % no node is
+    lost and no route changes (p99 reported); at 30 %, what happens is
+    printed, and the fleet converges once the loss stops.
 
 Run as root (CI does); elsewhere they skip, saying why. Figures go to
 tests/figures.py.
@@ -26,9 +33,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from cluster import Cluster, wait_until, worker_processes
-from faults import Load, Outcome
+from faults import Load, Outcome, Sampler, call
 from figures import record
 from modelbuild import onnx_add
 from netns import Host
@@ -40,6 +48,7 @@ from modelfleet.v1 import deployments_pb2 as dpb
 H, T = 0.2, 3.0
 DEADLINE = 2.0
 SLACK = 0.5  # a failed call ends within its deadline plus this
+LOSS_SECONDS = 16.0  # of 10 % loss (then half as long at 30 %); the issue's 2 minutes would not fit CI
 STARTED = common_pb2.ROUTING_STATE_STARTED
 
 
@@ -62,14 +71,14 @@ def fleet(tmp_path: Path, netns_hosts: Callable[[int], list[Host]]) -> Iterator[
         print(f"orphan workers killed at cleanup: {c.close()}")
 
 
-def deploy(c: Cluster, tmp_path: Path) -> dict[str, dpb.RoutingEntry]:
-    """Deployment "net": one allocation on each host; returns node id -> its routing entry."""
+def deploy(c: Cluster, tmp_path: Path, *, instances: int = 2) -> dict[str, dpb.RoutingEntry]:
+    """Deployment "net": one allocation on each of `instances` hosts; returns node id -> its routing entry."""
     c.upload(onnx_add(tmp_path / "add.onnx"), "add")
-    req = dpb.StartDeploymentRequest(model_id="add", deployment_id="net", instances=2, wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED)
+    req = dpb.StartDeploymentRequest(model_id="add", deployment_id="net", instances=instances, wait_for=dpb.WAIT_FOR_FULLY_ALLOCATED)
     req.timeout.FromSeconds(90)
     c.deployments.StartDeployment(req, timeout=120)
     table = dict(c.get("net").allocations[0].routing_table)
-    assert len(table) == 2 and all(e.routing_state == STARTED for e in table.values()), table
+    assert len(table) == instances and all(e.routing_state == STARTED for e in table.values()), table
     return table
 
 
@@ -96,12 +105,12 @@ def node_state(c: Cluster, node_id: str) -> int:
     return c.nodes.GetNode(nodes_pb2.GetNodeRequest(node_id=node_id)).state
 
 
-def converged(c: Cluster) -> bool:
+def converged(c: Cluster, wanted: int = 2) -> bool:
     """One STARTED route per wanted allocation and exactly one worker process for each."""
     table = c.get("net").allocations[0].routing_table
     started = {e.allocation_id for e in table.values() if e.routing_state == STARTED}
     workers = [aid for _, (name, aid) in worker_processes(c.root).items() if name == "net"]
-    return len(started) == 2 and sorted(workers) == sorted(started)
+    return len(started) == wanted and sorted(workers) == sorted(started)
 
 
 def failures(outcomes: list[Outcome], *, after: float) -> list[Outcome]:
@@ -172,3 +181,81 @@ def test_n2_data_path_cut_the_gateway_ejects_the_worker_while_the_node_stays_rea
     record("N2", "calls failed after the cut", len(failures(load.snapshot(), after=cut)))
     record("N2", "calls after the ejection answered", sum(o.code == "OK" for o in after), "", f"of {len(after)}")
     assert all(o.code == "OK" for o in after), [o for o in after if o.code != "OK"]
+
+
+def test_n3_stream_cut_data_path_up_the_node_is_lost_and_fenced_while_its_worker_serves(fleet: tuple[Cluster, list[Host]], tmp_path: Path) -> None:
+    c, hosts = fleet
+    table = deploy(c, tmp_path, instances=1)
+    (victim_id,) = table
+    names = {c.node_id(f"host-{i}"): i for i in range(2)}
+    victim = hosts[names[victim_id]]
+    stale = set(worker_processes(c.root / f"host-{names[victim_id]}"))
+    cp_port = int(c.addr.rsplit(":", 1)[1])
+    direct = table[victim_id].worker_address
+    with Sampler(c, ["net"]) as sampler, Load(lambda: [(gateway_address(c), "net")], threads=2, deadline=DEADLINE, token=c.token) as load:
+        load.wait_calls(20, timeout=60)
+        cut = time.monotonic()
+        victim.drop("both", port=cp_port)
+        wait_until(lambda: node_state(c, victim_id) == nodes_pb2.NODE_STATE_LOST, timeout=T + 10, interval=0.05, what="node lost")
+        lost = time.monotonic() - cut
+        assert call(direct, "net", np.ones((1, 4), np.float32), token=c.token, timeout=5) == "OK"
+        wait_until(lambda: any(e.routing_state == STARTED for n, e in c.get("net").allocations[0].routing_table.items() if n != victim_id),
+                   timeout=60, what="the allocation STARTED on the other host")  # fmt: skip
+        moved = time.monotonic() - cut
+        healed = time.monotonic()
+        victim.heal()
+        wait_until(lambda: not stale & set(worker_processes(c.root)), timeout=30, what="the stale worker stopped (fenced)")
+        fenced = time.monotonic() - healed
+        wait_until(lambda: converged(c, 1), timeout=30, what="one route and one worker")
+        load.wait_calls(20, timeout=30)
+    failed = failures(load.snapshot(), after=cut)
+    overlap = sampler.longest_over("net", 1)
+    record("N3", "agent stream dropped -> node lost", lost, "s", f"T = {T:g} s; the worker still answered direct calls")
+    record("N3", "agent stream dropped -> allocation STARTED on the other host", moved, "s")
+    record("N3", "stream back -> stale worker stopped (fenced)", fenced, "s")
+    record("N3", "gateway calls failed while the allocation moved", len(failed), "", "UNAVAILABLE: no routable worker")
+    record("N3", "longest time two hosts were routed for one slot", overlap, "s")
+    assert overlap <= H, overlap
+    assert not [o for o in load.snapshot() if o.ended - o.started > DEADLINE + SLACK]
+
+
+def test_n4_packet_loss_10_percent_moves_nothing_and_30_percent_converges(fleet: tuple[Cluster, list[Host]], tmp_path: Path) -> None:
+    c, hosts = fleet
+    deploy(c, tmp_path)
+    ids = [c.node_id(f"host-{i}") for i in range(2)]
+    phases: dict[str, tuple[float, float]] = {}
+    states: dict[str, set[int]] = {}
+    with Sampler(c, ["net"], interval=0.1) as sampler, Load(lambda: [(gateway_address(c), "net")], threads=4, deadline=DEADLINE, token=c.token) as load:
+        load.wait_calls(40, timeout=60)
+        for p, seconds in ((0.1, LOSS_SECONDS), (0.3, LOSS_SECONDS / 2)):
+            phase = f"{p:.0%} loss"
+            for host in hosts:
+                host.loss(p)
+            began = time.monotonic()
+            states[phase] = set()
+            while time.monotonic() < began + seconds:  # the phase's length is the measurement
+                states[phase] |= {node_state(c, n) for n in ids}
+                load.wait_calls(1, timeout=seconds + 10)
+            phases[phase] = (began, time.monotonic())
+            for host in hosts:
+                host.heal()
+        healed = time.monotonic()
+        wait_until(lambda: converged(c) and all(node_state(c, n) == nodes_pb2.NODE_STATE_READY for n in ids), timeout=60,
+                   what="the fleet converged after the loss")  # fmt: skip
+        converge = time.monotonic() - healed
+    outcomes = load.snapshot()
+    for phase, (began, ended) in phases.items():
+        calls = [o for o in outcomes if began <= o.started < ended]
+        took = sorted(o.ended - o.started for o in calls if o.code == "OK")
+        p99 = took[int(len(took) * 0.99) - 1] if took else 0.0
+        codes = Counter(o.code for o in calls)
+        moves = len({frozenset(nodes) for at, nodes in sampler.routed("net") if began <= at < ended})
+        record("N4", f"{phase}: calls", len(calls), "", " ".join(f"{k}={v}" for k, v in sorted(codes.items())))
+        record("N4", f"{phase}: p99 of answered calls", p99, "s")
+        record("N4", f"{phase}: node states seen", " ".join(sorted(nodes_pb2.NodeState.Name(s) for s in states[phase])))
+        record("N4", f"{phase}: distinct routed sets", moves, "", "1 = no route flapping")
+    record("N4", "loss stopped -> converged", converge, "s")
+    record("N4", "gateway ejections over the run", ejections(c))
+    ten = phases["10% loss"]
+    assert states["10% loss"] == {nodes_pb2.NODE_STATE_READY}, states
+    assert len({frozenset(n) for at, n in sampler.routed("net") if ten[0] <= at < ten[1]}) == 1
