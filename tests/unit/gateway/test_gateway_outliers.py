@@ -1,12 +1,15 @@
 """Unit tests of outlier ejection (control_plane.gateway.outliers) with a fake
 clock: the failure streak, the doubling back-off and its reset, the trial
-call, TRANSIENT_FAILURE, and that a deployment is never left with nothing."""
+call, TRANSIENT_FAILURE, that a deployment is never left with nothing, and
+which worker errors count as no answer."""
 
 from __future__ import annotations
 
+import grpc
 import pytest
 
 from control_plane.gateway.outliers import Outliers
+from control_plane.gateway.wire import transport_failure
 
 
 class Clock:
@@ -131,3 +134,44 @@ def test_forget_drops_workers_no_route_names(o: Outliers) -> None:
 def test_threshold_below_one_is_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         Outliers(threshold=0)
+
+
+def test_a_broken_connection_ejects_at_once(o: Outliers) -> None:
+    o.failed("a", deployment="d", trial=False, reason="UNAVAILABLE Socket closed", at_once=True)
+    assert o.out("a") and o.ejections == {"d": 1}
+
+
+def test_due_once_the_backoff_is_over_and_no_trial_is_in_flight(o: Outliers, clock: Clock) -> None:
+    assert not o.due("a")
+    fail(o, n=3)
+    assert not o.due("a")
+    clock.now += 1
+    assert o.due("a")
+    o.channel_failed("a", deployment="d", reason="probe: channel CONNECTING")  # not connected: out again, longer
+    assert not o.due("a")
+    clock.now += 2
+    assert o.due("a") and o.begin("a")
+    assert not o.due("a")  # its trial is in flight
+
+
+def test_the_gauge_counts_out_workers_by_deployment(o: Outliers) -> None:
+    fail(o, "a", n=3)
+    o.failed("b", deployment="e", trial=False, reason="x", at_once=True)
+    fail(o, "c", n=1)
+    assert o.ejected() == {"d": 1, "e": 1}
+
+
+@pytest.mark.parametrize(
+    ("code", "details", "counts"),
+    [
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded", True),  # gRPC's timer: no answer in time
+        (grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call was queued", False),  # the worker's answer
+        (grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses; last error: ...", True),
+        (grpc.StatusCode.UNAVAILABLE, "Socket closed", True),
+        (grpc.StatusCode.UNAVAILABLE, "worker is draining", False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, "queue full", False),
+        (grpc.StatusCode.INVALID_ARGUMENT, "bad", False),
+    ],
+)
+def test_transport_failure_counts_only_calls_the_worker_never_answered(code: grpc.StatusCode, details: str, counts: bool) -> None:
+    assert transport_failure(code, details) is counts
