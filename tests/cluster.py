@@ -251,9 +251,13 @@ class Cluster:
         gpus: int | None = None,
         extra_args: Sequence[str] = (),
         env: dict[str, str] | None = None,
+        prefix: Sequence[str] = (),
+        control_plane: str = "",
     ) -> Proc:
-        """Start (or restart: the same data dir, so the same node id and key) agent `name`."""
-        args = [sys.executable, "-m", "node_agent.main", "--control-plane", self.addr,
+        """Start (or restart: the same data dir, so the same node id and key) agent `name`;
+        `prefix` goes before the command (tests/netns.py: `ip netns exec NS`), and
+        `control_plane` replaces the address the agent dials."""
+        args = [*prefix, sys.executable, "-m", "node_agent.main", "--control-plane", control_plane or self.addr,
                 "--data-dir", str(self.root / name), "--cpus", str(cpus), "--drain-timeout", "5", *extra_args]
         if gpus is not None:
             args += ["--gpus", str(gpus)]

@@ -14,8 +14,9 @@ import pytest
 
 # tests/pg.py's session-scoped `postgres_server`, registered once here so that
 # every test module shares one server (a fixture imported into each module
-# would be a separate definition per module, one server each).
-pytest_plugins = ["pg"]
+# would be a separate definition per module, one server each); tests/netns.py's
+# `netns_hosts` (test hosts in network namespaces) likewise.
+pytest_plugins = ["pg", "netns"]
 
 
 @pytest.fixture(autouse=True)

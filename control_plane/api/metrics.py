@@ -17,6 +17,8 @@ A scrape costs O(nodes + allocations + deployments); serving pays nothing.
 - modelfleet_gateway_requests_total{deployment, status}: gateway ModelInfer calls
   by final gRPC status; modelfleet_gateway_rejected_total{deployment,
   reason="traffic_limit"}: calls refused by the traffic limit
+- modelfleet_gateway_ejected_workers{deployment}, modelfleet_gateway_ejections_total{deployment}:
+  outlier ejection (control_plane.gateway.outliers)
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from prometheus_client.registry import Collector
 
 from control_plane.auth.throttle import REASONS, FailureThrottle
 from control_plane.fleet.liveness import Fleet, Liveness
+from control_plane.gateway.metrics import outlier_metrics
 from control_plane.gateway.service import Gateway
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.store import Store
@@ -131,6 +134,7 @@ class ControlPlaneCollector(Collector):
         for deployment, count in sorted(snap.limited.items()):
             limited.add_metric([deployment, "traffic_limit"], count)
         yield limited
+        yield from outlier_metrics(self._gateway)
         failures = CounterMetricFamily(
             "modelfleet_auth_failures", "calls refused for their credentials, by reason", labels=["reason"]
         )

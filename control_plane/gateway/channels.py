@@ -11,6 +11,8 @@ import grpc
 
 from control_plane.gateway.wire import IDENTITY, SERVICE
 
+KEEPALIVE_MS = 1000
+
 
 class ChannelPool:
     """worker address -> (channel, its ModelInfer raw-bytes callable)."""
@@ -19,6 +21,13 @@ class ChannelPool:
         self._options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
+            # A silent peer (packets dropped, no reset) would hold calls until their deadline:
+            # ping every second while calls are open, and close the transport when a ping (or
+            # sent data: gRPC sets TCP_USER_TIMEOUT to the same) is not acknowledged in a second.
+            # The worker permits these pings (node_agent.worker.server).
+            ("grpc.keepalive_time_ms", KEEPALIVE_MS),
+            ("grpc.keepalive_timeout_ms", KEEPALIVE_MS),
+            ("grpc.http2.max_pings_without_data", 0),
         ]
         self._credentials = credentials  # TLS to workers; None = plaintext
         self._channels: dict[str, tuple[grpc.aio.Channel, grpc.aio.UnaryUnaryMultiCallable]] = {}
@@ -34,6 +43,12 @@ class ChannelPool:
             call = channel.unary_unary(f"/{SERVICE}/ModelInfer", request_serializer=IDENTITY, response_deserializer=IDENTITY)
             entry = self._channels[address] = (channel, call)
         return entry[1]
+
+    def state(self, address: str, *, connect: bool = False) -> grpc.ChannelConnectivity | None:
+        """The connectivity of the worker's channel (None: no channel yet); `connect` starts
+        connecting an idle one."""
+        entry = self._channels.get(address)
+        return entry[0].get_state(try_to_connect=connect) if entry is not None else None
 
     def method(self, address: str, name: str) -> grpc.aio.UnaryUnaryMultiCallable:
         """Another V2 method of the worker at address, raw bytes in and out, on the same channel."""

@@ -5,6 +5,8 @@ gateway's counters (dict copies are atomic under the GIL) and formats them:
 - modelfleet_gateway_requests_total{deployment, status}: calls by final gRPC status
 - modelfleet_gateway_request_duration_seconds{deployment}: histogram of call durations (answered or not)
 - modelfleet_gateway_rejected_total{deployment, reason="traffic_limit"}
+- modelfleet_gateway_ejected_workers{deployment}: workers out of the rotation (outlier ejection)
+- modelfleet_gateway_ejections_total{deployment}: workers taken out of the rotation
 - modelfleet_gateway_stale: 1 while the routes watch is down (serving from the last snapshot)
 - modelfleet_gateway_stale_seconds: how long it has been stale (0 when fresh)
 - modelfleet_gateway_routes_revision: the revision of the routes held
@@ -47,6 +49,7 @@ class GatewayCollector(Collector):
         for deployment, n in dict(self._gateway.limited).items():
             limited.add_metric([deployment, "traffic_limit"], n)
         yield limited
+        yield from outlier_metrics(self._gateway)
         stale = self._follower.stale
         yield GaugeMetricFamily("modelfleet_gateway_stale", "1 while the routes watch is down", value=1 if stale else 0)
         since = time.monotonic() - self._follower.stale_since if stale else 0.0
@@ -56,6 +59,18 @@ class GatewayCollector(Collector):
             "modelfleet_gateway_watch_reconnects", "routes watch streams that ended", value=self._follower.reconnects
         )
         yield CounterMetricFamily("modelfleet_gateway_snapshots", "full snapshots applied", value=self._source.snapshots)
+
+
+def outlier_metrics(gateway: Gateway) -> Iterator[Metric]:
+    """The gauge and counter of outlier ejection (control_plane.gateway.outliers)."""
+    ejected = GaugeMetricFamily("modelfleet_gateway_ejected_workers", "workers out of the gateway's rotation", labels=["deployment"])
+    for deployment, n in sorted(gateway.outliers.ejected().items()):
+        ejected.add_metric([deployment], n)
+    yield ejected
+    ejections = CounterMetricFamily("modelfleet_gateway_ejections", "workers taken out of the gateway's rotation", labels=["deployment"])
+    for deployment, n in sorted(dict(gateway.outliers.ejections).items()):
+        ejections.add_metric([deployment], n)
+    yield ejections
 
 
 def serve_metrics(port: int, collector: GatewayCollector, host: str = "127.0.0.1") -> int:

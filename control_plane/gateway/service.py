@@ -70,6 +70,7 @@ from control_plane import errors
 from control_plane.gateway import describe, statistics, versions
 from control_plane.gateway.channels import ChannelPool
 from control_plane.gateway.limits import TokenBucket
+from control_plane.gateway.outliers import Outliers
 from control_plane.gateway.stats import DurationHistogram, GatewayStats
 from control_plane.gateway.wire import (
     IDENTITY,
@@ -79,6 +80,7 @@ from control_plane.gateway.wire import (
     never_accepted,
     scan_model_name,
     stream_error,
+    transport_failure,
 )
 from control_plane.routes import Route, RouteSource
 from modelfleet.inference import grpc_service_pb2 as pb
@@ -107,9 +109,11 @@ class Gateway:
         max_message_bytes: int,
         stats: GatewayStats | None = None,
         worker_credentials: grpc.ChannelCredentials | None = None,
+        outliers: Outliers | None = None,
     ) -> None:
         self.source = source  # deployments, routes and models: all the gateway reads (control_plane.routes)
         self._channels = ChannelPool(max_message_bytes=max_message_bytes, credentials=worker_credentials)
+        self.outliers = outliers or Outliers()  # workers out of the rotation (control_plane.gateway.outliers)
         # (model_id, version) -> the V2 rules of its specs; model versions never change
         self._specs: dict[tuple[str, int], v2.RequestRules] = {}
         self._inflight: collections.Counter[str] = collections.Counter()
@@ -185,10 +189,25 @@ class Gateway:
                 routes = by_variant[chosen]
         if not routes:
             raise errors.Unavailable(f"deployment '{rec.deployment_id}' has no started worker to serve the call")
+        routes = self._in_rotation(rec.deployment_id, routes)
         if len(routes) == 1:
             return routes[0]
         low = min(self._inflight[r.allocation_id] for r in routes)
         return random.choice([r for r in routes if self._inflight[r.allocation_id] == low])
+
+    def _in_rotation(self, deployment_id: str, routes: Sequence[Route]) -> Sequence[Route]:
+        """The routes outlier ejection leaves in (all of them rather than none); a worker whose
+        channel is in TRANSIENT_FAILURE is ejected here, before any call waits on it, and one due
+        for its probe stays out while its channel is not connected."""
+        for route in routes:
+            state = self._channels.state(route.address)
+            if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                self.outliers.channel_failed(route.address, deployment=deployment_id)
+            elif state not in (None, grpc.ChannelConnectivity.READY) and self.outliers.due(route.address):
+                # probe: a trial call only over a live connection, so none waits on a silent host
+                self._channels.state(route.address, connect=True)
+                self.outliers.channel_failed(route.address, deployment=deployment_id, reason=f"probe: channel {state.name}")
+        return self.outliers.routable(routes, _address)
 
     # ---- validation ----------------------------------------------------------------
     def _model_specs(self, model: tuple[str, int]) -> v2.RequestRules | None:
@@ -223,6 +242,7 @@ class Gateway:
     async def prune_channels(self) -> int:
         """Close channels to workers that no route names and no call uses. Returns how many."""
         live = self.source.live_addresses()
+        self.outliers.forget(keep=lambda a: a in live)
         return await self._channels.prune(keep=lambda a: a in live or bool(self._inflight_by_address[a]))
 
     # ---- RPCs -----------------------------------------------------------------------
@@ -335,9 +355,8 @@ class Gateway:
                 checked = route.model
             self._inflight[route.allocation_id] += 1
             self._inflight_by_address[route.address] += 1
-            metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
             try:
-                return await self._channels.call(route.address)(request, timeout=time_remaining(), metadata=metadata)
+                return await self._send(route, request, time_remaining, deployment=rec.deployment_id)
             except grpc.aio.AioRpcError as exc:
                 details = exc.details() or ""
                 if never_accepted(exc.code(), details) and not tried:
@@ -350,6 +369,32 @@ class Gateway:
                     counter[key] -= 1
                     if not counter[key]:
                         del counter[key]
+
+    async def _send(self, route: Route, request: bytes, time_remaining: Callable[[], float | None], *, deployment: str) -> bytes:
+        """One call to the worker of route; its outcome goes to outlier ejection (.outliers)."""
+        metadata = (("authorization", f"Bearer {route.token}"),) if route.token else None
+        trial = self.outliers.begin(route.address)
+        try:
+            reply: bytes = await self._channels.call(route.address)(request, timeout=time_remaining(), metadata=metadata)
+        except grpc.aio.AioRpcError as exc:
+            details = exc.details() or ""
+            if transport_failure(exc.code(), details):
+                broken = self._channels.state(route.address) != grpc.ChannelConnectivity.READY
+                self.outliers.failed(
+                    route.address, deployment=deployment, trial=trial, reason=f"{exc.code().name} {details}", at_once=broken
+                )
+            else:
+                self.outliers.answered(route.address, trial=trial)
+            raise
+        except asyncio.CancelledError:
+            remaining = time_remaining()  # gRPC cancels the handler when the client's deadline passes
+            if remaining is not None and remaining <= _DEADLINE_SLACK_S:
+                self.outliers.failed(route.address, deployment=deployment, trial=trial, reason="deadline passed")
+            else:
+                self.outliers.abandoned(route.address, trial=trial)
+            raise
+        self.outliers.answered(route.address, trial=trial)
+        return reply
 
     async def ServerLive(self, request: pb.ServerLiveRequest, context: object) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -396,6 +441,10 @@ class Gateway:
             out.models.add(name=rec.deployment_id, version="", state="READY" if ready else "UNAVAILABLE", reason=rec.status_reason)
         return out
 
+
+
+def _address(route: Route) -> str:
+    return route.address
 
 
 class _Relayed(Exception):

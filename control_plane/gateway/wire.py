@@ -2,7 +2,7 @@
 the service name, the raw-bytes codec, `scan_model_name` (fields 1 and 2 of
 a serialized ModelInferRequest), the stream reply framing and
 `never_accepted` (which worker errors prove a call never ran, so a retry
-elsewhere is safe). Pure functions, no state.
+elsewhere is safe) and `transport_failure` (which mean no answer at all). Pure functions, no state.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def scan_model_name(buf: bytes) -> tuple[str, str]:
 # UNAVAILABLE details that prove the worker never ran the call.
 _NOT_ACCEPTED_PREFIXES = ("worker is draining", "worker is not serving")
 _NOT_CONNECTED = "failed to connect to all addresses"
+_NO_ANSWER_IN_TIME = "Deadline Exceeded"  # the details gRPC gives a call its timeout ended
 
 
 def never_accepted(code: grpc.StatusCode, details: str) -> bool:
@@ -74,6 +75,14 @@ def never_accepted(code: grpc.StatusCode, details: str) -> bool:
     if code != grpc.StatusCode.UNAVAILABLE:
         return False
     return details.startswith(_NOT_ACCEPTED_PREFIXES) or _NOT_CONNECTED in details
+
+
+def transport_failure(code: grpc.StatusCode, details: str) -> bool:
+    """True when the worker gave no answer of its own: no connection, a broken one, or the
+    deadline passed (what outlier ejection counts; a draining worker's refusal is an answer)."""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return details == _NO_ANSWER_IN_TIME  # gRPC's own timer, not the worker's status
+    return code == grpc.StatusCode.UNAVAILABLE and not details.startswith(_NOT_ACCEPTED_PREFIXES)
 
 
 STREAM_REPLY_TAG = b"\x12"  # ModelStreamInferResponse.infer_response: field 2, length-delimited

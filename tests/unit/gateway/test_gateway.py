@@ -143,3 +143,16 @@ def test_deployment_record_weights_are_read_per_call() -> None:
     assert {gw.pick(record(("v1", 100), ("v2", 0)), "").variant for _ in range(30)} == {"v1"}
     assert {gw.pick(record(("v1", 0), ("v2", 100)), "").variant for _ in range(30)} == {"v2"}
     assert deployments_pb2.VariantSpec  # the spec type the records hold
+
+
+def test_an_ejected_worker_gets_no_calls_until_every_worker_is_ejected() -> None:
+    random.seed(3)
+    gw = gateway([r("a1", "v1"), r("a2", "v1")])
+    rec = record(("v1", 100))
+    for _ in range(gw.outliers.threshold):
+        gw.outliers.failed("a1:1", deployment="d", trial=False, reason="deadline")
+    assert {gw.pick(rec, "").allocation_id for _ in range(200)} == {"a2"}
+    assert gw.outliers.ejected() == {"d": 1}
+    for _ in range(gw.outliers.threshold):
+        gw.outliers.failed("a2:1", deployment="d", trial=False, reason="deadline")
+    assert {gw.pick(rec, "").allocation_id for _ in range(200)} == {"a1", "a2"}  # rather than none
