@@ -461,7 +461,8 @@ async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[]
     (data_dir / "http_endpoint").unlink(missing_ok=True)
     if not listen:
         return None
-    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready)
+    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready,
+                    deployments=plane.deployments, registry=plane.registry)
     rest = RestServer(app)
     endpoint = await rest.start(listen)
     tmp = data_dir / "http_endpoint.tmp"

@@ -19,5 +19,7 @@ def document(routes: list[Route], *, version: str) -> dict[str, Any]:
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_') or 'root'}",
             "responses": responses or {"200": {"description": "OK"}},
+            # the gRPC method whose access-table row guards the route: its privileges are the route's
+            "x-modelfleet-access": route.access,
         }
     return {"openapi": "3.0.3", "info": {"title": "modelfleet REST API", "version": version}, "paths": paths}

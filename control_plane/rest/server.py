@@ -12,7 +12,10 @@ from importlib import metadata
 from aiohttp import web
 
 from control_plane.auth.access import Authenticator
+from control_plane.deployments.service import DeploymentService
 from control_plane.gateway.service import Gateway
+from control_plane.models.registry import ModelRegistry
+from control_plane.rest.es.routes import es_routes
 from control_plane.rest.guard import make_guard
 from control_plane.rest.openapi import document
 from control_plane.rest.routes import Route, register
@@ -28,10 +31,14 @@ def product_version() -> str:
 
 
 def build_app(*, gateway: Gateway, authenticator: Authenticator | None, version: str,
-              is_ready: Callable[[], bool]) -> web.Application:
+              is_ready: Callable[[], bool], deployments: DeploymentService | None = None,
+              registry: ModelRegistry | None = None) -> web.Application:
     """The aiohttp application: every route of the table (each behind the access table's rule)
-    plus /openapi.json generated from it."""
+    plus /openapi.json generated from it; the Elasticsearch-shaped management routes when
+    the control plane's deployment service and registry are given."""
     routes: list[Route] = v2_routes(gateway=gateway, is_ready=is_ready)
+    if deployments is not None and registry is not None:
+        routes += es_routes(deployments=deployments, registry=registry, gateway=gateway)
     spec = document(routes, version=version)
 
     async def openapi(_: web.Request) -> web.Response:

@@ -20,7 +20,7 @@ from modelfleet.v1 import deployments_pb2
 
 TIME_UNITS: dict[str, float] = {"d": 86400.0, "h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "micros": 1e-6, "nanos": 1e-9}
 _TIME = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(d|h|m|s|ms|micros|nanos)\s*$")
-WAIT_FOR = {
+WAIT_FOR: dict[str, deployments_pb2.WaitFor] = {
     "starting": deployments_pb2.WAIT_FOR_STARTING,
     "started": deployments_pb2.WAIT_FOR_STARTED,
     "fully_allocated": deployments_pb2.WAIT_FOR_FULLY_ALLOCATED,
@@ -66,7 +66,7 @@ def parse_int(field: str, text: str, *, minimum: int = 0) -> int:
     return value
 
 
-def parse_wait_for(text: str) -> int:
+def parse_wait_for(text: str) -> deployments_pb2.WaitFor:
     value = WAIT_FOR.get(text.strip().lower())
     if value is None:
         raise errors.InvalidArgument(f"[wait_for] must be one of {', '.join(WAIT_FOR)}, got [{text}]")
