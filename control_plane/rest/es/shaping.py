@@ -23,8 +23,10 @@ _COUNTERS = ("inference_count", "error_count", "rejected_execution_count", "time
 
 
 def rfc3339(ts: timestamp_pb2.Timestamp) -> str:
-    """"2024-05-01T12:00:00.123Z" ("" when unset)."""
-    return str(ts.ToJsonString()) if ts.seconds or ts.nanos else ""
+    """"2024-05-01T12:00:00.123Z", to the millisecond as Elasticsearch writes times ("" when unset)."""
+    if not (ts.seconds or ts.nanos):
+        return ""
+    return str(timestamp_pb2.Timestamp(seconds=ts.seconds, nanos=ts.nanos // 1_000_000 * 1_000_000).ToJsonString())
 
 
 def epoch_ms(ts: timestamp_pb2.Timestamp) -> int:
