@@ -211,3 +211,25 @@ def test_a_viewer_key_is_refused_every_route_the_access_table_denies_it(es: Es, 
     assert mutating and mutating <= refused  # start, stop, update among them
     assert {p for _, p in mutating} >= {f"/_ml/trained_models/{{model_id}}/deployment/{a}" for a in ("_start", "_stop", "_update")}
     assert es.cluster.get("add").status == common_pb2.DEPLOYMENT_STATUS_RUNNING  # nothing was stopped
+
+
+def test_start_body_carries_service_fields_and_the_traffic_limit_answers_429(es: Es) -> None:
+    deployer = es.cluster.create_key("deployer", user="dora").token
+    body = {"variants": [{"model_id": "add", "weight": 70, "env": {"GREETING": "hi"}}, {"model_id": "seed", "weight": 30}],
+            "auto_stop": "2h", "traffic_limit_qps": 0.01}
+    status, answer = es.call("POST", "/_ml/trained_models/svc/deployment/_start?wait_for=started&timeout=1m", body,
+                             auth=f"Bearer {deployer}")
+    assert status == 200, answer
+    assert [(a["variant"], a["weight"]) for a in answer["allocations"]] == [("add-v1", 70), ("seed-v1", 30)]
+    assert answer["allocation"] == {k: v for k, v in answer["allocations"][0].items() if k not in ("variant", "weight")}
+    deployment = es.cluster.get("svc")
+    assert deployment.owner == "dora"  # the REST key's user, as under gRPC
+    assert (deployment.auto_stop.seconds, deployment.traffic_limit_qps) == (7200, 0.01)
+    assert dict(deployment.variants[0].env) == {"GREETING": "hi"}
+    infer = {"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "data": [0, 0, 0, 0]}]}
+    answers = [es.call("POST", "/_ml/trained_models/svc/deployment/_infer", infer, auth=f"Bearer {deployer}")
+               for _ in range(3)]
+    assert answers[0][0] == 200, answers[0]
+    status, refused = answers[-1]
+    assert "traffic limit" in _is_es_error(status, refused, 429, "status_exception")
+    assert es.call("POST", "/_ml/trained_models/svc/deployment/_stop?timeout=1m") == (200, {"stopped": True})
