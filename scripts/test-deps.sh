@@ -3,13 +3,15 @@
 # Debian's libb64-0d (Triton's perf_analyzer links it) and postgresql (the
 # PostgreSQL store's tests start a private server with its initdb/pg_ctl,
 # which Debian keeps in /usr/lib/postgresql/*/bin), chromium (the console's
-# browser tests drive /usr/bin/chromium with Playwright) and iptables (the
-# network fault tests' DROP and loss rules, tests/netns.py). Needs root (or sudo)
+# browser tests drive /usr/bin/chromium with Playwright), iptables (the
+# network fault tests' DROP and loss rules, tests/netns.py) and curl
+# (tests/system/test_e2e.py runs the README's REST calls with it). Needs root (or sudo)
 # when something is missing; does nothing when all is there.
 set -eu
 missing=""
 dpkg -s libb64-0d >/dev/null 2>&1 || missing="$missing libb64-0d"
 command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v curl >/dev/null 2>&1 || missing="$missing curl"  # the README's REST calls, run as written
 command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$missing postgresql"
 command -v iptables >/dev/null 2>&1 || missing="$missing iptables"
 [ -z "$missing" ] && exit 0

@@ -193,6 +193,17 @@ def caller(context: object = None) -> str:
     return principal.user if principal is not None else _ANON_USER.get()
 
 
+@contextlib.contextmanager
+def acting_as(principal: Principal | None) -> Iterator[None]:
+    """`caller()` and `current_principal()` name `principal` inside the block (REST handlers:
+    aiohttp serves a keep-alive connection's requests in one task, so it is reset after)."""
+    token = _PRINCIPAL.set(principal)
+    try:
+        yield
+    finally:
+        _PRINCIPAL.reset(token)
+
+
 class Authenticator(Protocol):
     async def authenticate(self, token: str) -> Principal:
         """The key's principal; raises Unauthenticated (missing, malformed, unknown, revoked, expired)."""

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from control_plane.auth.access import METHOD_ACCESS, Authenticator, check
+from control_plane.auth.access import METHOD_ACCESS, Authenticator, acting_as, check
 from control_plane.errors import Unauthenticated
 from control_plane.rest.errors import v2_error
 from control_plane.rest.routes import Handler, Route
@@ -34,6 +34,7 @@ def make_guard(authenticator: Authenticator | None) -> Callable[[Route], Handler
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             try:
+                principal = None
                 if authenticator is not None and not (rule is not None and rule.public):
                     token = token_of(request.headers.get("Authorization", ""))
                     if not token:
@@ -41,9 +42,10 @@ def make_guard(authenticator: Authenticator | None) -> Callable[[Route], Handler
                     principal = await authenticator.authenticate(token)
                     check(rule, route.access or request.path, principal)
                     request["principal"] = principal  # the caller, for handlers that need it (owner, WhoAmI)
-                return await route.handler(request)
+                with acting_as(principal):  # the services see the caller, as under gRPC's interceptor
+                    return await route.handler(request)
             except StatusError as exc:
-                return v2_error(exc)
+                return (route.on_error or v2_error)(exc)
 
         return guarded
 

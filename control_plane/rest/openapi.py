@@ -28,6 +28,8 @@ def document(routes: list[Route], *, version: str) -> dict[str, Any]:
             "summary": route.summary,
             "operationId": f"{route.method.lower()}_{route.path.strip('/').replace('/', '_') or 'root'}",
             "responses": responses or {"200": {"description": "OK"}},
+            # the gRPC method whose access-table row guards the route: its privileges are the route's
+            "x-modelfleet-access": route.access,
         }
         if parameters := path_parameters(route.path):
             operation["parameters"] = parameters

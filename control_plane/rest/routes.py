@@ -8,6 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
+from modelfleet.errors import StatusError
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -22,6 +24,8 @@ class Route:
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the gRPC method whose row of the access table (control_plane/auth/access.py) guards this route
     access: str = ""
+    # how a domain error is answered (None: the V2 body, control_plane.rest.errors.v2_error)
+    on_error: Callable[[StatusError], web.StreamResponse] | None = None
 
 
 def register(app: web.Application, routes: list[Route], *, guard: Callable[[Route], Handler]) -> None:

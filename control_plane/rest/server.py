@@ -15,6 +15,7 @@ from control_plane.auth.access import Authenticator
 from control_plane.gateway.service import Gateway
 from control_plane.rest.api_v1 import Services, api_v1_routes
 from control_plane.rest.console import add_console
+from control_plane.rest.es.routes import es_routes
 from control_plane.rest.guard import make_guard
 from control_plane.rest.openapi import document
 from control_plane.rest.routes import Route, register
@@ -32,9 +33,12 @@ def product_version() -> str:
 def build_app(*, gateway: Gateway, authenticator: Authenticator | None, version: str,
               is_ready: Callable[[], bool], services: Services | None = None) -> web.Application:
     """The aiohttp application: every route of the table (each behind the access table's rule)
-    plus /openapi.json generated from it; with `services`, the console and its /api/v1 too."""
+    plus /openapi.json generated from it; with the control plane's `services`, the
+    Elasticsearch-shaped management routes, the console and its /api/v1 too."""
     routes: list[Route] = v2_routes(gateway=gateway, is_ready=is_ready)
-    routes += api_v1_routes(services) if services is not None else []
+    if services is not None:
+        routes += es_routes(deployments=services.deployments, registry=services.registry, gateway=gateway)
+        routes += api_v1_routes(services)
     spec = document(routes, version=version)
 
     async def openapi(_: web.Request) -> web.Response:

@@ -3,7 +3,8 @@
 Steps: take a lock on the data dir; start the control plane
 (`python -m control_plane.main --listen L --data-dir DIR/control-plane`);
 wait for it to write `DIR/control-plane/endpoint` (HOST:PORT it bound — the
-contract with the control plane, so `--listen 127.0.0.1:0` works); with
+contract with the control plane, so `--listen 127.0.0.1:0` works) and, with
+REST on (`--http-listen`, a free port by default), `DIR/control-plane/http_endpoint`; with
 authentication on (the default) read the bootstrap admin key it wrote to
 `DIR/control-plane/admin.key` and give each agent its own key of role
 `agent`, kept in `DIR/control-plane/agent-keys/node-<i>.key` (0600; minted
@@ -54,6 +55,7 @@ from modelfleet.cli.tensors import to_list
 from modelfleet.v1 import common_pb2, deployments_pb2, models_pb2, nodes_pb2
 
 ENDPOINT_FILE = "endpoint"
+HTTP_ENDPOINT_FILE = "http_endpoint"
 _WILDCARDS = {"0.0.0.0", "::", "[::]", ""}
 
 
@@ -70,8 +72,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser], parents: 
     p.add_argument("--data-dir", type=Path, default=Path(".modelfleet"), help="default ./.modelfleet")
     p.add_argument("--listen", default="127.0.0.1:7070", type=with_default_port,
                    help="control plane HOST[:PORT] (port default 7070); 127.0.0.1:0 picks a free port")
-    p.add_argument("--http-listen", default="", metavar="HOST:PORT",
-                   help="also serve REST and the web console there (127.0.0.1:0 picks a free port; default off)")
+    p.add_argument("--http-listen", default="127.0.0.1:0", metavar="HOST:PORT",
+                   help="the control plane's REST (KServe V2, the Elasticsearch API shape) and the web console; default a free port on "
+                        "127.0.0.1, written to DATA_DIR/control-plane/http_endpoint; '' = no REST")
     p.add_argument("--agents", type=arg_type(positive_int, "count"), default=1, help="local node agents (default 1)")
     p.add_argument("--no-demo", action="store_true", help="do not upload and deploy the demo model")
     p.add_argument("--auth", choices=["on", "off"], default="on",
@@ -132,7 +135,8 @@ class LocalFleet:
                  shutdown_timeout: float, auth: bool = True, mint: Minter = mint_agent_key, http_listen: str = "") -> None:
         self.data_dir = data_dir
         self.listen = listen
-        self.http_listen = http_listen  # REST and the console ("" = off)
+        self.http_listen = http_listen
+        self.rest = ""  # http://HOST:PORT of the control plane's REST and console ("" = off)
         self.auth = auth
         self.mint = mint
         self.token = ""  # the admin key (auth on)
@@ -175,11 +179,12 @@ class LocalFleet:
         cp_dir.mkdir(parents=True, exist_ok=True)
         endpoint = cp_dir / ENDPOINT_FILE
         endpoint.unlink(missing_ok=True)  # a stale one names the previous run's port
+        (cp_dir / HTTP_ENDPOINT_FILE).unlink(missing_ok=True)
+        rest_args = ["--http-listen", self.http_listen] if self.http_listen else []
         self.control_plane = Child(
             "control-plane",
             (cp_argv or [sys.executable, "-m", "control_plane.main"])
-            + ["--listen", self.listen, "--data-dir", str(cp_dir), *([] if self.auth else ["--auth", "off"]),
-               *(["--http-listen", self.http_listen] if self.http_listen else [])],
+            + ["--listen", self.listen, "--data-dir", str(cp_dir), *([] if self.auth else ["--auth", "off"]), *rest_args],
             self.logs / "control-plane.log",
         )
         say(f"starting the control plane (--listen {self.listen}) ...")
@@ -188,9 +193,11 @@ class LocalFleet:
         self.addr = client_address(bound)
         say(f"control plane listening on {bound} (pid {self.control_plane.pid})")
         if self.http_listen:
-            http = wait_for_file(cp_dir / "http_endpoint", timeout=self.start_timeout, watch=[self.control_plane],
+            http = wait_for_file(cp_dir / HTTP_ENDPOINT_FILE, timeout=self.start_timeout, watch=[self.control_plane],
                                  parse=parse_endpoint)
-            say(f"Console: http://{client_address(http)}/console/ (sign in with the admin key)")
+            self.rest = f"http://{client_address(http)}"
+            say(f"REST: {self.rest}")
+            say(f"Console: {self.rest}/console/ (sign in with the admin key)")
         if self.auth:
             try:
                 self.token = (cp_dir / "admin.key").read_text().strip()
@@ -373,6 +380,9 @@ def run_demo(client: Client, fleet: LocalFleet, as_json: bool) -> None:
     say(f"  modelfleet infer {demo.MODEL_ID} --input '{demo.INPUT_NAME}=[[1.0, 2.0, 3.0, 4.0]]'")
     say(f"  modelfleet deployments stats {demo.MODEL_ID}")
     say("  modelfleet nodes list")
+    if fleet.rest:
+        say(f"  curl {fleet.rest}/_ml/trained_models/{demo.MODEL_ID}/_stats"
+            + (f" -H \"Authorization: ApiKey $(cat {fleet.data_dir / 'control-plane' / 'admin.key'})\"" if fleet.auth else ""))
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -398,7 +408,8 @@ def up_command(args: argparse.Namespace, client: Client) -> int:
             if not args.no_demo:
                 run_demo(local, fleet, args.json)
             say()
-            say(f"modelfleet is up: control plane at {fleet.addr}, {args.agents} agent(s), data in {data_dir}, "
+            rest = f", REST at {fleet.rest}" if fleet.rest else ""
+            say(f"modelfleet is up: control plane at {fleet.addr}{rest}, {args.agents} agent(s), data in {data_dir}, "
                 f"logs in {fleet.logs}")
             say("press Ctrl-C to stop")
             fleet.serve()

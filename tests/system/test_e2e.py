@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -138,6 +140,35 @@ def test_health_and_reflection_on_control_plane_and_worker(up: Up) -> None:
     (entry,) = deployment["allocations"][0]["routing_table"].values()
     assert _healthy(entry["worker_address"])
     assert {"inference.GRPCInferenceService", "grpc.health.v1.Health"} <= _services(entry["worker_address"])
+
+
+def _readme_block(after: str, lang: str) -> str:
+    """The first ```LANG block of the README after the line `after`."""
+    text = (ROOT / "README.md").read_text()
+    rest = text[text.index(after):]
+    start = rest.index(f"```{lang}\n") + len(lang) + 4
+    return rest[start:rest.index("```", start)]
+
+
+def test_the_readmes_seed_start_call_works_as_written(up: Up) -> None:
+    assert re.search(r"^REST: http://127\.0\.0\.1:\d+$", up.text(), re.M), up.text()
+    script = _readme_block("### The Elasticsearch API shape", "sh").replace(".modelfleet/", f"{up.data}/")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    stopped, started = done.stdout.split("\n", 1)
+    assert json.loads(stopped) == {"stopped": True}
+    answer = json.loads(started)
+    shown = json.loads(_readme_block("### The Elasticsearch API shape", "json"))
+
+    def shape(value: Any) -> Any:  # keys and value types; node ids and times differ run to run
+        if isinstance(value, dict):
+            return {"NODE" if k.startswith("node-") else k: shape(v) for k, v in value.items()}
+        return type(value).__name__
+
+    assert shape(answer) == shape(shown)
+    alloc = answer["allocation"]
+    assert alloc["task_parameters"]["model_id"] == "demo" and alloc["allocation_state"] == shown["allocation"]["allocation_state"]
+    assert [e["routing_state"] for e in alloc["routing_table"].values()] == ["started"]
 
 
 def test_ctrl_c_stops_everything_cleanly(up: Up) -> None:
