@@ -35,12 +35,13 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import psycopg
 
+from control_plane.errors import NotLeader
+from control_plane.store.lease import Lease, Replica
 from control_plane.store.sql import SqlStore, _int
 from control_plane.store.sqlite import SchemaVersionError
 
@@ -88,34 +89,11 @@ _SEEN = (
 )
 
 
-@dataclass(frozen=True)
-class Lease:
-    """The lease row as the database saw it at `now` (its own clock)."""
-
-    holder: str
-    address: str
-    epoch: int
-    expires_at: datetime
-    now: datetime
-
-    @property
-    def live(self) -> bool:
-        return bool(self.holder) and self.expires_at > self.now
-
-
-@dataclass(frozen=True)
-class Replica:
-    holder: str
-    address: str
-    started_at: datetime
-    seen_at: datetime
-
-
-class Fenced(RuntimeError):
+class Fenced(NotLeader):
     """A write by a replica that does not hold the current epoch of the lease; nothing was committed."""
 
     def __init__(self, message: str, *, leader: Lease | None) -> None:
-        super().__init__(message)
+        super().__init__(message, leader_address=leader.address if leader is not None and leader.live else "")
         self.leader = leader
 
 
@@ -158,10 +136,10 @@ class PostgresStore(SqlStore):
     PLACEHOLDER = "%s"
     GREATEST = "GREATEST"
 
-    def __init__(self, url: str, *, password_file: Path | None = None) -> None:
+    def __init__(self, url: str, *, password_file: Path | None = None, application_name: str = "modelfleet-control-plane") -> None:
         check_url(url)
         self.url = url
-        extra: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": "modelfleet-control-plane"}
+        extra: dict[str, object] = {"connect_timeout": CONNECT_TIMEOUT_S, "application_name": application_name}
         if password_file is not None:
             try:
                 lines = password_file.read_text().splitlines()
@@ -256,7 +234,8 @@ class PostgresStore(SqlStore):
         if self._epoch is None or lease is None or lease.epoch != self._epoch:
             mine = "no epoch (a standby)" if self._epoch is None else f"epoch {self._epoch}"
             now = "no lease" if lease is None else f"epoch {lease.epoch} held by {lease.address or '?'}"
-            raise Fenced(f"not the leader: this replica holds {mine}, the store's lease is {now}", leader=lease)
+            raise Fenced(f"not the leader; the leader is at {lease.address if lease else '?'} "
+                         f"(this replica holds {mine}, the store's lease is {now}): nothing was written", leader=lease)
 
     # ---- statements (SqlStore) ------------------------------------------------
     def _run(self, sql: str, params: Sequence[object]) -> int:
