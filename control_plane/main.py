@@ -52,7 +52,7 @@ from pathlib import Path
 
 import grpc
 
-from control_plane import replicas
+from control_plane import replicas, serving
 from control_plane.api.leadership import ControlPlanesServicer
 from control_plane.api.server import (
     DEFAULT_MANAGEMENT_MESSAGE_BYTES,
@@ -70,7 +70,7 @@ from control_plane.api.servicers import (
 from control_plane.auth import audit
 from control_plane.auth.access import OpenCalls
 from control_plane.auth.audit import AuditLog
-from control_plane.auth.keys import ADMIN_KEY_FILE, KeyService
+from control_plane.auth.keys import KeyService
 from control_plane.auth.throttle import FailureThrottle
 from control_plane.deployments.service import (
     DEFAULT_MAX_DEPLOYMENTS_PER_USER,
@@ -86,7 +86,6 @@ from control_plane.nodes.agents import AgentStreams, NodeService
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
-from control_plane.rest.server import RestServer, build_app, product_version
 from control_plane.routefeed.feed import RoutesFeed
 from control_plane.routefeed.recovering import RecoveringRouteSource
 from control_plane.routefeed.reports import GatewayReports
@@ -418,12 +417,12 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
     def build(store: Store, leadership: Leadership | None, *, leading: bool = True) -> ControlPlane:
         plane = _build_plane(args, data_dir=data_dir, store=store, wall_clock=wall_clock, leadership=leadership)
         if leading:  # before it listens: whoever sees the endpoint file finds the key beside it
-            _announce_bootstrap(plane.bootstrap(), data_dir=data_dir, args=args)
+            serving.announce_bootstrap(plane.bootstrap(), data_dir=data_dir, args=args)
         return plane
 
     async def lead(plane: ControlPlane) -> Callable[[], Awaitable[None]]:
-        _serve_metrics(plane, data_dir=data_dir, args=args)
-        rest = await _start_rest(args.http_listen, plane=plane, is_ready=lambda: not stopping.is_set())
+        serving.serve_metrics(plane, data_dir=data_dir, args=args)
+        rest = await serving.start_rest(args.http_listen, plane=plane, is_ready=lambda: not stopping.is_set())
         return rest.stop if rest is not None else _nothing
 
     if replicas.takes_replicas(opened):
@@ -477,54 +476,6 @@ def _build_plane(
     )
     plane.reconciler.full_every = args.full_reconcile_every
     return plane
-
-
-def _announce_bootstrap(token: str | None, *, data_dir: Path, args: argparse.Namespace) -> None:
-    """Say where the new bootstrap admin key is. Shown once on a terminal (never logged);
-    stdout that is not a terminal (a journal, a log file) would keep it, so only its path."""
-    if token is not None:
-        key_file = data_dir / ADMIN_KEY_FILE
-        if sys.stdout.isatty():
-            print(f"modelfleet: created the bootstrap admin API key; it is saved in {key_file} "
-                  f"(mode 0600) and shown only this once:\n  {token}", flush=True)
-        else:
-            print(f"modelfleet: created the bootstrap admin API key in {key_file} (mode 0600); "
-                  "it is not printed because stdout is not a terminal", flush=True)
-    elif args.auth == "off":
-        log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
-
-
-def _serve_metrics(plane: ControlPlane, *, data_dir: Path, args: argparse.Namespace) -> None:
-    """/metrics when --metrics-port asks for it; its bound address goes to DATA_DIR/metrics_endpoint."""
-    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
-    if args.metrics_port < 0:
-        return
-    from control_plane.api.metrics import serve_metrics
-
-    port = serve_metrics(
-        store=plane.store, fleet=plane.fleet, reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
-        host=args.metrics_host, port=args.metrics_port, auth_throttle=plane.auth_throttle,
-    )  # fmt: skip
-    tmp = data_dir / "metrics_endpoint.tmp"
-    tmp.write_text(f"{args.metrics_host}:{port}")
-    os.replace(tmp, data_dir / "metrics_endpoint")
-    log.info("serving /metrics on %s:%d", args.metrics_host, port)
-
-
-async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[], bool]) -> RestServer | None:
-    """Serve REST on --http-listen (if given) and publish the bound address in DATA_DIR/http_endpoint."""
-    data_dir = plane.data_dir
-    (data_dir / "http_endpoint").unlink(missing_ok=True)
-    if not listen:
-        return None
-    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready)
-    rest = RestServer(app)
-    endpoint = await rest.start(listen)
-    tmp = data_dir / "http_endpoint.tmp"
-    tmp.write_text(endpoint)
-    os.replace(tmp, data_dir / "http_endpoint")
-    log.info("serving REST on http://%s", endpoint)
-    return rest
 
 
 def main(argv: list[str] | None = None, *, wall_clock: Callable[[], float] = time.time) -> None:
