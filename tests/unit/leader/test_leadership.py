@@ -3,8 +3,7 @@
 test_lease_postgres.py): a standby wins a free lease and fences the store to
 its epoch; a leader whose lease shows another holder, or that cannot renew
 for a whole lease, is deposed and fences every write; a store without a lease
-leads from the start. Also the agent's address list: a standby's hint moves
-it to the leader, anything else to the next address."""
+leads from the start."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ import pytest
 
 from control_plane.leader import Leadership, Role
 from control_plane.store.lease import Lease, Replica
-from node_agent.agent import ControlPlaneLink
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -104,12 +102,3 @@ def test_without_a_lease_store_the_one_control_plane_leads() -> None:
 def test_the_renewal_must_be_shorter_than_the_lease() -> None:
     with pytest.raises(ValueError, match="shorter than the lease"):
         Leadership(store=FakeLeaseStore(), replica_id="a", ttl_s=1, renew_s=1)
-
-
-def test_the_agent_follows_the_named_leader_else_the_next_address() -> None:
-    link = ControlPlaneLink("A:1, B:1,C:1")
-    assert (link.targets, link.current) == (("A:1", "B:1", "C:1"), "A:1")
-    assert link.move("C:1") == "C:1"
-    assert link.move("") == "A:1"
-    assert link.move("elsewhere:1") == "B:1", "a leader not listed: the next address"
-    assert ControlPlaneLink("A:1").move("") == "A:1"
