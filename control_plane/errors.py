@@ -62,3 +62,16 @@ class Unimplemented(ModelfleetError):
 
 class DataLoss(ModelfleetError):
     code = "DATA_LOSS"
+
+
+LEADER_METADATA = "modelfleet-leader"  # trailing metadata of a NotLeader refusal: the leader's HOST:PORT
+
+
+class NotLeader(Unavailable):
+    """A mutation, agent stream or routes watch reached a control plane that is
+    not the leader (a standby, or a deposed leader). Nothing was written; the
+    trailers name the leader's address so that a client can go there."""
+
+    def __init__(self, message: str, *, leader_address: str = "") -> None:
+        super().__init__(message, trailers={LEADER_METADATA: leader_address} if leader_address else None)
+        self.leader_address = leader_address

@@ -46,12 +46,14 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 
+from control_plane import replicas, serving
+from control_plane.api.leadership import ControlPlanesServicer
 from control_plane.api.server import (
     DEFAULT_MANAGEMENT_MESSAGE_BYTES,
     Keepalive,
@@ -68,7 +70,7 @@ from control_plane.api.servicers import (
 from control_plane.auth import audit
 from control_plane.auth.access import OpenCalls
 from control_plane.auth.audit import AuditLog
-from control_plane.auth.keys import ADMIN_KEY_FILE, KeyService
+from control_plane.auth.keys import KeyService
 from control_plane.auth.throttle import FailureThrottle
 from control_plane.deployments.service import (
     DEFAULT_MAX_DEPLOYMENTS_PER_USER,
@@ -77,15 +79,13 @@ from control_plane.deployments.service import (
 from control_plane.fleet.liveness import Fleet
 from control_plane.gateway.service import Gateway, add_gateway_to_server
 from control_plane.gateway.stats import GatewayStats
+from control_plane.leader import Leadership, new_replica_id
 from control_plane.models.blobs import BlobStore
 from control_plane.models.registry import ModelRegistry
 from control_plane.nodes.agents import AgentStreams, NodeService
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
-from control_plane.rest.api_v1 import Services
-from control_plane.rest.server import RestServer, build_app, product_version
-from control_plane.rest.sse import Streams
 from control_plane.routefeed.feed import RoutesFeed
 from control_plane.routefeed.recovering import RecoveringRouteSource
 from control_plane.routefeed.reports import GatewayReports
@@ -97,6 +97,7 @@ from modelfleet.tls import channel_credentials, server_credentials
 from modelfleet.v1 import (
     agent_pb2_grpc,
     auth_pb2_grpc,
+    controlplanes_pb2_grpc,
     deployments_pb2_grpc,
     gateways_pb2_grpc,
     models_pb2_grpc,
@@ -141,8 +142,11 @@ class ControlPlane:
         recovery_grace: float | None = None,
         keepalive: Keepalive | None = None,
         audit_log: AuditLog | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self.data_dir = data_dir
+        # without a lease store (SQLite, memory) this one control plane leads
+        self.leadership = leadership if leadership is not None else Leadership(store=None, replica_id=new_replica_id())
         self.audit_log = audit_log
         self.auth_throttle = FailureThrottle()
         self.store = store
@@ -187,6 +191,7 @@ class ControlPlane:
             open_calls=self.open_calls,
             audit=audit_log,
             throttle=self.auth_throttle,
+            leadership=self.leadership if self.leadership.replicated else None,
         )
         self.nodes = NodeService(store=store, hub=self.hub, reads=self.reconciler.reads, reconcile=self.reconciler.reconcile)
         # auth off: the Auth service still answers (WhoAmI says so; keys can be made for later)
@@ -206,6 +211,7 @@ class ControlPlane:
         auth_pb2_grpc.add_AuthServicer_to_server(AuthServicer(self.auth_service), self.server)
         add_gateway_to_server(self.gateway, self.server)
         gateways_pb2_grpc.add_GatewaysServicer_to_server(GatewaysServicer(self.routes_feed, self.gateway_reports), self.server)
+        controlplanes_pb2_grpc.add_ControlPlanesServicer_to_server(ControlPlanesServicer(self.leadership), self.server)
 
     def _keys_changed(self, revoked_key_id: str) -> None:
         """A key was created or revoked: agents get new verifiers; a revoked key's open calls end."""
@@ -220,7 +226,8 @@ class ControlPlane:
         """Create the admin key if the store has no key yet (auth on); returns its token to print."""
         return self.keys.bootstrap(self.data_dir) if self.keys is not None else None
 
-    async def start(self, listen: str) -> str:
+    async def start(self, listen: str, *, lead: bool = True) -> str:
+        """Listen and serve; `lead=False` (a standby) runs no reconcile or other loop."""
         sec = self.security
         try:
             if sec.tls_cert:
@@ -235,19 +242,34 @@ class ControlPlane:
         host = listen.rsplit(":", 1)[0]
         endpoint = f"{host}:{port}"
         self.gateway_reports.embedded_address = endpoint
-        self.reconciler.reconcile()
+        if not self.leadership.replicated:
+            self.leadership.address = endpoint
         await set_serving(self.health, True)
+        if not lead:  # its endpoint file waits for the first campaign (control_plane.replicas)
+            log.info("control plane listening on %s as a standby (data dir %s)", endpoint, self.data_dir)
+            return endpoint
+        self.publish_endpoint(endpoint)
+        self.reconciler.reconcile()
         self._tasks = [
             asyncio.create_task(self._loop("liveness sweep", min(self.fleet.heartbeat_interval, 1.0) / 2, self._sweep)),
             asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.tick)),
             asyncio.create_task(self._prune_loop()),
             asyncio.create_task(self.routes_feed.run()),
         ]
+        log.info("control plane listening on %s (data dir %s)", endpoint, self.data_dir)
+        return endpoint
+
+    def publish_endpoint(self, endpoint: str) -> None:
+        """DATA_DIR/endpoint: HOST:PORT bound, written atomically."""
         tmp = self.data_dir / "endpoint.tmp"
         tmp.write_text(endpoint)
         os.replace(tmp, self.data_dir / "endpoint")
-        log.info("control plane listening on %s (data dir %s)", endpoint, self.data_dir)
-        return endpoint
+
+    def standby_round(self) -> None:
+        """A standby's store changes under it: reread the keys, wake watches to reread their deployments."""
+        if self.keys is not None:
+            self.keys.reload()
+        self.hub.notify_waiting()
 
     def _sweep(self) -> None:
         changed = self.fleet.sweep()
@@ -270,7 +292,7 @@ class ControlPlane:
             except Exception:
                 log.exception("pruning gateway channels failed; continuing")
 
-    async def stop(self, grace: float = 1.0) -> None:
+    async def stop(self, grace: float = 1.0, *, close_store: bool = True) -> None:
         """Shut down in order: health NOT_SERVING, loops cancelled, agent
         streams, watches and `wait_for` waits ended (UNAVAILABLE: they are
         long-lived, the grace period would only wait them out), in-flight calls given `grace` seconds, the gateway's
@@ -286,7 +308,8 @@ class ControlPlane:
         await self.gateway.close()
         if self.audit_log is not None:
             self.audit_log.close()
-        self.store.close()
+        if close_store:
+            self.store.close()
 
 
 def _auto_stop_hours(text: str) -> int:
@@ -333,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auth", choices=["on", "off"], default=os.environ.get("MODELFLEET_AUTH", "on"),
                    help="API key authentication (default on; off is refused unless --listen is loopback)")
     audit.add_flags(p)
+    replicas.add_flags(p)
     p.add_argument("--tls-cert", default="", metavar="PEM", help="serve TLS with this certificate (chain)")
     p.add_argument("--tls-key", default="", metavar="PEM", help="the private key of --tls-cert")
     p.add_argument("--tls-client-ca", default="", metavar="PEM",
@@ -379,11 +403,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -> None:
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # keys' hashes and worker tokens live here
+    replica_id = new_replica_id()
     try:
-        opened = open_store(args.store or data_dir, password_file=args.store_password_file)
+        opened = open_store(args.store or data_dir, password_file=args.store_password_file,
+                            client_name=f"modelfleet-control-plane {replica_id}")  # fmt: skip
     except (ValueError, StoreUnavailable, SchemaVersionError) as exc:
         raise SystemExit(f"error: {exc}") from None
-    store = CachedStore(opened)  # reads from memory, writes through (store/cached.py)
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stopping.set)
+
+    def build(store: Store, leadership: Leadership | None, *, leading: bool = True) -> ControlPlane:
+        plane = _build_plane(args, data_dir=data_dir, store=store, wall_clock=wall_clock, leadership=leadership)
+        if leading:  # before it listens: whoever sees the endpoint file finds the key beside it
+            serving.announce_bootstrap(plane.bootstrap(), data_dir=data_dir, args=args)
+        return plane
+
+    async def lead(plane: ControlPlane) -> Callable[[], Awaitable[None]]:
+        serving.serve_metrics(plane, data_dir=data_dir, args=args)
+        rest = await serving.start_rest(args.http_listen, plane=plane, is_ready=lambda: not stopping.is_set())
+        return rest.stop if rest is not None else _nothing
+
+    if replicas.takes_replicas(opened):
+        leadership = replicas.leadership_from_flags(args, store=opened, replica_id=replica_id)
+        code = await replicas.run(leadership=leadership, listen=args.listen, advertise=args.advertise_address,
+                                  build=build, lead=lead, stopping=stopping)  # fmt: skip
+        if code:
+            raise SystemExit(code)
+        return
+    plane = build(CachedStore(opened), None)  # reads from memory, writes through (store/cached.py)
+    await plane.start(args.listen)
+    stop_rest = await lead(plane)
+    await stopping.wait()
+    log.info("shutting down")
+    await stop_rest()
+    await plane.stop()
+
+
+async def _nothing() -> None:
+    return None
+
+
+def _build_plane(
+    args: argparse.Namespace, *, data_dir: Path, store: Store, wall_clock: Callable[[], float], leadership: Leadership | None
+) -> ControlPlane:
     plane = ControlPlane(
         data_dir=data_dir,
         store=store,
@@ -408,72 +472,10 @@ async def _serve(args: argparse.Namespace, *, wall_clock: Callable[[], float]) -
             min_ping_interval_s=args.keepalive_min_ping_interval,
         ),
         audit_log=audit.from_flags(args, data_dir),
+        leadership=leadership,
     )
     plane.reconciler.full_every = args.full_reconcile_every
-    _announce_bootstrap(plane.bootstrap(), data_dir=data_dir, args=args)
-    await plane.start(args.listen)
-    _serve_metrics(plane, data_dir=data_dir, args=args)
-    stopping = asyncio.Event()
-    rest = await _start_rest(args.http_listen, plane=plane, is_ready=lambda: not stopping.is_set())
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stopping.set)
-    await stopping.wait()
-    log.info("shutting down")
-    if rest is not None:
-        await rest.stop()
-    await plane.stop()
-
-
-def _announce_bootstrap(token: str | None, *, data_dir: Path, args: argparse.Namespace) -> None:
-    """Say where the new bootstrap admin key is. Shown once on a terminal (never logged);
-    stdout that is not a terminal (a journal, a log file) would keep it, so only its path."""
-    if token is not None:
-        key_file = data_dir / ADMIN_KEY_FILE
-        if sys.stdout.isatty():
-            print(f"modelfleet: created the bootstrap admin API key; it is saved in {key_file} "
-                  f"(mode 0600) and shown only this once:\n  {token}", flush=True)
-        else:
-            print(f"modelfleet: created the bootstrap admin API key in {key_file} (mode 0600); "
-                  "it is not printed because stdout is not a terminal", flush=True)
-    elif args.auth == "off":
-        log.warning("authentication is OFF: every caller on %s may do anything", args.listen)
-
-
-def _serve_metrics(plane: ControlPlane, *, data_dir: Path, args: argparse.Namespace) -> None:
-    """/metrics when --metrics-port asks for it; its bound address goes to DATA_DIR/metrics_endpoint."""
-    (data_dir / "metrics_endpoint").unlink(missing_ok=True)
-    if args.metrics_port < 0:
-        return
-    from control_plane.api.metrics import serve_metrics
-
-    port = serve_metrics(
-        store=plane.store, fleet=plane.fleet, reconciler=plane.reconciler, gateway=plane.gateway, loop=asyncio.get_running_loop(),
-        host=args.metrics_host, port=args.metrics_port, auth_throttle=plane.auth_throttle,
-    )  # fmt: skip
-    tmp = data_dir / "metrics_endpoint.tmp"
-    tmp.write_text(f"{args.metrics_host}:{port}")
-    os.replace(tmp, data_dir / "metrics_endpoint")
-    log.info("serving /metrics on %s:%d", args.metrics_host, port)
-
-
-async def _start_rest(listen: str, *, plane: ControlPlane, is_ready: Callable[[], bool]) -> RestServer | None:
-    """Serve REST on --http-listen (if given) and publish the bound address in DATA_DIR/http_endpoint."""
-    data_dir = plane.data_dir
-    (data_dir / "http_endpoint").unlink(missing_ok=True)
-    if not listen:
-        return None
-    services = Services(deployments=plane.deployments, registry=plane.registry, nodes=plane.nodes,
-                        keys=plane.auth_service, hub=plane.hub, streams=Streams(), open_calls=plane.open_calls, audit=plane.audit_log)
-    app = build_app(gateway=plane.gateway, authenticator=plane.keys, version=product_version(), is_ready=is_ready,
-                    services=services)
-    rest = RestServer(app)
-    endpoint = await rest.start(listen)
-    tmp = data_dir / "http_endpoint.tmp"
-    tmp.write_text(endpoint)
-    os.replace(tmp, data_dir / "http_endpoint")
-    log.info("serving REST on http://%s; the console on http://%s/console/", endpoint, endpoint)
-    return rest
+    return plane
 
 
 def main(argv: list[str] | None = None, *, wall_clock: Callable[[], float] = time.time) -> None:

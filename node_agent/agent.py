@@ -127,15 +127,38 @@ def jittered(interval: float, jitter: float = HEARTBEAT_JITTER) -> float:
     return interval * random.uniform(1 - jitter, 1 + jitter)
 
 
+LEADER_METADATA = "modelfleet-leader"  # a standby's refusal names the leader here
+
+
 @dataclass(frozen=True)
 class ControlPlaneLink:
-    """How to reach the control plane: address, TLS and the agent's API key."""
+    """How to reach the control plane: address(es), TLS and the agent's API key.
+
+    `target` is HOST:PORT or several, comma-separated (control-plane
+    replicas): calls go to the current one; `move()` goes to the leader a
+    standby named, if listed, else to the next address."""
 
     target: str
     credentials: grpc.ChannelCredentials | None = None  # TLS (None = plaintext)
     token: str = ""  # MODELFLEET_TOKEN
     token_file: Path | None = None  # wins over token; reread at every connect
     credential_file: Path | None = None  # this node's own key (DIR/node.key): wins over both
+    _at: list[int] = field(default_factory=lambda: [0], compare=False, repr=False)  # index of the current target
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return tuple(t.strip() for t in self.target.split(",") if t.strip()) or (self.target,)
+
+    @property
+    def current(self) -> str:
+        targets = self.targets
+        return targets[self._at[0] % len(targets)]
+
+    def move(self, leader: str = "") -> str:
+        """Go to `leader` if it is one of the targets, else to the next target; the new current one."""
+        targets = self.targets
+        self._at[0] = targets.index(leader) if leader in targets else (self._at[0] + 1) % len(targets)
+        return self.current
 
     def source(self) -> str:
         """Where the key sent now comes from, for messages."""
@@ -147,8 +170,8 @@ class ControlPlaneLink:
 
     def channel(self, options: list[tuple[str, int]]) -> grpc.aio.Channel:
         if self.credentials is not None:
-            return grpc.aio.secure_channel(self.target, self.credentials, options=options)
-        return grpc.aio.insecure_channel(self.target, options=options)
+            return grpc.aio.secure_channel(self.current, self.credentials, options=options)
+        return grpc.aio.insecure_channel(self.current, options=options)
 
     def metadata(self) -> tuple[tuple[str, str], ...] | None:
         token = self.token
@@ -278,6 +301,7 @@ class Agent:
         self._closing = False
         self._closed = asyncio.Event()  # the stream must be half-closed and not reopened
         self._reconnect_now = False  # a join just issued this node's key: reopen with it at once
+        self._moves = 0  # addresses tried since the last welcome (several control planes)
         self.refused = ""  # why the control plane refused this agent for good ("" = it did not)
 
     @property
@@ -336,7 +360,8 @@ class Agent:
                         self.refused, self._link.source(),
                     )  # fmt: skip
                     return
-                log.warning("control plane stream: %s: %s", exc.code().name, exc.details())
+                log.warning("control plane stream (%s): %s: %s", self._link.current, exc.code().name, exc.details())
+                self._move(_leader_hint(exc))
             except (asyncio.InvalidStateError, grpc.aio.UsageError) as exc:
                 log.warning("control plane stream ended: %s", exc)
             except asyncio.CancelledError:
@@ -346,14 +371,26 @@ class Agent:
                 log.warning("control plane stream was cancelled")
             except Exception:
                 log.exception("control plane stream failed")
+                self._move("")
             finally:
                 self._session_live = False
             if self._closed.is_set() or self.refused:
                 return
             delay, self._reconnect_now = (0.0 if self._reconnect_now else backoff.next()), False
-            log.info("reconnecting to %s in %.2f s", self._config.control_plane, delay)
+            log.info("reconnecting to %s in %.2f s", self._link.current, delay)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), delay)
+
+    def _move(self, leader: str) -> None:
+        """After a failed or refused stream: try the leader a standby named, or the next address.
+        The first pass over the addresses since the last welcome goes at once; then the backoff rules."""
+        if len(self._link.targets) < 2:
+            return
+        before = self._link.current
+        after = self._link.move(leader)
+        self._moves += 1
+        if after != before and self._moves < 2 * len(self._link.targets):
+            self._reconnect_now = True
 
     async def _session(self) -> None:
         """One stream, from register to its end (an RPC error ends it too)."""
@@ -417,6 +454,7 @@ class Agent:
 
     def _on_welcome(self, welcome: agent_pb2.Welcome) -> None:
         self._config.backoff.reset()  # registration succeeded
+        self._moves = 0
         interval = welcome.heartbeat_interval.ToTimedelta().total_seconds()
         self._heartbeat_interval = interval if interval > 0 else DEFAULT_HEARTBEAT
         self._wake.set()  # the writer reschedules its next heartbeat
@@ -513,3 +551,13 @@ class Agent:
                     )
                 )
                 last_heartbeat, factor = time.monotonic(), jittered(1.0)
+
+
+def _leader_hint(exc: grpc.aio.AioRpcError) -> str:
+    """The leader's address a standby's UNAVAILABLE names in its trailers ("" if none)."""
+    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return ""
+    for key, value in exc.trailing_metadata() or ():
+        if key == LEADER_METADATA:
+            return value if isinstance(value, str) else value.decode()
+    return ""

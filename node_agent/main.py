@@ -170,7 +170,8 @@ def _non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="modelfleet-agent", description="modelfleet node agent")
-    p.add_argument("--control-plane", required=True, metavar="HOST:PORT", help="control plane address")
+    p.add_argument("--control-plane", required=True, metavar="HOST:PORT[,HOST:PORT...]",
+                   help="control plane address; several (replicas on one database): the agent follows the leader")
     p.add_argument("--data-dir", required=True, type=Path, metavar="DIR", help="node id, model cache, worker state")
     p.add_argument("--cpus", type=_non_negative_float, help="CPUs offered (default: detected)")
     p.add_argument("--memory", type=_non_negative_int, metavar="BYTES", help="memory offered (default: detected)")

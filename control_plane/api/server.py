@@ -28,12 +28,14 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from control_plane.api.leadership import LeaderGate
 from control_plane.auth.access import AccessInterceptor, Authenticator, OpenCalls
 from control_plane.auth.audit import AuditLog
 from control_plane.auth.throttle import FailureThrottle
+from control_plane.leader import Leadership
 from modelfleet import rpc
 from modelfleet.inference import grpc_service_pb2
-from modelfleet.v1 import agent_pb2, auth_pb2, deployments_pb2, gateways_pb2, models_pb2, nodes_pb2
+from modelfleet.v1 import agent_pb2, auth_pb2, controlplanes_pb2, deployments_pb2, gateways_pb2, models_pb2, nodes_pb2
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,7 @@ SERVICE_NAMES = [
     agent_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["Auth"].full_name,
     gateways_pb2.DESCRIPTOR.services_by_name["Gateways"].full_name,
+    controlplanes_pb2.DESCRIPTOR.services_by_name["ControlPlanes"].full_name,
     grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name,
 ]
 
@@ -104,18 +107,22 @@ def build_server(
     max_management_message_bytes: int = DEFAULT_MANAGEMENT_MESSAGE_BYTES,
     audit: AuditLog | None = None,
     throttle: FailureThrottle | None = None,
+    leadership: Leadership | None = None,
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     """The server with every interceptor; authenticator None = authentication off.
 
     ErrorMappingInterceptor is outermost, so the access interceptor's
     Unauthenticated / PermissionDenied become status codes like any domain error.
     Streaming calls are registered in `open_calls` by key (revocation ends them).
+    With `leadership`, the LeaderGate (next, before authentication) refuses
+    what needs the leader while this replica does not lead.
     Requests of methods other than ModelInfer are limited to
     max_management_message_bytes (at most max_message_bytes, the transport's limit).
     """
     server = grpc.aio.server(
         interceptors=[
             ErrorMappingInterceptor(management_limit=min(max_management_message_bytes, max_message_bytes)),
+            *([LeaderGate(leadership)] if leadership is not None else []),
             AccessInterceptor(authenticator, open_calls=open_calls, audit=audit, throttle=throttle),
         ],
         options=server_options(max_message_bytes, keepalive),

@@ -154,6 +154,7 @@ METHOD_ACCESS: dict[str, Rule] = {
     f"{_V1}.Gateways/WatchRoutes": needs(GATEWAY),
     f"{_V1}.Gateways/ReportGatewayStats": needs(GATEWAY),
     f"{_V1}.Gateways/ListGateways": needs(MONITOR),
+    f"{_V1}.ControlPlanes/ListControlPlanes": needs(MONITOR),
     # KServe V2: liveness and readiness are probes (like grpc.health.v1)
     f"{_V2}/ServerLive": PUBLIC,
     f"{_V2}/ServerReady": PUBLIC,

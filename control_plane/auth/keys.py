@@ -123,6 +123,10 @@ class KeyService:
         self._records: dict[str, records_pb2.ApiKeyRecord] = {r.key_id: r for r in store.list_api_keys()}
         self._verified: collections.OrderedDict[bytes, str] = collections.OrderedDict()
 
+    def reload(self) -> None:
+        """Read every key again (a standby replica: the leader creates and revokes them)."""
+        self._records = {r.key_id: r for r in self.store.list_api_keys()}
+
     # ---- state of a record --------------------------------------------------------
     def _expired(self, record: records_pb2.ApiKeyRecord) -> bool:
         return record.HasField("expires_at") and self._clock() >= _seconds(record.expires_at)

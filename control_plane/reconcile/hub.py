@@ -55,6 +55,12 @@ class ChangeHub:
                 if not future.done():
                     future.set_result(None)
 
+    def notify_waiting(self) -> None:
+        """Mark every key someone waits on changed: they re-read the store (a standby,
+        whose store changes under it, calls this every lease round)."""
+        for key in list(self._waiters):
+            self.notify(key)
+
     async def wait_change(self, key: str, seen: int, timeout: float | None = None) -> int:
         """Wait until key's version differs from `seen` (or timeout). Returns the version."""
         if self.version(key) == seen and not self._closed:

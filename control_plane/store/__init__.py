@@ -33,8 +33,10 @@ class StoreUnavailable(RuntimeError):
 _DB_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
-def open_store(url_or_path: str | os.PathLike[str], *, password_file: Path | None = None) -> Store:
+def open_store(url_or_path: str | os.PathLike[str], *, password_file: Path | None = None, client_name: str = "") -> Store:
     """Open the store named by a URL or a path (see the module docstring).
+
+    client_name: how a database server names this connection (PostgreSQL's application_name).
 
     Raises:
         ValueError: an empty location, an unknown URL scheme, a password in a URL.
@@ -51,7 +53,8 @@ def open_store(url_or_path: str | os.PathLike[str], *, password_file: Path | Non
         except ImportError as exc:
             raise ValueError(f"the PostgreSQL store needs psycopg ({exc}): pip install 'modelfleet[postgres]'") from None
         try:
-            return postgres.PostgresStore(location, password_file=password_file)
+            named = {"application_name": client_name} if client_name else {}
+            return postgres.PostgresStore(location, password_file=password_file, **named)
         except postgres.ConnectError as exc:
             raise StoreUnavailable(str(exc)) from None
     if location.startswith("sqlite://"):

@@ -22,13 +22,21 @@ import grpc
 
 from modelfleet.inference import grpc_service_pb2_grpc
 from modelfleet.net import is_loopback
-from modelfleet.v1 import auth_pb2_grpc, deployments_pb2_grpc, models_pb2_grpc, nodes_pb2_grpc
+from modelfleet.v1 import (
+    auth_pb2_grpc,
+    controlplanes_pb2,
+    controlplanes_pb2_grpc,
+    deployments_pb2_grpc,
+    models_pb2_grpc,
+    nodes_pb2_grpc,
+)
 
 DEFAULT_PORT = 7070
 DEFAULT_ADDR = f"127.0.0.1:{DEFAULT_PORT}"
 # Deadline of quick unary calls (get/list/...); long calls compute their own.
 DEFAULT_RPC_TIMEOUT = 30.0
 _MAX_MESSAGE = 512 * 1024 * 1024
+_FIND_LEADER_TIMEOUT_S = 5.0  # per address, when several are given
 
 _Details = collections.namedtuple(
     "_Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready", "compression")
@@ -74,7 +82,10 @@ class _MetadataInterceptor(
 
 def with_default_port(addr: str) -> str:
     """`addr` with the control plane's port 7070 added when it names only a host
-    (`127.0.0.1`, `[::1]`, `cp.example`); gRPC would otherwise dial 443."""
+    (`127.0.0.1`, `[::1]`, `cp.example`); gRPC would otherwise dial 443. Several
+    comma-separated addresses (control-plane replicas) get it each."""
+    if "," in addr:
+        return ",".join(with_default_port(part) for part in addr.split(",") if part.strip())
     text = addr.strip()
     if text.startswith("["):
         return text if "]:" in text else f"{text}:{DEFAULT_PORT}"
@@ -156,35 +167,59 @@ class Client:
     """Lazily opened channel plus the stubs of every public service.
 
     Args:
-        addr: HOST:PORT of the control plane (or any server of the API).
+        addr: HOST:PORT of the control plane (or any server of the API); or
+            several, comma-separated (control-plane replicas): the first that
+            answers ListControlPlanes names the leader, and the client uses
+            the leader if it is listed, else that first replica that answered.
         token: bearer token; sent as `authorization` metadata when non-empty.
         tls: TLS settings; None = plaintext.
     """
 
     def __init__(self, addr: str, token: str | None = None, tls: Tls | None = None) -> None:
-        self.addr = addr
+        self.addrs = [a.strip() for a in addr.split(",") if a.strip()] or [addr]
+        self.addr = self.addrs[0]
         self.token = token or ""
         self.tls = tls
         self._channel: grpc.Channel | None = None
 
+    def _open(self, addr: str) -> grpc.Channel:
+        options: list[tuple[str, Any]] = [
+            ("grpc.max_receive_message_length", _MAX_MESSAGE),
+            ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ]
+        if self.tls is not None:
+            if self.tls.server_name:
+                options.append(("grpc.ssl_target_name_override", self.tls.server_name))
+            channel = grpc.secure_channel(addr, self.tls.credentials(), options=options)
+        else:
+            channel = grpc.insecure_channel(addr, options=options)
+        if self.token:
+            channel = grpc.intercept_channel(channel, _MetadataInterceptor([("authorization", f"Bearer {self.token}")]))
+        return channel
+
+    def _find_leader(self) -> tuple[str, grpc.Channel]:
+        """With several addresses: the leader's (if listed), else the first that answers, else the first."""
+        for addr in self.addrs:
+            channel = self._open(addr)
+            try:
+                reply = controlplanes_pb2_grpc.ControlPlanesStub(channel).ListControlPlanes(
+                    controlplanes_pb2.ListControlPlanesRequest(), timeout=_FIND_LEADER_TIMEOUT_S)
+            except grpc.RpcError:
+                channel.close()
+                continue
+            if reply.leader_address in self.addrs and reply.leader_address != addr:
+                channel.close()
+                return reply.leader_address, self._open(reply.leader_address)
+            return addr, channel
+        return self.addrs[0], self._open(self.addrs[0])
+
     @property
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            options: list[tuple[str, Any]] = [
-                ("grpc.max_receive_message_length", _MAX_MESSAGE),
-                ("grpc.max_send_message_length", _MAX_MESSAGE),
-            ]
-            if self.tls is not None:
-                if self.tls.server_name:
-                    options.append(("grpc.ssl_target_name_override", self.tls.server_name))
-                channel = grpc.secure_channel(self.addr, self.tls.credentials(), options=options)
+            if len(self.addrs) > 1:
+                self.addr, self._channel = self._find_leader()
             else:
-                channel = grpc.insecure_channel(self.addr, options=options)
-            if self.token:
-                channel = grpc.intercept_channel(
-                    channel, _MetadataInterceptor([("authorization", f"Bearer {self.token}")])
-                )
-            self._channel = channel
+                self._channel = self._open(self.addr)
         return self._channel
 
     @property

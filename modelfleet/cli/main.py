@@ -16,13 +16,13 @@ from collections.abc import Sequence
 
 import grpc
 
-from modelfleet.cli import cmd_deployments, cmd_gateways, cmd_health, cmd_infer, cmd_keys, cmd_models, cmd_nodes, up
+from modelfleet.cli import cmd_deployments, cmd_gateways, cmd_health, cmd_infer, cmd_keys, cmd_models, cmd_nodes, cmd_status, up
 from modelfleet.cli.client import DEFAULT_ADDR, Client, Tls, format_rpc_error, resolve_credential, with_default_port
 from modelfleet.cli.errors import CliError
 
 EPILOG = """\
 environment:
-  MODELFLEET_ADDR        control plane HOST[:PORT] (default 127.0.0.1:7070; port default 7070)
+  MODELFLEET_ADDR        control plane HOST[:PORT] (default 127.0.0.1:7070; port default 7070; A,B: replicas)
   MODELFLEET_TOKEN       API key, sent as `authorization: Bearer <token>`
   MODELFLEET_TOKEN_FILE  a file holding the API key (--token-file)
   MODELFLEET_TLS_CA      CA certificate: use TLS and trust it (--tls-ca)
@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--addr", default=os.environ.get("MODELFLEET_ADDR") or DEFAULT_ADDR,
                         type=with_default_port,
-                        help="control plane HOST[:PORT] (env MODELFLEET_ADDR, default %(default)s; port default 7070)")
+                        help="control plane HOST[:PORT] (env MODELFLEET_ADDR, default %(default)s; port default 7070); "
+                             "several, comma-separated (replicas): the CLI goes to the leader")
     parser.add_argument("--json", action="store_true", help="print the reply as JSON (proto field names)")
     parser.add_argument("--token-file", default=os.environ.get("MODELFLEET_TOKEN_FILE") or None, metavar="PATH",
                         help="read the API key from PATH (env MODELFLEET_TOKEN_FILE; MODELFLEET_TOKEN wins)")
@@ -87,6 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     cmd_infer.register(sub, parents)
     cmd_keys.register(sub, parents)
     cmd_health.register(sub, parents)
+    cmd_status.register(sub, parents)
     return parser
 
 

@@ -27,6 +27,7 @@ _PREFIXES = {
     "ModelFormat": "MODEL_FORMAT_",
     "NodeState": "NODE_STATE_",
     "WaitFor": "WAIT_FOR_",
+    "ReplicaRole": "REPLICA_ROLE_",
 }
 
 

@@ -40,7 +40,7 @@ class TestPostgresStore(StoreContract):
         again = make_store()
         try:
             assert again.get_deployment("d1") == deployment("d1")
-            assert isinstance(again, PostgresStore) and again.schema_version() == 1
+            assert isinstance(again, PostgresStore) and again.schema_version() == 2
         finally:
             again.close()
 
@@ -91,7 +91,7 @@ def test_the_password_comes_from_pgpassfile(
     monkeypatch.setenv("PGPASSFILE", str(passfile))
     s = open_store(url)
     try:
-        assert isinstance(s, PostgresStore) and s.schema_version() == 1
+        assert isinstance(s, PostgresStore) and s.schema_version() == 2
     finally:
         s.close()
 
