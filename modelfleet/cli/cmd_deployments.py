@@ -150,6 +150,9 @@ def as_variant(req: deployments_pb2.StartDeploymentRequest) -> None:
         req.ClearField("resources")
     variant.env.update(dict(req.env))
     req.ClearField("env")
+    if req.HasField("autoscaling"):
+        variant.autoscaling.CopyFrom(req.autoscaling)
+        req.ClearField("autoscaling")
 
 
 def add_batching(req: deployments_pb2.StartDeploymentRequest, args: argparse.Namespace) -> None:
