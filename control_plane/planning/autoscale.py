@@ -2,7 +2,11 @@
 
 Pure: no I/O, no clock (the caller passes `now`), no store, no grpc; the
 caller keeps the `State` between calls (control_plane.reconcile.autoscaler
-feeds it the workers' stats every second and applies what it decides).
+feeds it the workers' stats every second and records what it decides in
+DeploymentRecord.autoscaled). The planner places an autoscaled variant as a
+fixed-instance one with `instances` = its wanted count (`effective`), so a
+scale-up is an ordinary placement and a scale-down stops the surplus
+allocations, which drain (queued calls finish) before their workers exit.
 
 Load: `Sample.in_flight` is the calls queued and running at the variant's
 STARTED allocations (the workers' `number_of_pending_requests`, summed), so
@@ -31,13 +35,17 @@ per allocation it is in_flight / started. Rules:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from google.protobuf import duration_pb2
 
-from modelfleet.v1 import deployments_pb2
+from modelfleet.store.v1 import records_pb2
+from modelfleet.v1 import common_pb2, deployments_pb2
 
 DOWN_FRACTION = 0.5
+RUNNING = records_pb2.DESIRED_STATE_RUNNING
+_STARTED = common_pb2.ROUTING_STATE_STARTED
 
 
 def _seconds(d: duration_pb2.Duration) -> float:
@@ -164,3 +172,59 @@ def decide(settings: Settings, *, wanted: int, sample: Sample, now: float, state
         if held >= after:
             return Decision(0, State(), f"no call for {held:.0f} s (scale_to_zero_after {after:g} s): 1 → 0")
     return Decision(wanted, state)
+
+
+# ---- the planner's view of an autoscaled variant ------------------------------------
+def wanted(record: records_pb2.DeploymentRecord, variant: deployments_pb2.VariantSpec) -> int | None:
+    """The allocations the autoscaler wants for variant now; None if it does not autoscale."""
+    if not variant.HasField("autoscaling"):
+        return None
+    entry = record.autoscaled.get(variant.name)
+    settings = Settings.from_proto(variant.autoscaling)
+    if entry is None:
+        return settings.initial()
+    return min(max(entry.wanted, settings.floor), settings.max_allocations)
+
+
+def effective(record: records_pb2.DeploymentRecord, variant: deployments_pb2.VariantSpec) -> deployments_pb2.VariantSpec:
+    """variant as the planner places it: an autoscaled one with `instances` = its wanted count.
+
+    instances 0 on an autoscaled variant then means *scaled to zero* (not
+    "every eligible node"): see `scaled_to_zero`.
+    """
+    count = wanted(record, variant)
+    if count is None:
+        return variant
+    out = deployments_pb2.VariantSpec()
+    out.CopyFrom(variant)
+    out.instances = count
+    return out
+
+
+def scaled_to_zero(variant: deployments_pb2.VariantSpec) -> bool:
+    """True for an `effective` variant that the autoscaler took to zero allocations."""
+    return variant.HasField("autoscaling") and variant.instances == 0
+
+
+def status(
+    record: records_pb2.DeploymentRecord,
+    variant: deployments_pb2.VariantSpec,
+    allocations: Sequence[records_pb2.AllocationRecord],
+) -> deployments_pb2.AutoscalingStatus | None:
+    """Where an autoscaled variant stands (current = its allocations STARTED); None if it does not autoscale."""
+    count = wanted(record, variant)
+    if count is None:
+        return None
+    auto = variant.autoscaling
+    out = deployments_pb2.AutoscalingStatus(
+        current=sum(1 for a in allocations if a.variant == variant.name and a.desired == RUNNING and a.routing_state == _STARTED),
+        target=count,
+        min_allocations=auto.min_allocations,
+        max_allocations=auto.max_allocations,
+    )
+    entry = record.autoscaled.get(variant.name)
+    if entry is not None:
+        out.reason = entry.reason
+        if entry.HasField("last_change"):
+            out.last_change.CopyFrom(entry.last_change)
+    return out
