@@ -29,6 +29,9 @@ MAX_DELAY_S = 3600.0
 MAX_SCALE_TO_ZERO_AFTER_S = 24 * 3600.0
 MAX_ALLOCATIONS_LIMIT = 1000
 MAX_TARGET_IN_FLIGHT = 1_000_000.0
+# Scale to zero needs gateways that hold calls while a first allocation starts; until
+# they do, a variant at zero would answer UNAVAILABLE, so the setting is refused.
+SCALE_TO_ZERO = False
 
 
 def _seconds(d: duration_pb2.Duration) -> float:
@@ -72,6 +75,11 @@ def normalize(variant: deployments_pb2.VariantSpec, *, prefix: str) -> None:
         delay.FromNanoseconds(int(value * 1e9))
     if auto.HasField("scale_to_zero_after"):
         after = _seconds(auto.scale_to_zero_after)
+        if not SCALE_TO_ZERO:
+            raise errors.InvalidArgument(
+                f"{field}.scale_to_zero_after is not supported yet: gateways cannot hold calls while a first "
+                "allocation starts; leave it unset (min_allocations 0 then keeps one allocation)"
+            )
         if auto.min_allocations != 0:
             raise errors.InvalidArgument(
                 f"{field}.scale_to_zero_after needs min_allocations 0 (got {auto.min_allocations})"

@@ -62,8 +62,8 @@ def test_a_zero_delay_is_kept() -> None:
          "target_in_flight_per_allocation nan"),
         (dpb.StartDeploymentRequest(model_id="m", autoscaling=auto(max_allocations=2, downscale_delay=secs(7200))),
          "autoscaling.downscale_delay 7200s is out of range: 0 to 3600s"),
-        (dpb.StartDeploymentRequest(model_id="m", autoscaling=auto(min_allocations=1, max_allocations=2, scale_to_zero_after=secs(60))),
-         "scale_to_zero_after needs min_allocations 0"),
+        (dpb.StartDeploymentRequest(model_id="m", autoscaling=auto(min_allocations=0, max_allocations=2, scale_to_zero_after=secs(60))),
+         "autoscaling.scale_to_zero_after is not supported yet"),
         (dpb.StartDeploymentRequest(variants=[dpb.VariantSpec(model_id="m", weight=50), dpb.VariantSpec(
             model_id="n", weight=50, instances=1, autoscaling=auto(max_allocations=2))]),
          "variants[1].instances 1 and variants[1].autoscaling are mutually exclusive"),
