@@ -83,10 +83,10 @@ def start(c: Cluster, deployment_id: str, auto: dpb.Autoscaling, **fields: objec
     return c.deployments.StartDeployment(req, timeout=90)
 
 
-def autoscaling(low: int, high: int, *, target: float = 2.0, delay_s: int = 1) -> dpb.Autoscaling:
+def autoscaling(low: int, high: int, *, target: float = 2.0, delay_s: int = 1, down_s: int | None = None) -> dpb.Autoscaling:
     auto = dpb.Autoscaling(enabled=True, min_allocations=low, max_allocations=high, target_in_flight_per_allocation=target)
     auto.upscale_delay.FromSeconds(delay_s)
-    auto.downscale_delay.FromSeconds(delay_s)
+    auto.downscale_delay.FromSeconds(delay_s if down_s is None else down_s)
     return auto
 
 
@@ -131,6 +131,27 @@ def test_load_grows_the_allocations_and_a_shrink_fails_no_call(cluster: Cluster)
     stopped = [e for e in cluster.deployments.ListDeploymentEvents(dpb.ListDeploymentEventsRequest(deployment_id="grow")).events
                if e.kind == dpb.EVENT_KIND_ROUTING and e.reason == "scaled down by the autoscaler"]
     assert stopped, "the scaled-down routes say why they stop"
+
+
+def test_a_steady_load_for_60_s_changes_nothing(cluster: Cluster) -> None:
+    # 4 clients over 2 allocations: at most 2 in flight per allocation, the target, so never above it;
+    # below half of it only if 3 of the 4 clients were between calls for 10 s on end
+    start(cluster, "steady", autoscaling(2, 3, target=2.0, delay_s=1, down_s=10))
+    wait_until(lambda: status(cluster, "steady").current == 2, timeout=60, what="2 started allocations")
+    steady = Load(cluster, "steady", clients=4)
+    try:
+        wait_until(lambda: steady.answered >= 20, timeout=60, what="the load flowing")
+        seen: list[dpb.DeploymentEvent] = []
+        watch = cluster.deployments.WatchDeployment(dpb.WatchDeploymentRequest(deployment_id="steady"), timeout=60)
+        with pytest.raises(grpc.RpcError) as ended:  # every event of the 60 s the load holds
+            for message in watch:
+                seen.extend(e for e in message.events if e.kind == SCALE)
+        assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, ended.value
+        assert seen == [], [e.reason for e in seen]
+    finally:
+        steady.stop()
+    assert steady.failures == [] and status(cluster, "steady").target == 2
+    assert scale_events(cluster, "steady") == []
 
 
 def test_bad_settings_are_refused_naming_the_field(cluster: Cluster) -> None:
