@@ -83,6 +83,7 @@ from control_plane.leader import Leadership, new_replica_id
 from control_plane.models.blobs import BlobStore
 from control_plane.models.registry import ModelRegistry
 from control_plane.nodes.agents import AgentStreams, NodeService
+from control_plane.reconcile.autoscaler import AUTOSCALE_INTERVAL_S, Autoscaler
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.reconcile.source import StoreRouteSource
@@ -156,6 +157,10 @@ class ControlPlane:
         self.fleet.recover((n.info.node_id for n in store.list_nodes()), grace=recovery_grace)
         self.reconciler = Reconciler(
             store=store, fleet=self.fleet, hub=self.hub, wall_clock=wall_clock, worker_tokens=security.auth
+        )
+        self.autoscaler = Autoscaler(
+            store=store, fleet=self.fleet, views=self.reconciler.views, events=self.reconciler.events,
+            reconcile=self.reconciler.reconcile, now_ts=self.reconciler.now,
         )
         self.gateway_stats = GatewayStats()
         self.gateway_reports = GatewayReports(embedded=self.gateway_stats.get)
@@ -253,6 +258,7 @@ class ControlPlane:
         self._tasks = [
             asyncio.create_task(self._loop("liveness sweep", min(self.fleet.heartbeat_interval, 1.0) / 2, self._sweep)),
             asyncio.create_task(self._loop("reconcile", 1.0, self.reconciler.tick)),
+            asyncio.create_task(self._loop("autoscale", AUTOSCALE_INTERVAL_S, self.autoscaler.step)),
             asyncio.create_task(self._prune_loop()),
             asyncio.create_task(self.routes_feed.run()),
         ]

@@ -12,6 +12,9 @@ A scrape costs O(nodes + allocations + deployments); serving pays nothing.
 - modelfleet_routing_state{deployment, variant, node, state}: 1 for each
   allocation's routing state (the routing table, per deployment and node)
 - modelfleet_deployments{status}: deployments by status
+- modelfleet_autoscaling_allocations{deployment, variant, kind}: per
+  autoscaled variant its allocations STARTED now (kind="current"), wanted
+  ("target") and its "min" and "max"
 - modelfleet_reconcile_duration_seconds{scope}: histogram of reconcile ticks
   ("full": every deployment; "scoped": the deployments an event touched)
 - modelfleet_gateway_requests_total{deployment, status}: gateway ModelInfer calls
@@ -36,6 +39,7 @@ from control_plane.auth.throttle import REASONS, FailureThrottle
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.gateway.metrics import outlier_metrics
 from control_plane.gateway.service import Gateway
+from control_plane.planning import autoscale
 from control_plane.reconcile.reconciler import Reconciler
 from control_plane.store import Store
 from modelfleet.store.v1 import records_pb2
@@ -64,6 +68,7 @@ class _Snapshot:
     limited: dict[str, int] = field(default_factory=dict)
     auth_failures: dict[str, int] = field(default_factory=dict)
     auth_throttled: int = 0
+    scaling: list[tuple[str, str, dict[str, int]]] = field(default_factory=list)
 
 
 class ControlPlaneCollector(Collector):
@@ -90,6 +95,8 @@ class ControlPlaneCollector(Collector):
             snap.routes.append((alloc.deployment_id, alloc.variant, alloc.node_id, routing))
         for rec in store.list_deployments():
             snap.deployments[common_pb2.DeploymentStatus.Name(rec.status).removeprefix("DEPLOYMENT_STATUS_")] += 1
+            if rec.desired == records_pb2.DESIRED_STATE_RUNNING:
+                snap.scaling.extend(_scaling(store, rec))
         if self._throttle is not None:
             snap.auth_failures = dict(self._throttle.failures)
             snap.auth_throttled = self._throttle.throttled
@@ -122,6 +129,14 @@ class ControlPlaneCollector(Collector):
         for status, count in sorted(snap.deployments.items()):
             deployments.add_metric([status], count)
         yield deployments
+        scaling = GaugeMetricFamily(
+            "modelfleet_autoscaling_allocations", "per autoscaled variant: allocations started (current), wanted (target), min, max",
+            labels=["deployment", "variant", "kind"],
+        )  # fmt: skip
+        for deployment, variant, counts in snap.scaling:
+            for kind, count in counts.items():
+                scaling.add_metric([deployment, variant, kind], count)
+        yield scaling
         calls = CounterMetricFamily(
             "modelfleet_gateway_requests", "gateway ModelInfer calls by final status", labels=["deployment", "status"]
         )
@@ -144,6 +159,17 @@ class ControlPlaneCollector(Collector):
         yield CounterMetricFamily(
             "modelfleet_auth_throttled", "failed authentications answered after a delay", value=snap.auth_throttled
         )
+
+
+def _scaling(store: Store, rec: records_pb2.DeploymentRecord) -> Iterator[tuple[str, str, dict[str, int]]]:
+    if not any(v.HasField("autoscaling") for v in rec.spec.variants):
+        return
+    allocs = store.list_allocations(deployment_id=rec.deployment_id)
+    for variant in rec.spec.variants:
+        st = autoscale.status(rec, variant, allocs)
+        if st is not None:
+            counts = {"current": st.current, "target": st.target, "min": st.min_allocations, "max": st.max_allocations}
+            yield rec.deployment_id, variant.name, counts
 
 
 def serve_metrics(

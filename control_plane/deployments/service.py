@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 
 from control_plane import errors, ids, paging
 from control_plane.auth.access import current_principal
-from control_plane.deployments import preview, views
+from control_plane.deployments import preview, scaling, views
 from control_plane.deployments.specs import DEFAULT_TIMEOUT_S, SpecRules, check_code_loading_env, seconds
 from control_plane.models.registry import ModelRegistry
 from control_plane.planning import scheduler
@@ -92,13 +92,16 @@ class DeploymentService:
 
     def _check_capacity(self, spec: deployments_pb2.StartDeploymentRequest) -> None:
         nodes = list(self.reconciler.node_views().values())
+        sizes: list[int] = []
         for variant in spec.variants:
             model = self.reconciler.model_for(variant)
-            demand = scheduler.demand_for(variant, model_bytes=model.model_bytes if model else 0)
+            sizes.append(model.model_bytes if model else 0)
+            demand = scheduler.demand_for(variant, model_bytes=sizes[-1])
             placement = scheduler.place(demand, nodes, current=())
             if placement.shortfall:
                 label = f" (variant {variant.name!r})" if len(spec.variants) > 1 else ""
                 raise errors.ResourceExhausted(f"could not start deployment '{spec.deployment_id}'{label}: {placement.shortfall}")
+        scaling.check_fleet(spec, nodes=nodes, model_bytes=sizes)
 
     def _check_quota(self, owner: str, deployment_id: str) -> None:
         limit = self.max_deployments_per_user

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from google.protobuf import duration_pb2
 
 from control_plane import errors
+from control_plane.deployments import scaling
 from control_plane.ids import check_id
 from modelfleet.v1 import deployments_pb2, models_pb2
 
@@ -57,8 +58,11 @@ SINGLE_MODEL_FIELDS = (
     "instances",
     "resources",
     "env",
+    "autoscaling",
 )
-PER_VARIANT_PATHS = ("model_version", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env")
+PER_VARIANT_PATHS = (
+    "model_version", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env", "autoscaling",
+)
 UPDATABLE_PATHS = frozenset(
     {"variants", "description", "traffic_limit_qps", "auto_stop", "max_unavailable", *PER_VARIANT_PATHS}
 )
@@ -195,6 +199,7 @@ class SpecRules:
                 instances=spec.instances,
                 resources=spec.resources,
                 env=dict(spec.env),
+                autoscaling=spec.autoscaling if spec.HasField("autoscaling") else None,
             )
             for name in SINGLE_MODEL_FIELDS:
                 spec.ClearField(name)
@@ -243,6 +248,7 @@ class SpecRules:
         if res.pool:
             check_id(f"{prefix}resources.pool", res.pool)
         check_env(variant.env, prefix=prefix)
+        scaling.normalize(variant, prefix=prefix)
         model = self._resolve(variant.model_id, variant.model_version)
         variant.model_version = model.version
         if not variant.name:
@@ -288,6 +294,12 @@ class SpecRules:
                     variant.model_version = given.model_version
                 elif path == "instances":
                     variant.instances = 0 if given.instances == -1 else given.instances
+                    if given.instances != 0 and "autoscaling" not in paths:
+                        variant.ClearField("autoscaling")  # a fixed count replaces autoscaling
+                elif path == "autoscaling":
+                    variant.autoscaling.CopyFrom(given.autoscaling)
+                    if given.autoscaling.enabled and "instances" not in paths:
+                        variant.instances = 0  # autoscaling replaces a fixed count
                 else:
                     setattr(variant, path, getattr(given, path))
         if "description" in paths:
@@ -314,9 +326,10 @@ class SpecRules:
             out.model_version = model.version
             out.name = default_name(model.model_id, model.version)
         base = existing.get(out.name)
+        fixed_given = out.instances != 0
         if out.instances == -1:
             out.instances = 0
-        elif base is not None and out.instances == 0:
+        elif base is not None and out.instances == 0 and not out.HasField("autoscaling"):
             out.instances = base.instances
         if base is None:
             return out
@@ -331,6 +344,8 @@ class SpecRules:
             out.resources.CopyFrom(base.resources)
         if not out.env:
             out.env.update(dict(base.env))
+        if not out.HasField("autoscaling") and not fixed_given and base.HasField("autoscaling"):
+            out.autoscaling.CopyFrom(base.autoscaling)
         return out
 
 
@@ -340,8 +355,8 @@ def default_name(model_id: str, version: int) -> str:
 
 def _is_set(msg: deployments_pb2.StartDeploymentRequest, name: str) -> bool:
     value = getattr(msg, name)
-    if name == "resources":
-        return msg.HasField("resources")
+    if name in ("resources", "autoscaling"):
+        return msg.HasField(name)
     if name == "env":
         return bool(len(value))
     return bool(value)

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from control_plane.fleet.liveness import Fleet, Liveness
-from control_plane.planning import lifecycle, planner, reasons, rollout, scheduler
+from control_plane.planning import autoscale, lifecycle, planner, reasons, rollout, scheduler
 from control_plane.reconcile.reads import ReconcileReads
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import common_pb2, deployments_pb2, nodes_pb2
@@ -84,6 +84,9 @@ def allocation_view(
     if placement and rec.desired == RUNNING and shape.view == FULL:
         _fill_reasons(out, rec, variant, allocs, placement=placement, reads=reads, shape=shape)
     _finish(out, shape)
+    scale = autoscale.status(rec, variant, allocs)
+    if scale is not None:
+        out.autoscaling.CopyFrom(scale)
     if rec.desired == STOPPED:
         out.target_nodes = 0  # a stopped deployment targets no node; its allocations are what remains
         routes = [a.routing_state for a in mine]
@@ -117,7 +120,7 @@ def _fill_reasons(
     model = reads.model_for(variant)
     if per_node is None and model is not None:
         per_node = planner.not_chosen_now(
-            deployment_id=rec.deployment_id, variant=variant, model=model, allocations=allocs,
+            deployment_id=rec.deployment_id, variant=autoscale.effective(rec, variant), model=model, allocations=allocs,
             node_views=reads.node_views(), cordoned=reads.cordoned(),
         )  # fmt: skip
     out.not_chosen.update({n: why for n, why in (per_node or {}).items() if n not in out.routing_table})
@@ -316,4 +319,9 @@ def stats_view(
         total.average_inference_time_ms = weighted_ms / total.inference_count
     if rec.HasField("start_time"):
         total.start_time.CopyFrom(rec.start_time)
+    allocs = reads.store.list_allocations(deployment_id=rec.deployment_id)
+    for variant in rec.spec.variants:
+        scale = autoscale.status(rec, variant, allocs)
+        if scale is not None:
+            out.variants.add(variant=variant.name, autoscaling=scale)
     return out

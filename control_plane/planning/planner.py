@@ -32,7 +32,7 @@ import dataclasses
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 
-from control_plane.planning import rollout, scheduler
+from control_plane.planning import autoscale, rollout, scheduler
 from modelfleet.store.v1 import records_pb2
 from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
 
@@ -47,6 +47,8 @@ NODE_LOST = "node lost"
 DRAINED = "node drained; moved to another node"
 RETIRED = "variant removed by an update"
 DEPLOYMENT_STOPPED = "deployment stopped"
+SCALED_DOWN = "scaled down by the autoscaler"
+SCALED_TO_ZERO = "scaled to zero by the autoscaler"
 
 Models = Mapping[tuple[str, int], models_pb2.Model]  # (model_id, version) -> model; absent: gone
 
@@ -166,7 +168,8 @@ def plan_deployment(
         return Plan(deployment_id=record.deployment_id, variants=(), retire=plan_stop_all(allocations, lost_nodes))
     views = dict(node_views)
     planned: list[VariantActions] = []
-    for variant in record.spec.variants:
+    for spec_variant in record.spec.variants:
+        variant = autoscale.effective(record, spec_variant)
         actions = plan_variant(
             deployment_id=record.deployment_id,
             variant=variant,
@@ -230,7 +233,8 @@ def plan_variant(
 
     Args:
         deployment_id: the deployment's id (the spec of new allocations names it).
-        variant: the variant as the spec has it now.
+        variant: the variant as the spec has it now; an autoscaled one as
+            autoscale.effective gives it (instances = its wanted count).
         model: its model, None if it is gone (nothing is planned).
         allocations: the deployment's allocation records (other variants' are ignored).
         node_views: every node's view, usage of every allocation included.
@@ -242,6 +246,8 @@ def plan_variant(
     if model is None:
         return _model_gone(variant)
     mine = [a for a in allocations if a.variant == variant.name]
+    if autoscale.scaled_to_zero(variant):
+        return _scaled_to_zero(variant, mine, lost_nodes)
     template = rollout.allocation_spec(deployment_id=deployment_id, variant=variant, model=model)
     demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
     running = [a for a in mine if a.desired == RUNNING]
@@ -260,8 +266,9 @@ def plan_variant(
         name=variant.name,
         max_unavailable=max_unavailable,
     )
+    surplus = SCALED_DOWN if variant.HasField("autoscaling") else None
     stops = tuple(
-        _stop(a, DRAINED if a.node_id in cordoned else decision.stop[a.allocation_id], lost_nodes)
+        _stop(a, DRAINED if a.node_id in cordoned else _stop_reason(decision.stop[a.allocation_id], surplus), lost_nodes)
         for a in running
         if a.allocation_id in decision.stop
     )
@@ -303,6 +310,26 @@ def not_chosen_now(
     }
     demand = scheduler.demand_for(variant, model_bytes=model.model_bytes)
     return scheduler.place(demand, list(node_views.values()), current=fresh_nodes).not_chosen
+
+
+def _stop_reason(reason: str, surplus: str | None) -> str:
+    """An autoscaled variant's allocation beyond its wanted count stops as scaled down."""
+    return surplus if surplus is not None and reason == rollout.NO_LONGER_A_TARGET else reason
+
+
+def _scaled_to_zero(
+    variant: deployments_pb2.VariantSpec, mine: Sequence[records_pb2.AllocationRecord], lost_nodes: Collection[str]
+) -> VariantActions:
+    """An autoscaled variant at zero allocations: every wanted one stops, nothing is placed."""
+    stops = tuple(_stop(a, SCALED_TO_ZERO, lost_nodes) for a in mine if a.desired == RUNNING)
+    decision = rollout.VariantPlan(placement=scheduler.Placement(targets=(), not_chosen={}), start_on=(), stop={})
+    return VariantActions(
+        variant=variant.name,
+        decision=decision,
+        progress=rollout.Progress(weight=variant.weight, started=0, starting=0),
+        stops=stops,
+        quiet=not stops and not any(a.node_id in lost_nodes for a in mine),
+    )
 
 
 def _model_gone(variant: deployments_pb2.VariantSpec) -> VariantActions:

@@ -47,6 +47,7 @@ from modelfleet.v1 import agent_pb2, common_pb2, deployments_pb2, models_pb2
 
 _STARTED = common_pb2.ROUTING_STATE_STARTED
 _STARTING = common_pb2.ROUTING_STATE_STARTING
+NO_LONGER_A_TARGET = "no longer a target"
 
 
 def allocation_spec(
@@ -150,7 +151,7 @@ def plan_variant(
     placement = scheduler.place(demand, nodes, current=fresh_nodes)
     targets = set(placement.targets)
     start_on = tuple(n for n in placement.targets if n not in fresh_nodes)
-    stop: dict[str, str] = {m.allocation_id: "no longer a target" for m in fresh if m.node_id not in targets}
+    stop: dict[str, str] = {m.allocation_id: NO_LONGER_A_TARGET for m in fresh if m.node_id not in targets}
     if not stale:
         rollout = f"variant {name!r}: {draining_stale} old allocation(s) draining" if draining_stale else ""
         return VariantPlan(placement=placement, start_on=start_on, stop=stop, rollout=rollout)

@@ -231,6 +231,15 @@ def why_not_eligible(demand: Demand, n: NodeView) -> str | None:
     return "; ".join(short) or None
 
 
+def _fits_total(demand: Demand, n: NodeView) -> bool:
+    return demand.cpus <= n.cpus + _EPSILON and demand.memory_bytes <= n.memory_bytes and demand.gpus <= n.gpus
+
+
+def could_ever_hold(demand: Demand, n: NodeView) -> bool:
+    """True if n could hold one allocation of demand by total capacity and pool, whatever its state or load."""
+    return _pool_mismatch(demand, n) is None and _fits_total(demand, n)
+
+
 def _shortfall(demand: Demand, nodes: Sequence[NodeView]) -> str | None:
     """Why no node could ever hold demand (by total capacity and pool), else None."""
     if not nodes:
@@ -239,10 +248,7 @@ def _shortfall(demand: Demand, nodes: Sequence[NodeView]) -> str | None:
     if not in_pool:
         return f"no node in pool {demand.pool!r}"
 
-    def fits(n: NodeView) -> bool:
-        return demand.cpus <= n.cpus + _EPSILON and demand.memory_bytes <= n.memory_bytes and demand.gpus <= n.gpus
-
-    if any(fits(n) for n in in_pool):
+    if any(_fits_total(demand, n) for n in in_pool):
         return None
     where = f" in pool {demand.pool!r}" if demand.pool else ""
     largest_cpus = max(n.cpus for n in in_pool)

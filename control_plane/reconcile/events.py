@@ -1,5 +1,6 @@
 """Deployment events: every routing-state transition, every status change and
-every change of intent (start, update, stop, auto stop), with time and reason.
+every change of intent (start, update, stop, auto stop) and every autoscaling
+decision, with time and reason.
 
 This module owns the per-deployment event log. It is bounded: at most
 `MAX_EVENTS_PER_DEPLOYMENT` events are kept, the oldest are dropped, and
@@ -77,6 +78,13 @@ class EventLog:
     def spec(self, deployment_id: str, *, revision: int, reason: str) -> Event:
         """The deployment's intent changed (start, update, stop, auto stop)."""
         return self.record(deployment_id, Event(kind=deployments_pb2.EVENT_KIND_SPEC, revision=revision, reason=reason))
+
+    def scale(self, deployment_id: str, *, variant: str, old: int, new: int, reason: str) -> Event:
+        """An autoscaled variant's wanted allocations changed from old to new."""
+        return self.record(
+            deployment_id,
+            Event(kind=deployments_pb2.EVENT_KIND_SCALE, variant=variant, from_allocations=old, allocations=new, reason=reason),
+        )
 
     def since(self, deployment_id: str, after_seq: int = 0) -> list[Event]:
         """The kept events with seq > after_seq, oldest first."""

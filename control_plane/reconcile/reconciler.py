@@ -73,7 +73,7 @@ from google.protobuf import timestamp_pb2
 
 from control_plane.fleet.liveness import Fleet, Liveness
 from control_plane.fleet.nodeviews import NodeViews
-from control_plane.planning import planner, rollout, scheduler
+from control_plane.planning import autoscale, planner, rollout, scheduler
 from control_plane.reconcile.events import EventLog
 from control_plane.reconcile.hub import ChangeHub
 from control_plane.reconcile.reads import ReconcileReads
@@ -309,11 +309,13 @@ class Reconciler:
         cordoned: frozenset[str] = frozenset(),
     ) -> tuple[rollout.VariantPlan | None, rollout.Progress]:
         model = self.model_for(variant)
+        variant = autoscale.effective(rec, variant)  # an autoscaled variant: instances = its wanted count
         mine = [a for a in allocs if a.variant == variant.name]
         key = (rec.deployment_id, variant.name)
         # everything the plan reads about each allocation: a drain (cordon) or a liveness change plans again
         inputs = (
             rec.revision,
+            variant.instances,
             tuple(
                 (a.allocation_id, a.node_id, a.desired, a.routing_state, self.fleet.state(a.node_id), a.node_id in cordoned)
                 for a in mine
@@ -420,7 +422,7 @@ class Reconciler:
 class _Planned(NamedTuple):
     """A plan that changed nothing, and what it was computed from."""
 
-    inputs: object  # the revision and (id, node, desired, routing state, liveness, cordoned) of each allocation
+    inputs: object  # the revision, the wanted count and (id, node, desired, routing state, liveness, cordoned) of each allocation
     plan: rollout.VariantPlan
     progress: rollout.Progress
     epoch: int  # the node views' epoch (waiting variants are planned again when it moves)

@@ -150,6 +150,9 @@ def as_variant(req: deployments_pb2.StartDeploymentRequest) -> None:
         req.ClearField("resources")
     variant.env.update(dict(req.env))
     req.ClearField("env")
+    if req.HasField("autoscaling"):
+        variant.autoscaling.CopyFrom(req.autoscaling)
+        req.ClearField("autoscaling")
 
 
 def add_batching(req: deployments_pb2.StartDeploymentRequest, args: argparse.Namespace) -> None:
@@ -230,6 +233,8 @@ def event_line(event: deployments_pb2.DeploymentEvent) -> str:
                 f"{render.routing_state(event.from_routing_state)} -> {render.routing_state(event.routing_state)}")
     elif event.kind == deployments_pb2.EVENT_KIND_STATUS:
         what = f"status {render.deployment_status(event.from_status)} -> {render.deployment_status(event.status)}"
+    elif event.kind == deployments_pb2.EVENT_KIND_SCALE:
+        what = f"scale [{event.variant}] {event.from_allocations} -> {event.allocations} allocations"
     else:
         what = f"spec revision {event.revision}"
     return f"{event.seq:>5}  {when}  {what}" + (f"  ({event.reason})" if event.reason else "")

@@ -15,6 +15,7 @@ import re
 
 from google.protobuf import duration_pb2
 
+from modelfleet.cli import autoscaleflags
 from modelfleet.cli.parsing import arg_type, parse_bytes, parse_duration, parse_key_value, positive_int
 from modelfleet.v1 import deployments_pb2
 
@@ -69,6 +70,7 @@ def add_flags(p: argparse.ArgumentParser, *, update: bool) -> None:
     p.add_argument("--max-unavailable", type=_COUNT, metavar="N",
                    help="a rolling update with no room beside the old workers may stop up to N of them before "
                         "their replacements started (default 0: it waits, naming the shortfall; at most --instances)")
+    autoscaleflags.add_flags(p, update=update)
     p.add_argument("--request-id", help="idempotency key for retries")
     p.add_argument("--dry-run", action="store_true", default=None,
                    help="show the routing table it would produce, with a reason for every node not chosen; change nothing")
@@ -128,4 +130,5 @@ def build_spec(args: argparse.Namespace, *, update: bool = False) -> tuple[deplo
         if args.auto_stop > 0:
             req.auto_stop.CopyFrom(duration(args.auto_stop))
         given.append("auto_stop")
+    autoscaleflags.apply(args, req, given)
     return req, given

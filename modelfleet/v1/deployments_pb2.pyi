@@ -26,6 +26,7 @@ class EventKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EVENT_KIND_STATUS: _ClassVar[EventKind]
     EVENT_KIND_ROUTING: _ClassVar[EventKind]
     EVENT_KIND_SPEC: _ClassVar[EventKind]
+    EVENT_KIND_SCALE: _ClassVar[EventKind]
 WAIT_FOR_UNSPECIFIED: WaitFor
 WAIT_FOR_STARTING: WaitFor
 WAIT_FOR_STARTED: WaitFor
@@ -34,9 +35,10 @@ EVENT_KIND_UNSPECIFIED: EventKind
 EVENT_KIND_STATUS: EventKind
 EVENT_KIND_ROUTING: EventKind
 EVENT_KIND_SPEC: EventKind
+EVENT_KIND_SCALE: EventKind
 
 class VariantSpec(_message.Message):
-    __slots__ = ("name", "model_id", "model_version", "weight", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env", "max_batch_size", "max_queue_delay_us")
+    __slots__ = ("name", "model_id", "model_version", "weight", "inference_threads", "model_threads", "queue_capacity", "instances", "resources", "env", "max_batch_size", "max_queue_delay_us", "autoscaling")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +58,7 @@ class VariantSpec(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_DELAY_US_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     name: str
     model_id: str
     model_version: int
@@ -68,10 +71,45 @@ class VariantSpec(_message.Message):
     env: _containers.ScalarMap[str, str]
     max_batch_size: int
     max_queue_delay_us: int
-    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., weight: _Optional[int] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ...) -> None: ...
+    autoscaling: Autoscaling
+    def __init__(self, name: _Optional[str] = ..., model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., weight: _Optional[int] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., max_batch_size: _Optional[int] = ..., max_queue_delay_us: _Optional[int] = ..., autoscaling: _Optional[_Union[Autoscaling, _Mapping]] = ...) -> None: ...
+
+class Autoscaling(_message.Message):
+    __slots__ = ("enabled", "min_allocations", "max_allocations", "target_in_flight_per_allocation", "upscale_delay", "downscale_delay", "scale_to_zero_after")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MIN_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_IN_FLIGHT_PER_ALLOCATION_FIELD_NUMBER: _ClassVar[int]
+    UPSCALE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    DOWNSCALE_DELAY_FIELD_NUMBER: _ClassVar[int]
+    SCALE_TO_ZERO_AFTER_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    min_allocations: int
+    max_allocations: int
+    target_in_flight_per_allocation: float
+    upscale_delay: _duration_pb2.Duration
+    downscale_delay: _duration_pb2.Duration
+    scale_to_zero_after: _duration_pb2.Duration
+    def __init__(self, enabled: _Optional[bool] = ..., min_allocations: _Optional[int] = ..., max_allocations: _Optional[int] = ..., target_in_flight_per_allocation: _Optional[float] = ..., upscale_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., downscale_delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., scale_to_zero_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+
+class AutoscalingStatus(_message.Message):
+    __slots__ = ("current", "target", "min_allocations", "max_allocations", "reason", "last_change")
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    MIN_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    current: int
+    target: int
+    min_allocations: int
+    max_allocations: int
+    reason: str
+    last_change: _timestamp_pb2.Timestamp
+    def __init__(self, current: _Optional[int] = ..., target: _Optional[int] = ..., min_allocations: _Optional[int] = ..., max_allocations: _Optional[int] = ..., reason: _Optional[str] = ..., last_change: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class StartDeploymentRequest(_message.Message):
-    __slots__ = ("model_id", "model_version", "deployment_id", "inference_threads", "model_threads", "queue_capacity", "timeout", "wait_for", "description", "instances", "resources", "env", "auto_stop", "traffic_limit_qps", "variants", "request_id", "dry_run", "max_unavailable")
+    __slots__ = ("model_id", "model_version", "deployment_id", "inference_threads", "model_threads", "queue_capacity", "timeout", "wait_for", "description", "instances", "resources", "env", "auto_stop", "traffic_limit_qps", "variants", "request_id", "dry_run", "max_unavailable", "autoscaling")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +135,7 @@ class StartDeploymentRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     DRY_RUN_FIELD_NUMBER: _ClassVar[int]
     MAX_UNAVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     model_id: str
     model_version: int
     deployment_id: str
@@ -115,7 +154,8 @@ class StartDeploymentRequest(_message.Message):
     request_id: str
     dry_run: bool
     max_unavailable: int
-    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., deployment_id: _Optional[str] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., description: _Optional[str] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., max_unavailable: _Optional[int] = ...) -> None: ...
+    autoscaling: Autoscaling
+    def __init__(self, model_id: _Optional[str] = ..., model_version: _Optional[int] = ..., deployment_id: _Optional[str] = ..., inference_threads: _Optional[int] = ..., model_threads: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., wait_for: _Optional[_Union[WaitFor, str]] = ..., description: _Optional[str] = ..., instances: _Optional[int] = ..., resources: _Optional[_Union[_common_pb2.Resources, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., auto_stop: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., traffic_limit_qps: _Optional[float] = ..., variants: _Optional[_Iterable[_Union[VariantSpec, _Mapping]]] = ..., request_id: _Optional[str] = ..., dry_run: _Optional[bool] = ..., max_unavailable: _Optional[int] = ..., autoscaling: _Optional[_Union[Autoscaling, _Mapping]] = ...) -> None: ...
 
 class TaskParameters(_message.Message):
     __slots__ = ("model_id", "model_bytes", "inference_threads", "model_threads", "queue_capacity", "model_version", "sha256")
@@ -150,7 +190,7 @@ class RoutingEntry(_message.Message):
     def __init__(self, routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., allocation_id: _Optional[str] = ..., worker_address: _Optional[str] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Allocation(_message.Message):
-    __slots__ = ("task_parameters", "routing_table", "allocation_state", "start_time", "variant", "weight", "target_nodes", "not_chosen", "not_chosen_summary", "route_counts")
+    __slots__ = ("task_parameters", "routing_table", "allocation_state", "start_time", "variant", "weight", "target_nodes", "not_chosen", "not_chosen_summary", "route_counts", "autoscaling")
     class RoutingTableEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -182,6 +222,7 @@ class Allocation(_message.Message):
     NOT_CHOSEN_FIELD_NUMBER: _ClassVar[int]
     NOT_CHOSEN_SUMMARY_FIELD_NUMBER: _ClassVar[int]
     ROUTE_COUNTS_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
     task_parameters: TaskParameters
     routing_table: _containers.MessageMap[str, RoutingEntry]
     allocation_state: _common_pb2.AllocationState
@@ -192,7 +233,8 @@ class Allocation(_message.Message):
     not_chosen: _containers.ScalarMap[str, str]
     not_chosen_summary: _containers.RepeatedCompositeFieldContainer[_common_pb2.ReasonCount]
     route_counts: _containers.ScalarMap[str, int]
-    def __init__(self, task_parameters: _Optional[_Union[TaskParameters, _Mapping]] = ..., routing_table: _Optional[_Mapping[str, RoutingEntry]] = ..., allocation_state: _Optional[_Union[_common_pb2.AllocationState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variant: _Optional[str] = ..., weight: _Optional[int] = ..., target_nodes: _Optional[int] = ..., not_chosen: _Optional[_Mapping[str, str]] = ..., not_chosen_summary: _Optional[_Iterable[_Union[_common_pb2.ReasonCount, _Mapping]]] = ..., route_counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+    autoscaling: AutoscalingStatus
+    def __init__(self, task_parameters: _Optional[_Union[TaskParameters, _Mapping]] = ..., routing_table: _Optional[_Mapping[str, RoutingEntry]] = ..., allocation_state: _Optional[_Union[_common_pb2.AllocationState, str]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., variant: _Optional[str] = ..., weight: _Optional[int] = ..., target_nodes: _Optional[int] = ..., not_chosen: _Optional[_Mapping[str, str]] = ..., not_chosen_summary: _Optional[_Iterable[_Union[_common_pb2.ReasonCount, _Mapping]]] = ..., route_counts: _Optional[_Mapping[str, int]] = ..., autoscaling: _Optional[_Union[AutoscalingStatus, _Mapping]] = ...) -> None: ...
 
 class Deployment(_message.Message):
     __slots__ = ("deployment_id", "status", "status_reason", "description", "variants", "allocations", "owner", "created_at", "start_time", "stopped_at", "auto_stop", "auto_stop_at", "traffic_limit_qps", "revision", "retiring", "rollout")
@@ -353,20 +395,30 @@ class NodeStats(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., reason: _Optional[str] = ..., stats: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ...) -> None: ...
 
 class GetDeploymentStatsResponse(_message.Message):
-    __slots__ = ("deployment_id", "status", "nodes", "total", "gateway", "gateways")
+    __slots__ = ("deployment_id", "status", "nodes", "total", "gateway", "gateways", "variants")
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_FIELD_NUMBER: _ClassVar[int]
     GATEWAYS_FIELD_NUMBER: _ClassVar[int]
+    VARIANTS_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     status: _common_pb2.DeploymentStatus
     nodes: _containers.RepeatedCompositeFieldContainer[NodeStats]
     total: _common_pb2.InferenceStats
     gateway: _common_pb2.InferenceStats
     gateways: _containers.RepeatedCompositeFieldContainer[GatewayCounters]
-    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateway: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateways: _Optional[_Iterable[_Union[GatewayCounters, _Mapping]]] = ...) -> None: ...
+    variants: _containers.RepeatedCompositeFieldContainer[VariantScale]
+    def __init__(self, deployment_id: _Optional[str] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., nodes: _Optional[_Iterable[_Union[NodeStats, _Mapping]]] = ..., total: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateway: _Optional[_Union[_common_pb2.InferenceStats, _Mapping]] = ..., gateways: _Optional[_Iterable[_Union[GatewayCounters, _Mapping]]] = ..., variants: _Optional[_Iterable[_Union[VariantScale, _Mapping]]] = ...) -> None: ...
+
+class VariantScale(_message.Message):
+    __slots__ = ("variant", "autoscaling")
+    VARIANT_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALING_FIELD_NUMBER: _ClassVar[int]
+    variant: str
+    autoscaling: AutoscalingStatus
+    def __init__(self, variant: _Optional[str] = ..., autoscaling: _Optional[_Union[AutoscalingStatus, _Mapping]] = ...) -> None: ...
 
 class GatewayCounters(_message.Message):
     __slots__ = ("gateway_id", "address", "stats", "last_report")
@@ -399,7 +451,7 @@ class WatchDeploymentResponse(_message.Message):
     def __init__(self, deployment: _Optional[_Union[Deployment, _Mapping]] = ..., events: _Optional[_Iterable[_Union[DeploymentEvent, _Mapping]]] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class DeploymentEvent(_message.Message):
-    __slots__ = ("seq", "time", "kind", "reason", "from_status", "status", "node_id", "variant", "allocation_id", "from_routing_state", "routing_state", "revision")
+    __slots__ = ("seq", "time", "kind", "reason", "from_status", "status", "node_id", "variant", "allocation_id", "from_routing_state", "routing_state", "revision", "from_allocations", "allocations")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     KIND_FIELD_NUMBER: _ClassVar[int]
@@ -412,6 +464,8 @@ class DeploymentEvent(_message.Message):
     FROM_ROUTING_STATE_FIELD_NUMBER: _ClassVar[int]
     ROUTING_STATE_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    FROM_ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
+    ALLOCATIONS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     time: _timestamp_pb2.Timestamp
     kind: EventKind
@@ -424,7 +478,9 @@ class DeploymentEvent(_message.Message):
     from_routing_state: _common_pb2.RoutingState
     routing_state: _common_pb2.RoutingState
     revision: int
-    def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., reason: _Optional[str] = ..., from_status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., from_routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., revision: _Optional[int] = ...) -> None: ...
+    from_allocations: int
+    allocations: int
+    def __init__(self, seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., kind: _Optional[_Union[EventKind, str]] = ..., reason: _Optional[str] = ..., from_status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., node_id: _Optional[str] = ..., variant: _Optional[str] = ..., allocation_id: _Optional[str] = ..., from_routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., routing_state: _Optional[_Union[_common_pb2.RoutingState, str]] = ..., revision: _Optional[int] = ..., from_allocations: _Optional[int] = ..., allocations: _Optional[int] = ...) -> None: ...
 
 class ListDeploymentEventsRequest(_message.Message):
     __slots__ = ("deployment_id", "after_seq", "page")

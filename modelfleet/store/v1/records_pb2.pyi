@@ -23,7 +23,14 @@ DESIRED_STATE_RUNNING: DesiredState
 DESIRED_STATE_STOPPED: DesiredState
 
 class DeploymentRecord(_message.Message):
-    __slots__ = ("deployment_id", "spec", "desired", "owner", "created_at", "start_time", "stopped_at", "stop_reason", "revision", "status", "status_reason", "ever_served")
+    __slots__ = ("deployment_id", "spec", "desired", "owner", "created_at", "start_time", "stopped_at", "stop_reason", "revision", "status", "status_reason", "ever_served", "autoscaled")
+    class AutoscaledEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: AutoscaledVariant
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[AutoscaledVariant, _Mapping]] = ...) -> None: ...
     DEPLOYMENT_ID_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     DESIRED_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +43,7 @@ class DeploymentRecord(_message.Message):
     STATUS_FIELD_NUMBER: _ClassVar[int]
     STATUS_REASON_FIELD_NUMBER: _ClassVar[int]
     EVER_SERVED_FIELD_NUMBER: _ClassVar[int]
+    AUTOSCALED_FIELD_NUMBER: _ClassVar[int]
     deployment_id: str
     spec: _deployments_pb2.StartDeploymentRequest
     desired: DesiredState
@@ -48,7 +56,18 @@ class DeploymentRecord(_message.Message):
     status: _common_pb2.DeploymentStatus
     status_reason: str
     ever_served: bool
-    def __init__(self, deployment_id: _Optional[str] = ..., spec: _Optional[_Union[_deployments_pb2.StartDeploymentRequest, _Mapping]] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stopped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_reason: _Optional[str] = ..., revision: _Optional[int] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., ever_served: _Optional[bool] = ...) -> None: ...
+    autoscaled: _containers.MessageMap[str, AutoscaledVariant]
+    def __init__(self, deployment_id: _Optional[str] = ..., spec: _Optional[_Union[_deployments_pb2.StartDeploymentRequest, _Mapping]] = ..., desired: _Optional[_Union[DesiredState, str]] = ..., owner: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., start_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stopped_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stop_reason: _Optional[str] = ..., revision: _Optional[int] = ..., status: _Optional[_Union[_common_pb2.DeploymentStatus, str]] = ..., status_reason: _Optional[str] = ..., ever_served: _Optional[bool] = ..., autoscaled: _Optional[_Mapping[str, AutoscaledVariant]] = ...) -> None: ...
+
+class AutoscaledVariant(_message.Message):
+    __slots__ = ("wanted", "reason", "last_change")
+    WANTED_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHANGE_FIELD_NUMBER: _ClassVar[int]
+    wanted: int
+    reason: str
+    last_change: _timestamp_pb2.Timestamp
+    def __init__(self, wanted: _Optional[int] = ..., reason: _Optional[str] = ..., last_change: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class AllocationRecord(_message.Message):
     __slots__ = ("allocation_id", "deployment_id", "variant", "node_id", "desired", "routing_state", "reason", "worker_address", "created_at", "start_time", "spec")
