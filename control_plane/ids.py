@@ -17,7 +17,8 @@ from control_plane.errors import InvalidArgument, NotFound
 T = TypeVar("T")
 
 MAX_ID_LENGTH = 64
-_ID = re.compile(r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$")
+ID_PATTERN = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"  # also the REST document's id parameters
+_ID = re.compile(ID_PATTERN)
 
 
 def check_id(field: str, value: str) -> str:

@@ -5,16 +5,24 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from control_plane.ids import ID_PATTERN, MAX_ID_LENGTH
 from control_plane.rest.routes import Route
 
 ERROR_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
-_PATH_PARAMETER = re.compile(r"{(\w+)(?::[^}]*)?}")
+_PATH_PARAMETER = re.compile(r"(\w*)/{(\w+)(?::[^}]*)?}")
+_ID_SCHEMA: dict[str, Any] = {"type": "string", "pattern": ID_PATTERN, "maxLength": MAX_ID_LENGTH}
 
 
 def path_parameters(path: str) -> list[dict[str, Any]]:
-    """The OpenAPI parameters of a path's `{name}` segments: required strings without '/'."""
-    return [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "pattern": "^[^/]+$"}}
-            for name in _PATH_PARAMETER.findall(path)]
+    """The OpenAPI parameters of a path's `{name}` segments: model and deployment ids follow the id
+    rule (control_plane/ids.py; any other value is refused with 400 naming it), the rest are strings
+    without '/' (an unknown one is 404)."""
+    parameters = []
+    for before, name in _PATH_PARAMETER.findall(path):
+        is_id = name in ("model_id", "deployment_id") or (name == "id" and before == "deployments")
+        schema = _ID_SCHEMA if is_id else {"type": "string", "pattern": "^[^/]+$"}
+        parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+    return parameters
 
 
 def document(routes: list[Route], *, version: str) -> dict[str, Any]:
