@@ -134,11 +134,11 @@ def test_load_grows_the_allocations_and_a_shrink_fails_no_call(cluster: Cluster)
 
 
 def test_a_steady_load_for_60_s_changes_nothing(cluster: Cluster) -> None:
-    # 4 clients over 2 allocations: at most 2 in flight per allocation, the target, so never above it;
-    # below half of it only if 3 of the 4 clients were between calls for 10 s on end
-    start(cluster, "steady", autoscaling(2, 3, target=2.0, delay_s=1, down_s=10))
+    # 6 clients over 2 allocations: at most 3 in flight per allocation, a quarter under the target of 4,
+    # so never above it; below half of it (2) only if a third of the clients were between calls for 10 s
+    start(cluster, "steady", autoscaling(2, 3, target=4.0, delay_s=1, down_s=10))
     wait_until(lambda: status(cluster, "steady").current == 2, timeout=60, what="2 started allocations")
-    steady = Load(cluster, "steady", clients=4)
+    steady = Load(cluster, "steady", clients=6)
     try:
         wait_until(lambda: steady.answered >= 20, timeout=60, what="the load flowing")
         seen: list[dpb.DeploymentEvent] = []
