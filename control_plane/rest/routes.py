@@ -22,6 +22,7 @@ class Route:
     responses: dict[str, dict[str, Any]] = field(default_factory=dict)
     # the gRPC method whose row of the access table (control_plane/auth/access.py) guards this route
     access: str = ""
+    request: dict[str, Any] | None = None  # the JSON request body's schema, if the route takes one
 
 
 def register(app: web.Application, routes: list[Route], *, guard: Callable[[Route], Handler]) -> None:
