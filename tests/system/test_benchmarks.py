@@ -56,3 +56,13 @@ def test_control_plane_scale_benchmark_small(tmp_path: Path) -> None:
     assert report["routing_entries_started"] == 20
     assert report["reports_sent"] >= 20 and report["rss_mb"] > 0
     assert report["reconcile_scoped_ticks"] > 0
+
+
+def test_rest_vs_grpc_benchmark_tiny(tmp_path: Path) -> None:
+    report_file = tmp_path / "rest.json"
+    out = run(["benchmarks/rest_vs_grpc.py", "--calls", "30", "--rounds", "1", "--concurrency", "2",
+               "--workdir", str(tmp_path / "work"), "--json", str(report_file)], timeout=180)  # fmt: skip
+    report = json.loads(report_file.read_text())
+    assert {r["path"] for r in report["results"]} == {"grpc", "rest"}
+    assert all(r["errors"] == 0 and r["req_per_s"] > 0 for r in report["results"]), report["results"]
+    assert "REST/gRPC gateway CPU per call" in out.stdout and "| round | path |" in out.stdout
