@@ -6,11 +6,12 @@ tests/tools/triton_http_call.py), answers bit-exact to gRPC ModelInfer for the
 same input: FP32 and INT64 each way ("mix", tests/modelbuild.py onnx_two_types)
 and BYTES ("strings"). Raw HTTP (urllib, as curl would send it) for the error
 statuses: 400 naming the input with expected and got, 401, 403, 404, 429 with
-Retry-After, 504 for a deadline.
+Retry-After (the traffic limit's and a full worker queue's), 504 for a deadline.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import numpy as np
 import pytest
 from cluster import ROOT, Cluster, authed_channel, wait_until
 from gatewayproc import start_gateway
-from modelbuild import onnx_string_identity, onnx_two_types
+from modelbuild import onnx_slow, onnx_string_identity, onnx_two_types
 
 from modelfleet.inference import grpc_service_pb2 as v2
 from modelfleet.inference import grpc_service_pb2_grpc as v2_grpc
@@ -200,6 +201,26 @@ def test_the_traffic_limit_answers_429_with_retry_after_and_counts(cluster: tupl
     finally:
         update.spec.traffic_limit_qps = 0
         c.deployments.UpdateDeployment(update, timeout=10)
+
+
+def test_a_full_worker_queue_answers_429_with_the_workers_retry_after(cluster: tuple[Cluster, str], tmp_path: Path) -> None:
+    c, rest = cluster
+    c.upload(onnx_slow(tmp_path / "slow.onnx"), "slow")
+    req = dpb.StartDeploymentRequest(deployment_id="slow", model_id="slow", queue_capacity=1, model_threads=1,
+                                     wait_for=dpb.WAIT_FOR_STARTED)
+    req.timeout.FromSeconds(90)
+    c.deployments.StartDeployment(req, timeout=120)
+    body = {"inputs": [{"name": "x", "shape": [4], "datatype": "FP32", "data": [1, 1, 1, 1]}]}
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: _post(f"http://{rest}/v2/models/slow/infer", body, token=c.token), range(6)))
+    statuses = sorted(status for status, _, _ in answers)
+    assert statuses.count(200) >= 2 and statuses.count(429) >= 1, statuses  # one running, one queued, the rest refused
+    assert set(statuses) <= {200, 429}, statuses
+    for status, headers, raw in answers:
+        if status == 429:
+            assert int(headers["Retry-After"]) >= 1
+            assert "queue is full (capacity 1)" in json.loads(raw)["error"]
+    c.deployments.StopDeployment(dpb.StopDeploymentRequest(deployment_id="slow"), timeout=60)
 
 
 def test_openapi_describes_the_infer_route(cluster: tuple[Cluster, str]) -> None:
