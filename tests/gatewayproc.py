@@ -17,6 +17,7 @@ class GatewayProc:
         self.port: int = ready["port"]
         self.pids: list[int] = ready["pids"]
         self.metrics_ports: list[int] = ready["metrics_ports"]
+        self.http_port: int = ready.get("http_port", -1)  # with --http-listen
 
     @property
     def address(self) -> str:

@@ -141,6 +141,21 @@ def onnx_gather(path: Path | str) -> Path:
     return _save(graph, path)
 
 
+def onnx_two_types(path: Path | str) -> Path:
+    """y = x + [1, 2, 3, 4] and k = ids + 1: inputs x FP32 [-1, 4] and ids INT64 [-1], outputs y FP32
+    [-1, 4] and k INT64 [-1]. Two datatypes each way in one call, exact in any runtime."""
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "c"], ["y"]), helper.make_node("Add", ["ids", "one"], ["k"])],
+        "two_types",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4]),
+         helper.make_tensor_value_info("k", TensorProto.INT64, ["n"])],
+        [numpy_helper.from_array(ADD_CONSTANT, "c"), numpy_helper.from_array(np.array([1], dtype=np.int64), "one")],
+    )  # fmt: skip
+    return _save(graph, path)
+
+
 def onnx_string_identity(path: Path | str) -> Path:
     """y = x for text: input x BYTES [-1], output y BYTES [-1] (onnx STRING).
 

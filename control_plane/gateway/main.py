@@ -4,7 +4,7 @@ the routes watch (modelfleet.v1.Gateways/WatchRoutes) of the control plane.
     modelfleet-gateway --control-plane ADDR[,ADDR...] --listen HOST:PORT \
         [--processes N] [--token-file F | MODELFLEET_TOKEN=...] \
         [--tls-cert PEM --tls-key PEM [--tls-client-ca PEM]] [--tls-ca PEM] \
-        [--worker-tls-ca PEM] [--metrics-port P [--metrics-host ADDR]] [--ready-file F]
+        [--worker-tls-ca PEM] [--metrics-port P [--metrics-host ADDR]] [--http-listen HOST:PORT] [--ready-file F]
 
 Each process serves `inference.GRPCInferenceService` with the one gateway
 implementation the control plane embeds (control_plane.gateway.service),
@@ -20,8 +20,12 @@ the port with SO_REUSEPORT (control_plane.gateway.processes). The token is a
 key of the `gateway` role. `--tls-ca` is the CA that signed the control
 plane's certificate (a client certificate for mTLS is --tls-cert/--tls-key);
 `--worker-tls-ca` reaches TLS workers. Process i serves /metrics on
-`--metrics-port` + i (0: any free port) on `--metrics-host`. `--ready-file` gets JSON
-`{"port": P, "pids": [...], "metrics_ports": [...]}` once every process serves.
+`--metrics-port` + i (0: any free port) on `--metrics-host`. `--http-listen` serves KServe V2
+REST (control_plane.rest.gateway_app: the control plane's V2 routes, infer
+included, under this gateway's key check) on a second port that the
+processes share the same way. `--ready-file` gets JSON `{"port": P,
+"http_port": H, "pids": [...], "metrics_ports": [...]}` once every process
+serves (`http_port` only with --http-listen).
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ from control_plane.gateway.processes import CHILD_READY_ENV, run_processes
 from control_plane.gateway.report import report_forever
 from control_plane.gateway.service import Gateway, add_gateway_to_server
 from control_plane.gateway.watched import WatchedRouteSource
+from control_plane.rest.gateway_app import build_gateway_app
+from control_plane.rest.listener import RestServer, product_version
 from modelfleet import rpc
 from modelfleet.tls import channel_credentials, server_credentials
 
@@ -67,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--worker-tls-ca", default="", metavar="PEM", help="reach workers over TLS, trusting this CA")
     p.add_argument("--metrics-port", type=int, default=-1, metavar="P", help="Prometheus /metrics on P + process index (0: any)")
     p.add_argument("--metrics-host", default="127.0.0.1", metavar="ADDR", help="address /metrics binds (0.0.0.0 for a scraper elsewhere)")
+    p.add_argument("--http-listen", default="", metavar="HOST:PORT", help="serve KServe V2 REST here too (port 0 = any free port)")
     p.add_argument("--max-message-bytes", type=int, default=64 << 20)
     p.add_argument("--ready-file", default="", metavar="F")
     p.add_argument("--gateway-id", default=f"{socket.gethostname()}", help=argparse.SUPPRESS)
@@ -84,9 +91,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
         p.error("--tls-client-ca (mTLS) needs --tls-cert and --tls-key")
-    host, sep, port = args.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        p.error(f"--listen must be HOST:PORT with a port 0-65535, got {args.listen!r}")
+    for flag, value in (("--listen", args.listen), ("--http-listen", args.http_listen or "h:0")):
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            p.error(f"{flag} must be HOST:PORT with a port 0-65535, got {value!r}")
     args.addresses = [a.strip() for a in args.control_plane.split(",") if a.strip()]
     if not args.addresses:
         p.error("--control-plane needs at least one address")
@@ -140,7 +148,10 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     worker_creds = channel_credentials(args.worker_tls_ca, args.tls_cert, args.tls_key) if args.worker_tls_ca else None
     gateway = Gateway(source=source, max_message_bytes=args.max_message_bytes, worker_credentials=worker_creds)
     # keys are checked unless the control plane runs with auth off (then it sends no verifiers)
-    access = GatewayAccess(source.verifiers, require=lambda: not source.synced or source.verifiers.keys is not None)
+    def access_required() -> bool:
+        return not source.synced or source.verifiers.keys is not None
+
+    access = GatewayAccess(source.verifiers, require=access_required)
     server, port = _server(args, gateway, access)
     if port == 0:
         raise SystemExit(f"error: cannot listen on {args.listen}")
@@ -153,6 +164,7 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     collector = GatewayCollector(gateway=gateway, follower=follower, source=source)
     metrics_port = serve_metrics(args.metrics_port, collector, host=args.metrics_host) if args.metrics_port >= 0 else -1
     stop = asyncio.Event()
+    rest, http_port = await _start_rest(args, gateway, source, access_required=access_required, is_ready=lambda: not stop.is_set())
     tasks = [asyncio.create_task(follower.run()), asyncio.create_task(_prune(gateway))]
     tasks.append(asyncio.create_task(report_forever(
         addresses=args.addresses, token=args.token, gateway_id=follower.gateway_id, stats=gateway.stats, source=source,
@@ -161,17 +173,31 @@ async def serve(args: argparse.Namespace, *, on_ready: Callable[[dict[str, Any]]
     )))  # fmt: skip
     if os.environ.get(CHILD_READY_ENV):
         tasks.append(asyncio.create_task(_orphaned(stop)))
-    on_ready({"port": port, "pid": os.getpid(), "metrics_port": metrics_port})
+    on_ready({"port": port, "pid": os.getpid(), "metrics_port": metrics_port, "http_port": http_port})
     log.info("gateway serving on port %d, following %s", port, ",".join(args.addresses))
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     gateway.end_streams()
+    if rest is not None:
+        await rest.stop()
     await server.stop(1.0)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
     await gateway.close()
+
+
+async def _start_rest(args: argparse.Namespace, gateway: Gateway, source: WatchedRouteSource, *,
+                      access_required: Callable[[], bool], is_ready: Callable[[], bool]) -> tuple[RestServer | None, int]:
+    """REST V2 on --http-listen (SO_REUSEPORT, as the gRPC port), if asked for: the server and its port (else None, -1)."""
+    if not args.http_listen:
+        return None, -1
+    app = build_gateway_app(gateway=gateway, verifiers=source.verifiers, require=access_required, is_ready=is_ready,
+                            version=product_version(), max_body_bytes=args.max_message_bytes)
+    rest = RestServer(app, reuse_port=True)
+    bound = await rest.start(args.http_listen)
+    return rest, int(bound.rpartition(":")[2])
 
 
 async def _orphaned(stop: asyncio.Event) -> None:

@@ -6,8 +6,8 @@ socket to port 0 and keeps it, bound but not listening, until every child
 listens, so no other program takes the port meanwhile), starts N children
 (`python -m control_plane.gateway.main` with the same flags, `--processes
 1` and that port; each binds it with grpc.so_reuseport, and the kernel
-spreads connections over them), waits until each wrote its ready file,
-then writes `--ready-file`. SIGTERM/SIGINT is passed on to the children;
+spreads connections over them; a --http-listen port alike), waits until
+each wrote its ready file, then writes `--ready-file`. SIGTERM/SIGINT is passed on to the children;
 when one child exits by itself the others are stopped and the supervisor
 exits 1, for systemd or Kubernetes to restart the whole set. A child whose
 supervisor is gone (SIGKILL) stops within a second (control_plane.gateway.main).
@@ -48,7 +48,8 @@ def run_processes(args: argparse.Namespace, *, serve: Serve) -> None:
             if child_ready:
                 _write_json(child_ready, info)
             elif args.ready_file:
-                _write_json(args.ready_file, {"port": info["port"], "pids": [info["pid"]], "metrics_ports": [info["metrics_port"]]})
+                _write_json(args.ready_file, {"port": info["port"], "http_port": info["http_port"], "pids": [info["pid"]],
+                                              "metrics_ports": [info["metrics_port"]]})
 
         asyncio.run(serve(args, on_ready=on_ready))
         return
@@ -65,17 +66,21 @@ def _reserve(host: str, port: int) -> tuple[int, socket.socket | None]:
     return int(sock.getsockname()[1]), sock
 
 
-def _child_argv(args: argparse.Namespace, *, host: str, port: int, index: int) -> list[str]:
+def _child_argv(args: argparse.Namespace, *, host: str, port: int, index: int, http: str) -> list[str]:
     metrics = args.metrics_port + index if args.metrics_port > 0 else args.metrics_port
     return [
         sys.executable, "-m", "control_plane.gateway.main", *args.argv,
         "--listen", f"{host}:{port}", "--processes", "1", "--metrics-port", str(metrics), "--ready-file", "",
+        "--http-listen", http,
     ]  # fmt: skip
 
 
 def _supervise(args: argparse.Namespace) -> int:
     host, _, text = args.listen.rpartition(":")
     port, reserved = _reserve(host, int(text))
+    http_host, _, http_text = args.http_listen.rpartition(":")
+    http_port, http_reserved = _reserve(http_host, int(http_text)) if args.http_listen else (-1, None)
+    http = f"{http_host}:{http_port}" if args.http_listen else ""
     children: list[subprocess.Popen[bytes]] = []
     stopping = False
 
@@ -92,14 +97,16 @@ def _supervise(args: argparse.Namespace) -> int:
         ready_files = [os.path.join(tmp, f"child-{i}.json") for i in range(args.processes)]
         for i, ready in enumerate(ready_files):
             env = {**os.environ, CHILD_READY_ENV: ready}
-            children.append(subprocess.Popen(_child_argv(args, host=host, port=port, index=i), env=env))
+            children.append(subprocess.Popen(_child_argv(args, host=host, port=port, index=i, http=http), env=env))
         infos = _await_ready(children, ready_files, stopping=lambda: stopping)
-        if reserved is not None:
-            reserved.close()
+        for sock in (reserved, http_reserved):
+            if sock is not None:
+                sock.close()
         if infos is None:
             stop()
         elif args.ready_file:
-            _write_json(args.ready_file, {"port": port, "pids": [c.pid for c in children], "metrics_ports": [i["metrics_port"] for i in infos]})
+            _write_json(args.ready_file, {"port": port, "http_port": http_port, "pids": [c.pid for c in children],
+                                          "metrics_ports": [i["metrics_port"] for i in infos]})
         return _wait_children(children, stop=stop, stopping=lambda: stopping)
 
 

@@ -457,6 +457,8 @@ class _Relayed(Exception):
         self.trailers = trailers
 
 
+Relayed = _Relayed  # for the REST room, which answers it with the HTTP status of its code
+
 def add_gateway_to_server(gateway: Gateway, server: grpc.aio.Server) -> None:
     """Register the gateway; ModelInfer takes and returns raw bytes."""
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
+
 from aiohttp import web
 
 from modelfleet.errors import StatusError
@@ -28,4 +31,19 @@ def http_status(code: str) -> int:
 
 def v2_error(exc: StatusError) -> web.Response:
     """A KServe V2 error body `{"error": "..."}` with the status the error's code maps to."""
-    return web.json_response({"error": str(exc)}, status=http_status(exc.code))
+    return status_response(exc.code, str(exc), exc.trailers)
+
+
+def status_response(code: str, message: str, trailers: Mapping[str, str]) -> web.Response:
+    """The V2 error answer for a gRPC status (a domain error's, or a worker's relayed as it is).
+
+    429 carries `Retry-After` in whole seconds: the status's grpc-retry-pushback-ms rounded up, else 1."""
+    status = http_status(code)
+    headers = {}
+    if status == 429:
+        try:
+            pushback_ms = int(trailers.get("grpc-retry-pushback-ms", "1000"))
+        except ValueError:
+            pushback_ms = 1000
+        headers["Retry-After"] = str(max(1, math.ceil(pushback_ms / 1000)))
+    return web.json_response({"error": message}, status=status, headers=headers)

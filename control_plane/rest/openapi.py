@@ -42,4 +42,6 @@ def document(routes: list[Route], *, version: str) -> dict[str, Any]:
         if parameters := path_parameters(route.path):
             operation["parameters"] = parameters
         paths.setdefault(route.path, {})[route.method.lower()] = operation
+        if route.request is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.request}}}
     return {"openapi": "3.0.3", "info": {"title": "modelfleet REST API", "version": version}, "paths": paths}

@@ -26,6 +26,7 @@ class Route:
     access: str = ""
     # how a domain error is answered (None: the V2 body, control_plane.rest.errors.v2_error)
     on_error: Callable[[StatusError], web.StreamResponse] | None = None
+    request: dict[str, Any] | None = None  # the JSON request body's schema, if the route takes one
 
 
 def register(app: web.Application, routes: list[Route], *, guard: Callable[[Route], Handler]) -> None:

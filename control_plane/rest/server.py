@@ -7,7 +7,6 @@ objects as gRPC."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from importlib import metadata
 
 from aiohttp import web
 
@@ -17,17 +16,12 @@ from control_plane.rest.api_v1 import Services, api_v1_routes
 from control_plane.rest.console import add_console
 from control_plane.rest.es.routes import es_routes
 from control_plane.rest.guard import make_guard
+from control_plane.rest.listener import RestServer, product_version
 from control_plane.rest.openapi import document
 from control_plane.rest.routes import Route, register
 from control_plane.rest.v2 import v2_routes
 
-
-def product_version() -> str:
-    """The installed modelfleet version ("0.0.0" when run from a source tree without metadata)."""
-    try:
-        return metadata.version("modelfleet")
-    except metadata.PackageNotFoundError:
-        return "0.0.0"
+__all__ = ["RestServer", "build_app", "product_version"]
 
 
 def build_app(*, gateway: Gateway, authenticator: Authenticator | None, version: str,
@@ -51,32 +45,3 @@ def build_app(*, gateway: Gateway, authenticator: Authenticator | None, version:
         add_console(app)
         app.on_shutdown.append(services.streams.shutdown)
     return app
-
-
-class RestServer:
-    """Serves the REST application on HOST:PORT (port 0 = any free port)."""
-
-    def __init__(self, app: web.Application) -> None:
-        self._runner = web.AppRunner(app, access_log=None)
-
-    async def start(self, listen: str) -> str:
-        """Bind and serve; returns HOST:PORT actually bound."""
-        host, _, port_text = listen.rpartition(":")
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise SystemExit(f"error: --http-listen {listen!r}: expected HOST:PORT") from None
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise SystemExit(f"error: cannot listen on {listen}: {exc} (is another process using the port?)") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        bound = sockets[0].getsockname()[1] if sockets else port
-        return f"{host}:{bound}"
-
-    async def stop(self) -> None:
-        """Stop accepting and close open connections."""
-        await self._runner.cleanup()

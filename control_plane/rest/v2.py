@@ -1,4 +1,5 @@
-"""KServe V2 REST: health, server and model metadata, readiness, config and statistics.
+"""KServe V2 REST: health, server and model metadata, readiness, config and statistics
+(inference: control_plane.rest.v2_infer).
 
 Model routes adapt HTTP to the same Gateway object the gRPC service uses, so
 lookup, version selection and errors are the gateway's own."""
@@ -15,6 +16,7 @@ from google.protobuf.message import Message
 from control_plane.gateway.service import Gateway
 from control_plane.rest.openapi import ERROR_SCHEMA
 from control_plane.rest.routes import Route
+from control_plane.rest.v2_infer import DEFAULT_MAX_BODY_BYTES, infer_routes
 from modelfleet.inference import grpc_service_pb2 as pb
 
 SERVER_NAME = "modelfleet"
@@ -88,10 +90,13 @@ def _model_routes(gateway: Gateway, prefix: str) -> list[Route]:
     ]
 
 
-def v2_routes(*, gateway: Gateway, is_ready: Callable[[], bool]) -> list[Route]:
-    """Every V2 route; server readiness follows `is_ready` (false while shutting down)."""
+def v2_routes(*, gateway: Gateway, is_ready: Callable[[], bool], max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> list[Route]:
+    """Every V2 route; server readiness follows `is_ready` (false while shutting down); an infer
+    body over `max_body_bytes` is refused with 413."""
     return [
         *_server_routes(gateway, is_ready),
         *_model_routes(gateway, "/v2/models/{name}"),
         *_model_routes(gateway, "/v2/models/{name}/versions/{version}"),
+        *infer_routes(gateway, "/v2/models/{name}", max_body_bytes=max_body_bytes),
+        *infer_routes(gateway, "/v2/models/{name}/versions/{version}", max_body_bytes=max_body_bytes),
     ]

@@ -245,11 +245,13 @@ class WorkQueue:
     def _should_wake(self, call: _Call[Any]) -> bool:
         """Caller holds the lock. Wake a model thread for a new call unless one is
         already waiting for its batch to fill and the call cannot have filled it
-        (a wake-up per call costs a GIL hand-off each, which dominates at 64 concurrent calls)."""
+        (a wake-up per call costs a GIL hand-off each, which dominates at 64 concurrent calls).
+        Calls of several rows can fill it with fewer calls than max_batch_size."""
         batching = self.batching
         if batching is None or call.key is None or not self._filling:
             return True
-        return len(self._fifo) >= batching.max_batch_size
+        # rows, not calls, fill a batch; fewer calls than max_batch_size hold few rows to add up
+        return len(self._fifo) >= batching.max_batch_size or sum(c.rows for c in self._fifo) >= batching.max_batch_size
 
     def _withdraw(self, call: _Call[Any]) -> None:
         """The handler was cancelled: drop the call if it has not started."""

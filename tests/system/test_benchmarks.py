@@ -75,3 +75,13 @@ def test_gateway_tier_benchmark_small(tmp_path: Path) -> None:
     assert point["gateway-x1"]["cpu_vs_proxy"] > 0 and point["x2_vs_x1_rps"] > 0
     assert sum(point["gateway-x2"]["process_shares"]) > 0.9  # the 2-process gateway's /metrics counted the calls
     assert "| conc | proxy (best) req/s |" in out.stdout and "gw ×1 ÷ proxy" in out.stdout and "target ≤ 1.3" in out.stdout
+
+
+def test_rest_vs_grpc_benchmark_tiny(tmp_path: Path) -> None:
+    report_file = tmp_path / "rest.json"
+    out = run(["benchmarks/rest_vs_grpc.py", "--calls", "30", "--rounds", "1", "--concurrency", "2",
+               "--workdir", str(tmp_path / "work"), "--json", str(report_file)], timeout=180)  # fmt: skip
+    report = json.loads(report_file.read_text())
+    assert {r["path"] for r in report["results"]} == {"grpc", "rest"}
+    assert all(r["errors"] == 0 and r["req_per_s"] > 0 for r in report["results"]), report["results"]
+    assert "REST/gRPC gateway CPU per call" in out.stdout and "| round | path |" in out.stdout
