@@ -236,6 +236,11 @@ class Cluster:
             path.chmod(0o600)
         return path
 
+    def rest_endpoint(self, timeout: float = 30.0) -> str:
+        """HOST:PORT of the control plane's REST (started with --http-listen), once it serves."""
+        path = self.root / "cp" / "http_endpoint"
+        return wait_until(lambda: self._read_endpoint(path), timeout=timeout, what="the control plane's http_endpoint file")
+
     def _read_endpoint(self, path: Path) -> str:
         assert self.cp is not None
         if not self.cp.alive():

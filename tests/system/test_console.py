@@ -30,9 +30,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, s
     cluster = Cluster(root)
     try:
         cluster.start_control_plane(extra_args=["--http-listen", "127.0.0.1:0"])
-        endpoint_file = root / "cp" / "http_endpoint"
-        endpoint = wait_until(lambda: endpoint_file.exists() and endpoint_file.read_text().strip(), timeout=30,
-                              what="the control plane's http_endpoint file")
+        endpoint = cluster.rest_endpoint()
         cluster.start_agent("a1", cpus=4)
         cluster.wait_nodes(1, timeout=60)
         cluster.upload(onnx_add(root / "add1.onnx", [1.0, 1.0, 1.0, 1.0]), "adder")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster import Cluster, wait_until
+from cluster import Cluster
 
 SCHEMATHESIS = Path(sys.executable).with_name("schemathesis")
 
@@ -17,9 +17,7 @@ def test_every_route_keeps_the_openapi_contract_under_generated_inputs(tmp_path:
     cluster = Cluster(tmp_path)
     try:
         cluster.start_control_plane(extra_args=["--http-listen", "127.0.0.1:0"])
-        endpoint_file = tmp_path / "cp" / "http_endpoint"
-        endpoint = wait_until(lambda: endpoint_file.exists() and endpoint_file.read_text().strip(), timeout=30,
-                              what="the control plane's http_endpoint file")
+        endpoint = cluster.rest_endpoint()
         run = subprocess.run(
             [str(SCHEMATHESIS), "--config-file", str(Path(__file__).with_name("schemathesis.toml")), "run", f"http://{endpoint}/openapi.json", "--checks", "all",
              "--header", f"Authorization: Bearer {cluster.token}", "--max-examples", "20",

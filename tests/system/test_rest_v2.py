@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import Cluster, wait_until
+from cluster import Cluster
 
 
 @pytest.fixture
@@ -18,9 +18,7 @@ def served(tmp_path: Path) -> Iterator[tuple[Cluster, str]]:
     cluster = Cluster(tmp_path)
     try:
         cluster.start_control_plane(extra_args=["--http-listen", "127.0.0.1:0"])
-        endpoint_file = tmp_path / "cp" / "http_endpoint"
-        endpoint = wait_until(lambda: endpoint_file.exists() and endpoint_file.read_text().strip(), timeout=30,
-                              what="the control plane's http_endpoint file")
+        endpoint = cluster.rest_endpoint()
         yield cluster, f"http://{endpoint}"
     finally:
         cluster.close()

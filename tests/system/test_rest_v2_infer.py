@@ -44,8 +44,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster,
     c = Cluster(root, heartbeat=0.5, node_timeout=30)
     try:
         c.start_control_plane(extra_args=["--http-listen", "127.0.0.1:0"])
-        endpoint = root / "cp" / "http_endpoint"
-        rest = wait_until(lambda: endpoint.exists() and endpoint.read_text().strip(), timeout=30, what="http_endpoint")
+        rest = c.rest_endpoint()
         c.start_agent("node-a", cpus=8)
         c.wait_nodes(1)
         models = root / "models"
