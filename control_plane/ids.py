@@ -13,11 +13,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from control_plane.errors import InvalidArgument, NotFound
+from modelfleet.idrule import ID_PATTERN, MAX_ID_LENGTH
 
 T = TypeVar("T")
 
-MAX_ID_LENGTH = 64
-ID_PATTERN = r"^[a-z0-9](?:[a-z0-9._-]{0,62}[a-z0-9])?$"  # also the REST document's id parameters
 _ID = re.compile(ID_PATTERN)
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from control_plane.ids import ID_PATTERN, MAX_ID_LENGTH
 from control_plane.rest.routes import Route
+from modelfleet.idrule import ID_PATTERN, MAX_ID_LENGTH
 
 ERROR_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
 _PATH_PARAMETER = re.compile(r"(\w*)/{(\w+)(?::[^}]*)?}")
