@@ -195,14 +195,16 @@ def caller(context: object = None) -> str:
 
 
 @contextlib.contextmanager
-def acting_as(principal: Principal | None) -> Iterator[None]:
-    """`caller()` and `current_principal()` name `principal` inside the block (REST handlers:
-    aiohttp serves a keep-alive connection's requests in one task, so it is reset after)."""
-    token = _PRINCIPAL.set(principal)
+def acting_as(principal: Principal | None, *, anon_user: str = DEFAULT_USER) -> Iterator[None]:
+    """`caller()` and `current_principal()` name `principal` (without one: `anon_user`) inside the
+    block (REST handlers: aiohttp serves a keep-alive connection's requests in one task, so both
+    are reset after)."""
+    token, anon_token = _PRINCIPAL.set(principal), _ANON_USER.set(anon_user)
     try:
         yield
     finally:
         _PRINCIPAL.reset(token)
+        _ANON_USER.reset(anon_token)
 
 
 class Authenticator(Protocol):

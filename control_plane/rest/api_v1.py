@@ -26,7 +26,7 @@ from aiohttp import web
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from control_plane.auth.access import DEFAULT_USER, METHOD_ACCESS, OpenCalls, Principal
+from control_plane.auth.access import METHOD_ACCESS, OpenCalls, caller, current_principal
 from control_plane.auth.audit import AuditLog, target_of
 from control_plane.auth.keys import KeyService
 from control_plane.deployments.service import DeploymentService
@@ -128,18 +128,6 @@ async def from_body(request: web.Request, message: M, **fixed: Any) -> M:
     return _parse({**data, **fixed}, message)
 
 
-def principal_of(request: web.Request) -> Principal | None:
-    """The caller the guard authenticated (None with authentication off)."""
-    principal = request.get("principal")
-    return principal if isinstance(principal, Principal) else None
-
-
-def user_of(request: web.Request) -> str:
-    """The deployments' owner: the key's user, or with auth off X-Modelfleet-User (else "default")."""
-    principal = principal_of(request)
-    return principal.user if principal is not None else request.headers.get("X-Modelfleet-User") or DEFAULT_USER
-
-
 def _deployment_routes(s: Services) -> list[Route]:
     svc = s.deployments
 
@@ -147,7 +135,7 @@ def _deployment_routes(s: Services) -> list[Route]:
         return _reply(svc.list(from_query(request, dpb.ListDeploymentsRequest())))
 
     async def start(request: web.Request) -> web.Response:
-        return _reply(await svc.start(await from_body(request, dpb.StartDeploymentRequest()), owner=user_of(request)))
+        return _reply(await svc.start(await from_body(request, dpb.StartDeploymentRequest()), owner=caller()))
 
     async def get(request: web.Request) -> web.Response:
         return _reply(svc.read(from_query(request, dpb.GetDeploymentRequest(), deployment_id=request.match_info["id"])))
@@ -201,7 +189,7 @@ def _fleet_routes(s: Services) -> list[Route]:
         return _reply(s.nodes.uncordon(request.match_info["id"]))
 
     async def whoami(request: web.Request) -> web.Response:
-        return _reply(s.keys.whoami(principal_of(request), user=user_of(request)))
+        return _reply(s.keys.whoami(current_principal(), user=caller()))
 
     n = f"{_V1}.Nodes"
     return [
@@ -216,7 +204,7 @@ def _fleet_routes(s: Services) -> list[Route]:
 
 def _watch_routes(s: Services) -> list[Route]:
     async def serve(request: web.Request, source: AsyncGenerator[bytes, None]) -> web.StreamResponse:
-        principal = principal_of(request)
+        principal = current_principal()
         with s.open_calls.track(principal.key_id if principal is not None else ""):
             return await s.streams.serve(request, source)
 
@@ -260,8 +248,8 @@ def _audited(route: Route, audit: AuditLog | None) -> Route:
             outcome, message = "INTERNAL", "internal error"
             raise
         finally:
-            principal = principal_of(request)
-            audit.record(method=route.access, user=user_of(request), key_id=principal.key_id if principal else "",
+            principal = current_principal()
+            audit.record(method=route.access, user=caller(), key_id=principal.key_id if principal else "",
                          target=target_of(request.get("message")) or request.match_info.get("id", ""),
                          outcome=outcome, message=message, client=request.remote or "")
 

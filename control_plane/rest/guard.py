@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from control_plane.auth.access import METHOD_ACCESS, Authenticator, acting_as, check
+from control_plane.auth.access import DEFAULT_USER, METHOD_ACCESS, Authenticator, acting_as, check
 from control_plane.errors import Unauthenticated
 from control_plane.rest.errors import v2_error
 from control_plane.rest.routes import Handler, Route
@@ -41,8 +41,10 @@ def make_guard(authenticator: Authenticator | None) -> Callable[[Route], Handler
                         raise Unauthenticated(f"{request.path} needs credentials: send 'Authorization: Bearer <api key>'")
                     principal = await authenticator.authenticate(token)
                     check(rule, route.access or request.path, principal)
-                    request["principal"] = principal  # the caller, for handlers that need it (owner, WhoAmI)
-                with acting_as(principal):  # the services see the caller, as under gRPC's interceptor
+                # handlers and services see the caller through caller()/current_principal(), as under
+                # gRPC's interceptor; with authentication off, the user the X-Modelfleet-User header names
+                anon = request.headers.get("X-Modelfleet-User") or DEFAULT_USER
+                with acting_as(principal, anon_user=anon):
                     return await route.handler(request)
             except StatusError as exc:
                 return (route.on_error or v2_error)(exc)
