@@ -80,7 +80,15 @@ def decode_request(body: bytes, *, header_length: int | None, model_name: str, m
         raise InvalidArgument(f"{HEADER_LENGTH}: {header_length} is outside the body of {len(body)} bytes")
     else:
         header, binary = body[:header_length], body[header_length:]
-    doc = _json_object(header)
+    return decode_document(_json_object(header), binary=binary, model_name=model_name, model_version=model_version)
+
+
+def decode_document(doc: dict[str, Any], *, binary: bytes, model_name: str, model_version: str) -> DecodedRequest:
+    """The ModelInferRequest of an already parsed JSON header, `binary` the tensor bytes after it.
+
+    Raises:
+        InvalidArgument: naming the field, for a document that does not encode a V2 request.
+    """
     request = pb.ModelInferRequest(model_name=model_name, model_version=model_version)
     request_id = doc.get("id", "")
     if not isinstance(request_id, str):
@@ -261,7 +269,7 @@ def encode_response(response: pb.ModelInferResponse, *, binary_outputs: dict[str
     chunks: list[bytes] = []
     outputs = []
     for index, tensor in enumerate(response.outputs):
-        raw = response.raw_output_contents[index] if index < len(response.raw_output_contents) else _typed_raw(tensor)
+        raw = output_raw(response, index)
         out: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": list(tensor.shape)}
         params = _parameters_json(tensor.parameters)
         if binary_outputs.get(tensor.name, binary_default):
@@ -284,6 +292,13 @@ def _parameters_json(params: Any) -> dict[str, Any]:
             if value.WhichOneof("parameter_choice")}
 
 
+def output_raw(response: pb.ModelInferResponse, index: int) -> bytes:
+    """Output `index` as raw little-endian bytes, whether the worker answered it raw or typed."""
+    if index < len(response.raw_output_contents):
+        return response.raw_output_contents[index]
+    return _typed_raw(response.outputs[index])
+
+
 def _typed_raw(tensor: pb.ModelInferResponse.InferOutputTensor) -> bytes:
     """Typed contents (a worker may answer so) as raw bytes, so both forms answer alike."""
     contents = tensor.contents
@@ -299,8 +314,20 @@ def _typed_raw(tensor: pb.ModelInferResponse.InferOutputTensor) -> bytes:
     return struct.pack(f"<{len(values)}{fmt}", *values)
 
 
-def unpack(name: str, datatype: str, raw: bytes) -> list[Any]:
-    """Raw little-endian tensor bytes as the flat JSON data list (BYTES as UTF-8 strings)."""
+# JSON has no NaN or infinity. Triton answers these strings, which numpy (so
+# tritonclient's as_numpy) reads back; protobuf's JSON mapping (the CLI's
+# `infer --json`, Elasticsearch's Jackson) spells them as below.
+NUMPY_NONFINITE = ("nan", "inf", "-inf")
+JSON_MAPPING_NONFINITE = ("NaN", "Infinity", "-Infinity")
+
+
+def unpack(name: str, datatype: str, raw: bytes, *, nonfinite: tuple[str, str, str] = NUMPY_NONFINITE,
+           lossy_bytes: bool = False) -> list[Any]:
+    """Raw little-endian tensor bytes as the flat JSON data list (BYTES as UTF-8 strings).
+
+    BYTES elements that are not UTF-8 are refused (the caller can ask for them
+    binary), or with `lossy_bytes` decoded with replacement characters, for
+    APIs that have no binary form."""
     if datatype == BYTES:
         strings: list[str] = []
         offset = 0
@@ -309,7 +336,7 @@ def unpack(name: str, datatype: str, raw: bytes) -> list[Any]:
             element = raw[offset + 4:offset + 4 + length]
             offset += 4 + length
             try:
-                strings.append(element.decode())
+                strings.append(element.decode(errors="replace" if lossy_bytes else "strict"))
             except UnicodeDecodeError:
                 raise InvalidArgument(f"output '{name}' holds bytes that are not UTF-8: request it with "
                                       "parameters.binary_data true") from None
@@ -317,6 +344,6 @@ def unpack(name: str, datatype: str, raw: bytes) -> list[Any]:
     fmt = FORMATS[datatype]
     values: list[Any] = list(struct.unpack(f"<{len(raw) // struct.calcsize(fmt)}{fmt}", raw))
     if datatype in _FLOATS and any(not math.isfinite(v) for v in values):
-        # JSON has no NaN or infinity; as these strings numpy (so tritonclient's as_numpy) reads them back
-        return [v if math.isfinite(v) else ("nan" if math.isnan(v) else "inf" if v > 0 else "-inf") for v in values]
+        nan, inf, minus_inf = nonfinite
+        return [v if math.isfinite(v) else (nan if math.isnan(v) else inf if v > 0 else minus_inf) for v in values]
     return values

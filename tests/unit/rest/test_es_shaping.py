@@ -90,15 +90,16 @@ def test_infer_request_takes_nested_or_flat_data() -> None:
         {"name": "s", "shape": [1], "datatype": "BYTES", "data": ["hi"]},
     ], "outputs": [{"name": "y"}]})
     assert req.model_name == "m"
-    assert (req.inputs[0].datatype, list(req.inputs[0].contents.fp32_contents)) == ("FP32", [1, 2, 3, 4])
-    assert list(req.inputs[1].contents.bytes_contents) == [b"hi"]
+    assert req.inputs[0].datatype == "FP32"
+    assert np.frombuffer(req.raw_input_contents[0], "<f4").tolist() == [1, 2, 3, 4]
+    assert req.raw_input_contents[1] == struct.pack("<I", 2) + b"hi"
     assert [o.name for o in req.outputs] == ["y"]
 
 
 @pytest.mark.parametrize(("body", "named"), [
     ({"docs": [{"text_field": "x"}]}, "inputs"),
     ({"inputs": []}, "inputs"),
-    ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP16", "data": [1]}]}, "FP16"),
+    ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP8", "data": [1]}]}, "FP8"),
     ({"inputs": [{"name": "x", "shape": ["a"], "datatype": "FP32", "data": [1]}]}, "shape"),
     ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32"}]}, "data"),
     ({"inputs": [{"name": "x", "shape": [1], "datatype": "INT32", "data": ["a"]}]}, "'x'"),
@@ -144,3 +145,12 @@ def test_domain_errors_map_to_elasticsearch_statuses_and_types(error: errors.Mod
 def test_a_full_queue_says_when_to_retry() -> None:
     resp = es_error(errors.ResourceExhausted("queue full", trailers={"grpc-retry-pushback-ms": "1500"}))
     assert (resp.status, resp.headers["Retry-After"]) == (429, "2")
+
+
+def test_infer_takes_fp16_and_answers_bytes_that_are_not_utf8_lossily() -> None:
+    req = tensors.infer_request("m", {"inputs": [{"name": "h", "shape": [2], "datatype": "FP16", "data": [0.5, 2]}]})
+    assert np.frombuffer(req.raw_input_contents[0], "<f2").tolist() == [0.5, 2.0]
+    resp = pb.ModelInferResponse(model_name="m")
+    resp.outputs.add(name="s", datatype="BYTES", shape=[1])
+    resp.raw_output_contents.append(struct.pack("<I", 2) + b"\xffa")
+    assert tensors.infer_answer(resp)["inference_results"][0]["outputs"][0]["data"] == ["\ufffda"]
